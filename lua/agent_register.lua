@@ -1,0 +1,40 @@
+--[[
+  agent_register: create or update the agent of one name, and count it as a heartbeat.
+
+  The agent id is derived from (tenant, agentName), so two registrations of one
+  name race on this one key and the script decides: the first creates, the rest update.
+
+  KEYS[1] agent_key       keys.agent(tenant, agent_id)          hash
+  KEYS[2] agents_key      keys.agents(tenant)                   zset agentId -> registeredAt
+  KEYS[3] heartbeats_key  keys.heartbeats(tenant)               zset agentId -> last heartbeat
+
+  ARGV[1] agent_id        agent_<uuid5>
+  ARGV[2] agent_name
+  ARGV[3] agent_role      '' keeps the current role ('general' for a new agent)
+  ARGV[4] metadata        a JSON object; '' keeps the current one ('{}' for a new agent)
+
+  Replies:
+    {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
+    {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated
+]]
+local agent_key = KEYS[1]
+local agents_key = KEYS[2]
+local heartbeats_key = KEYS[3]
+local agent_id = ARGV[1]
+local agent_name = ARGV[2]
+local agent_role = ARGV[3]
+local metadata = ARGV[4]
+
+local now_ms = clock()
+local code = OK
+if redis.call('EXISTS', agent_key) == 0 then
+  code = CREATED
+  redis.call('HSET', agent_key, 'id', agent_id, 'agentName', agent_name, 'agentRole', 'general',
+    'metadata', '{}', 'registeredAt', int(now_ms))
+  redis.call('ZADD', agents_key, int(now_ms), agent_id)
+end
+redis.call('HSET', agent_key, 'updatedAt', int(now_ms))
+if agent_role ~= '' then redis.call('HSET', agent_key, 'agentRole', agent_role) end
+if metadata ~= '' then redis.call('HSET', agent_key, 'metadata', metadata) end
+redis.call('ZADD', heartbeats_key, int(now_ms), agent_id)
+return {code, redis.call('HGETALL', agent_key), now_ms}

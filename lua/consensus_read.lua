@@ -1,0 +1,34 @@
+--[[
+  consensus_read: read a consensus request, deciding it first if its votes or its
+  deadline say so (eligibility changes as agents lapse, so reading can decide).
+
+  KEYS[1] cons_key        keys.consensus(tenant, id)               hash
+  KEYS[2] votes_key       keys.votes(tenant, id)                   hash agentId -> vote record
+  KEYS[3] heartbeats_key  keys.heartbeats(tenant)                  zset
+  KEYS[4] all_key         keys.consensus_list(tenant, 'all')       zset id -> createdAt
+  KEYS[5] pending_key     keys.consensus_list(tenant, 'pending')   zset id -> createdAt
+  KEYS[6] approved_key    keys.consensus_list(tenant, 'approved')  zset id -> createdAt
+  KEYS[7] rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
+  KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
+  KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
+
+  ARGV[1] consensus_id
+  ARGV[2] window_ms       heartbeat liveness window, milliseconds
+  ARGV[3] retention_ms    how long a decided request is kept
+
+  Replies:
+    {OK, consensus...}
+    {CONSENSUS_NOT_FOUND}  never made, or past retention; its list entries are dropped
+]]
+local k = consensus_keys()
+local consensus_id = ARGV[1]
+local window_ms = tonumber(ARGV[2])
+local retention_ms = tonumber(ARGV[3])
+
+if redis.call('EXISTS', k.cons) == 0 then
+  for _, list in ipairs({k.all, k.pending, k.approved, k.rejected, k.expired, k.due}) do
+    redis.call('ZREM', list, consensus_id)
+  end
+  return {CONSENSUS_NOT_FOUND}
+end
+return consensus_reply(OK, k, clock(), window_ms, retention_ms)

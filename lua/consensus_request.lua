@@ -1,0 +1,61 @@
+--[[
+  consensus_request: open a consensus request for peers to vote on.
+
+  The id comes from the store, so running the script twice (a client retry after a
+  lost reply) finds the request already made and returns it unchanged.
+
+  KEYS[1] cons_key        keys.consensus(tenant, id)               hash
+  KEYS[2] votes_key       keys.votes(tenant, id)                   hash agentId -> vote record
+  KEYS[3] heartbeats_key  keys.heartbeats(tenant)                  zset
+  KEYS[4] all_key         keys.consensus_list(tenant, 'all')       zset id -> createdAt
+  KEYS[5] pending_key     keys.consensus_list(tenant, 'pending')   zset id -> createdAt
+  KEYS[6] approved_key    keys.consensus_list(tenant, 'approved')  zset id -> createdAt
+  KEYS[7] rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
+  KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
+  KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
+
+  ARGV[1] consensus_id    cons_<uuid>
+  ARGV[2] requester_id    the requesting agent
+  ARGV[3] action
+  ARGV[4] contact         normalized address, '' for none
+  ARGV[5] reason          '' for none
+  ARGV[6] timeout_ms      the request expires at now + timeout_ms
+  ARGV[7] window_ms       heartbeat liveness window, milliseconds
+  ARGV[8] retention_ms    how long a decided request is kept
+  ARGV[9] max_age_ms      list entries older than this are pruned (longest timeout + retention)
+
+  Replies:
+    {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
+    {OK, consensus...}         this id already exists: the earlier run's request
+    {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
+]]
+local k = consensus_keys()
+local consensus_id = ARGV[1]
+local requester_id = ARGV[2]
+local action = ARGV[3]
+local contact = ARGV[4]
+local reason = ARGV[5]
+local timeout_ms = tonumber(ARGV[6])
+local window_ms = tonumber(ARGV[7])
+local retention_ms = tonumber(ARGV[8])
+local max_age_ms = tonumber(ARGV[9])
+
+local now_ms = clock()
+if redis.call('EXISTS', k.cons) == 1 then
+  return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
+end
+if not redis.call('ZSCORE', k.heartbeats, requester_id) then return {AGENT_NOT_FOUND} end
+if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+
+local expires_ms = now_ms + timeout_ms
+redis.call('HSET', k.cons, 'id', consensus_id, 'requestingAgentId', requester_id, 'action', action,
+  'contactEmail', contact, 'reason', reason, 'status', 'pending',
+  'createdAt', int(now_ms), 'expiresAt', int(expires_ms))
+redis.call('PEXPIREAT', k.cons, int(expires_ms + retention_ms))
+redis.call('ZADD', k.all, int(now_ms), consensus_id)
+redis.call('ZADD', k.pending, int(now_ms), consensus_id)
+redis.call('ZADD', k.due, int(expires_ms), consensus_id)
+for _, list in ipairs({k.all, k.approved, k.rejected, k.expired}) do
+  redis.call('ZREMRANGEBYSCORE', list, '-inf', '(' .. int(now_ms - max_age_ms))
+end
+return consensus_reply(CREATED, k, now_ms, window_ms, retention_ms)

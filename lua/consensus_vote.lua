@@ -1,0 +1,56 @@
+--[[
+  consensus_vote: record one agent's vote and decide the request if it is now decided.
+
+  One vote per agent: the same vote again is answered as the first was (so a retry
+  of the vote that decided a request still succeeds); another vote is refused.
+
+  KEYS[1]  cons_key        keys.consensus(tenant, id)               hash
+  KEYS[2]  votes_key       keys.votes(tenant, id)                   hash agentId -> vote record
+  KEYS[3]  heartbeats_key  keys.heartbeats(tenant)                  zset
+  KEYS[4]  all_key         keys.consensus_list(tenant, 'all')       zset id -> createdAt
+  KEYS[5]  pending_key     keys.consensus_list(tenant, 'pending')   zset id -> createdAt
+  KEYS[6]  approved_key    keys.consensus_list(tenant, 'approved')  zset id -> createdAt
+  KEYS[7]  rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
+  KEYS[8]  expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
+  KEYS[9]  due_key         keys.consensus_due(tenant)               zset id -> expiresAt
+  KEYS[10] voter_key       keys.agent(tenant, agent_id)             hash (read: agentName)
+
+  ARGV[1] agent_id        the voter
+  ARGV[2] vote            'approve' | 'reject'
+  ARGV[3] reason          '' for none
+  ARGV[4] window_ms       heartbeat liveness window, milliseconds
+  ARGV[5] retention_ms    how long a decided request is kept
+
+  Replies:
+    {OK, consensus...}     the vote is counted (now or by an earlier run)
+    {CONSENSUS_NOT_FOUND} | {AGENT_NOT_FOUND} | {REQUESTER_CANNOT_VOTE} | {AGENT_INACTIVE}
+    {ALREADY_VOTED, the agent's earlier vote}
+    {CONSENSUS_CLOSED, status}
+]]
+local k = consensus_keys()
+local voter_key = KEYS[10]
+local agent_id = ARGV[1]
+local vote = ARGV[2]
+local reason = ARGV[3]
+local window_ms = tonumber(ARGV[4])
+local retention_ms = tonumber(ARGV[5])
+
+local now_ms = clock()
+local requester = redis.call('HGET', k.cons, 'requestingAgentId')
+if not requester then return {CONSENSUS_NOT_FOUND} end
+local agent_name = redis.call('HGET', voter_key, 'agentName')
+if not agent_name then return {AGENT_NOT_FOUND} end
+if agent_id == requester then return {REQUESTER_CANNOT_VOTE} end
+
+local earlier = redis.call('HGET', k.votes, agent_id)
+if earlier then
+  if vote_of(earlier) ~= vote then return {ALREADY_VOTED, vote_of(earlier)} end
+  return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
+end
+local status = consensus_settle(k, now_ms, window_ms, retention_ms)
+if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
+if not is_active(k.heartbeats, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+
+redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_ms) .. '|' .. agent_name .. '|' .. reason)
+redis.call('PEXPIREAT', k.votes, int(tonumber(redis.call('HGET', k.cons, 'expiresAt')) + retention_ms))
+return consensus_reply(OK, k, now_ms, window_ms, retention_ms)

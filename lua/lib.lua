@@ -1,0 +1,131 @@
+--[[
+  lib: helpers and reply codes shared by every script in this folder.
+
+  service/scripts.py prepends this file to each script before registering it, so
+  each script reaches Redis whole and self-contained. Nothing here builds a key
+  name: every helper takes the keys its caller received in KEYS.
+
+  Reply codes (the first element of every reply; service/store.py: Reply):
+]]
+local OK = 0
+local CREATED = 1
+local HELD_BY_CALLER = 2   -- lease_acquire: the caller holds the contact under another lease id
+local RETRY = 3            -- the store's read before the call is stale; nothing was written
+local AGENT_NOT_FOUND = -1
+local AGENT_INACTIVE = -2
+local LEASE_CONFLICT = -3
+local LEASE_NOT_FOUND = -4
+local NOT_LEASE_HOLDER = -5
+local STALE_FENCING_TOKEN = -6
+local CONSENSUS_NOT_FOUND = -7
+local REQUESTER_CANNOT_VOTE = -8
+local ALREADY_VOTED = -9
+local CONSENSUS_CLOSED = -10
+
+-- Redis's clock as (milliseconds, microseconds) since the epoch. Every instance of
+-- the service reads the same clock, so they agree on expiry and liveness.
+local function clock()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+
+-- An integer as decimal digits. tostring() would print 16-digit numbers (fencing
+-- tokens) in exponent form, and Redis would store that text.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Active means a heartbeat strictly within the window: last > now - window.
+local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
+  local last = redis.call('ZSCORE', heartbeats_key, agent_id)
+  return last ~= false and tonumber(last) > now_ms - window_ms
+end
+
+local LEASE_FIELDS = {'id', 'agentId', 'agentName', 'intent', 'acquiredAt', 'expiresAt', 'fencingToken'}
+
+-- {code, id, agentId, agentName, intent, acquiredAt, expiresAt, fencingToken}
+local function lease_reply(code, lease_key)
+  return {code, unpack(redis.call('HMGET', lease_key, unpack(LEASE_FIELDS)))}
+end
+
+-- {code, holderId, holderName, intent, expiresAt}
+local function holder_reply(code, holder)
+  return {code, holder[2], holder[3], holder[4], holder[6]}
+end
+
+-- Move a lease's expiry to expires_ms: the lease, its id pointer and the holder's
+-- index all expire together, so nothing needs a sweeper.
+local function lease_expire_at(lease_key, lease_id_key, agent_leases_key, contact, expires_ms, now_ms)
+  redis.call('HSET', lease_key, 'expiresAt', int(expires_ms))
+  redis.call('PEXPIREAT', lease_key, int(expires_ms))
+  redis.call('SET', lease_id_key, contact, 'PXAT', int(expires_ms))
+  redis.call('ZADD', agent_leases_key, int(expires_ms), contact)
+  redis.call('ZREMRANGEBYSCORE', agent_leases_key, '-inf', int(now_ms))
+  local last = redis.call('ZRANGE', agent_leases_key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', agent_leases_key, int(tonumber(last[2])))
+end
+
+-- The consensus scripts share one KEYS layout, named here once.
+local function consensus_keys()
+  return {
+    cons = KEYS[1], votes = KEYS[2], heartbeats = KEYS[3], all = KEYS[4],
+    pending = KEYS[5], approved = KEYS[6], rejected = KEYS[7], expired = KEYS[8], due = KEYS[9],
+  }
+end
+
+-- Votes are stored as "approve|<votedAt>|<agentName>|<reason>".
+local function vote_of(record)
+  return string.match(record, '^(%a+)|')
+end
+
+-- Tally a request as of now: approvals, rejections, and
+-- eligible = active agents other than the requester + voters no longer active
+-- (a cast vote stands); needed = floor(eligible / 2) + 1.
+local function consensus_tally(k, requester, now_ms, window_ms)
+  local approve, reject, lapsed = 0, 0, 0
+  local votes = redis.call('HGETALL', k.votes)
+  for i = 1, #votes, 2 do
+    if vote_of(votes[i + 1]) == 'approve' then approve = approve + 1 else reject = reject + 1 end
+    if not is_active(k.heartbeats, votes[i], now_ms, window_ms) then lapsed = lapsed + 1 end
+  end
+  local active = redis.call('ZCOUNT', k.heartbeats, '(' .. int(now_ms - window_ms), '+inf')
+  if is_active(k.heartbeats, requester, now_ms, window_ms) then active = active - 1 end
+  local eligible = active + lapsed
+  return approve, reject, eligible, math.floor(eligible / 2) + 1
+end
+
+-- Decide a pending request if its votes or its deadline say so; a decided one is
+-- final, and its eligible/needed are frozen as they were at the decision.
+-- Returns status, approve, reject, eligible, needed.
+local function consensus_settle(k, now_ms, window_ms, retention_ms)
+  local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible', 'needed')
+  local id, status, requester, created_ms, expires_ms = c[1], c[2], c[3], c[4], tonumber(c[5])
+  local approve, reject, eligible, needed = consensus_tally(k, requester, now_ms, window_ms)
+  if status ~= 'pending' then
+    return status, approve, reject, tonumber(c[6]), tonumber(c[7])
+  end
+  local resolved_ms = now_ms
+  if now_ms >= expires_ms then
+    status, resolved_ms = 'expired', expires_ms
+  elseif approve >= needed then
+    status = 'approved'
+  elseif reject >= needed then
+    status = 'rejected'
+  else
+    return status, approve, reject, eligible, needed
+  end
+  redis.call('HSET', k.cons, 'status', status, 'resolvedAt', int(resolved_ms), 'eligible', eligible, 'needed', needed)
+  redis.call('ZREM', k.pending, id)
+  redis.call('ZREM', k.due, id)
+  redis.call('ZADD', k[status], created_ms, id)
+  redis.call('PEXPIREAT', k.cons, int(resolved_ms + retention_ms))
+  redis.call('PEXPIREAT', k.votes, int(resolved_ms + retention_ms))
+  return status, approve, reject, eligible, needed
+end
+
+-- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed}
+local function consensus_reply(code, k, now_ms, window_ms, retention_ms)
+  local _, approve, reject, eligible, needed = consensus_settle(k, now_ms, window_ms, retention_ms)
+  return {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible, needed}
+end

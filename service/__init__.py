@@ -1,0 +1,1 @@
+"""Concord: coordination for fleets of AI agents sharing one email tenant."""

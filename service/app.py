@@ -1,0 +1,169 @@
+"""The application: routes, exception handlers, and the lifespan that builds the
+Redis client and the Store and hands them to requests as typed state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import redis.exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import api
+from .auth import Authenticator
+from .config import Settings
+from .errors import ConcordError, error_response, problem
+from .keys import Keys
+from .store import Store
+
+log = logging.getLogger("concord")
+
+V1 = "/v1/agent"
+routes = [
+    Route("/healthz", api.healthz, methods=["GET"]),
+    Route("/readyz", api.readyz, methods=["GET"]),
+    Route(f"{V1}/register", api.register, methods=["POST"]),
+    Route(f"{V1}/agents", api.list_agents, methods=["GET"]),
+    Route(f"{V1}/agents/{{agentId}}", api.get_agent, methods=["GET"]),
+    Route(f"{V1}/agents/{{agentId}}", api.remove_agent, methods=["DELETE"]),
+    Route(f"{V1}/coordination/heartbeat", api.heartbeat, methods=["POST"]),
+    Route(f"{V1}/coordination/lease", api.acquire_lease, methods=["POST"]),
+    Route(f"{V1}/coordination/lease/{{leaseId}}", api.get_lease, methods=["GET"]),
+    Route(f"{V1}/coordination/lease/{{leaseId}}", api.release_lease, methods=["DELETE"]),
+    Route(f"{V1}/coordination/lease/{{leaseId}}/renew", api.renew_lease, methods=["POST"]),
+    Route(f"{V1}/coordination/leases", api.list_leases, methods=["GET"]),
+    Route(f"{V1}/coordination/send-check", api.send_check, methods=["POST"]),
+    Route(f"{V1}/coordination/consensus", api.request_consensus, methods=["POST"]),
+    Route(f"{V1}/coordination/consensus", api.list_consensus, methods=["GET"]),
+    Route(f"{V1}/coordination/consensus/{{consensusId}}", api.get_consensus, methods=["GET"]),
+    Route(f"{V1}/coordination/consensus/{{consensusId}}/vote", api.vote, methods=["POST"]),
+]
+
+
+class State(TypedDict):
+    settings: Settings
+    store: Store
+    auth: Authenticator
+
+
+def connect(settings: Settings) -> Redis:
+    """A Redis client for the settings: the configured server, or the embedded store."""
+    if settings.redis_url is None:
+        from fakeredis.aioredis import FakeRedis
+
+        return FakeRedis(decode_responses=True)
+    timeout = settings.redis_timeout_seconds
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One quick retry after a dropped connection; the request deadline bounds the rest.
+        # Every script is safe to run twice, so a retry never applies a change twice.
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        health_check_interval=30,
+    )
+
+
+def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Starlette:
+    """The ASGI app. Tests pass ``settings`` and a ``redis`` client of their own;
+    ``concord serve`` passes neither, so both come from the environment."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        client = redis if redis is not None else connect(settings)
+        store = Store(client, Keys(settings.key_prefix), settings.heartbeat_window_seconds)
+        if settings.redis_url is None and redis is None:
+            await _start_embedded(settings, store)
+        elif redis is None:
+            await _check_redis(client, settings.redis_url)
+        try:
+            yield {"settings": settings, "store": store, "auth": Authenticator(settings.api_keys, store.tenant_of_key)}
+        finally:
+            if redis is None:
+                await client.aclose()
+
+    return Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+
+
+async def _start_embedded(settings: Settings, store: Store) -> None:
+    log.info(
+        "Concord is running on its embedded in-memory store (CONCORD_REDIS_URL is unset): "
+        "state lives in this process only and is gone when it stops"
+    )
+    if not settings.api_keys:
+        api_key = await store.create_api_key("demo")
+        log.warning("No API key is configured: created one for tenant 'demo': %s", api_key)
+
+
+async def _check_redis(client: Redis, url: str | None) -> None:
+    """Warn when Redis may evict leases, and start even if Redis is not up yet:
+    /readyz says 503 until it answers, and requests work as soon as it does."""
+    try:
+        config = await client.config_get("maxmemory-policy")
+    except (rx.ConnectionError, rx.TimeoutError) as exc:
+        log.warning("Redis does not answer yet (%s); /readyz answers 503 until it does", exc)
+        return
+    except rx.ResponseError as exc:
+        log.warning("Cannot read maxmemory-policy (%s); make sure it is noeviction, or leases may be evicted", exc)
+        return
+    policy = config.get("maxmemory-policy", "unknown")
+    if policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %r: at maxmemory Redis may evict leases (keys with a TTL), and an evicted "
+            "lease looks like a free contact. Set maxmemory-policy noeviction.",
+            policy,
+        )
+
+
+# --- exception handlers: every error leaves as problem+json --------------------
+
+
+async def _concord_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ConcordError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    return problem("not_found", f"No endpoint {request.url.path}")
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return problem("store_unavailable", "Redis did not answer in time; nothing is known to have changed. Retry.")
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    log.error("Redis refused %s %s: %s", request.method, request.url.path, exc)
+    return problem("store_error", "Redis refused the operation; see the service log")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem("internal_error", "Unexpected error; see the service log")
+
+
+exception_handlers = {
+    ConcordError: _concord_error,
+    HTTPException: _http_error,
+    TimeoutError: _store_unavailable,  # the request deadline (asyncio.timeout)
+    rx.ConnectionError: _store_unavailable,
+    rx.TimeoutError: _store_unavailable,
+    rx.ReadOnlyError: _store_unavailable,  # a replica during failover
+    rx.OutOfMemoryError: _store_unavailable,
+    rx.ResponseError: _store_error,
+    Exception: _internal_error,
+}

@@ -1,0 +1,56 @@
+"""Bearer API keys -> tenant.
+
+Keys come from CONCORD_API_KEYS and from Redis (``concord keys create``). Both are
+held only as SHA-256 digests, and a key is found by looking its digest up, so no
+secret is ever compared byte by byte. Answers from Redis are cached for at most
+one second, which bounds how long a revoked key keeps working on an instance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from .config import key_digest
+from .errors import ConcordError
+
+CACHE_SECONDS = 1.0
+CACHE_MAX = 10_000
+
+
+class Authenticator:
+    def __init__(
+        self,
+        static_keys: Mapping[str, str],
+        lookup: Callable[[str], Awaitable[str | None]],
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
+        self._static = dict(static_keys)
+        self._lookup = lookup
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    async def tenant(self, authorization: str | None) -> str:
+        """The tenant of the request's ``Authorization: Bearer <key>``, or 401."""
+        scheme, _, api_key = (authorization or "").partition(" ")
+        api_key = api_key.strip()
+        if scheme.lower() != "bearer" or not api_key:
+            raise ConcordError("unauthorized", "Send the API key as `Authorization: Bearer <key>`")
+        digest = key_digest(api_key)
+        tenant = self._static.get(digest)
+        if tenant is None:
+            tenant = await self._stored(digest)
+        if tenant is None:
+            raise ConcordError("unauthorized", "Unknown or revoked API key")
+        return tenant
+
+    async def _stored(self, digest: str) -> str | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tenant = await self._lookup(digest)
+        if len(self._cache) >= CACHE_MAX:  # random keys must not grow the cache without bound
+            self._cache.clear()
+        self._cache[digest] = (tenant, now + self._cache_seconds)
+        return tenant

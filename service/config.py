@@ -1,0 +1,87 @@
+"""Settings, read once from the environment (every variable is CONCORD_*).
+
+The README's configuration table documents each of them; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The prefix starts every key; braces would break the Cluster hash tag that follows it.
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class ConfigError(ValueError):
+    """A CONCORD_* variable is malformed; the message names it and what was expected."""
+
+
+def key_digest(api_key: str) -> str:
+    """SHA-256 hex of an API key: the only form in which keys are kept."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    # SHA-256 of each configured API key -> its tenant.
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    key_prefix: str = "concord"
+    heartbeat_window_seconds: int = 300
+    # Deadline for one request's Redis work; past it the request answers 503.
+    redis_timeout_seconds: float = 2.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        prefix = env.get("CONCORD_KEY_PREFIX", "concord")
+        if not PREFIX_RE.fullmatch(prefix):
+            raise ConfigError(
+                f"CONCORD_KEY_PREFIX={prefix!r}: expected 1-64 of A-Z a-z 0-9 _ . : - (no braces)"
+            )
+        log_level = env.get("CONCORD_LOG_LEVEL", "info").lower()
+        if log_level not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"CONCORD_LOG_LEVEL={log_level!r}: expected debug, info, warning or error")
+        return cls(
+            redis_url=env.get("CONCORD_REDIS_URL") or None,
+            api_keys=parse_api_keys(env.get("CONCORD_API_KEYS", "")),
+            key_prefix=prefix,
+            heartbeat_window_seconds=_number(env, "CONCORD_HEARTBEAT_WINDOW_SECONDS", 300, int, 1, 86_400),
+            redis_timeout_seconds=_number(env, "CONCORD_REDIS_TIMEOUT_SECONDS", 2.0, float, 0.05, 60.0),
+            log_level=log_level,
+        )
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse ``tenantA:keyA,tenantB:keyB`` into {sha256(key): tenant}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        tenant, sep, key = item.partition(":")
+        if not sep or not key:
+            raise ConfigError(f"CONCORD_API_KEYS: {item[:16]!r}... is not of the form tenant:key")
+        if not TENANT_RE.fullmatch(tenant):
+            raise ConfigError(f"CONCORD_API_KEYS: tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -")
+        if any(ch.isspace() for ch in key):
+            raise ConfigError(f"CONCORD_API_KEYS: the key of tenant {tenant!r} contains whitespace")
+        digest = key_digest(key)
+        if keys.get(digest, tenant) != tenant:
+            raise ConfigError(f"CONCORD_API_KEYS: one key is given to two tenants ({keys[digest]!r}, {tenant!r})")
+        keys[digest] = tenant
+    return keys
+
+
+def _number(env: Mapping[str, str], name: str, default, kind, low, high):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a {kind.__name__}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r}: expected between {low} and {high}")
+    return value

@@ -1,0 +1,110 @@
+"""The key schema: the only place Concord builds Redis key names.
+
+Every key of a tenant is ``<prefix>:{<tenant>}:<kind>[:<id>]``. The braces are
+the Redis Cluster hash tag: Cluster hashes only what is inside the first ``{…}``,
+so all of one tenant's keys share one slot and every script, which touches
+several of them, runs on one shard. Tenant ids cannot contain braces and the
+prefix is checked to have none, so a ``{`` inside a contact address that comes
+later in the key cannot move the tag.
+
+========================================  ======  ===================================================
+key                                       type    contents (TTL)
+========================================  ======  ===================================================
+<p>:{t}:agent:<agentId>                   hash    id agentName agentRole metadata registeredAt
+                                                  updatedAt (none; removed by DELETE)
+<p>:{t}:agent:<agentId>:leases            zset    contact -> lease expiresAt ms; a hint, checked
+                                                  against the lease on read (expires with its
+                                                  last lease)
+<p>:{t}:agents                            zset    agentId -> registeredAt ms (none)
+<p>:{t}:heartbeats                        zset    agentId -> last heartbeat ms, Redis time; holds
+                                                  exactly the registered agents (none)
+<p>:{t}:lease:<contact>                   hash    id agentId agentName intent acquiredAt expiresAt
+                                                  fencingToken (PEXPIREAT expiresAt)
+<p>:{t}:lease-id:<leaseId>                string  the contact of that lease; checked against the
+                                                  lease's id on read (PEXPIREAT expiresAt)
+<p>:{t}:fence                             string  the last fencing token granted (none)
+<p>:{t}:consensus:<consId>                hash    id requestingAgentId action contactEmail reason
+                                                  status createdAt expiresAt resolvedAt, and once
+                                                  resolved eligible needed (7 days past
+                                                  resolution)
+<p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt ms|agentName|reason"
+                                                  (as its request)
+<p>:{t}:consensus-list:<all|status>       zset    consId -> createdAt ms, one list per status
+                                                  and one of all (pruned after 14 days)
+<p>:{t}:consensus-due                     zset    pending consId -> expiresAt ms (none)
+<p>:apikeys                               hash    sha256(api key) hex -> tenant (none; not
+                                                  tenant-scoped, one slot of its own)
+========================================  ======  ===================================================
+
+Times are Unix milliseconds of Redis's clock; contacts appear in their normalized
+(trimmed, lower-cased) form, so ``redis-cli HGETALL 'concord:{acme}:lease:alice@example.com'``
+shows a lease.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+CONSENSUS_STATUSES = ("pending", "approved", "rejected", "expired")
+
+# Agent ids are UUIDv5 of "<tenant>/<agentName>" in this namespace: the name is the
+# agent's identity, so two registrations of one name can only ever meet on one key.
+AGENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:concord:agent")
+
+
+def agent_id_for(tenant: str, agent_name: str) -> str:
+    return f"agent_{uuid.uuid5(AGENT_NAMESPACE, f'{tenant}/{agent_name}')}"
+
+
+def new_id(kind: str) -> str:
+    """A fresh random id such as ``lease_<uuid4>`` or ``cons_<uuid4>``."""
+    return f"{kind}_{uuid.uuid4()}"
+
+
+class Keys:
+    """Builds the key names of one deployment (one prefix)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "concord") -> None:
+        self.prefix = prefix
+
+    def tenant(self, tenant: str) -> str:
+        # "{tenant}" is the Cluster hash tag: it pins every key of the tenant to one slot.
+        return f"{self.prefix}:{{{tenant}}}"
+
+    def agent(self, tenant: str, agent_id: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:agent:{agent_id}"
+
+    def agent_leases(self, tenant: str, agent_id: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:agent:{agent_id}:leases"
+
+    def agents(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:agents"
+
+    def heartbeats(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:heartbeats"
+
+    def lease(self, tenant: str, contact: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:lease:{contact}"
+
+    def lease_id(self, tenant: str, lease_id: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:lease-id:{lease_id}"
+
+    def fence(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:fence"
+
+    def consensus(self, tenant: str, consensus_id: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:consensus:{consensus_id}"
+
+    def votes(self, tenant: str, consensus_id: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:consensus:{consensus_id}:votes"
+
+    def consensus_list(self, tenant: str, status: str = "all") -> str:
+        return f"{self.prefix}:{{{tenant}}}:consensus-list:{status}"
+
+    def consensus_due(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:consensus-due"
+
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"

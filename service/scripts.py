@@ -1,0 +1,109 @@
+"""Loads lua/*.lua once and registers them with a Redis client.
+
+Each script is sent to Redis as ``lib.lua`` + the script, so the shared helpers and
+reply codes exist once in the source tree. The KEYS/ARGV lines of a script's
+header are parsed, and every call is checked against them: a header cannot drift
+from what the store passes without the first call failing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+# "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
+_DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
+LIB = "lib"
+# A checkout (or editable install) reads the top-level lua/; an installed wheel
+# carries the same files as service/lua/ (pyproject.toml maps them there).
+_HERE = Path(__file__).resolve().parent
+LUA_DIR = next(p for p in (_HERE.parent / "lua", _HERE / "lua") if (p / "lib.lua").is_file())
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    text: str
+    keys: tuple[str, ...]  # declared names, in order
+    args: tuple[str, ...]
+    variadic_keys: bool  # the last KEYS entry is "KEYS[n..]"
+    variadic_args: bool
+
+    @property
+    def header(self) -> str:
+        return self.text.split("]]", 1)[0]
+
+
+def _parse(name: str, text: str) -> Source:
+    declared: dict[str, list[tuple[int, str, bool]]] = {"KEYS": [], "ARGV": []}
+    header = text.split("]]", 1)[0]
+    for kind, index, rest, var in _DECLARATION.findall(header):
+        declared[kind].append((int(index), var, bool(rest)))
+    for kind, items in declared.items():
+        if [i for i, _, _ in items] != list(range(1, len(items) + 1)):
+            raise ValueError(f"lua/{name}.lua: {kind} in the header are not numbered 1..n")
+    return Source(
+        name=name,
+        text=text,
+        keys=tuple(var for _, var, _ in declared["KEYS"]),
+        args=tuple(var for _, var, _ in declared["ARGV"]),
+        variadic_keys=bool(declared["KEYS"]) and declared["KEYS"][-1][2],
+        variadic_args=bool(declared["ARGV"]) and declared["ARGV"][-1][2],
+    )
+
+
+@cache
+def sources() -> dict[str, Source]:
+    """Every script of lua/ except the shared lib, by name."""
+    return {path.stem: _parse(path.stem, path.read_text(encoding="utf-8")) for path in sorted(LUA_DIR.glob("*.lua"))}
+
+
+@cache
+def lib_text() -> str:
+    return sources()[LIB].text
+
+
+class Script:
+    """One registered script; calls check the header's arity, then run by SHA
+    (redis-py reloads the script when Redis has forgotten it)."""
+
+    __slots__ = ("name", "_n_keys", "_n_args", "_variadic_keys", "_variadic_args", "_script")
+
+    def __init__(self, source: Source, script: AsyncScript) -> None:
+        self.name = source.name
+        self._n_keys, self._n_args = len(source.keys), len(source.args)
+        self._variadic_keys, self._variadic_args = source.variadic_keys, source.variadic_args
+        self._script = script
+
+    def __call__(self, keys: list[str], args: list[Any], client: Any = None):
+        if not _arity_ok(len(keys), self._n_keys, self._variadic_keys) or not _arity_ok(
+            len(args), self._n_args, self._variadic_args
+        ):
+            raise TypeError(
+                f"lua/{self.name}.lua declares {self._n_keys} KEYS and {self._n_args} ARGV, "
+                f"called with {len(keys)} and {len(args)}"
+            )
+        return self._script(keys, args, client)
+
+
+def _arity_ok(given: int, declared: int, variadic: bool) -> bool:
+    # A variadic last entry "X[n..]" may be empty: at least n - 1 are required.
+    return given >= declared - 1 if variadic else given == declared
+
+
+class Scripts:
+    """The scripts registered with one client, as attributes: ``scripts.lease_acquire``."""
+
+    def __init__(self, client: Redis) -> None:
+        for name, source in sources().items():
+            if name != LIB:
+                setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text)))
+
+    def __getattr__(self, name: str) -> Script:  # for type checkers; real attributes win
+        raise AttributeError(f"no script lua/{name}.lua")

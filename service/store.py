@@ -1,0 +1,571 @@
+"""The store: one async method per operation, on Redis.
+
+Every state change is one Lua script (lua/), so it is atomic and uses Redis's
+clock; this module builds the keys, runs the script and turns its reply into a
+response value or a ConcordError. Reads that span many keys (lists) are pipelined
+and checked item by item. No HTTP type crosses into this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import Redis
+
+from .config import key_digest
+from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
+from .keys import Keys, agent_id_for, new_id
+from .scripts import Scripts
+from .schemas import (
+    Agent,
+    AgentList,
+    AgentRemoved,
+    Consensus,
+    ConsensusList,
+    Heartbeat,
+    Lease,
+    LeaseHolder,
+    LeaseList,
+    Released,
+    SendCheck,
+    Tally,
+    Vote,
+    iso,
+)
+
+T = TypeVar("T")
+
+# How long a decided consensus request stays readable, and the longest timeout.
+RETENTION_MS = 7 * 24 * 3600 * 1000
+MAX_CONSENSUS_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+# A script answers RETRY / HELD_BY_CALLER only when state moved between two round
+# trips of one request; a few attempts are plenty.
+MAX_ATTEMPTS = 5
+LEASE_FIELDS = ("id", "agentId", "agentName", "intent", "acquiredAt", "expiresAt", "fencingToken")
+
+
+class Reply(IntEnum):
+    """The first element of every script reply (lua/lib.lua). Reply(n) raises on an unknown n."""
+
+    OK = 0
+    CREATED = 1
+    HELD_BY_CALLER = 2
+    RETRY = 3
+    AGENT_NOT_FOUND = -1
+    AGENT_INACTIVE = -2
+    LEASE_CONFLICT = -3
+    LEASE_NOT_FOUND = -4
+    NOT_LEASE_HOLDER = -5
+    STALE_FENCING_TOKEN = -6
+    CONSENSUS_NOT_FOUND = -7
+    REQUESTER_CANNOT_VOTE = -8
+    ALREADY_VOTED = -9
+    CONSENSUS_CLOSED = -10
+
+
+class Store:
+    """Concord's operations for any number of tenants on one Redis (or Cluster).
+
+    Scripts are registered once here; each method makes one script call per state
+    change. Scripts are safe to run twice, because redis-py retries a command
+    after a connection error and the first run may already have happened.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, heartbeat_window_seconds: int = 300) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.window_ms = heartbeat_window_seconds * 1000
+        self.scripts = Scripts(redis)
+
+    # --- agents --------------------------------------------------------------
+
+    async def register(
+        self, tenant: str, name: str, role: str | None, metadata: bytes | None
+    ) -> tuple[Agent, bool]:
+        """Upsert the agent of ``name``; True when it was created."""
+        k, agent_id = self.keys, agent_id_for(tenant, name)
+        reply = await self.scripts.agent_register(
+            [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant)],
+            [agent_id, name, role or "", metadata or b""],
+        )
+        code = Reply(reply[0])
+        return self._agent(tenant, _pairs(reply[1]), int(reply[2]), int(reply[2])), code is Reply.CREATED
+
+    async def get_agent(self, tenant: str, agent_id: str) -> Agent:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.agent(tenant, agent_id))
+        pipe.zscore(self.keys.heartbeats(tenant), agent_id)
+        pipe.time()
+        fields, last, now = await pipe.execute()
+        if not fields:
+            raise agent_not_found(agent_id)
+        return self._agent(tenant, fields, _int(last), _ms(now))
+
+    async def list_agents(self, tenant: str, status: str | None, limit: int, cursor: str | None) -> AgentList:
+        async def load(ids: list[str]) -> list[Agent | None]:
+            pipe = self.redis.pipeline(transaction=False)
+            for agent_id in ids:
+                pipe.hgetall(self.keys.agent(tenant, agent_id))
+            pipe.zmscore(self.keys.heartbeats(tenant), ids)
+            pipe.time()
+            *hashes, lasts, now = await pipe.execute()
+            agents = (
+                self._agent(tenant, fields, _int(last), _ms(now)) if fields else None
+                for fields, last in zip(hashes, lasts)
+            )
+            return [a if a and status in (None, a.status) else None for a in agents]
+
+        agents, next_cursor = await self._page(self.keys.agents(tenant), cursor, limit, load)
+        return AgentList(agents=agents, next_cursor=next_cursor)
+
+    async def remove_agent(self, tenant: str, agent_id: str) -> AgentRemoved:
+        """Deregister the agent and release its leases, in one script."""
+        k = self.keys
+        index = k.agent_leases(tenant, agent_id)
+        for _ in range(MAX_ATTEMPTS):
+            contacts = await self.redis.zrange(index, 0, -1)
+            reply = await self.scripts.agent_remove(
+                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), index]
+                + [k.lease(tenant, c) for c in contacts],
+                [agent_id, *contacts],
+            )
+            code = Reply(reply[0])
+            if code is Reply.OK:
+                return AgentRemoved(id=agent_id, released_leases=int(reply[1]))
+            if code is Reply.AGENT_NOT_FOUND:
+                raise agent_not_found(agent_id)
+        raise StoreUnavailable(f"agent {agent_id} kept acquiring leases while being removed; try again")
+
+    async def heartbeat(self, tenant: str, agent_id: str) -> Heartbeat:
+        reply = await self.scripts.agent_heartbeat([self.keys.heartbeats(tenant)], [agent_id])
+        if Reply(reply[0]) is Reply.AGENT_NOT_FOUND:
+            raise agent_not_found(agent_id)
+        last = int(reply[1])
+        return Heartbeat(agent_id=agent_id, last_heartbeat=iso(last), active_until=iso(last + self.window_ms))
+
+    def _agent(self, tenant: str, h: dict[str, str], last: int | None, now_ms: int) -> Agent:
+        active = last is not None and last > now_ms - self.window_ms
+        return Agent(
+            id=h["id"],
+            tenant_id=tenant,
+            agent_name=h["agentName"],
+            agent_role=h["agentRole"],
+            status="active" if active else "inactive",
+            last_heartbeat=iso(last) if last is not None else None,
+            registered_at=iso(h["registeredAt"]),
+            updated_at=iso(h["updatedAt"]),
+            metadata=msgspec.Raw(h["metadata"].encode()),
+        )
+
+    # --- leases --------------------------------------------------------------
+
+    async def acquire(
+        self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int
+    ) -> tuple[Lease, bool]:
+        """Grant, extend or refuse the lease on ``contact``; True when newly granted.
+
+        The holder asking again gets its own lease back, extended. That lease's id
+        pointer key is only known once the script has named the id, so that case
+        takes a second call (extend_only) with that id's key.
+        """
+        k = self.keys
+        lease_id, extend_only = new_id("lease"), "0"
+        for _ in range(MAX_ATTEMPTS):
+            reply = await self.scripts.lease_acquire(
+                [
+                    k.agent(tenant, agent_id),
+                    k.heartbeats(tenant),
+                    k.lease(tenant, contact),
+                    k.lease_id(tenant, lease_id),
+                    k.agent_leases(tenant, agent_id),
+                    k.fence(tenant),
+                ],
+                [agent_id, lease_id, contact, intent or "", duration_ms, self.window_ms, extend_only],
+            )
+            code = Reply(reply[0])
+            if code is Reply.HELD_BY_CALLER:
+                lease_id, extend_only = reply[1], "1"
+            elif code is Reply.RETRY:
+                lease_id, extend_only = new_id("lease"), "0"
+            elif code in (Reply.CREATED, Reply.OK):
+                return _lease(tenant, contact, dict(zip(LEASE_FIELDS, reply[1:]))), code is Reply.CREATED
+            elif code is Reply.LEASE_CONFLICT:
+                holder = _holder(reply)
+                raise ConcordError(
+                    "lease_conflict",
+                    f"{contact} is leased by agent {holder.agent_name} ({holder.agent_id}) until {holder.expires_at}",
+                    conflict=True,
+                    contactEmail=contact,
+                    leaseHolder=holder,
+                )
+            else:
+                raise self._agent_error(code, agent_id)
+        raise StoreUnavailable(f"the lease on {contact} kept changing while being extended; try again")
+
+    async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int) -> Lease:
+        k = self.keys
+        contact = await self._lease_contact(tenant, lease_id)
+        reply = await self.scripts.lease_renew(
+            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_id(tenant, lease_id), k.agent_leases(tenant, agent_id)],
+            [lease_id, agent_id, contact, duration_ms, self.window_ms],
+        )
+        code = Reply(reply[0])
+        if code is Reply.OK:
+            return _lease(tenant, contact, dict(zip(LEASE_FIELDS, reply[1:])))
+        if code is Reply.NOT_LEASE_HOLDER:
+            raise _not_holder(lease_id, agent_id, reply[1])
+        if code is Reply.LEASE_NOT_FOUND:
+            raise lease_not_found(lease_id)
+        raise self._agent_error(code, agent_id)
+
+    async def release(self, tenant: str, lease_id: str, agent_id: str | None) -> Released:
+        contact = await self._lease_contact(tenant, lease_id)
+        reply = await self.scripts.lease_release(
+            [self.keys.lease(tenant, contact), self.keys.lease_id(tenant, lease_id)], [lease_id, agent_id or ""]
+        )
+        code = Reply(reply[0])
+        if code is Reply.OK:
+            return Released(id=lease_id)
+        if code is Reply.NOT_LEASE_HOLDER:
+            raise _not_holder(lease_id, agent_id, reply[1])
+        raise lease_not_found(lease_id)
+
+    async def get_lease(self, tenant: str, lease_id: str) -> Lease:
+        contact = await self._lease_contact(tenant, lease_id)
+        fields = await self.redis.hgetall(self.keys.lease(tenant, contact))
+        if fields.get("id") != lease_id:
+            raise lease_not_found(lease_id)
+        return _lease(tenant, contact, fields)
+
+    async def list_leases(
+        self, tenant: str, agent_id: str | None, contact: str | None, limit: int, cursor: str | None
+    ) -> LeaseList:
+        """Leases of one agent (read through its index: costs what that agent holds,
+        not what the tenant holds) and/or of one contact, newest grant first."""
+        if contact is not None:
+            contacts = [contact]
+        else:
+            contacts = await self.redis.zrange(self.keys.agent_leases(tenant, agent_id), 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for c in contacts:
+            pipe.hgetall(self.keys.lease(tenant, c))
+        # The index is a hint: an entry whose lease expired or changed hands is skipped.
+        found = sorted(
+            (
+                ((int(fields["acquiredAt"]), fields["id"]), c, fields)
+                for c, fields in zip(contacts, await pipe.execute())
+                if fields and agent_id in (None, fields["agentId"])
+            ),
+            reverse=True,
+        )
+        if cursor is not None:
+            after = _decode_cursor(cursor)
+            found = [item for item in found if item[0] < after]
+        page = [_lease(tenant, c, fields) for _, c, fields in found[:limit]]
+        next_cursor = _encode_cursor(*found[limit - 1][0]) if len(found) > limit else None
+        return LeaseList(leases=page, next_cursor=next_cursor)
+
+    async def send_check(self, tenant: str, agent_id: str, contact: str, fencing_token: int | None) -> SendCheck:
+        reply = await self.scripts.lease_send_check(
+            [self.keys.heartbeats(tenant), self.keys.lease(tenant, contact)],
+            [agent_id, fencing_token or "", self.window_ms],
+        )
+        code = Reply(reply[0])
+        if code is Reply.OK:
+            return SendCheck(allowed=True)
+        reasons = {
+            Reply.AGENT_NOT_FOUND: "agent_not_found",
+            Reply.AGENT_INACTIVE: "agent_inactive",
+            Reply.LEASE_CONFLICT: "lease_conflict",
+            Reply.STALE_FENCING_TOKEN: "stale_fencing_token",
+        }
+        return SendCheck(allowed=False, reason=reasons[code], lease_holder=_holder(reply) if len(reply) > 1 else None)
+
+    async def _lease_contact(self, tenant: str, lease_id: str) -> str:
+        contact = await self.redis.get(self.keys.lease_id(tenant, lease_id))
+        if contact is None:
+            raise lease_not_found(lease_id)
+        return contact
+
+    # --- consensus -----------------------------------------------------------
+
+    async def request_consensus(
+        self,
+        tenant: str,
+        requester_id: str,
+        action: str,
+        contact: str | None,
+        reason: str | None,
+        timeout_ms: int,
+    ) -> Consensus:
+        consensus_id = new_id("cons")
+        reply = await self.scripts.consensus_request(
+            self._consensus_keys(tenant, consensus_id),
+            [
+                consensus_id,
+                requester_id,
+                action,
+                contact or "",
+                reason or "",
+                timeout_ms,
+                self.window_ms,
+                RETENTION_MS,
+                MAX_CONSENSUS_TIMEOUT_MS + RETENTION_MS,
+            ],
+        )
+        code = Reply(reply[0])
+        if code in (Reply.CREATED, Reply.OK):
+            return _consensus(tenant, reply)
+        raise self._agent_error(code, requester_id)
+
+    async def vote(self, tenant: str, consensus_id: str, agent_id: str, vote: str, reason: str | None) -> Consensus:
+        reply = await self.scripts.consensus_vote(
+            self._consensus_keys(tenant, consensus_id) + [self.keys.agent(tenant, agent_id)],
+            [agent_id, vote, reason or "", self.window_ms, RETENTION_MS],
+        )
+        code = Reply(reply[0])
+        if code is Reply.OK:
+            return _consensus(tenant, reply)
+        if code is Reply.CONSENSUS_NOT_FOUND:
+            raise consensus_not_found(consensus_id)
+        if code is Reply.REQUESTER_CANNOT_VOTE:
+            raise ConcordError(
+                "requester_cannot_vote", f"Agent {agent_id} made consensus request {consensus_id} and cannot vote on it"
+            )
+        if code is Reply.ALREADY_VOTED:
+            raise ConcordError(
+                "already_voted",
+                f"Agent {agent_id} already voted {reply[1]} on {consensus_id}; a vote cannot be changed",
+                vote=reply[1],
+            )
+        if code is Reply.CONSENSUS_CLOSED:
+            raise ConcordError(
+                "consensus_closed", f"Consensus request {consensus_id} is already {reply[1]}", status=reply[1]
+            )
+        raise self._agent_error(code, agent_id)
+
+    async def get_consensus(self, tenant: str, consensus_id: str) -> Consensus:
+        reply = await self._read_consensus(tenant, consensus_id)
+        if Reply(reply[0]) is Reply.CONSENSUS_NOT_FOUND:
+            raise consensus_not_found(consensus_id)
+        return _consensus(tenant, reply)
+
+    async def list_consensus(self, tenant: str, status: str | None, limit: int, cursor: str | None) -> ConsensusList:
+        await self._expire_due(tenant)
+
+        async def load(ids: list[str]) -> list[Consensus | None]:
+            pipe = self.redis.pipeline(transaction=False)
+            for consensus_id in ids:
+                await self._read_consensus(tenant, consensus_id, client=pipe)
+            found = (_consensus(tenant, r) if Reply(r[0]) is Reply.OK else None for r in await pipe.execute())
+            # Reading can decide a request: it then belongs to another list.
+            return [c if c and status in (None, c.status) else None for c in found]
+
+        items, next_cursor = await self._page(self.keys.consensus_list(tenant, status or "all"), cursor, limit, load)
+        return ConsensusList(consensus=items, next_cursor=next_cursor)
+
+    async def _expire_due(self, tenant: str, batch: int = 200) -> None:
+        """Settle every pending request past its deadline, so lists by status are true."""
+        due = self.keys.consensus_due(tenant)
+        while True:
+            now = _ms(await self.redis.time())
+            ids = await self.redis.zrangebyscore(due, "-inf", now, start=0, num=batch)
+            if not ids:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for consensus_id in ids:
+                await self._read_consensus(tenant, consensus_id, client=pipe)
+            await pipe.execute()
+            if len(ids) < batch:
+                return
+
+    def _read_consensus(self, tenant: str, consensus_id: str, client: Any = None) -> Awaitable[Any]:
+        return self.scripts.consensus_read(
+            self._consensus_keys(tenant, consensus_id), [consensus_id, self.window_ms, RETENTION_MS], client
+        )
+
+    def _consensus_keys(self, tenant: str, consensus_id: str) -> list[str]:
+        k = self.keys
+        return [
+            k.consensus(tenant, consensus_id),
+            k.votes(tenant, consensus_id),
+            k.heartbeats(tenant),
+            k.consensus_list(tenant, "all"),
+            k.consensus_list(tenant, "pending"),
+            k.consensus_list(tenant, "approved"),
+            k.consensus_list(tenant, "rejected"),
+            k.consensus_list(tenant, "expired"),
+            k.consensus_due(tenant),
+        ]
+
+    # --- API keys (not tenant-scoped) ----------------------------------------
+
+    async def tenant_of_key(self, digest: str) -> str | None:
+        return await self.redis.hget(self.keys.api_keys(), digest)
+
+    async def create_api_key(self, tenant: str) -> str:
+        """A new random key for ``tenant``; Redis keeps only its SHA-256."""
+        api_key = "ck_" + secrets.token_urlsafe(32)
+        await self.redis.hset(self.keys.api_keys(), key_digest(api_key), tenant)
+        return api_key
+
+    async def revoke_api_key(self, key_or_digest: str) -> str | None:
+        """Remove a key given as itself or as its SHA-256 hex; returns its tenant, or None."""
+        candidates = [key_digest(key_or_digest)]
+        if len(key_or_digest) == 64 and all(ch in "0123456789abcdef" for ch in key_or_digest):
+            candidates.append(key_or_digest)
+        for digest in candidates:
+            tenant = await self.redis.hget(self.keys.api_keys(), digest)
+            if tenant is not None and await self.redis.hdel(self.keys.api_keys(), digest):
+                return tenant
+        return None
+
+    async def api_keys(self) -> dict[str, str]:
+        """SHA-256 hex -> tenant of every key stored in Redis."""
+        return await self.redis.hgetall(self.keys.api_keys())
+
+    # --- shared --------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def _page(
+        self,
+        index_key: str,
+        cursor: str | None,
+        limit: int,
+        load: Callable[[list[str]], Awaitable[Sequence[T | None]]],
+    ) -> tuple[list[T], str | None]:
+        """Newest-first keyset pagination over a zset of id -> ms.
+
+        ``load`` turns a batch of ids into items, or None for one to skip. One item
+        more than the page is gathered, so nextCursor is null exactly on the last page.
+        """
+        after = _decode_cursor(cursor) if cursor else None
+        picked: list[tuple[T, tuple[int, str]]] = []
+        while len(picked) <= limit:
+            batch = await self._zset_after(index_key, after, limit + 1)
+            items = await load([member for _, member in batch]) if batch else []
+            picked += [(item, position) for position, item in zip(batch, items) if item is not None]
+            if len(batch) < limit + 1:
+                break
+            after = batch[-1]
+        next_cursor = _encode_cursor(*picked[limit - 1][1]) if len(picked) > limit else None
+        return [item for item, _ in picked[:limit]], next_cursor
+
+    async def _zset_after(self, key: str, after: tuple[int, str] | None, count: int) -> list[tuple[int, str]]:
+        """Up to ``count`` (score, member) of a zset, highest score first, strictly after
+        the position ``after``. Equal scores come in reverse member order
+        (ZRANGE ... REV), so a position needs the member as well as the score."""
+        top = "+inf" if after is None else after[0]
+        found: list[tuple[int, str]] = []
+        offset = 0
+        while len(found) < count:
+            batch = await self.redis.zrange(
+                key, top, "-inf", desc=True, byscore=True, offset=offset, num=count, withscores=True
+            )
+            found += [
+                (int(score), member) for member, score in batch if after is None or (int(score), member) < after
+            ]
+            if len(batch) < count:
+                break
+            offset += count
+        return found[:count]
+
+    def _agent_error(self, code: Reply, agent_id: str) -> ConcordError:
+        if code is Reply.AGENT_NOT_FOUND:
+            return agent_not_found(agent_id)
+        if code is Reply.AGENT_INACTIVE:
+            return ConcordError(
+                "agent_inactive",
+                f"Agent {agent_id} has sent no heartbeat in the last {self.window_ms // 1000} s; send one first",
+            )
+        raise ValueError(f"unexpected script reply {code!r}")
+
+
+# --- reply parsing -----------------------------------------------------------
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it))
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _ms(redis_time: tuple[int, int]) -> int:
+    seconds, micros = redis_time
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+
+
+def _lease(tenant: str, contact: str, h: dict[str, str]) -> Lease:
+    return Lease(
+        id=h["id"],
+        tenant_id=tenant,
+        agent_id=h["agentId"],
+        agent_name=h["agentName"],
+        contact_email=contact,
+        intent=h["intent"] or None,
+        acquired_at=iso(h["acquiredAt"]),
+        expires_at=iso(h["expiresAt"]),
+        fencing_token=int(h["fencingToken"]),
+    )
+
+
+def _holder(reply: list[Any]) -> LeaseHolder:
+    _, agent_id, agent_name, intent, expires_at = reply
+    return LeaseHolder(agent_id=agent_id, agent_name=agent_name, intent=intent or None, expires_at=iso(expires_at))
+
+
+def _consensus(tenant: str, reply: list[Any]) -> Consensus:
+    c, votes = _pairs(reply[1]), _pairs(reply[2])
+    approve, reject, eligible, needed = (int(n) for n in reply[3:7])
+    ballots = []
+    for agent_id, record in votes.items():
+        vote, voted_at, agent_name, reason = record.split("|", 3)
+        ballots.append(
+            Vote(agent_id=agent_id, agent_name=agent_name, vote=vote, reason=reason or None, voted_at=iso(voted_at))
+        )
+    ballots.sort(key=lambda v: (v.voted_at, v.agent_id))
+    return Consensus(
+        id=c["id"],
+        tenant_id=tenant,
+        requesting_agent_id=c["requestingAgentId"],
+        action=c["action"],
+        contact_email=c["contactEmail"] or None,
+        reason=c["reason"] or None,
+        status=c["status"],
+        created_at=iso(c["createdAt"]),
+        expires_at=iso(c["expiresAt"]),
+        resolved_at=iso(c["resolvedAt"]) if "resolvedAt" in c else None,
+        tally=Tally(approve=approve, reject=reject, eligible=eligible, needed=needed),
+        votes=ballots,
+    )
+
+
+def _encode_cursor(score: int, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{score}:{member}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, sep, member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        if not sep:
+            raise ValueError
+        return int(score), member
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid("Expected a cursor from an earlier page's nextCursor", "$.cursor") from None
+
+
+def _not_holder(lease_id: str, agent_id: str | None, holder: str) -> ConcordError:
+    return ConcordError("not_lease_holder", f"Lease {lease_id} is held by {holder}, not by {agent_id}")
