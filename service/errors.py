@@ -3,7 +3,7 @@
 Every error leaves the service as an RFC 9457 problem document
 ``{type, title, status, detail, code}`` plus the members named for its code
 (``leaseHolder``, ``status``, ``field``...). ``code`` is the stable part that
-clients branch on; docs/errors.md lists them all.
+clients branch on; the README's Errors table lists them all.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-# code -> (HTTP status, title). docs/errors.md is this table in prose; keep them in step.
+# code -> (HTTP status, title). The README's Errors table is this table in prose; keep them in step.
 ERRORS: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "The body is not valid JSON"),
     "unauthorized": (401, "Missing or unknown API key"),

@@ -20,10 +20,10 @@ from redis.commands.core import AsyncScript
 # "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
 _DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
 LIB = "lib"
-# A checkout (or editable install) reads the top-level lua/; an installed wheel
-# carries the same files as service/lua/ (pyproject.toml maps them there).
+# An installed wheel carries the scripts as service/lua/ (pyproject.toml maps them
+# there); a checkout or an editable install reads the top-level lua/.
 _HERE = Path(__file__).resolve().parent
-LUA_DIR = next(p for p in (_HERE.parent / "lua", _HERE / "lua") if (p / "lib.lua").is_file())
+LUA_DIR = next(p for p in (_HERE / "lua", _HERE.parent / "lua") if (p / "lib.lua").is_file())
 
 
 @dataclass(frozen=True, slots=True)

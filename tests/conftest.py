@@ -1,0 +1,170 @@
+"""Shared fixtures: one store/API fixture over fakeredis and a real Redis.
+
+The real Redis is a private redis-server this session starts on a free port (or
+CONCORD_TEST_REDIS_URL, if set, whose database must hold none of our keys; each
+test then works under a key prefix of its own). Without either, real-Redis tests
+are skipped and the summary says so plainly; CONCORD_TEST_REQUIRE_REDIS=1 makes
+that a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import fakeredis.aioredis
+import httpx
+import pytest
+import redis.asyncio
+
+from service.app import create_app
+from service.config import Settings, key_digest
+from service.keys import Keys
+from service.store import Store
+from tests.helpers import REDIS_SERVER, RedisServer
+
+REQUIRE_REDIS = os.environ.get("CONCORD_TEST_REQUIRE_REDIS") == "1"
+EXTERNAL_URL = os.environ.get("CONCORD_TEST_REDIS_URL")
+
+# Two tenants and their API keys, configured as CONCORD_API_KEYS would be.
+TENANT, OTHER_TENANT = "acme", "globex"
+API_KEY, OTHER_API_KEY = "acme-test-key-0123456789", "globex-test-key-0123456789"
+
+_real: dict[str, str | None] = {"url": None, "what": None, "why_not": None}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real: needs a real Redis (a private redis-server, or CONCORD_TEST_REDIS_URL)")
+
+
+@pytest.fixture(scope="session")
+def real_redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """URL of this session's real Redis; skips (or fails, if required) without one."""
+    if _real["url"] is None and _real["why_not"] is None:
+        if EXTERNAL_URL:
+            _real.update(url=EXTERNAL_URL, what=f"CONCORD_TEST_REDIS_URL={EXTERNAL_URL}")
+        elif REDIS_SERVER:
+            server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+            _real.update(url=server.url, what=f"a private redis-server {server.version()} on port {server.port}")
+            _real["server"] = server  # type: ignore[assignment]
+        else:
+            _real["why_not"] = "no redis-server binary on PATH and CONCORD_TEST_REDIS_URL is unset"
+    if _real["url"] is None:
+        message = f"real Redis unavailable: {_real['why_not']}"
+        if REQUIRE_REDIS:
+            pytest.fail(f"{message} (CONCORD_TEST_REQUIRE_REDIS=1)")
+        pytest.skip(message)
+    yield _real["url"]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    server = _real.pop("server", None)
+    if server is not None:
+        server.stop()  # type: ignore[union-attr]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _real["url"]:
+        terminalreporter.write_line(f"real-Redis tests ran against {_real['what']}", green=True)
+    elif _real["why_not"]:
+        terminalreporter.write_line(
+            f"real-Redis tests were SKIPPED ({_real['why_not']}); only fakeredis ran", yellow=True, bold=True
+        )
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own: tests share a server, never keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.real)])
+async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
+    """An async client on a fresh fakeredis, or on the session's real Redis."""
+    if request.param == "fakeredis":
+        client = fakeredis.aioredis.FakeRedis(decode_responses=True)
+    else:
+        client = redis.asyncio.Redis.from_url(request.getfixturevalue("real_redis_url"), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def real_client(real_redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """An async client on the session's real Redis only."""
+    client = redis.asyncio.Redis.from_url(real_redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def window_seconds() -> int:
+    """The heartbeat window of the store and app fixtures; override it in a module to change it."""
+    return 300
+
+
+@pytest.fixture
+def store(redis_client: redis.asyncio.Redis, keys: Keys, window_seconds: int) -> Store:
+    return Store(redis_client, keys, window_seconds)
+
+
+@pytest.fixture
+def settings(prefix: str, window_seconds: int) -> Settings:
+    return Settings(
+        redis_url="redis://injected-by-tests",
+        api_keys={key_digest(API_KEY): TENANT, key_digest(OTHER_API_KEY): OTHER_TENANT},
+        key_prefix=prefix,
+        heartbeat_window_seconds=window_seconds,
+    )
+
+
+@asynccontextmanager
+async def running(app) -> AsyncIterator[object]:
+    """Run the app's lifespan and give each request its state, as a server would."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope, receive, send):
+            scope["state"] = dict(state)
+            await app(scope, receive, send)
+
+        yield with_state
+
+
+@pytest.fixture
+async def asgi_app(settings: Settings, redis_client: redis.asyncio.Redis):
+    """The app in process, on fakeredis or the real Redis (the redis_client parameter)."""
+    async with running(create_app(settings, redis_client)) as app:
+        yield app
+
+
+def _client(app, api_key: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://concord.test", headers=headers)
+
+
+@pytest.fixture
+async def client(asgi_app) -> AsyncIterator[httpx.AsyncClient]:
+    """HTTP client of tenant ``acme``."""
+    async with _client(asgi_app, API_KEY) as c:
+        yield c
+
+
+@pytest.fixture
+async def other_client(asgi_app) -> AsyncIterator[httpx.AsyncClient]:
+    """HTTP client of tenant ``globex``, on the same app and store."""
+    async with _client(asgi_app, OTHER_API_KEY) as c:
+        yield c
+
+
+@pytest.fixture
+async def anonymous_client(asgi_app) -> AsyncIterator[httpx.AsyncClient]:
+    """HTTP client sending no Authorization header."""
+    async with _client(asgi_app, None) as c:
+        yield c

@@ -1,0 +1,152 @@
+"""Real parts for the tests: private redis-server processes, `concord serve`
+processes, and polling with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import redis
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = "condition") -> object:
+    """Async ``wait_until``: await ``check()`` until truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class RedisServer:
+    """A private redis-server on a free port, with its own directory; never the shared one."""
+
+    def __init__(self, directory: Path, *config: str, port: int | None = None) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.config = config or ("--save", "", "--appendonly", "no")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, **kwargs)
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--logfile", str(self.directory / "redis.log"), *self.config],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = self.client(socket_timeout=1)
+        wait_until(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), saving only if the config asks for it."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def version(self) -> str:
+        out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+        return out.split("v=")[1].split()[0] if "v=" in out else out.strip()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+class ServiceProcess:
+    """`concord serve` in a subprocess, on a free port, started and checked ready."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
+        output = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)],
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if self.log:
+                output.close()  # the child has its own copy of the descriptor
+        wait_until(self._ready, timeout=timeout, what=f"concord serve on port {self.port}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise AssertionError(f"concord serve exited with {self.process.returncode}; see {self.log}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
