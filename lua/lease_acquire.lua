@@ -68,7 +68,7 @@ end
 
 local token = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
 redis.call('SET', fence_key, int(token))
-redis.call('DEL', lease_key)
+-- Every field is rewritten: a taken-over lease keeps nothing of its former holder.
 redis.call('HSET', lease_key, 'id', lease_id, 'agentId', agent_id, 'agentName', agent_name,
   'intent', intent, 'acquiredAt', int(now_ms), 'fencingToken', int(token))
 lease_expire_at(lease_key, lease_id_key, agent_leases_key, contact, now_ms + duration_ms, now_ms)

@@ -1,0 +1,288 @@
+"""The Lua scripts keep the promises of their headers and of the house style.
+
+Static checks over lua/*.lua (as service.scripts.sources() parsed them): every
+KEYS/ARGV a script reads is declared in its header and every declared input is
+read; the first lines name the inputs; the replies a header lists are the replies
+the body can give; no script scans or builds a key name. Then two live checks:
+a call of the wrong arity is refused before reaching Redis, and a script Redis
+has forgotten (SCRIPT FLUSH) is loaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+
+from service.keys import Keys
+from service.scripts import LIB, Source, lib_text, sources
+from service.store import Reply, Store
+
+TENANT = "acme"
+SCRIPTS = {name: source for name, source in sources().items() if name != LIB}
+LIB_SOURCE = sources()[LIB]
+
+_INDEX = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
+_UNPACK = re.compile(r"\bunpack\(\s*(KEYS|ARGV)\s*,\s*(\d+)\s*\)")
+_CONSENSUS_KEYS_CALL = re.compile(r"\bconsensus_keys\(\)")
+_CONSENSUS_KEYS_DEF = re.compile(r"local function consensus_keys\(\)\n(.*?)\nend\n", re.DOTALL)
+_REPLY_CONSTANT = re.compile(r"^local ([A-Z_]+) = (-?\d+)\b", re.MULTILINE)
+_REDIS_CALL = re.compile(r"\bredis\.p?call\(\s*'(\w+)'")
+# The prologue lines that may name an input: "local x = KEYS[1]", "local n = tonumber(ARGV[2])",
+# "local flag = ARGV[7] == '1'", "local rest = {unpack(KEYS, 5)}", "local k = consensus_keys()".
+_INPUT_LINE = re.compile(
+    r"^local (?P<name>\w+) = (?:"
+    r"(?:tonumber\()?(?P<kind>KEYS|ARGV)\[(?P<index>\d+)\]\)?(?: == '[^']*')?"
+    r"|\{unpack\((?P<vkind>KEYS|ARGV), (?P<vindex>\d+)\)\}"
+    r"|(?P<consensus>consensus_keys\(\))"
+    r")$"
+)
+
+
+def body(source: Source) -> str:
+    """The script after its header comment, without Lua line comments."""
+    return re.sub(r"--[^\n]*", "", source.text.split("]]", 1)[1])
+
+
+def consensus_key_fields() -> dict[int, str]:
+    """KEYS index -> field of the table lib.lua's consensus_keys() returns."""
+    match = _CONSENSUS_KEYS_DEF.search(LIB_SOURCE.text)
+    assert match, "lib.lua defines consensus_keys()"
+    fields = re.findall(r"(\w+) = KEYS\[(\d+)\]", match.group(1))
+    return {int(index): field for field, index in fields}
+
+
+def used(source: Source) -> dict[str, set[int]]:
+    """KEYS/ARGV indexes the script reads directly, its own or through consensus_keys()."""
+    text = body(source)
+    found: dict[str, set[int]] = {"KEYS": set(), "ARGV": set()}
+    for kind, index in _INDEX.findall(text):
+        found[kind].add(int(index))
+    if _CONSENSUS_KEYS_CALL.search(text):
+        found["KEYS"] |= set(consensus_key_fields())
+    return found
+
+
+def unpacked(source: Source) -> dict[str, set[int]]:
+    """Where the script takes "the rest" of KEYS/ARGV: unpack(KEYS, n) -> n."""
+    found: dict[str, set[int]] = {"KEYS": set(), "ARGV": set()}
+    for kind, index in _UNPACK.findall(body(source)):
+        found[kind].add(int(index))
+    return found
+
+
+def declared(source: Source, kind: str) -> tuple[tuple[str, ...], bool]:
+    return (source.keys, source.variadic_keys) if kind == "KEYS" else (source.args, source.variadic_args)
+
+
+def first_argument(text: str, start: int) -> str:
+    """The text of the call argument starting at ``start``, up to its top-level ',' or ')'."""
+    depth, quote, i = 0, None, start
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif ch == "," and depth == 0:
+            break
+        i += 1
+    return text[start:i].strip()
+
+
+by_script = pytest.mark.parametrize("name", sorted(SCRIPTS))
+
+
+# --- headers against bodies --------------------------------------------------
+
+
+@by_script
+def test_every_input_read_is_declared(name):
+    source = SCRIPTS[name]
+    for kind, indexes in used(source).items():
+        names, _ = declared(source, kind)
+        undeclared = sorted(i for i in indexes if not 1 <= i <= len(names))
+        assert not undeclared, f"lua/{name}.lua reads {kind}{undeclared} but its header declares {len(names)}"
+    for kind, indexes in unpacked(source).items():
+        names, variadic = declared(source, kind)
+        for index in indexes:
+            assert variadic and index == len(names), (
+                f"lua/{name}.lua reads {kind}[{index}..]; its header must end with {kind}[{index}..]"
+            )
+
+
+@by_script
+def test_every_declared_input_is_read(name):
+    source = SCRIPTS[name]
+    for kind in ("KEYS", "ARGV"):
+        names, variadic = declared(source, kind)
+        read = used(source)[kind] | unpacked(source)[kind]
+        for index, var in enumerate(names, start=1):
+            assert index in read, f"lua/{name}.lua declares {kind}[{index}] {var} but never reads it"
+        if variadic:
+            assert unpacked(source)[kind] == {len(names)}, f"lua/{name}.lua: variadic {kind} never unpacked"
+
+
+def test_lib_reads_keys_only_in_consensus_keys_and_never_argv():
+    text = body(LIB_SOURCE)
+    outside = _CONSENSUS_KEYS_DEF.sub("", text)
+    assert not _INDEX.search(outside) and not _UNPACK.search(outside)
+    assert consensus_key_fields() == {i: f for i, f in enumerate(
+        ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due"), start=1
+    )}
+
+
+def test_the_consensus_scripts_declare_the_keys_consensus_keys_reads():
+    fields = consensus_key_fields()
+    users = [name for name, source in SCRIPTS.items() if _CONSENSUS_KEYS_CALL.search(body(source))]
+    assert sorted(users) == ["consensus_read", "consensus_request", "consensus_vote"]
+    for name in users:
+        keys = SCRIPTS[name].keys
+        assert len(keys) >= len(fields)
+        # The header's "KEYS[1] cons_key" is lib's "cons = KEYS[1]".
+        for index, field in fields.items():
+            assert keys[index - 1] == f"{field}_key", f"lua/{name}.lua KEYS[{index}]"
+
+
+@by_script
+def test_first_lines_name_the_inputs_and_the_body_never_indexes_them_again(name):
+    source = SCRIPTS[name]
+    lines = [line.strip() for line in body(source).splitlines() if line.strip()]
+    prologue = []
+    for line in lines:
+        match = _INPUT_LINE.match(line)
+        if not match:
+            break
+        prologue.append(match)
+    rest = "\n".join(lines[len(prologue):])
+    assert not _INDEX.search(rest) and not _UNPACK.search(rest) and not _CONSENSUS_KEYS_CALL.search(rest), (
+        f"lua/{name}.lua reads KEYS/ARGV after its first lines"
+    )
+
+    named: dict[str, set[int]] = {"KEYS": set(), "ARGV": set()}
+    for match in prologue:
+        if match["consensus"]:
+            named["KEYS"] |= set(consensus_key_fields())
+            continue
+        kind = match["kind"] or match["vkind"]
+        index = int(match["index"] or match["vindex"])
+        named[kind].add(index)
+        names, _ = declared(source, kind)
+        # The local is called what the header calls the input.
+        assert match["name"] == names[index - 1], f"lua/{name}.lua: {kind}[{index}] is {names[index - 1]} in the header"
+    for kind in ("KEYS", "ARGV"):
+        names, _ = declared(source, kind)
+        assert named[kind] == set(range(1, len(names) + 1)), f"lua/{name}.lua's first lines name {kind} {named[kind]}"
+
+
+@by_script
+def test_header_names_the_script_and_a_keys_builder_for_every_key(name):
+    source = SCRIPTS[name]
+    assert source.header.split("\n", 2)[1].strip().startswith(f"{name}: ")
+    for line in source.header.splitlines():
+        if re.match(r"\s+KEYS\[", line):
+            builder = re.search(r"\bkeys\.(\w+)\(", line)
+            assert builder and callable(getattr(Keys, builder.group(1), None)), f"lua/{name}.lua: {line.strip()}"
+
+
+@by_script
+def test_header_replies_are_the_replies_the_body_gives(name):
+    source = SCRIPTS[name]
+    header, _, replies = source.header.partition("Replies:")
+    assert replies, f"lua/{name}.lua's header has no Replies: section"
+    codes = set(Reply.__members__)
+    listed = set(re.findall(r"\b[A-Z_]+\b", replies)) & codes
+    given = set(re.findall(r"\b[A-Z_]+\b", body(source))) & codes
+    assert listed == given, f"lua/{name}.lua: header lists {sorted(listed)}, body gives {sorted(given)}"
+
+
+def test_reply_codes_in_lib_equal_the_store_reply_enum():
+    constants = {name: int(value) for name, value in _REPLY_CONSTANT.findall(LIB_SOURCE.text)}
+    assert constants == {member.name: member.value for member in Reply}
+
+
+# --- what scripts may do with Redis ------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(sources()))
+def test_no_script_scans_or_lists_keys(name):
+    commands = {command.upper() for command in _REDIS_CALL.findall(sources()[name].text)}
+    assert not commands & {"KEYS", "SCAN"}, f"lua/{name}.lua calls {sorted(commands & {'KEYS', 'SCAN'})}"
+
+
+@pytest.mark.parametrize("name", sorted(sources()))
+def test_no_script_builds_a_key_name(name):
+    """The key position of every redis.call is a variable holding a key from KEYS:
+    no literal, no concatenation, no function call."""
+    text = body(sources()[name])
+    calls = list(_REDIS_CALL.finditer(text))
+    assert calls
+    for call in calls:
+        if call.group(1).upper() == "TIME":  # takes no key
+            continue
+        rest = text[call.end():]
+        assert rest.lstrip().startswith(","), f"lua/{name}.lua: {call.group(0)} without a key"
+        key = first_argument(rest, rest.index(",") + 1)
+        assert re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[A-Za-z_]\w*\])?", key), (
+            f"lua/{name}.lua: {call.group(1)} on a computed key {key!r}"
+        )
+
+
+# --- arity and the script cache ----------------------------------------------
+
+
+@by_script
+async def test_wrong_number_of_keys_or_args_is_a_type_error(name, store):
+    source = SCRIPTS[name]
+    script = getattr(store.scripts, name)
+    keys = [f"{store.keys.tenant(TENANT)}:k{i}" for i in range(len(source.keys))]
+    args = ["a"] * len(source.args)
+    # A variadic "X[n..]" may be empty, so the shortest valid call has n - 1 of X.
+    if source.variadic_keys:
+        keys = keys[:-1]
+    if source.variadic_args:
+        args = args[:-1]
+
+    wrong = [(keys[:-1], args)]
+    if not source.variadic_keys:
+        wrong.append((keys + ["extra"], args))
+    if args:
+        wrong.append((keys, args[:-1]))
+    if not source.variadic_args:
+        wrong.append((keys, args + ["extra"]))
+    for bad_keys, bad_args in wrong:
+        with pytest.raises(TypeError, match=f"lua/{name}.lua declares"):
+            await script(keys=bad_keys, args=bad_args)
+    # Nothing reached Redis.
+    assert [key async for key in store.redis.scan_iter(match=f"{store.keys.prefix}:*")] == []
+
+
+def test_every_script_declares_its_inputs():
+    for name, source in SCRIPTS.items():
+        assert source.keys, f"lua/{name}.lua declares no KEYS"
+        assert source.args, f"lua/{name}.lua declares no ARGV"
+
+
+@pytest.mark.real
+async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
+    store = Store(real_client, keys, 300)
+    agent, created = await store.register(TENANT, "sdr", None, None)
+    assert created
+    sha = hashlib.sha1((lib_text() + "\n" + SCRIPTS["agent_register"].text).encode()).hexdigest()
+    assert await real_client.script_exists(sha) == [True]
+
+    await real_client.script_flush()
+    assert await real_client.script_exists(sha) == [False]
+
+    again, created = await store.register(TENANT, "sdr", "retention", None)
+    assert not created
+    assert again.id == agent.id and again.agent_role == "retention"
+    assert await real_client.script_exists(sha) == [True]
+    assert await real_client.hget(keys.agent(TENANT, agent.id), "agentRole") == "retention"
