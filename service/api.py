@@ -24,12 +24,11 @@ from .store import Store
 
 MAX_BODY_BYTES = 64 * 1024
 _encode = msgspec.json.Encoder().encode
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # An id of the wrong shape cannot exist: it gets the same 404 as an unknown one.
 _PATH_IDS = {
-    "agentId": (re.compile(f"agent_{_UUID}"), agent_not_found),
-    "leaseId": (re.compile(f"lease_{_UUID}"), lease_not_found),
-    "consensusId": (re.compile(f"cons_{_UUID}"), consensus_not_found),
+    "agentId": (re.compile(f"agent_{s.UUID}"), agent_not_found),
+    "leaseId": (re.compile(f"lease_{s.UUID}"), lease_not_found),
+    "consensusId": (re.compile(f"cons_{s.UUID}"), consensus_not_found),
 }
 B = TypeVar("B", bound=s.Input)
 
@@ -51,6 +50,7 @@ def endpoint(body: type[s.Input] | None = None) -> Callable[[Callable[..., Await
                 tenant = await state.auth.tenant(request.headers.get("authorization"))
             args: list[Any] = [request, state.store, tenant]
             if decoder is not None:
+                _query(request, s.TenantQuery, tenant)  # a POST may carry tenantId, and nothing else, there
                 args.append(_check_tenant(_decode(decoder, await _read_body(request)), tenant))
             async with asyncio.timeout(deadline):
                 return await handler(*args)
@@ -218,6 +218,10 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes) -> Any:
         raise _validation(exc) from None
     except msgspec.DecodeError as exc:
         raise ConcordError("malformed_json", f"{exc}") from None
+    except UnicodeDecodeError:
+        raise ConcordError("malformed_json", "The body is not valid UTF-8") from None
+    except RecursionError:
+        raise ConcordError("malformed_json", "The body is nested too deeply") from None
 
 
 def _query(request: Request, kind: type[B], tenant: str) -> B:

@@ -137,7 +137,9 @@ async def _concord_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+        return problem(
+            "method_not_allowed", f"{request.method} is not allowed on {request.url.path}", headers=exc.headers
+        )
     return problem("not_found", f"No endpoint {request.url.path}")
 
 

@@ -59,11 +59,20 @@ class StoreUnavailable(ConcordError):
         super().__init__("store_unavailable", detail)
 
 
-def problem(code: str, detail: str, **extra: Any) -> Response:
+_STANDARD = frozenset({"type", "title", "status", "detail", "code"})
+
+
+def problem(code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     status, title = ERRORS[code]
+    if not _STANDARD.isdisjoint(extra):
+        raise ValueError(f"problem members {sorted(_STANDARD & extra.keys())} are reserved")
     body = {"type": f"urn:concord:problem:{code}", "title": title, "status": status, "detail": detail, "code": code}
     body.update(extra)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="concord"'
+    elif status == 503:
+        headers["Retry-After"] = "1"
     return Response(_encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

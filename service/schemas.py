@@ -18,12 +18,21 @@ from .errors import invalid
 
 # --- constrained types -------------------------------------------------------
 
-TenantId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="1-64 of A-Z a-z 0-9 _ -")]
-AgentName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
-AgentId = Annotated[str, Meta(pattern=r"^agent_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+
+def whole(pattern: str) -> str:
+    """Anchor ``pattern`` to the whole string. In Python (msgspec matches with
+    re.search) ``$`` also matches before a final newline, which the lookahead
+    refuses; the result stays a valid JSON Schema (ECMA-262) pattern."""
+    return f"^{pattern}$(?!\\n)"
+
+
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+TenantId = Annotated[str, Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"), description="1-64 of A-Z a-z 0-9 _ -")]
+AgentName = Annotated[str, Meta(min_length=1, max_length=128, pattern=whole("[A-Za-z0-9._-]+"))]
+AgentId = Annotated[str, Meta(pattern=whole(f"agent_{UUID}"))]
 # Short labels: no control characters.
-Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Action = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=whole("[^\\x00-\\x1f\\x7f]+"))]
+Action = Annotated[str, Meta(min_length=1, max_length=128, pattern=whole("[^\\x00-\\x1f\\x7f]+"))]
 # Free text: anything but NUL.
 Reason = Annotated[str, Meta(max_length=2000, pattern=r"^[^\x00]*$")]
 # Checked for shape after trimming and lower-casing (normalize_email); bounded here

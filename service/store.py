@@ -346,7 +346,9 @@ class Store:
             )
         if code is Reply.CONSENSUS_CLOSED:
             raise ConcordError(
-                "consensus_closed", f"Consensus request {consensus_id} is already {reply[1]}", status=reply[1]
+                "consensus_closed",
+                f"Consensus request {consensus_id} is already {reply[1]}",
+                consensusStatus=reply[1],
             )
         raise self._agent_error(code, agent_id)
 
