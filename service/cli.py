@@ -88,6 +88,8 @@ def _log_config(level: str) -> dict:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
     from .app import connect
     from .keys import Keys
     from .store import Store
@@ -99,13 +101,13 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.key_command == "create" and not TENANT_RE.fullmatch(args.tenant):
+        print(f"concord: tenant {args.tenant!r} must be 1-64 of A-Z a-z 0-9 _ -", file=sys.stderr)
+        return 2
     client = connect(settings)
     try:
         store = Store(client, Keys(settings.key_prefix), settings.heartbeat_window_seconds)
         if args.key_command == "create":
-            if not TENANT_RE.fullmatch(args.tenant):
-                print(f"concord: tenant {args.tenant!r} must be 1-64 of A-Z a-z 0-9 _ -", file=sys.stderr)
-                return 2
             print(await store.create_api_key(args.tenant))
             print(f"Created an API key for tenant {args.tenant!r}. It is shown only now.", file=sys.stderr)
         elif args.key_command == "revoke":
@@ -117,6 +119,9 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         else:
             for digest, tenant in sorted((await store.api_keys()).items(), key=lambda item: (item[1], item[0])):
                 print(f"{digest}  {tenant}")
+    except RedisError as exc:
+        print(f"concord: Redis at CONCORD_REDIS_URL failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         await client.aclose()
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(ValueError):
@@ -46,8 +47,13 @@ class Settings:
         log_level = env.get("CONCORD_LOG_LEVEL", "info").lower()
         if log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"CONCORD_LOG_LEVEL={log_level!r}: expected debug, info, warning or error")
+        redis_url = env.get("CONCORD_REDIS_URL") or None
+        if redis_url is not None and not redis_url.startswith(REDIS_SCHEMES):
+            raise ConfigError(
+                f"CONCORD_REDIS_URL={redis_url!r}: expected redis://host:port[/db], rediss://... or unix://..."
+            )
         return cls(
-            redis_url=env.get("CONCORD_REDIS_URL") or None,
+            redis_url=redis_url,
             api_keys=parse_api_keys(env.get("CONCORD_API_KEYS", "")),
             key_prefix=prefix,
             heartbeat_window_seconds=_number(env, "CONCORD_HEARTBEAT_WINDOW_SECONDS", 300, int, 1, 86_400),

@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -105,11 +107,14 @@ def _pings(client: redis.Redis) -> bool:
 
 
 class ServiceProcess:
-    """`concord serve` in a subprocess, on a free port, started and checked ready."""
+    """`concord serve` in a subprocess, on a free port, started and checked ready.
 
-    def __init__(self, env: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
+    It sees none of the caller's CONCORD_* variables, only ``settings``, so a test
+    controls exactly what the service is configured with."""
+
+    def __init__(self, settings: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env}
+        self.env = concord_env(settings)
         self.workers = workers
         self.log = log
         self.process: subprocess.Popen | None = None
@@ -131,7 +136,11 @@ class ServiceProcess:
         finally:
             if self.log:
                 output.close()  # the child has its own copy of the descriptor
-        wait_until(self._ready, timeout=timeout, what=f"concord serve on port {self.port}")
+        try:
+            wait_until(self._ready, timeout=timeout, what=f"concord serve on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _ready(self) -> bool:
@@ -142,6 +151,14 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log else ""
+
+    def client(self, api_key: str | None) -> httpx.AsyncClient:
+        """An HTTP client of this service; a request that hangs past HANG_SECONDS fails."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HANG_SECONDS)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -150,3 +167,42 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+
+
+# A request that has not answered after this long is hung: that is the failure the
+# process tests look for, never a fine timing.
+HANG_SECONDS = 10.0
+
+
+def concord_env(settings: dict[str, str]) -> dict[str, str]:
+    """This environment without the caller's CONCORD_* variables, plus ``settings``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
+    env.update(settings)
+    return env
+
+
+@contextmanager
+def redis_server(directory: Path, *config: str, port: int | None = None) -> Iterator[RedisServer]:
+    """A private redis-server for the block; killed afterwards whatever state it is in
+    (SIGKILL also ends a server a test left SIGSTOPped). Tests that stop and start
+    servers need the binary: without it they skip, or fail if a real Redis is required."""
+    if REDIS_SERVER is None:
+        message = "needs a redis-server binary on PATH to start, stop and restart"
+        if os.environ.get("CONCORD_TEST_REQUIRE_REDIS") == "1":
+            pytest.fail(f"{message} (CONCORD_TEST_REQUIRE_REDIS=1)")
+        pytest.skip(message)
+    server = RedisServer(directory, *config, port=port)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+@contextmanager
+def service(settings: dict[str, str], log: Path, workers: int = 1) -> Iterator[ServiceProcess]:
+    """A running `concord serve` for the block, stopped afterwards."""
+    proc = ServiceProcess(settings, workers, log)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()

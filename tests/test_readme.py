@@ -32,8 +32,7 @@ def test_walkthrough_has_blocks_and_expectations():
 
 def test_walkthrough_gives_the_documented_answers(tmp_path: Path):
     log = tmp_path / "serve.log"
-    env = {"CONCORD_REDIS_URL": "", "CONCORD_API_KEYS": ""}
-    service = ServiceProcess(env, log=log).start()
+    service = ServiceProcess({}, log=log).start()  # no settings: the embedded store, as in the quickstart
     try:
         key = wait_until(lambda: re.search(r"for tenant 'demo': (\S+)", log.read_text()), what="the demo key")[1]
         script, expects = walkthrough()
