@@ -26,7 +26,7 @@ key                                       type    contents (TTL)
 <p>:{t}:consensus:<consId>                hash    id requestingAgentId action contactEmail reason
                                                   status createdAt expiresAt resolvedAt, and once
                                                   resolved eligible needed (7 days past
-                                                  resolution)
+                                                  expiresAt, or past resolvedAt once decided)
 <p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt ms|agentName|reason"
                                                   (as its request)
 <p>:{t}:consensus-list:<all|status>       zset    consId -> createdAt ms, one list per status
@@ -44,8 +44,6 @@ shows a lease.
 from __future__ import annotations
 
 import uuid
-
-CONSENSUS_STATUSES = ("pending", "approved", "rejected", "expired")
 
 # Agent ids are UUIDv5 of "<tenant>/<agentName>" in this namespace: the name is the
 # agent's identity, so two registrations of one name can only ever meet on one key.
@@ -70,41 +68,42 @@ class Keys:
         self.prefix = prefix
 
     def tenant(self, tenant: str) -> str:
-        # "{tenant}" is the Cluster hash tag: it pins every key of the tenant to one slot.
+        """The start of every key of ``tenant``. "{tenant}" is the Cluster hash tag:
+        it pins every key of the tenant to one slot."""
         return f"{self.prefix}:{{{tenant}}}"
 
     def agent(self, tenant: str, agent_id: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:agent:{agent_id}"
+        return f"{self.tenant(tenant)}:agent:{agent_id}"
 
     def agent_leases(self, tenant: str, agent_id: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:agent:{agent_id}:leases"
+        return f"{self.tenant(tenant)}:agent:{agent_id}:leases"
 
     def agents(self, tenant: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:agents"
+        return f"{self.tenant(tenant)}:agents"
 
     def heartbeats(self, tenant: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:heartbeats"
+        return f"{self.tenant(tenant)}:heartbeats"
 
     def lease(self, tenant: str, contact: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:lease:{contact}"
+        return f"{self.tenant(tenant)}:lease:{contact}"
 
     def lease_id(self, tenant: str, lease_id: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:lease-id:{lease_id}"
+        return f"{self.tenant(tenant)}:lease-id:{lease_id}"
 
     def fence(self, tenant: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:fence"
+        return f"{self.tenant(tenant)}:fence"
 
     def consensus(self, tenant: str, consensus_id: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:consensus:{consensus_id}"
+        return f"{self.tenant(tenant)}:consensus:{consensus_id}"
 
     def votes(self, tenant: str, consensus_id: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:consensus:{consensus_id}:votes"
+        return f"{self.tenant(tenant)}:consensus:{consensus_id}:votes"
 
     def consensus_list(self, tenant: str, status: str = "all") -> str:
-        return f"{self.prefix}:{{{tenant}}}:consensus-list:{status}"
+        return f"{self.tenant(tenant)}:consensus-list:{status}"
 
     def consensus_due(self, tenant: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:consensus-due"
+        return f"{self.tenant(tenant)}:consensus-due"
 
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"

@@ -23,6 +23,7 @@ from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_n
 from .keys import Keys, agent_id_for, new_id
 from .scripts import Scripts
 from .schemas import (
+    MAX_CONSENSUS_TIMEOUT_S,
     Agent,
     AgentList,
     AgentRemoved,
@@ -43,7 +44,7 @@ T = TypeVar("T")
 
 # How long a decided consensus request stays readable, and the longest timeout.
 RETENTION_MS = 7 * 24 * 3600 * 1000
-MAX_CONSENSUS_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_CONSENSUS_TIMEOUT_MS = MAX_CONSENSUS_TIMEOUT_S * 1000
 # A script answers RETRY / HELD_BY_CALLER only when state moved between two round
 # trips of one request; a few attempts are plenty.
 MAX_ATTEMPTS = 5

@@ -11,13 +11,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+
+from service.keys import Keys
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -40,8 +44,10 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         time.sleep(0.02)
 
 
-async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = "condition") -> object:
-    """Async ``wait_until``: await ``check()`` until truthy, or fail after ``timeout`` s."""
+async def eventually(
+    check: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = "condition", every: float = 0.02
+) -> object:
+    """Async ``wait_until``: await ``check()`` every ``every`` s until truthy, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = await check()
@@ -49,7 +55,7 @@ async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 10
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 class RedisServer:
@@ -206,3 +212,26 @@ def service(settings: dict[str, str], log: Path, workers: int = 1) -> Iterator[S
         yield proc.start()
     finally:
         proc.stop()
+
+
+@dataclass
+class Stack:
+    """A private redis-server and a `concord serve` on it, under a key prefix of their own."""
+
+    redis: RedisServer
+    service: ServiceProcess
+    keys: Keys
+    directory: Path
+
+
+@contextmanager
+def running_stack(
+    directory: Path, settings: dict[str, str], *redis_config: str, workers: int = 1
+) -> Iterator[Stack]:
+    """Start a Stack for the block (``settings`` add to CONCORD_REDIS_URL and
+    CONCORD_KEY_PREFIX, which it fills in); everything is stopped afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    with redis_server(directory / "redis", *redis_config) as server:
+        env = {"CONCORD_REDIS_URL": server.url, "CONCORD_KEY_PREFIX": prefix, **settings}
+        with service(env, directory / "concord.log", workers) as proc:
+            yield Stack(server, proc, Keys(prefix), directory)

@@ -11,18 +11,15 @@ on one private redis-server, hit by many clients at the same moment.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from service.keys import Keys
 from tests.api_helpers import C, V1, closed, problem
-from tests.helpers import RedisServer, ServiceProcess, redis_server, service, wait_until
+from tests.helpers import Stack, running_stack, wait_until
 
 # --- this module's deployment ----------------------------------------------------
 
@@ -37,34 +34,20 @@ VOTERS = 30
 pytestmark = pytest.mark.real
 
 
-@dataclass
-class Deployment:
-    redis: RedisServer
-    service: ServiceProcess
-    keys: Keys
-
-
 @pytest.fixture(scope="module")
-def deployment(real_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(real_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One `concord serve --workers 4` on one private redis-server. (real_redis_url
     only decides whether a real Redis may be used: skip, or fail if required.)"""
-    directory = tmp_path_factory.mktemp("concurrency")
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    settings = {
-        "CONCORD_API_KEYS": f"{RACE_TENANT}:{RACE_KEY},{VOTE_TENANT}:{VOTE_KEY},{CLOSED_TENANT}:{CLOSED_KEY}",
-        "CONCORD_KEY_PREFIX": prefix,
-    }
-    with redis_server(directory / "redis") as redis:
-        settings["CONCORD_REDIS_URL"] = redis.url
-        with service(settings, directory / "concord.log", workers=WORKERS) as proc:
-            # Ready once one worker answers; the race is only a race across workers
-            # once all four of them accept connections.
-            wait_until(
-                lambda: proc.log_text().count("Application startup complete") >= WORKERS,
-                timeout=30,
-                what=f"{WORKERS} workers started",
-            )
-            yield Deployment(redis, proc, Keys(prefix))
+    settings = {"CONCORD_API_KEYS": f"{RACE_TENANT}:{RACE_KEY},{VOTE_TENANT}:{VOTE_KEY},{CLOSED_TENANT}:{CLOSED_KEY}"}
+    with running_stack(tmp_path_factory.mktemp("concurrency"), settings, workers=WORKERS) as stack:
+        # Ready once one worker answers; the race is only a race across workers
+        # once all four of them accept connections.
+        wait_until(
+            lambda: stack.service.log_text().count("Application startup complete") >= WORKERS,
+            timeout=30,
+            what=f"{WORKERS} workers started",
+        )
+        yield stack
 
 
 async def register(client: httpx.AsyncClient, name: str) -> dict:
@@ -80,7 +63,7 @@ def spellings(contact: str, n: int) -> list[str]:
     return [forms[i % len(forms)] for i in range(n)]
 
 
-async def test_exactly_one_winner_per_contact(deployment: Deployment):
+async def test_exactly_one_winner_per_contact(deployment: Stack):
     async with AsyncExitStack() as stack:
         # One client, hence one connection, per agent: 32 connections spread over the workers.
         clients = [await stack.enter_async_context(deployment.service.client(RACE_KEY)) for _ in range(RACERS)]
@@ -137,7 +120,7 @@ async def test_exactly_one_winner_per_contact(deployment: Deployment):
         redis.close()
 
 
-async def test_votes_at_once_count_each_voter_once_and_decide_once(deployment: Deployment):
+async def test_votes_at_once_count_each_voter_once_and_decide_once(deployment: Stack):
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(deployment.service.client(VOTE_KEY)) for _ in range(VOTERS + 1)]
         requester, *voters = await asyncio.gather(*(register(c, f"voter-{i:02d}") for i, c in enumerate(clients)))
@@ -231,7 +214,7 @@ async def test_votes_at_once_count_each_voter_once_and_decide_once(deployment: D
         assert pending.json()["consensus"] == [], pending.text
 
 
-async def test_a_vote_on_a_closed_request_is_an_rfc9457_problem(deployment: Deployment):
+async def test_a_vote_on_a_closed_request_is_an_rfc9457_problem(deployment: Stack):
     """Every error is RFC 9457 problem+json whose ``status`` is the HTTP status; the
     request's current status must travel in a member of its own, not replace it."""
     async with deployment.service.client(CLOSED_KEY) as client:

@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.keys import Keys
 from tests.api_helpers import C, V1, problem
-from tests.helpers import RedisServer, ServiceProcess, eventually, redis_server, service
+from tests.helpers import Stack, eventually, redis_server, running_stack
 
 pytestmark = pytest.mark.real
 
@@ -33,27 +32,13 @@ TENANT, API_KEY = "acme", "acme-faults-key-0123456789"
 PERSISTENT = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    service: ServiceProcess
-    keys: Keys
-
-
 @pytest.fixture
 def stack(real_redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A persistent private redis-server and a service whose Redis deadline is 1 s.
     (real_redis_url only decides whether a real Redis may be used: skip, or fail if required.)"""
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    with redis_server(tmp_path / "redis", *PERSISTENT) as redis:
-        settings = {
-            "CONCORD_REDIS_URL": redis.url,
-            "CONCORD_API_KEYS": f"{TENANT}:{API_KEY}",
-            "CONCORD_KEY_PREFIX": prefix,
-            "CONCORD_REDIS_TIMEOUT_SECONDS": "1",
-        }
-        with service(settings, tmp_path / "concord.log") as proc:
-            yield Stack(redis, proc, Keys(prefix))
+    settings = {"CONCORD_API_KEYS": f"{TENANT}:{API_KEY}", "CONCORD_REDIS_TIMEOUT_SECONDS": "1"}
+    with running_stack(tmp_path, settings, *PERSISTENT) as stack:
+        yield stack
 
 
 @dataclass
@@ -183,23 +168,20 @@ async def test_many_requests_at_once_on_a_frozen_redis_all_answer_503(stack: Sta
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
 def test_an_evicting_maxmemory_policy_is_a_startup_warning(real_redis_url: str, tmp_path: Path, policy: str):
-    with redis_server(tmp_path / "redis", "--save", "", "--maxmemory", "100mb", "--maxmemory-policy", policy) as redis:
-        settings = {"CONCORD_REDIS_URL": redis.url, "CONCORD_API_KEYS": f"{TENANT}:{API_KEY}"}
-        with service(settings, tmp_path / "concord.log") as proc:
-            lines = [line for line in proc.log_text().splitlines() if "maxmemory-policy" in line]
-            assert len(lines) == 1, proc.log_text()
-            assert "WARNING" in lines[0] and policy in lines[0] and "noeviction" in lines[0], lines
+    config = ("--save", "", "--maxmemory", "100mb", "--maxmemory-policy", policy)
+    with running_stack(tmp_path, {"CONCORD_API_KEYS": f"{TENANT}:{API_KEY}"}, *config) as stack:
+        lines = [line for line in stack.service.log_text().splitlines() if "maxmemory-policy" in line]
+        assert len(lines) == 1, stack.service.log_text()
+        assert "WARNING" in lines[0] and policy in lines[0] and "noeviction" in lines[0], lines
 
 
 def test_noeviction_gives_no_maxmemory_warning(real_redis_url: str, tmp_path: Path):
     config = ("--save", "", "--maxmemory", "100mb", "--maxmemory-policy", "noeviction")
-    with redis_server(tmp_path / "redis", *config) as redis:
-        settings = {"CONCORD_REDIS_URL": redis.url, "CONCORD_API_KEYS": f"{TENANT}:{API_KEY}"}
-        with service(settings, tmp_path / "concord.log") as proc:
-            # Ready means the lifespan, which checks the policy, has run and logged.
-            log = proc.log_text()
-            assert "Application startup complete" in log, log
-            assert "maxmemory" not in log and "WARNING" not in log, log
+    with running_stack(tmp_path, {"CONCORD_API_KEYS": f"{TENANT}:{API_KEY}"}, *config) as stack:
+        # Ready means the lifespan, which checks the policy, has run and logged.
+        log = stack.service.log_text()
+        assert "Application startup complete" in log, log
+        assert "maxmemory" not in log and "WARNING" not in log, log
 
 
 @pytest.mark.parametrize("planted", ["agent", "lease"])

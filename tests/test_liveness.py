@@ -13,19 +13,15 @@ has passed.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.keys import Keys
 from tests.api_helpers import C, V1, problem
-from tests.helpers import RedisServer, ServiceProcess, redis_server, service
+from tests.helpers import Stack, eventually, redis_server, running_stack
 
 pytestmark = pytest.mark.real
 
@@ -35,38 +31,18 @@ WINDOW = 1  # seconds: CONCORD_HEARTBEAT_WINDOW_SECONDS
 LAPSE_DEADLINE = 15.0
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    service: ServiceProcess
-    keys: Keys
-    directory: Path
-
-
 @pytest.fixture
 def stack(real_redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A private redis-server without persistence and a service with a 1 s window.
     (real_redis_url only decides whether a real Redis may be used: skip, or fail if required.)"""
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    with redis_server(tmp_path / "redis") as redis:
-        settings = {
-            "CONCORD_REDIS_URL": redis.url,
-            "CONCORD_API_KEYS": f"{TENANT}:{API_KEY}",
-            "CONCORD_KEY_PREFIX": prefix,
-            "CONCORD_HEARTBEAT_WINDOW_SECONDS": str(WINDOW),
-        }
-        with service(settings, tmp_path / "concord.log") as proc:
-            yield Stack(redis, proc, Keys(prefix), tmp_path)
+    settings = {"CONCORD_API_KEYS": f"{TENANT}:{API_KEY}", "CONCORD_HEARTBEAT_WINDOW_SECONDS": str(WINDOW)}
+    with running_stack(tmp_path, settings) as stack:
+        yield stack
 
 
-async def poll(check: Callable[[], Awaitable[object]], what: str, timeout: float = LAPSE_DEADLINE, every: float = 0.1):
-    """Await ``check()`` every ``every`` s until it is truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(every)
-    return value
+async def poll(check: Callable[[], Awaitable[object]], what: str, every: float = 0.1) -> object:
+    """Await ``check()`` until truthy; only a hang reaches LAPSE_DEADLINE."""
+    return await eventually(check, timeout=LAPSE_DEADLINE, what=what, every=every)
 
 
 class Fleet:
