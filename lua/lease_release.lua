@@ -10,7 +10,7 @@
   ARGV[2] agent_id        '' lets anyone of the tenant release; else only the holder may
 
   Replies:
-    {OK}
+    {OK, releasedAt ms}
     {LEASE_NOT_FOUND}     expired, released, or taken over
     {NOT_LEASE_HOLDER, holderId}
 ]]
@@ -23,4 +23,4 @@ local held = redis.call('HMGET', lease_key, 'id', 'agentId')
 if held[1] ~= lease_id then return {LEASE_NOT_FOUND} end
 if agent_id ~= '' and held[2] ~= agent_id then return {NOT_LEASE_HOLDER, held[2]} end
 redis.call('DEL', lease_key, lease_id_key)
-return {OK}
+return {OK, clock()}

@@ -202,6 +202,7 @@ class LeaseList(Output):
 class Released(Output, kw_only=True):
     id: str
     released: bool = True
+    released_at: str
 
 
 class SendCheck(Output, omit_defaults=True):

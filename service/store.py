@@ -232,7 +232,7 @@ class Store:
         )
         code = Reply(reply[0])
         if code is Reply.OK:
-            return Released(id=lease_id)
+            return Released(id=lease_id, released_at=iso(reply[1]))
         if code is Reply.NOT_LEASE_HOLDER:
             raise _not_holder(lease_id, agent_id, reply[1])
         raise lease_not_found(lease_id)

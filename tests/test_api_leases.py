@@ -455,7 +455,9 @@ async def test_renew_refuses_bad_bodies(client, sdr, payload, field):
 
 async def test_release_then_404(client, redis_client, keys, sdr, retention):
     lease = await acquire(client, sdr["id"], CONTACT)
-    assert ok(await client.delete(f"{C}/lease/{lease['id']}")) == {"id": lease["id"], "released": True}
+    released = ok(await client.delete(f"{C}/lease/{lease['id']}"))
+    assert released == {"id": lease["id"], "released": True, "releasedAt": released["releasedAt"]}
+    assert ms(lease["acquiredAt"]) <= ms(released["releasedAt"]) < ms(lease["expiresAt"])
     assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
     assert not await redis_client.exists(keys.lease_id(TENANT, lease["id"]))
 
@@ -479,9 +481,8 @@ async def test_release_only_by_the_holder_when_agent_id_given(client, redis_clie
     )
     assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
 
-    assert ok(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": sdr["id"]})) == {
-        "id": lease["id"], "released": True
-    }
+    released = ok(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": sdr["id"]}))
+    assert released == {"id": lease["id"], "released": True, "releasedAt": released["releasedAt"]}
     problem(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": sdr["id"]}), 404, "lease_not_found")
 
 

@@ -334,7 +334,7 @@ async def test_remove_deletes_the_agent_and_only_the_leases_it_still_holds(store
     await granted(store, a, "two@example.com")
     # a held three@ once; it is now b's, but a's index (a hint) still names it.
     earlier = await granted(store, a, "three@example.com")
-    assert await release(store, earlier["id"], "three@example.com") == [Reply.OK]
+    assert (await release(store, earlier["id"], "three@example.com"))[0] == Reply.OK
     b_lease = await granted(store, b, "three@example.com")
     contacts = await redis_client.zrange(k.agent_leases(TENANT, a), 0, -1)
     assert sorted(contacts) == ["one@example.com", "three@example.com", "two@example.com"]
@@ -619,7 +619,8 @@ async def test_release_by_the_holder_deletes_the_lease_and_its_pointer(store, re
     k, agent_id = store.keys, await new_agent(store, "sdr")
     lease = await granted(store, agent_id)
 
-    assert await release(store, lease["id"], agent_id=agent_id) == [Reply.OK]
+    reply = await release(store, lease["id"], agent_id=agent_id)
+    assert reply[0] == Reply.OK and int(lease["acquiredAt"]) <= reply[1] < int(lease["expiresAt"])
 
     assert not await redis_client.exists(k.lease(TENANT, CONTACT), k.lease_id(TENANT, lease["id"]))
     # Released twice: the second finds nothing.
@@ -651,7 +652,7 @@ async def test_release_without_an_agent_lets_anyone_release(store, redis_client)
     k, agent_id = store.keys, await new_agent(store, "sdr")
     lease = await granted(store, agent_id)
 
-    assert await release(store, lease["id"], agent_id="") == [Reply.OK]
+    assert (await release(store, lease["id"], agent_id=""))[0] == Reply.OK
 
     assert not await redis_client.exists(k.lease(TENANT, CONTACT), k.lease_id(TENANT, lease["id"]))
 
