@@ -12,6 +12,7 @@
 local heartbeats_key = KEYS[1]
 local agent_id = ARGV[1]
 
+-- ZSCORE fails on a key of another type before anything is written.
 if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
 local now_ms = clock()
 redis.call('ZADD', heartbeats_key, int(now_ms), agent_id)

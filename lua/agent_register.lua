@@ -16,6 +16,7 @@
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
     {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local agent_key = KEYS[1]
 local agents_key = KEYS[2]
@@ -24,6 +25,9 @@ local agent_id = ARGV[1]
 local agent_name = ARGV[2]
 local agent_role = ARGV[3]
 local metadata = ARGV[4]
+
+local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset'})
+if wrong then return wrong end
 
 local now_ms = clock()
 local code = OK

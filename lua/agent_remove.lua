@@ -18,6 +18,7 @@
     {OK, number of leases released}
     {AGENT_NOT_FOUND}
     {RETRY}                   the lease index holds a contact not passed in
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local agent_key = KEYS[1]
 local agents_key = KEYS[2]
@@ -26,6 +27,11 @@ local agent_leases_key = KEYS[4]
 local lease_keys = {unpack(KEYS, 5)}
 local agent_id = ARGV[1]
 local contacts = {unpack(ARGV, 2)}
+
+local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [agent_leases_key] = 'zset'}
+for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'hash' end
+local wrong = wrong_type(expected)
+if wrong then return wrong end
 
 if redis.call('EXISTS', agent_key) == 0 then return {AGENT_NOT_FOUND} end
 local passed = {}

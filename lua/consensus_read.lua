@@ -19,11 +19,15 @@
   Replies:
     {OK, consensus...}
     {CONSENSUS_NOT_FOUND}  never made, or past retention; its list entries are dropped
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
 local consensus_id = ARGV[1]
 local window_ms = tonumber(ARGV[2])
 local retention_ms = tonumber(ARGV[3])
+
+local wrong = wrong_type(consensus_types(k))
+if wrong then return wrong end
 
 if redis.call('EXISTS', k.cons) == 0 then
   for _, list in ipairs({k.all, k.pending, k.approved, k.rejected, k.expired, k.due}) do

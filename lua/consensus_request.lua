@@ -28,6 +28,7 @@
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
     {OK, consensus...}         this id already exists: the earlier run's request
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
 local consensus_id = ARGV[1]
@@ -39,6 +40,9 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
+
+local wrong = wrong_type(consensus_types(k))
+if wrong then return wrong end
 
 local now_ms = clock()
 if redis.call('EXISTS', k.cons) == 1 then

@@ -26,6 +26,7 @@
     {CONSENSUS_NOT_FOUND} | {AGENT_NOT_FOUND} | {REQUESTER_CANNOT_VOTE} | {AGENT_INACTIVE}
     {ALREADY_VOTED, the agent's earlier vote}
     {CONSENSUS_CLOSED, status}
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
 local voter_key = KEYS[10]
@@ -34,6 +35,9 @@ local vote = ARGV[2]
 local reason = ARGV[3]
 local window_ms = tonumber(ARGV[4])
 local retention_ms = tonumber(ARGV[5])
+
+local wrong = wrong_type(consensus_types(k))
+if wrong then return wrong end
 
 local now_ms = clock()
 local requester = redis.call('HGET', k.cons, 'requestingAgentId')

@@ -33,6 +33,7 @@
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     {RETRY}                                      extend_only, and ARGV[2] is no longer held
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local agent_key = KEYS[1]
 local heartbeats_key = KEYS[2]
@@ -47,6 +48,9 @@ local intent = ARGV[4]
 local duration_ms = tonumber(ARGV[5])
 local window_ms = tonumber(ARGV[6])
 local extend_only = ARGV[7] == '1'
+
+local wrong = wrong_type({[lease_key] = 'hash', [lease_id_key] = 'string', [agent_leases_key] = 'zset', [fence_key] = 'string'})
+if wrong then return wrong end
 
 local now_ms, now_us = clock()
 local agent_name = redis.call('HGET', agent_key, 'agentName')

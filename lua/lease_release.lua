@@ -13,11 +13,15 @@
     {OK, releasedAt ms}
     {LEASE_NOT_FOUND}     expired, released, or taken over
     {NOT_LEASE_HOLDER, holderId}
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local lease_key = KEYS[1]
 local lease_id_key = KEYS[2]
 local lease_id = ARGV[1]
 local agent_id = ARGV[2]
+
+local wrong = wrong_type({[lease_key] = 'hash', [lease_id_key] = 'string'})
+if wrong then return wrong end
 
 local held = redis.call('HMGET', lease_key, 'id', 'agentId')
 if held[1] ~= lease_id then return {LEASE_NOT_FOUND} end

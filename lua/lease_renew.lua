@@ -20,6 +20,7 @@
     {LEASE_NOT_FOUND}       expired, released, or taken over
     {NOT_LEASE_HOLDER, holderId}
     {AGENT_INACTIVE}        the holder stopped heartbeating; heartbeat first
+    error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local heartbeats_key = KEYS[1]
 local lease_key = KEYS[2]
@@ -30,6 +31,9 @@ local agent_id = ARGV[2]
 local contact = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
+
+local wrong = wrong_type({[lease_key] = 'hash', [lease_id_key] = 'string', [agent_leases_key] = 'zset'})
+if wrong then return wrong end
 
 local now_ms = clock()
 local held = redis.call('HMGET', lease_key, 'id', 'agentId')

@@ -36,6 +36,19 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Refuse keys of the wrong type before anything is written: Redis does not roll
+-- a script back, so a WRONGTYPE halfway through would leave half a change.
+-- `expected` maps key -> 'hash' | 'zset' | 'string'; a missing key is fine.
+-- Returns an error reply for the caller to return, or nil.
+local function wrong_type(expected)
+  for key, kind in pairs(expected) do
+    local actual = redis.call('TYPE', key)['ok']
+    if actual ~= 'none' and actual ~= kind then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', expected a ' .. kind)
+    end
+  end
+end
+
 -- Active means a heartbeat strictly within the window: last > now - window.
 local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   local last = redis.call('ZSCORE', heartbeats_key, agent_id)
@@ -71,6 +84,14 @@ local function consensus_keys()
   return {
     cons = KEYS[1], votes = KEYS[2], heartbeats = KEYS[3], all = KEYS[4],
     pending = KEYS[5], approved = KEYS[6], rejected = KEYS[7], expired = KEYS[8], due = KEYS[9],
+  }
+end
+
+-- Every key a consensus script may write, with its type.
+local function consensus_types(k)
+  return {
+    [k.cons] = 'hash', [k.votes] = 'hash', [k.all] = 'zset', [k.pending] = 'zset',
+    [k.approved] = 'zset', [k.rejected] = 'zset', [k.expired] = 'zset', [k.due] = 'zset',
   }
 end
 
