@@ -1,8 +1,11 @@
 --[[
   consensus_request: open a consensus request for peers to vote on.
 
-  The id comes from the store, so running the script twice (a client retry after a
-  lost reply) finds the request already made and returns it unchanged.
+  The id comes from the store, so running the script twice (redis-py's retry after a
+  lost reply) finds the request already made and returns it unchanged. With an
+  Idempotency-Key, the first answer is recorded in the same script, so a client
+  repeating the request gets that answer again, however often and however
+  concurrently it repeats it.
 
   KEYS[1] cons_key        keys.consensus(tenant, id)               hash
   KEYS[2] votes_key       keys.votes(tenant, id)                   hash agentId -> vote record
@@ -13,6 +16,7 @@
   KEYS[7] rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
+  KEYS[10..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -23,10 +27,15 @@
   ARGV[7] window_ms       heartbeat liveness window, milliseconds
   ARGV[8] retention_ms    how long a decided request is kept
   ARGV[9] max_age_ms      list entries older than this are pruned (longest timeout + retention)
+  ARGV[10] fingerprint    digest of the request's meaning, compared on a repeated Idempotency-Key
+  ARGV[11] idempotency_ms how long an Idempotency-Key is remembered, milliseconds
 
   Replies:
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
     {OK, consensus...}         this id already exists: the earlier run's request
+    {REPLAYED, {first answer's consensus hash flat, with eligible and needed}}
+                               the Idempotency-Key was seen with this fingerprint
+    {IDEMPOTENCY_KEY_REUSED}   the Idempotency-Key was seen with another fingerprint
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
@@ -40,11 +49,21 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
+local idempotency_key = KEYS[10]  -- nil without an Idempotency-Key
+local fingerprint = ARGV[10]
+local idempotency_ms = tonumber(ARGV[11])
 
-local wrong = wrong_type(consensus_types(k))
+local expected = consensus_types(k)
+if idempotency_key then expected[idempotency_key] = 'hash' end
+local wrong = wrong_type(expected)
 if wrong then return wrong end
 
 local now_ms = clock()
+if idempotency_key then
+  local seen = redis.call('HGET', idempotency_key, 'fingerprint')
+  if seen and seen ~= fingerprint then return {IDEMPOTENCY_KEY_REUSED} end
+  if seen then return {REPLAYED, redis.call('HGETALL', idempotency_key)} end
+end
 if redis.call('EXISTS', k.cons) == 1 then
   return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
 end
@@ -62,4 +81,11 @@ redis.call('ZADD', k.due, int(expires_ms), consensus_id)
 for _, list in ipairs({k.all, k.approved, k.rejected, k.expired}) do
   redis.call('ZREMRANGEBYSCORE', list, '-inf', '(' .. int(now_ms - max_age_ms))
 end
-return consensus_reply(CREATED, k, now_ms, window_ms, retention_ms)
+local reply = consensus_reply(CREATED, k, now_ms, window_ms, retention_ms)
+if idempotency_key then
+  -- The first answer as it was: the request's fields and its tally at creation.
+  redis.call('HSET', idempotency_key, 'fingerprint', fingerprint, 'eligible', reply[6], 'needed', reply[7],
+    unpack(reply[2]))
+  redis.call('PEXPIRE', idempotency_key, idempotency_ms)
+end
+return reply

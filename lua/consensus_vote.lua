@@ -39,7 +39,7 @@ local retention_ms = tonumber(ARGV[5])
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
 
-local now_ms = clock()
+local now_ms, now_us = clock()
 local requester = redis.call('HGET', k.cons, 'requestingAgentId')
 if not requester then return {CONSENSUS_NOT_FOUND} end
 local agent_name = redis.call('HGET', voter_key, 'agentName')
@@ -55,6 +55,7 @@ local status = consensus_settle(k, now_ms, window_ms, retention_ms)
 if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
 if not is_active(k.heartbeats, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
 
-redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_ms) .. '|' .. agent_name .. '|' .. reason)
+-- Microseconds, so that votes list in the order they were cast.
+redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_us) .. '|' .. agent_name .. '|' .. reason)
 redis.call('PEXPIREAT', k.votes, int(tonumber(redis.call('HGET', k.cons, 'expiresAt')) + retention_ms))
 return consensus_reply(OK, k, now_ms, window_ms, retention_ms)

@@ -11,6 +11,7 @@ local OK = 0
 local CREATED = 1
 local HELD_BY_CALLER = 2   -- lease_acquire: the caller holds the contact under another lease id
 local RETRY = 3            -- the store's read before the call is stale; nothing was written
+local REPLAYED = 4         -- consensus_request: this Idempotency-Key was seen; the first answer again
 local AGENT_NOT_FOUND = -1
 local AGENT_INACTIVE = -2
 local LEASE_CONFLICT = -3
@@ -21,6 +22,8 @@ local CONSENSUS_NOT_FOUND = -7
 local REQUESTER_CANNOT_VOTE = -8
 local ALREADY_VOTED = -9
 local CONSENSUS_CLOSED = -10
+local RATE_LIMITED = -11
+local IDEMPOTENCY_KEY_REUSED = -12
 
 -- Redis's clock as (milliseconds, microseconds) since the epoch. Every instance of
 -- the service reads the same clock, so they agree on expiry and liveness.
@@ -95,7 +98,7 @@ local function consensus_types(k)
   }
 end
 
--- Votes are stored as "approve|<votedAt>|<agentName>|<reason>".
+-- Votes are stored as "approve|<votedAt, microseconds>|<agentName>|<reason>".
 local function vote_of(record)
   return string.match(record, '^(%a+)|')
 end

@@ -1,20 +1,24 @@
 """The endpoints: authenticate, decode, one store call, encode. Nothing else.
 
-``@endpoint(Body)`` does the shared part of every /v1 route: the API key gives
-the tenant, the body is read (at most 64 KiB, JSON only) and decoded by one
-prebuilt msgspec Decoder, and the Redis work runs under the configured deadline
-so a stalled Redis answers 503 rather than hanging.
+Each endpoint is declared once, with ``@endpoint(METHOD, PATH, ...)``: its body and
+query structs, its answers and its error codes. That declaration is what runs
+(``Endpoint.run``: the API key gives the tenant, at most 64 KiB of JSON is read,
+body and query are decoded by prebuilt msgspec decoders, path ids are checked,
+rate limits apply, and the handler's Redis work runs under the configured
+deadline so a stalled Redis answers 503 rather than hanging), what app.py
+routes, and what openapi.py describes, so the three cannot disagree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,169 +29,277 @@ from .store import Store
 MAX_BODY_BYTES = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 # An id of the wrong shape cannot exist: it gets the same 404 as an unknown one.
-_PATH_IDS = {
+PATH_IDS = {
     "agentId": (re.compile(f"agent_{s.UUID}"), agent_not_found),
     "leaseId": (re.compile(f"lease_{s.UUID}"), lease_not_found),
     "consensusId": (re.compile(f"cons_{s.UUID}"), consensus_not_found),
 }
-B = TypeVar("B", bound=s.Input)
+# Error codes by what an endpoint does; each endpoint adds its own.
+AUTH_ERRORS = ("unauthorized", "tenant_mismatch", "validation_error", "rate_limited")
+BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
+STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-def respond(value: Any, status: int = 200) -> Response:
-    return Response(_encode(value), status_code=status, media_type="application/json")
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One decoded request, as a handler receives it."""
+
+    store: Store
+    tenant: str
+    body: Any
+    query: Any
+    ids: dict[str, str]
+    headers: Headers
+    deadline: float  # seconds the Redis work may take
 
 
-def endpoint(body: type[s.Input] | None = None) -> Callable[[Callable[..., Awaitable[Response]]], Callable]:
-    """Wrap a handler ``(request, store, tenant[, body]) -> Response``."""
-    decoder = msgspec.json.Decoder(body) if body is not None else None
+@dataclass(eq=False)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[[Call], Awaitable[Response]]
+    answers: dict[int, Any]  # success status -> response type
+    body: type[s.Input] | None = None
+    query: type[s.Input] | None = s.TenantQuery
+    own_errors: tuple[str, ...] = ()
+    authenticated: bool = True
+    decoder: msgspec.json.Decoder | None = field(init=False)
+    ids: tuple[str, ...] = field(init=False)
 
-    def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        @functools.wraps(handler)
-        async def run(request: Request) -> Response:
-            state = request.state
-            deadline = state.settings.redis_timeout_seconds
-            async with asyncio.timeout(deadline):
-                tenant = await state.auth.tenant(request.headers.get("authorization"))
-            args: list[Any] = [request, state.store, tenant]
-            if decoder is not None:
-                _query(request, s.TenantQuery, tenant)  # a POST may carry tenantId, and nothing else, there
-                args.append(_check_tenant(_decode(decoder, await _read_body(request)), tenant))
-            async with asyncio.timeout(deadline):
-                return await handler(*args)
+    def __post_init__(self) -> None:
+        self.decoder = msgspec.json.Decoder(self.body) if self.body is not None else None
+        self.ids = tuple(re.findall(r"{(\w+)}", self.path))
 
-        return run
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
 
-    return wrap
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """Every problem code this endpoint can answer with."""
+        if not self.authenticated:
+            return self.own_errors
+        path_errors = tuple(PATH_IDS[name][1]("x").code for name in self.ids)
+        return AUTH_ERRORS + (BODY_ERRORS if self.body else ()) + path_errors + self.own_errors + STORE_ERRORS
+
+    async def run(self, request: Request) -> Response:
+        state = request.state
+        deadline = state.settings.redis_timeout_seconds
+        if not self.authenticated:
+            return await self.handler(Call(state.store, "", None, None, {}, request.headers, deadline))
+        async with asyncio.timeout(deadline):
+            tenant = await state.auth.tenant(request.headers.get("authorization"))
+        query = _query(request, self.query, tenant) if self.query else None
+        body = None
+        if self.decoder is not None:
+            body = _check_tenant(_decode(self.decoder, await _read_body(request)), tenant)
+        ids = {name: _path_id(request, name) for name in self.ids}
+        call = Call(state.store, tenant, body, query, ids, request.headers, deadline)
+        async with asyncio.timeout(deadline):
+            if state.settings.rate_limits:
+                await state.store.take_token(tenant, _acting_agent(body), state.settings.rate_limits)
+            return await self.handler(call)
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(
+    method: str, path: str, summary: str, *, answers: dict[int, Any], **options: Any
+) -> Callable[[Callable[[Call], Awaitable[Response]]], Endpoint]:
+    """Declare the decorated handler as the endpoint ``method path``."""
+
+    def declare(handler: Callable[[Call], Awaitable[Response]]) -> Endpoint:
+        declared = Endpoint(method, path, summary, handler, answers, **options)
+        ENDPOINTS.append(declared)
+        return declared
+
+    return declare
+
+
+def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(value), status_code=status, media_type="application/json", headers=headers)
+
+
+V1 = "/v1/agent"
+C = f"{V1}/coordination"
+
+# --- operations (no API key) -------------------------------------------------
+
+
+@endpoint("GET", "/healthz", "The process is alive", answers={200: s.Status}, query=None, authenticated=False)
+async def healthz(c: Call) -> Response:
+    return respond(s.Status(status="ok"))
+
+
+@endpoint(
+    "GET", "/readyz", "Redis answers", answers={200: s.Status}, query=None, authenticated=False,
+    own_errors=("store_unavailable",),
+)
+async def readyz(c: Call) -> Response:
+    try:
+        async with asyncio.timeout(c.deadline):
+            await c.store.ping()
+    except Exception as exc:  # any failure to answer means not ready
+        return problem("store_unavailable", f"Redis does not answer: {type(exc).__name__}")
+    return respond(s.Status(status="ready"))
+
+
+@endpoint(
+    "GET", "/openapi.json", "This API as OpenAPI 3.1", answers={200: dict[str, Any]}, query=None,
+    authenticated=False,
+)
+async def openapi(c: Call) -> Response:
+    from .openapi import document  # it describes ENDPOINTS, so it is built after them
+
+    return Response(document(), media_type="application/json")
 
 
 # --- agents ------------------------------------------------------------------
 
 
-@endpoint(s.RegisterBody)
-async def register(request: Request, store: Store, tenant: str, body: s.RegisterBody) -> Response:
+@endpoint(
+    "POST", f"{V1}/register", "Register an agent, or update the agent of that name",
+    answers={201: s.Agent, 200: s.Agent}, body=s.RegisterBody,
+)
+async def register(c: Call) -> Response:
+    body: s.RegisterBody = c.body
     name = _one_of(body.agent_name, body.name, "agentName", "name")
     if name is None:
         raise invalid("Object missing required field `agentName` (or its alias `name`)", "$.agentName")
     role = _one_of(body.agent_role, body.role, "agentRole", "role")
-    agent, created = await store.register(tenant, name, role, s.metadata_json(body.metadata))
+    agent, created = await c.store.register(c.tenant, name, role, s.metadata_json(body.metadata))
     return respond(agent, 201 if created else 200)
 
 
-@endpoint()
-async def list_agents(request: Request, store: Store, tenant: str) -> Response:
-    q = _query(request, s.AgentListQuery, tenant)
-    return respond(await store.list_agents(tenant, q.status, q.limit, q.cursor))
+@endpoint("GET", f"{V1}/agents", "List agents, newest first", answers={200: s.AgentList}, query=s.AgentListQuery)
+async def list_agents(c: Call) -> Response:
+    q: s.AgentListQuery = c.query
+    return respond(await c.store.list_agents(c.tenant, q.status, q.limit, q.cursor))
 
 
-@endpoint()
-async def get_agent(request: Request, store: Store, tenant: str) -> Response:
-    _query(request, s.TenantQuery, tenant)
-    return respond(await store.get_agent(tenant, _path_id(request, "agentId")))
+@endpoint("GET", f"{V1}/agents/{{agentId}}", "Read an agent", answers={200: s.Agent})
+async def get_agent(c: Call) -> Response:
+    return respond(await c.store.get_agent(c.tenant, c.ids["agentId"]))
 
 
-@endpoint()
-async def remove_agent(request: Request, store: Store, tenant: str) -> Response:
-    _query(request, s.TenantQuery, tenant)
-    return respond(await store.remove_agent(tenant, _path_id(request, "agentId")))
+@endpoint(
+    "DELETE", f"{V1}/agents/{{agentId}}", "Deregister an agent and release its leases", answers={200: s.AgentRemoved}
+)
+async def remove_agent(c: Call) -> Response:
+    return respond(await c.store.remove_agent(c.tenant, c.ids["agentId"]))
 
 
-@endpoint(s.HeartbeatBody)
-async def heartbeat(request: Request, store: Store, tenant: str, body: s.HeartbeatBody) -> Response:
-    return respond(await store.heartbeat(tenant, body.agent_id))
+@endpoint("POST", f"{C}/heartbeat", "Record that an agent is alive", answers={200: s.Heartbeat}, body=s.HeartbeatBody,
+          own_errors=("agent_not_found",))
+async def heartbeat(c: Call) -> Response:
+    return respond(await c.store.heartbeat(c.tenant, c.body.agent_id))
 
 
 # --- leases ------------------------------------------------------------------
 
 
-@endpoint(s.LeaseBody)
-async def acquire_lease(request: Request, store: Store, tenant: str, body: s.LeaseBody) -> Response:
+@endpoint(
+    "POST", f"{C}/lease", "Lease a contact: granted, extended for its holder, or refused",
+    answers={201: s.Lease, 200: s.Lease}, body=s.LeaseBody,
+    own_errors=("agent_not_found", "agent_inactive", "lease_conflict"),
+)
+async def acquire_lease(c: Call) -> Response:
+    body: s.LeaseBody = c.body
     contact = s.normalize_email(body.contact_email)
-    duration = _lease_duration(body)
-    lease, created = await store.acquire(tenant, body.agent_id, contact, body.intent, duration)
+    lease, created = await c.store.acquire(c.tenant, body.agent_id, contact, body.intent, _lease_duration(body))
     return respond(lease, 201 if created else 200)
 
 
-@endpoint(s.RenewBody)
-async def renew_lease(request: Request, store: Store, tenant: str, body: s.RenewBody) -> Response:
-    lease_id = _path_id(request, "leaseId")
-    return respond(await store.renew(tenant, lease_id, body.agent_id, _lease_duration(body)))
+@endpoint(
+    "POST", f"{C}/lease/{{leaseId}}/renew", "Move a lease's expiry; the fencing token stays",
+    answers={200: s.Lease}, body=s.RenewBody, own_errors=("not_lease_holder", "agent_inactive"),
+)
+async def renew_lease(c: Call) -> Response:
+    return respond(await c.store.renew(c.tenant, c.ids["leaseId"], c.body.agent_id, _lease_duration(c.body)))
 
 
-@endpoint()
-async def release_lease(request: Request, store: Store, tenant: str) -> Response:
-    q = _query(request, s.ReleaseQuery, tenant)
-    return respond(await store.release(tenant, _path_id(request, "leaseId"), q.agent_id))
+@endpoint(
+    "DELETE", f"{C}/lease/{{leaseId}}", "Release a lease before it expires",
+    answers={200: s.Released}, query=s.ReleaseQuery, own_errors=("not_lease_holder",),
+)
+async def release_lease(c: Call) -> Response:
+    return respond(await c.store.release(c.tenant, c.ids["leaseId"], c.query.agent_id))
 
 
-@endpoint()
-async def get_lease(request: Request, store: Store, tenant: str) -> Response:
-    _query(request, s.TenantQuery, tenant)
-    return respond(await store.get_lease(tenant, _path_id(request, "leaseId")))
+@endpoint("GET", f"{C}/lease/{{leaseId}}", "Read a lease", answers={200: s.Lease})
+async def get_lease(c: Call) -> Response:
+    return respond(await c.store.get_lease(c.tenant, c.ids["leaseId"]))
 
 
-@endpoint()
-async def list_leases(request: Request, store: Store, tenant: str) -> Response:
-    q = _query(request, s.LeaseListQuery, tenant)
+@endpoint(
+    "GET", f"{C}/leases", "List the leases of an agent and/or a contact, newest first",
+    answers={200: s.LeaseList}, query=s.LeaseListQuery,
+)
+async def list_leases(c: Call) -> Response:
+    q: s.LeaseListQuery = c.query
     if q.agent_id is None and q.contact_email is None:
         raise invalid("Give `agentId` or `contactEmail` (or both)", "$.agentId")
     contact = s.normalize_email(q.contact_email) if q.contact_email is not None else None
-    return respond(await store.list_leases(tenant, q.agent_id, contact, q.limit, q.cursor))
+    return respond(await c.store.list_leases(c.tenant, q.agent_id, contact, q.limit, q.cursor))
 
 
-@endpoint(s.SendCheckBody)
-async def send_check(request: Request, store: Store, tenant: str, body: s.SendCheckBody) -> Response:
+@endpoint(
+    "POST", f"{C}/send-check", "May this agent email this contact now?", answers={200: s.SendCheck},
+    body=s.SendCheckBody,
+)
+async def send_check(c: Call) -> Response:
+    body: s.SendCheckBody = c.body
     contact = s.normalize_email(body.contact_email)
-    return respond(await store.send_check(tenant, body.agent_id, contact, body.fencing_token))
+    return respond(await c.store.send_check(c.tenant, body.agent_id, contact, body.fencing_token))
 
 
 # --- consensus ---------------------------------------------------------------
 
 
-@endpoint(s.ConsensusBody)
-async def request_consensus(request: Request, store: Store, tenant: str, body: s.ConsensusBody) -> Response:
+@endpoint(
+    "POST", f"{C}/consensus", "Ask the active peers to approve an action", answers={201: s.Consensus},
+    body=s.ConsensusBody, own_errors=("agent_not_found", "agent_inactive", "idempotency_key_reused"),
+)
+async def request_consensus(c: Call) -> Response:
+    body: s.ConsensusBody = c.body
+    idempotency_key = c.headers.get("idempotency-key")
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise invalid("Expected an Idempotency-Key of 1-255 printable ASCII characters", "header Idempotency-Key")
     contact = s.normalize_email(body.contact_email) if body.contact_email is not None else None
     timeout = s.duration_ms(
         body.timeout_minutes, body.timeout_seconds, s.DEFAULT_CONSENSUS_TIMEOUT_MS, ("timeoutMinutes", "timeoutSeconds")
     )
-    consensus = await store.request_consensus(
-        tenant, body.requesting_agent_id, body.action, contact, body.reason, timeout
+    consensus, replayed = await c.store.request_consensus(
+        c.tenant, body.requesting_agent_id, body.action, contact, body.reason, timeout, idempotency_key
     )
-    return respond(consensus, 201)
+    return respond(consensus, 201, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
-@endpoint(s.VoteBody)
-async def vote(request: Request, store: Store, tenant: str, body: s.VoteBody) -> Response:
-    consensus_id = _path_id(request, "consensusId")
-    return respond(await store.vote(tenant, consensus_id, body.agent_id, body.vote, body.reason))
+@endpoint(
+    "POST", f"{C}/consensus/{{consensusId}}/vote", "Vote on a consensus request", answers={200: s.Consensus},
+    body=s.VoteBody,
+    own_errors=("agent_not_found", "requester_cannot_vote", "already_voted", "consensus_closed", "agent_inactive"),
+)
+async def vote(c: Call) -> Response:
+    body: s.VoteBody = c.body
+    return respond(await c.store.vote(c.tenant, c.ids["consensusId"], body.agent_id, body.vote, body.reason))
 
 
-@endpoint()
-async def get_consensus(request: Request, store: Store, tenant: str) -> Response:
-    _query(request, s.TenantQuery, tenant)
-    return respond(await store.get_consensus(tenant, _path_id(request, "consensusId")))
+@endpoint("GET", f"{C}/consensus/{{consensusId}}", "Read a consensus request", answers={200: s.Consensus})
+async def get_consensus(c: Call) -> Response:
+    return respond(await c.store.get_consensus(c.tenant, c.ids["consensusId"]))
 
 
-@endpoint()
-async def list_consensus(request: Request, store: Store, tenant: str) -> Response:
-    q = _query(request, s.ConsensusListQuery, tenant)
-    return respond(await store.list_consensus(tenant, q.status, q.limit, q.cursor))
-
-
-# --- operations (no API key) -------------------------------------------------
-
-
-async def healthz(request: Request) -> Response:
-    return respond({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    state = request.state
-    try:
-        async with asyncio.timeout(state.settings.redis_timeout_seconds):
-            await state.store.ping()
-    except Exception as exc:  # any failure to answer means not ready
-        return problem("store_unavailable", f"Redis does not answer: {type(exc).__name__}")
-    return respond({"status": "ready"})
+@endpoint(
+    "GET", f"{C}/consensus", "List consensus requests, newest first", answers={200: s.ConsensusList},
+    query=s.ConsensusListQuery,
+)
+async def list_consensus(c: Call) -> Response:
+    q: s.ConsensusListQuery = c.query
+    return respond(await c.store.list_consensus(c.tenant, q.status, q.limit, q.cursor))
 
 
 # --- helpers -----------------------------------------------------------------
@@ -224,8 +336,9 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes) -> Any:
         raise ConcordError("malformed_json", "The body is nested too deeply") from None
 
 
-def _query(request: Request, kind: type[B], tenant: str) -> B:
-    """Decode the query string: strings convert to the declared types, unknown names are 422."""
+def _query(request: Request, kind: type[s.Input], tenant: str) -> Any:
+    """Decode the query string: strings convert to the declared types, unknown names
+    are a 422, and a POST's query may carry tenantId and nothing else."""
     try:
         q = msgspec.convert(dict(request.query_params), kind, strict=False)
     except msgspec.ValidationError as exc:
@@ -233,10 +346,15 @@ def _query(request: Request, kind: type[B], tenant: str) -> B:
     return _check_tenant(q, tenant)
 
 
-def _check_tenant(value: B, tenant: str) -> B:
+def _check_tenant(value: Any, tenant: str) -> Any:
     if value.tenant_id is not None and value.tenant_id != tenant:
         raise ConcordError("tenant_mismatch", f"tenantId {value.tenant_id!r} is not the tenant of this API key")
     return value
+
+
+def _acting_agent(body: Any) -> str | None:
+    """The agent a request acts for, for its rate limit: agentId, or requestingAgentId."""
+    return getattr(body, "agent_id", None) or getattr(body, "requesting_agent_id", None)
 
 
 _AT = re.compile(r" - at `(\$[^`]*)`$")
@@ -249,11 +367,11 @@ def _validation(exc: msgspec.ValidationError) -> ConcordError:
     ends with that field's name."""
     message = str(exc)
     at = _AT.search(message)
-    field = at.group(1) if at else "$"
+    field_path = at.group(1) if at else "$"
     named = _NAMED_FIELD.search(message)
     if named:
-        field = f"{field}.{named.group(1)}"
-    return invalid(message[: at.start()] if at else message, field)
+        field_path = f"{field_path}.{named.group(1)}"
+    return invalid(message[: at.start()] if at else message, field_path)
 
 
 def _too_large() -> ConcordError:
@@ -274,7 +392,7 @@ def _lease_duration(body: s.LeaseBody | s.RenewBody) -> int:
 
 def _path_id(request: Request, name: str) -> str:
     value = request.path_params[name]
-    pattern, not_found = _PATH_IDS[name]
+    pattern, not_found = PATH_IDS[name]
     if not pattern.fullmatch(value):
         raise not_found(value[:80])
     return value

@@ -27,26 +27,8 @@ from .store import Store
 
 log = logging.getLogger("concord")
 
-V1 = "/v1/agent"
-routes = [
-    Route("/healthz", api.healthz, methods=["GET"]),
-    Route("/readyz", api.readyz, methods=["GET"]),
-    Route(f"{V1}/register", api.register, methods=["POST"]),
-    Route(f"{V1}/agents", api.list_agents, methods=["GET"]),
-    Route(f"{V1}/agents/{{agentId}}", api.get_agent, methods=["GET"]),
-    Route(f"{V1}/agents/{{agentId}}", api.remove_agent, methods=["DELETE"]),
-    Route(f"{V1}/coordination/heartbeat", api.heartbeat, methods=["POST"]),
-    Route(f"{V1}/coordination/lease", api.acquire_lease, methods=["POST"]),
-    Route(f"{V1}/coordination/lease/{{leaseId}}", api.get_lease, methods=["GET"]),
-    Route(f"{V1}/coordination/lease/{{leaseId}}", api.release_lease, methods=["DELETE"]),
-    Route(f"{V1}/coordination/lease/{{leaseId}}/renew", api.renew_lease, methods=["POST"]),
-    Route(f"{V1}/coordination/leases", api.list_leases, methods=["GET"]),
-    Route(f"{V1}/coordination/send-check", api.send_check, methods=["POST"]),
-    Route(f"{V1}/coordination/consensus", api.request_consensus, methods=["POST"]),
-    Route(f"{V1}/coordination/consensus", api.list_consensus, methods=["GET"]),
-    Route(f"{V1}/coordination/consensus/{{consensusId}}", api.get_consensus, methods=["GET"]),
-    Route(f"{V1}/coordination/consensus/{{consensusId}}/vote", api.vote, methods=["POST"]),
-]
+# Every endpoint is declared in api.py; the route table is made from those declarations.
+routes = [Route(e.path, e.run, methods=[e.method], name=e.name) for e in api.ENDPOINTS]
 
 
 class State(TypedDict):

@@ -27,6 +27,19 @@ def key_digest(api_key: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``per_second`` tokens flow in, at most ``burst`` are kept."""
+
+    per_second: float
+    burst: int
+
+
+RATE_SCOPES = ("tenant", "agent")
+_RATE = re.compile(r"(?P<scope>\w+)=(?P<count>\d+)/(?P<unit>[smh])(?::(?P<burst>\d+))?")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None = None
     # SHA-256 of each configured API key -> its tenant.
@@ -36,6 +49,8 @@ class Settings:
     # Deadline for one request's Redis work; past it the request answers 503.
     redis_timeout_seconds: float = 2.0
     log_level: str = "info"
+    # scope ("tenant" | "agent") -> its limit; no entry, no limit.
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -59,6 +74,7 @@ class Settings:
             heartbeat_window_seconds=_number(env, "CONCORD_HEARTBEAT_WINDOW_SECONDS", 300, int, 1, 86_400),
             redis_timeout_seconds=_number(env, "CONCORD_REDIS_TIMEOUT_SECONDS", 2.0, float, 0.05, 60.0),
             log_level=log_level,
+            rate_limits=parse_rate_limits(env.get("CONCORD_RATE_LIMITS", "")),
         )
 
 
@@ -78,6 +94,26 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             raise ConfigError(f"CONCORD_API_KEYS: one key is given to two tenants ({keys[digest]!r}, {tenant!r})")
         keys[digest] = tenant
     return keys
+
+
+def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
+    """Parse ``tenant=1000/s,agent=20/s:40``: COUNT per second, minute or hour, and
+    an optional burst (default COUNT) after a colon."""
+    limits: dict[str, RateLimit] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        match = _RATE.fullmatch(item)
+        if not match or match["scope"] not in RATE_SCOPES:
+            raise ConfigError(
+                f"CONCORD_RATE_LIMITS: {item!r} is not SCOPE=COUNT/UNIT[:BURST] with SCOPE tenant or agent "
+                "and UNIT s, m or h (e.g. tenant=1000/s,agent=20/s:40)"
+            )
+        count, burst = int(match["count"]), int(match["burst"] or match["count"])
+        if count < 1 or burst < 1:
+            raise ConfigError(f"CONCORD_RATE_LIMITS: {item!r}: COUNT and BURST must be at least 1")
+        if match["scope"] in limits:
+            raise ConfigError(f"CONCORD_RATE_LIMITS: {match['scope']} is limited twice")
+        limits[match["scope"]] = RateLimit(count / _UNIT_SECONDS[match["unit"]], burst)
+    return limits
 
 
 def _number(env: Mapping[str, str], name: str, default, kind, low, high):

@@ -32,6 +32,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "Request body too large"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "validation_error": (422, "Invalid request"),
+    "idempotency_key_reused": (422, "Idempotency-Key reused for a different request"),
+    "rate_limited": (429, "Too many requests"),
     "internal_error": (500, "Internal error"),
     "store_error": (500, "The store rejected the operation"),
     "store_unavailable": (503, "The store is unavailable"),
@@ -73,6 +75,8 @@ def problem(code: str, detail: str, headers: dict[str, str] | None = None, **ext
         headers["WWW-Authenticate"] = 'Bearer realm="concord"'
     elif status == 503:
         headers["Retry-After"] = "1"
+    elif status == 429:
+        headers["Retry-After"] = str(max(1, -(-int(extra.get("retryAfterMs", 1000)) // 1000)))
     return Response(_encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -27,11 +27,16 @@ key                                       type    contents (TTL)
                                                   status createdAt expiresAt resolvedAt, and once
                                                   resolved eligible needed (7 days past
                                                   expiresAt, or past resolvedAt once decided)
-<p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt ms|agentName|reason"
+<p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt µs|agentName|reason"
                                                   (as its request)
 <p>:{t}:consensus-list:<all|status>       zset    consId -> createdAt ms, one list per status
                                                   and one of all (pruned after 14 days)
 <p>:{t}:consensus-due                     zset    pending consId -> expiresAt ms (none)
+<p>:{t}:idempotency:<sha256 of key>       hash    fingerprint, and the first answer's consensus
+                                                  fields with eligible needed (24 hours)
+<p>:{t}:rate                              hash    tokens at: the tenant's rate-limit bucket
+                                                  (until it would be full again)
+<p>:{t}:rate:agent:<agentId>              hash    tokens at: one agent's bucket (likewise)
 <p>:apikeys                               hash    sha256(api key) hex -> tenant (none; not
                                                   tenant-scoped, one slot of its own)
 ========================================  ======  ===================================================
@@ -104,6 +109,14 @@ class Keys:
 
     def consensus_due(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:consensus-due"
+
+    def rate_bucket(self, tenant: str, agent_id: str | None = None) -> str:
+        if agent_id is None:
+            return f"{self.tenant(tenant)}:rate"
+        return f"{self.tenant(tenant)}:rate:agent:{agent_id}"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        return f"{self.tenant(tenant)}:idempotency:{key_digest}"
 
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"

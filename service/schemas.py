@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import invalid
+from .errors import ERRORS, invalid
 
 # --- constrained types -------------------------------------------------------
 
@@ -47,6 +47,8 @@ FencingToken = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 Cursor = Annotated[str, Meta(max_length=512)]
 VoteChoice = Literal["approve", "reject"]
+ConsensusStatus = Literal["pending", "approved", "rejected", "expired"]
+ErrorCode = Literal[tuple(ERRORS)]  # type: ignore[valid-type]
 
 METADATA_MAX_BYTES = 4096
 DEFAULT_LEASE_MS = 30 * 60_000
@@ -128,7 +130,7 @@ class LeaseListQuery(Input):
 
 
 class ConsensusListQuery(Input):
-    status: Literal["pending", "approved", "rejected", "expired"] | None = None
+    status: ConsensusStatus | None = None
     limit: Limit = 100
     cursor: Cursor | None = None
 
@@ -142,6 +144,10 @@ class ReleaseQuery(Input):
 
 class Output(Struct, rename="camel", kw_only=True):
     pass
+
+
+class Status(Output):
+    status: str
 
 
 class Agent(Output):
@@ -233,7 +239,7 @@ class Consensus(Output):
     action: str
     contact_email: str | None
     reason: str | None
-    status: Literal["pending", "approved", "rejected", "expired"]
+    status: ConsensusStatus
     created_at: str
     expires_at: str
     resolved_at: str | None
@@ -244,6 +250,25 @@ class Consensus(Output):
 class ConsensusList(Output):
     consensus: list[Consensus]
     next_cursor: str | None
+
+
+class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
+    """RFC 9457 problem details with Concord's stable ``code`` and the members some
+    codes add. It describes errors.problem()'s output in the OpenAPI document, and
+    forbids other members so that a member added there without here is caught."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ErrorCode
+    field: str | None = None  # validation_error: the JSON path of the offending field
+    conflict: bool | None = None  # lease_conflict
+    contact_email: str | None = None  # lease_conflict
+    lease_holder: LeaseHolder | None = None  # lease_conflict
+    consensus_status: ConsensusStatus | None = None  # consensus_closed
+    vote: VoteChoice | None = None  # already_voted: the earlier vote
+    retry_after_ms: int | None = None  # rate_limited
 
 
 # --- helpers -----------------------------------------------------------------

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 
-from .config import key_digest
+from .config import RateLimit, key_digest
 from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
 from .keys import Keys, agent_id_for, new_id
 from .scripts import Scripts
@@ -45,6 +46,7 @@ T = TypeVar("T")
 # How long a decided consensus request stays readable, and the longest timeout.
 RETENTION_MS = 7 * 24 * 3600 * 1000
 MAX_CONSENSUS_TIMEOUT_MS = MAX_CONSENSUS_TIMEOUT_S * 1000
+IDEMPOTENCY_MS = 24 * 3600 * 1000
 # A script answers RETRY / HELD_BY_CALLER only when state moved between two round
 # trips of one request; a few attempts are plenty.
 MAX_ATTEMPTS = 5
@@ -58,6 +60,7 @@ class Reply(IntEnum):
     CREATED = 1
     HELD_BY_CALLER = 2
     RETRY = 3
+    REPLAYED = 4
     AGENT_NOT_FOUND = -1
     AGENT_INACTIVE = -2
     LEASE_CONFLICT = -3
@@ -68,6 +71,8 @@ class Reply(IntEnum):
     REQUESTER_CANNOT_VOTE = -8
     ALREADY_VOTED = -9
     CONSENSUS_CLOSED = -10
+    RATE_LIMITED = -11
+    IDEMPOTENCY_KEY_REUSED = -12
 
 
 class Store:
@@ -304,10 +309,19 @@ class Store:
         contact: str | None,
         reason: str | None,
         timeout_ms: int,
-    ) -> Consensus:
+        idempotency_key: str | None = None,
+    ) -> tuple[Consensus, bool]:
+        """Open a request; True when this answer replays an earlier one with the same
+        Idempotency-Key (and the same meaning: requester, action, contact, reason, timeout)."""
         consensus_id = new_id("cons")
+        keys = self._consensus_keys(tenant, consensus_id)
+        fingerprint = ""
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency(tenant, key_digest(idempotency_key)))
+            meaning = msgspec.json.encode([requester_id, action, contact, reason, timeout_ms])
+            fingerprint = hashlib.sha256(meaning).hexdigest()
         reply = await self.scripts.consensus_request(
-            self._consensus_keys(tenant, consensus_id),
+            keys,
             [
                 consensus_id,
                 requester_id,
@@ -318,11 +332,21 @@ class Store:
                 self.window_ms,
                 RETENTION_MS,
                 MAX_CONSENSUS_TIMEOUT_MS + RETENTION_MS,
+                fingerprint,
+                IDEMPOTENCY_MS,
             ],
         )
         code = Reply(reply[0])
         if code in (Reply.CREATED, Reply.OK):
-            return _consensus(tenant, reply)
+            return _consensus(tenant, reply), False
+        if code is Reply.REPLAYED:
+            first = _pairs(reply[1])
+            return _consensus(tenant, [code, reply[1], [], 0, 0, first["eligible"], first["needed"]]), True
+        if code is Reply.IDEMPOTENCY_KEY_REUSED:
+            raise ConcordError(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a different request in the last 24 hours; use a new key",
+            )
         raise self._agent_error(code, requester_id)
 
     async def vote(self, tenant: str, consensus_id: str, agent_id: str, vote: str, reason: str | None) -> Consensus:
@@ -406,6 +430,24 @@ class Store:
             k.consensus_list(tenant, "expired"),
             k.consensus_due(tenant),
         ]
+
+    # --- rate limits ---------------------------------------------------------
+
+    async def take_token(self, tenant: str, agent_id: str | None, limits: Mapping[str, RateLimit]) -> None:
+        """Take a token from the tenant's bucket and, for a request made by an agent,
+        from that agent's, or raise rate_limited (taking none) if either is empty."""
+        keys, args = [], []
+        for scope, bucket in (("tenant", None), ("agent", agent_id)):
+            limit = limits.get(scope)
+            if limit is not None and (scope == "tenant" or agent_id is not None):
+                keys.append(self.keys.rate_bucket(tenant, bucket))
+                args += [limit.per_second / 1000, limit.burst]
+        if not keys:
+            return
+        reply = await self.scripts.rate_limit(keys, args)
+        if Reply(reply[0]) is Reply.RATE_LIMITED:
+            wait_ms = int(reply[1])
+            raise ConcordError("rate_limited", f"Rate limit reached; retry in {wait_ms} ms", retryAfterMs=wait_ms)
 
     # --- API keys (not tenant-scoped) ----------------------------------------
 
@@ -533,13 +575,10 @@ def _holder(reply: list[Any]) -> LeaseHolder:
 def _consensus(tenant: str, reply: list[Any]) -> Consensus:
     c, votes = _pairs(reply[1]), _pairs(reply[2])
     approve, reject, eligible, needed = (int(n) for n in reply[3:7])
-    ballots = []
-    for agent_id, record in votes.items():
-        vote, voted_at, agent_name, reason = record.split("|", 3)
-        ballots.append(
-            Vote(agent_id=agent_id, agent_name=agent_name, vote=vote, reason=reason or None, voted_at=iso(voted_at))
-        )
-    ballots.sort(key=lambda v: (v.voted_at, v.agent_id))
+    ballots = sorted(
+        (int(voted_us), agent_id, vote, agent_name, reason)
+        for agent_id, (vote, voted_us, agent_name, reason) in ((a, r.split("|", 3)) for a, r in votes.items())
+    )
     return Consensus(
         id=c["id"],
         tenant_id=tenant,
@@ -552,7 +591,10 @@ def _consensus(tenant: str, reply: list[Any]) -> Consensus:
         expires_at=iso(c["expiresAt"]),
         resolved_at=iso(c["resolvedAt"]) if "resolvedAt" in c else None,
         tally=Tally(approve=approve, reject=reject, eligible=eligible, needed=needed),
-        votes=ballots,
+        votes=[
+            Vote(agent_id=agent_id, agent_name=name, vote=vote, reason=reason or None, voted_at=iso(voted_us // 1000))
+            for voted_us, agent_id, vote, name, reason in ballots
+        ],
     )
 
 

@@ -1,0 +1,38 @@
+--[[
+  rate_limit: take one token from every bucket, or from none if any bucket is empty.
+
+  Token buckets: each refills at its rate up to its burst, and a bucket that would
+  be full simply expires, so an idle tenant or agent costs nothing in Redis.
+
+  KEYS[1..] bucket_keys   keys.rate_bucket(tenant[, agent_id])   hash tokens, at (ms)
+
+  ARGV[1..] limits        for each bucket in KEYS order, two values: its refill rate in
+                          tokens per millisecond, then its burst (tokens)
+
+  Replies:
+    {OK}                  a token was taken from every bucket
+    {RATE_LIMITED, wait}  nothing taken; a token is due in `wait` milliseconds
+    error WRONGTYPE      a bucket key holds another type; nothing was written
+]]
+local bucket_keys = {unpack(KEYS, 1)}
+local limits = {unpack(ARGV, 1)}
+
+local now_ms = clock()
+local tokens, wait_ms = {}, 0
+for i, key in ipairs(bucket_keys) do
+  local rate, burst = tonumber(limits[2 * i - 1]), tonumber(limits[2 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  tokens[i] = burst
+  if state[1] then
+    tokens[i] = math.min(burst, tonumber(state[1]) + math.max(0, now_ms - tonumber(state[2])) * rate)
+  end
+  if tokens[i] < 1 then wait_ms = math.max(wait_ms, math.ceil((1 - tokens[i]) / rate)) end
+end
+if wait_ms > 0 then return {RATE_LIMITED, wait_ms} end
+
+for i, key in ipairs(bucket_keys) do
+  local rate, burst = tonumber(limits[2 * i - 1]), tonumber(limits[2 * i])
+  redis.call('HSET', key, 'tokens', tostring(tokens[i] - 1), 'at', int(now_ms))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate))
+end
+return {OK}
