@@ -101,7 +101,11 @@ class RedisServer:
             self.process.wait(timeout=10)
 
     def version(self) -> str:
-        out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+        return self.version_of(REDIS_SERVER)
+
+    @staticmethod
+    def version_of(binary: str) -> str:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
         return out.split("v=")[1].split()[0] if "v=" in out else out.strip()
 
 
