@@ -65,6 +65,8 @@ class Endpoint:
     query: type[s.Input] | None = s.TenantQuery
     own_errors: tuple[str, ...] = ()
     authenticated: bool = True
+    request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
+    answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
     decoder: msgspec.json.Decoder | None = field(init=False)
     ids: tuple[str, ...] = field(init=False)
 
@@ -262,6 +264,11 @@ async def send_check(c: Call) -> Response:
 @endpoint(
     "POST", f"{C}/consensus", "Ask the active peers to approve an action", answers={201: s.Consensus},
     body=s.ConsensusBody, own_errors=("agent_not_found", "agent_inactive", "idempotency_key_reused"),
+    request_headers={
+        "Idempotency-Key": "1-255 printable ASCII characters. The same key with the same request within 24 hours "
+        "answers the first answer again; with another request it is 422 idempotency_key_reused."
+    },
+    answer_headers={"Idempotent-Replayed": "`true` when this answer replays the first one for its Idempotency-Key"},
 )
 async def request_consensus(c: Call) -> Response:
     body: s.ConsensusBody = c.body
@@ -359,13 +366,15 @@ def _acting_agent(body: Any) -> str | None:
 
 _AT = re.compile(r" - at `(\$[^`]*)`$")
 _NAMED_FIELD = re.compile(r"(?:unknown|required) field `([^`]*)`")
+_QUOTED = re.compile(r"(`|')([^`']{80})[^`']+\1")
 
 
 def _validation(exc: msgspec.ValidationError) -> ConcordError:
     """Keep msgspec's message, which names the path (``- at `$.durationMinutes```),
     and give the path as ``field`` too; for an unknown or missing field, the path
     ends with that field's name."""
-    message = str(exc)
+    # msgspec quotes the offending name or value; a refusal must not echo 60 KB of it.
+    message = _QUOTED.sub(lambda m: f"{m[1]}{m[2]}…{m[1]}", str(exc))
     at = _AT.search(message)
     field_path = at.group(1) if at else "$"
     named = _NAMED_FIELD.search(message)

@@ -26,16 +26,6 @@ ANSWER_HEADERS = {
     429: {"Retry-After": "seconds until a token is due"},
     503: {"Retry-After": "seconds to wait before retrying"},
 }
-REQUEST_HEADERS = {
-    "consensus": {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "description": "Repeat the request with the same key and body to get the first answer again "
-        "(kept 24 hours); the same key with another body is 422 idempotency_key_reused.",
-        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
-    }
-}
 
 
 @cache
@@ -74,11 +64,9 @@ def _operation(e: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
         "operationId": e.name,
         "summary": e.summary,
         "security": [{"apiKey": []}] if e.authenticated else [],
-        "parameters": _path_parameters(e) + _query_parameters(e, components),
+        "parameters": _path_parameters(e) + _query_parameters(e, components) + _header_parameters(e),
         "responses": _responses(e),
     }
-    if e.path.endswith("/consensus") and e.method == "POST":
-        operation["parameters"].append(REQUEST_HEADERS["consensus"])
     if e.body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(e.body)}}}
     return operation
@@ -108,11 +96,24 @@ def _query_parameters(e: Endpoint, components: dict[str, Any]) -> list[dict[str,
     ]
 
 
+def _header_parameters(e: Endpoint) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in e.request_headers.items()
+    ]
+
+
+def _headers(described: dict[str, str]) -> dict[str, Any]:
+    return {name: {"description": text, "schema": {"type": "string"}} for name, text in described.items()}
+
+
 def _responses(e: Endpoint) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, kind in e.answers.items():
         schema = {"type": "object"} if kind == dict[str, Any] else _ref(kind)
         responses[str(status)] = {"description": e.summary, "content": {"application/json": {"schema": schema}}}
+        if e.answer_headers:
+            responses[str(status)]["headers"] = _headers(e.answer_headers)
     by_status: dict[int, list[str]] = defaultdict(list)
     for code in e.errors:
         by_status[ERRORS[code][0]].append(code)
@@ -122,9 +123,7 @@ def _responses(e: Endpoint) -> dict[str, Any]:
             "content": {PROBLEM_JSON: {"schema": _ref(s.Problem)}},
         }
         if status in ANSWER_HEADERS:
-            answer["headers"] = {
-                name: {"description": text, "schema": {"type": "string"}} for name, text in ANSWER_HEADERS[status].items()
-            }
+            answer["headers"] = _headers(ANSWER_HEADERS[status])
         responses[str(status)] = answer
     return responses
 

@@ -279,10 +279,11 @@ _EMAIL = re.compile(rf"(?P<local>{_LOCAL})@(?P<domain>{_DOMAIN})")
 
 
 def normalize_email(raw: str, field: str = "$.contactEmail") -> str:
-    """Trim and lower-case an address, then check its shape (ASCII only: an IDN
+    """Trim and lower-case an address, then check its shape. ASCII only, checked
+    before lower-casing (U+212A KELVIN SIGN lower-cases to an ASCII "k"): an IDN
     domain goes in its xn-- form, so look-alike letters cannot pose as another
-    contact). The normalized form is what keys and replies carry."""
-    email = raw.strip().lower()
+    contact. The normalized form is what keys and replies carry."""
+    email = raw.strip().lower() if raw.isascii() else ""
     match = _EMAIL.fullmatch(email)
     if not match or len(email) > 254 or len(match["local"]) > 64:
         raise invalid("Expected an email address (local@domain.tld, ASCII, at most 254 characters)", field)
