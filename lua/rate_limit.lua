@@ -33,6 +33,6 @@ if wait_ms > 0 then return {RATE_LIMITED, wait_ms} end
 for i, key in ipairs(bucket_keys) do
   local rate, burst = tonumber(limits[2 * i - 1]), tonumber(limits[2 * i])
   redis.call('HSET', key, 'tokens', tostring(tokens[i] - 1), 'at', int(now_ms))
-  redis.call('PEXPIRE', key, math.ceil(burst / rate))
+  redis.call('PEXPIRE', key, int(math.ceil(burst / rate)))
 end
 return {OK}

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 import redis.exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
@@ -44,8 +44,13 @@ def connect(settings: Settings) -> Redis:
 
         return FakeRedis(decode_responses=True)
     timeout = settings.redis_timeout_seconds
-    return Redis.from_url(
+    # A blocking pool: a request finding every connection busy waits for one (its
+    # deadline still bounds the wait) instead of failing at once as the default
+    # pool does when it is full.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=timeout,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -54,6 +59,7 @@ def connect(settings: Settings) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)
 
 
 def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Starlette:

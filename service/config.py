@@ -35,6 +35,8 @@ class RateLimit:
 
 
 RATE_SCOPES = ("tenant", "agent")
+# Bounds COUNT and BURST, so a bucket's refill time (BURST / rate) stays a sane TTL.
+RATE_MAX = 1_000_000
 _RATE = re.compile(r"(?P<scope>\w+)=(?P<count>\d+)/(?P<unit>[smh])(?::(?P<burst>\d+))?")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -48,6 +50,8 @@ class Settings:
     heartbeat_window_seconds: int = 300
     # Deadline for one request's Redis work; past it the request answers 503.
     redis_timeout_seconds: float = 2.0
+    # Connections to Redis per worker process; requests beyond wait for one.
+    redis_max_connections: int = 100
     log_level: str = "info"
     # scope ("tenant" | "agent") -> its limit; no entry, no limit.
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
@@ -73,6 +77,7 @@ class Settings:
             key_prefix=prefix,
             heartbeat_window_seconds=_number(env, "CONCORD_HEARTBEAT_WINDOW_SECONDS", 300, int, 1, 86_400),
             redis_timeout_seconds=_number(env, "CONCORD_REDIS_TIMEOUT_SECONDS", 2.0, float, 0.05, 60.0),
+            redis_max_connections=_number(env, "CONCORD_REDIS_MAX_CONNECTIONS", 100, int, 1, 10_000),
             log_level=log_level,
             rate_limits=parse_rate_limits(env.get("CONCORD_RATE_LIMITS", "")),
         )
@@ -108,8 +113,8 @@ def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
                 "and UNIT s, m or h (e.g. tenant=1000/s,agent=20/s:40)"
             )
         count, burst = int(match["count"]), int(match["burst"] or match["count"])
-        if count < 1 or burst < 1:
-            raise ConfigError(f"CONCORD_RATE_LIMITS: {item!r}: COUNT and BURST must be at least 1")
+        if not (1 <= count <= RATE_MAX and 1 <= burst <= RATE_MAX):
+            raise ConfigError(f"CONCORD_RATE_LIMITS: {item!r}: COUNT and BURST must be 1 to {RATE_MAX:,}")
         if match["scope"] in limits:
             raise ConfigError(f"CONCORD_RATE_LIMITS: {match['scope']} is limited twice")
         limits[match["scope"]] = RateLimit(count / _UNIT_SECONDS[match["unit"]], burst)

@@ -121,6 +121,8 @@ def test_serve_refuses_several_workers_on_the_embedded_store():
         ("CONCORD_KEY_PREFIX", ""),
         ("CONCORD_REDIS_TIMEOUT_SECONDS", "-1"),
         ("CONCORD_REDIS_TIMEOUT_SECONDS", "soon"),
+        ("CONCORD_REDIS_MAX_CONNECTIONS", "0"),
+        ("CONCORD_REDIS_MAX_CONNECTIONS", "many"),
         ("CONCORD_LOG_LEVEL", "loud"),
     ],
 )
