@@ -17,6 +17,7 @@ import httpx
 import redis.asyncio
 
 from service.keys import Keys
+from tests.helpers import snapshot
 
 TENANT, OTHER_TENANT = "acme", "globex"  # the tenants of the `client` / `other_client` fixtures
 WINDOW_MS = 300 * 1000  # the heartbeat window of the app fixture (window_seconds = 300)
@@ -136,16 +137,4 @@ async def make_inactive(redis_client: redis.asyncio.Redis, keys: Keys, tenant: s
 
 async def tenant_snapshot(redis_client: redis.asyncio.Redis, keys: Keys, tenant: str) -> dict[str, Any]:
     """Every key of one tenant with its type and contents (TTLs left out: they tick)."""
-    found: dict[str, Any] = {}
-    async for key in redis_client.scan_iter(match=f"{keys.tenant(tenant)}:*", count=1000):
-        kind = await redis_client.type(key)
-        if kind == "hash":
-            value: Any = await redis_client.hgetall(key)
-        elif kind == "zset":
-            value = await redis_client.zrange(key, 0, -1, withscores=True)
-        elif kind == "string":
-            value = await redis_client.get(key)
-        else:
-            value = kind
-        found[key] = (kind, value)
-    return found
+    return await snapshot(redis_client, f"{keys.tenant(tenant)}:*")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,6 +57,29 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(every)
+
+
+async def snapshot(redis_client, match: str, *, expiry: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Every key matching ``match`` -> (type, contents), or (type, contents, absolute
+    expiry in ms or -1) with ``expiry``; zsets as {member: score}. Taken before and
+    after an operation, it shows whether anything was written."""
+    found: dict[str, tuple[Any, ...]] = {}
+    async for key in redis_client.scan_iter(match=match, count=1000):
+        kind = await redis_client.type(key)
+        if kind == "hash":
+            value: Any = await redis_client.hgetall(key)
+        elif kind == "zset":
+            value = dict(await redis_client.zrange(key, 0, -1, withscores=True))
+        elif kind == "string":
+            value = await redis_client.get(key)
+        elif kind == "list":
+            value = await redis_client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = sorted(await redis_client.smembers(key))
+        else:
+            value = None
+        found[key] = (kind, value, await redis_client.pexpiretime(key)) if expiry else (kind, value)
+    return found
 
 
 class RedisServer:

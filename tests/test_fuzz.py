@@ -32,7 +32,6 @@ its document: read the schemathesis report in the assertion message.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 import time
@@ -60,6 +59,7 @@ from schemathesis.specs.openapi.checks import (
 from service.app import create_app
 from service.config import Settings, key_digest
 from tests.api_helpers import V1, C
+from tests.reports import append_report
 from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT
 
 # How much fuzzing each backend gets (quoted in the docs): cases per operation and
@@ -76,7 +76,6 @@ CHECKS = [
 ]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SEED = os.environ.get("CONCORD_FUZZ_SEED")
-REPORT = os.environ.get("CONCORD_FUZZ_REPORT")
 # schemathesis does not fuzz the operation that serves the document it loaded;
 # test_openapi.py checks that one.
 NOT_FUZZED = {"GET /openapi.json"}
@@ -268,9 +267,7 @@ def test_fuzz_every_operation_against_the_document(fuzz_app):
     )
     for label in run.operations:
         print(f"  {run.cases_by_operation[label]:4d}  {label}")
-    if REPORT:
-        with open(REPORT, "a", encoding="utf-8") as report:
-            report.write(json.dumps(summary) + "\n")
+    append_report("CONCORD_FUZZ_REPORT", summary)
 
     assert run.cases >= len(operations) * MAX_EXAMPLES_PER_MODE // 2, "the fuzzer hardly ran"
     assert not run.failures, "\n\n".join(f"=== {op} ({mode})\n{text}" for op, mode, text in run.failures)

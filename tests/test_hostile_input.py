@@ -41,7 +41,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import redis.asyncio
 from redis.crc import key_slot
 
 from service import schemas as s
@@ -57,6 +56,7 @@ from tests.api_helpers import (
 )
 from tests.api_helpers import invalid as validation_error
 from tests.conftest import API_KEY
+from tests.helpers import snapshot
 
 BODY_ENDPOINTS = [e for e in ENDPOINTS if e.body is not None]
 JSON = {"Content-Type": "application/json"}
@@ -150,33 +150,16 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
 # --- Redis, before and after ------------------------------------------------------------------
 
 
-async def snapshot(redis_client: redis.asyncio.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under the test's prefix, with its type and contents (TTLs tick, so not them)."""
-    found: dict[str, Any] = {}
-    async for key in redis_client.scan_iter(match=f"{prefix}:*", count=1000):
-        kind = await redis_client.type(key)
-        if kind == "hash":
-            value: Any = await redis_client.hgetall(key)
-        elif kind == "zset":
-            value = await redis_client.zrange(key, 0, -1, withscores=True)
-        elif kind == "string":
-            value = await redis_client.get(key)
-        else:
-            value = kind
-        found[key] = (kind, value)
-    return found
-
-
 @pytest.fixture
 async def hostile(asgi_app, redis_client, keys, world) -> AsyncIterator[httpx.AsyncClient]:
     """Tenant acme's client, handing back 500 answers rather than raising; on the
     way out it checks that Redis holds exactly what it held before the test."""
-    before = await snapshot(redis_client, keys.prefix)
+    before = await snapshot(redis_client, f"{keys.prefix}:*")
     transport = httpx.ASGITransport(app=asgi_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://concord.test",
                                  headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         yield c
-    assert await snapshot(redis_client, keys.prefix) == before, "a refused request wrote to Redis"
+    assert await snapshot(redis_client, f"{keys.prefix}:*") == before, "a refused request wrote to Redis"
 
 
 def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -525,13 +508,13 @@ async def test_duplicate_keys_each_is_validated_and_the_last_one_wins(client, wo
     name = string_fields(e)[0]
     good = json.dumps(body[name])
     rest = encoded({k: v for k, v in body.items() if k != name})[1:]  # without its "{"
-    before = await snapshot(redis_client, keys.prefix)
+    before = await snapshot(redis_client, f"{keys.prefix}:*")
     for first, second in ((good, "12"), ("12", good)):
         content = f'{{"{name}": {first}, "{name}": {second}, '.encode() + rest
         invalid(await client.request(e.method, path, content=content, headers=JSON), f"$.{name}")
     own_then_other = encoded({**body, "tenantId": TENANT})[:-1] + f', "tenantId": "{OTHER_TENANT}"}}'.encode()
     refused(await client.request(e.method, path, content=own_then_other, headers=JSON), 403, "tenant_mismatch")
-    assert await snapshot(redis_client, keys.prefix) == before
+    assert await snapshot(redis_client, f"{keys.prefix}:*") == before
 
     other_then_own = encoded({**body, "tenantId": OTHER_TENANT})[:-1] + f', "tenantId": "{TENANT}"}}'.encode()
     response = await client.request(e.method, path, content=other_then_own, headers=JSON)

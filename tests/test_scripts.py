@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from service.keys import agent_id_for, new_id
 from service.store import IDEMPOTENCY_MS, LEASE_FIELDS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
-from tests.helpers import eventually
+from tests.helpers import eventually, snapshot
 
 TENANT = "acme"
 CONTACT = "alice@example.com"
@@ -35,21 +35,9 @@ async def clock(redis: Redis) -> tuple[int, int]:
     return seconds * 1000 + micros // 1000, seconds * 1_000_000 + micros
 
 
-async def dump(redis: Redis, prefix: str) -> dict[str, tuple[Any, int]]:
-    """Every key under ``prefix`` -> (value, absolute expiry ms or -1)."""
-    state: dict[str, tuple[Any, int]] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:*"):
-        kind = await redis.type(key)
-        if kind == "hash":
-            value: Any = await redis.hgetall(key)
-        elif kind == "zset":
-            value = dict(await redis.zrange(key, 0, -1, withscores=True))
-        elif kind == "string":
-            value = await redis.get(key)
-        else:
-            raise AssertionError(f"{key} is a {kind}; the key schema has no such key")
-        state[key] = (value, await redis.pexpiretime(key))
-    return state
+async def dump(redis: Redis, prefix: str) -> dict[str, tuple[Any, ...]]:
+    """Every key under ``prefix`` -> (type, contents, absolute expiry ms or -1)."""
+    return await snapshot(redis, f"{prefix}:*", expiry=True)
 
 
 _MS = re.compile(r"(?<!\d)1\d{12}(?!\d)")  # a Unix time in milliseconds (fencing tokens have 16 digits)
@@ -1162,7 +1150,7 @@ async def test_register_twice_is_one_registration(store, redis_client, prefix):
 
     twice = await dump(redis_client, prefix)
     assert without_times(twice) == without_times(once)
-    assert twice[k.agent(TENANT, agent_id)][0]["registeredAt"] == once[k.agent(TENANT, agent_id)][0]["registeredAt"]
+    assert twice[k.agent(TENANT, agent_id)][1]["registeredAt"] == once[k.agent(TENANT, agent_id)][1]["registeredAt"]
     assert twice[k.agents(TENANT)] == once[k.agents(TENANT)]
 
 

@@ -36,7 +36,7 @@ from service.keys import Keys, agent_id_for
 from service.scripts import LIB, sources
 from service.store import Store
 from tests.api_helpers import C, V1, problem
-from tests.helpers import Stack, running_stack
+from tests.helpers import Stack, running_stack, snapshot
 from tests.reports import FaultRecord, fault_record
 
 TENANT = "acme"
@@ -52,27 +52,6 @@ READ_ONLY = {"lease_send_check"}
 
 
 # --- Redis, before and after ---------------------------------------------------------
-
-
-async def dump(db: redis.asyncio.Redis, prefix: str) -> dict[str, tuple[str, Any, int]]:
-    """Every key under ``prefix`` -> (type, value, absolute expiry ms or -1)."""
-    state: dict[str, tuple[str, Any, int]] = {}
-    async for key in db.scan_iter(match=f"{prefix}:*", count=1000):
-        kind = await db.type(key)
-        if kind == "hash":
-            value: Any = await db.hgetall(key)
-        elif kind == "zset":
-            value = await db.zrange(key, 0, -1, withscores=True)
-        elif kind == "string":
-            value = await db.get(key)
-        elif kind == "list":
-            value = await db.lrange(key, 0, -1)
-        elif kind == "set":
-            value = sorted(await db.smembers(key))
-        else:
-            raise AssertionError(f"{key} is a {kind}")
-        state[key] = (kind, value, await db.pexpiretime(key))
-    return state
 
 
 async def plant(db: redis.asyncio.Redis, key: str, kind: str) -> None:
@@ -299,7 +278,7 @@ async def test_a_key_of_the_wrong_type_is_refused_before_anything_is_written(
     monkeypatch.setattr(store_module, "new_id", fixed_new_id)
     key = case.target(store.keys, world)
     await plant(redis_client, key, PLANTED[case.kind])
-    before = await dump(redis_client, prefix)
+    before = await snapshot(redis_client, f"{prefix}:*", expiry=True)
     backend = "fakeredis" if "fake" in type(redis_client).__module__ else "redis"
     figures["cases"] += 1
     figures[backend] += 1
@@ -307,7 +286,7 @@ async def test_a_key_of_the_wrong_type_is_refused_before_anything_is_written(
     with pytest.raises(ResponseError) as refused:
         await case.op(store, world)
     figures["refused"] += "WRONGTYPE" in str(refused.value)
-    after = await dump(redis_client, prefix)
+    after = await snapshot(redis_client, f"{prefix}:*", expiry=True)
     figures["half_written"] += after != before
 
     assert "WRONGTYPE" in str(refused.value), refused.value
