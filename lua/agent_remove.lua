@@ -1,53 +1,63 @@
 --[[
   agent_remove: deregister an agent and release every lease it holds.
 
-  The store reads the agent's lease index first and passes each indexed contact's
-  lease key; if a lease was indexed since, the script writes nothing and replies
-  RETRY so the store reads again.
+  The store reads the agent's lease registry first and passes the lease key of
+  each contact in it; if the registry names a contact not passed in (a lease
+  granted since), the script writes nothing and replies RETRY so the store
+  reads again.
 
-  KEYS[1]   agent_key         keys.agent(tenant, agent_id)         hash
-  KEYS[2]   agents_key        keys.agents(tenant)                  zset
-  KEYS[3]   heartbeats_key    keys.heartbeats(tenant)              zset
-  KEYS[4]   agent_leases_key  keys.agent_leases(tenant, agent_id)  zset contact -> expiresAt
-  KEYS[5..] lease_keys        keys.lease(tenant, contact), one per contact in ARGV[2..]
+  KEYS[1]   agent_key       keys.agent(tenant, agent_id)            hash
+  KEYS[2]   agents_key      keys.agents(tenant)                     zset
+  KEYS[3]   heartbeats_key  keys.heartbeats(tenant)                 zset
+  KEYS[4]   registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
+  KEYS[5..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[2..]
 
   ARGV[1]   agent_id
-  ARGV[2..] contacts          the contacts read from the lease index, in KEYS[5..] order
+  ARGV[2..] contacts        the contacts read from the registry, in KEYS[5..] order
 
   Replies:
     {OK, number of leases released}
     {AGENT_NOT_FOUND}
-    {RETRY}                   the lease index holds a contact not passed in
+    {RETRY}                 the registry holds a contact not passed in
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local agent_key = KEYS[1]
 local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
-local agent_leases_key = KEYS[4]
+local registry_key = KEYS[4]
 local lease_keys = {unpack(KEYS, 5)}
 local agent_id = ARGV[1]
 local contacts = {unpack(ARGV, 2)}
 
-local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [agent_leases_key] = 'zset'}
-for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'hash' end
+local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash'}
+for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
 
 if redis.call('EXISTS', agent_key) == 0 then return {AGENT_NOT_FOUND} end
-local passed = {}
-for _, contact in ipairs(contacts) do passed[contact] = true end
-for _, contact in ipairs(redis.call('ZRANGE', agent_leases_key, 0, -1)) do
-  if not passed[contact] then return {RETRY} end
+local lease_key_of = {}
+for i, contact in ipairs(contacts) do lease_key_of[contact] = lease_keys[i] end
+local entries = redis.call('HGETALL', registry_key)
+for i = 2, #entries, 2 do
+  if not lease_key_of[string.match(entries[i], '^%d+:(.*)$')] then return {RETRY} end
 end
 
-local released = 0
-for _, lease_key in ipairs(lease_keys) do
-  if redis.call('HGET', lease_key, 'agentId') == agent_id then
-    redis.call('DEL', lease_key)
-    released = released + 1
+-- Read every lease first, write after: nothing is half done if one cannot be read.
+local deletes, stale = {}, {}
+for i = 1, #entries, 2 do
+  local token, lease_key = entries[i], lease_key_of[string.match(entries[i + 1], '^%d+:(.*)$')]
+  local held = lease_parse(redis.call('GET', lease_key))
+  local live = held and held.token == token
+  if live and held.holder == agent_id then
+    deletes[#deletes + 1] = lease_key
   end
+  -- An entry naming another agent's live lease is that agent's: their 64-bit tags
+  -- collided (keys.py lease_registry). It stays; every other entry goes.
+  if not (live and held.holder ~= agent_id) then stale[#stale + 1] = token end
 end
-redis.call('DEL', agent_key, agent_leases_key)
+for _, lease_key in ipairs(deletes) do redis.call('DEL', lease_key) end
+for _, token in ipairs(stale) do redis.call('HDEL', registry_key, token) end
+redis.call('DEL', agent_key)
 redis.call('ZREM', agents_key, agent_id)
 redis.call('ZREM', heartbeats_key, agent_id)
-return {OK, released}
+return {OK, #deletes}

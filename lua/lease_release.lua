@@ -1,12 +1,13 @@
 --[[
   lease_release: end a lease before its expiry.
 
-  The store resolved the lease id to its contact (keys.lease_id) before the call.
+  The store found the lease's contact in the holder's registry (the lease id names
+  both); the script checks the lease under that contact still has this token.
 
-  KEYS[1] lease_key       keys.lease(tenant, contact)       hash
-  KEYS[2] lease_id_key    keys.lease_id(tenant, lease_id)   string -> contact
+  KEYS[1] lease_key       keys.lease(tenant, contact)             string
+  KEYS[2] registry_key    keys.lease_registry(tenant, tag from the lease id)     hash token -> "expiresAt:contact"
 
-  ARGV[1] lease_id
+  ARGV[1] token           the lease's fencing token, from its id
   ARGV[2] agent_id        '' lets anyone of the tenant release; else only the holder may
 
   Replies:
@@ -16,15 +17,16 @@
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local lease_key = KEYS[1]
-local lease_id_key = KEYS[2]
-local lease_id = ARGV[1]
+local registry_key = KEYS[2]
+local token = ARGV[1]
 local agent_id = ARGV[2]
 
-local wrong = wrong_type({[lease_key] = 'hash', [lease_id_key] = 'string'})
+local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash'})
 if wrong then return wrong end
 
-local held = redis.call('HMGET', lease_key, 'id', 'agentId')
-if held[1] ~= lease_id then return {LEASE_NOT_FOUND} end
-if agent_id ~= '' and held[2] ~= agent_id then return {NOT_LEASE_HOLDER, held[2]} end
-redis.call('DEL', lease_key, lease_id_key)
+local held = lease_parse(redis.call('GET', lease_key))
+if not held or held.token ~= token then return {LEASE_NOT_FOUND} end
+if agent_id ~= '' and held.holder ~= agent_id then return {NOT_LEASE_HOLDER, held.holder} end
+redis.call('DEL', lease_key)
+redis.call('HDEL', registry_key, token)
 return {OK, clock()}

@@ -1,44 +1,44 @@
 --[[
-  lease_renew: move the expiry of a lease its holder still holds; id and token stay.
+  lease_renew: move the expiry of a lease its holder still holds; the token stays.
 
-  The store resolved the lease id to its contact (keys.lease_id) before the call;
-  the script checks the lease under that contact still carries this id.
+  The store found the lease's contact in the holder's registry (the lease id names
+  both); the script checks the lease under that contact still has this token.
 
-  KEYS[1] heartbeats_key    keys.heartbeats(tenant)               zset
-  KEYS[2] lease_key         keys.lease(tenant, contact)           hash
-  KEYS[3] lease_id_key      keys.lease_id(tenant, lease_id)       string -> contact
-  KEYS[4] agent_leases_key  keys.agent_leases(tenant, agent_id)   zset contact -> expiresAt
+  KEYS[1] heartbeats_key  keys.heartbeats(tenant)                 zset
+  KEYS[2] lease_key       keys.lease(tenant, contact)             string
+  KEYS[3] registry_key    keys.lease_registry(tenant, tag from the lease id)     hash token -> "expiresAt:contact"
 
-  ARGV[1] lease_id
-  ARGV[2] agent_id          who asks; must be the holder
+  ARGV[1] token           the lease's fencing token, from its id
+  ARGV[2] agent_id        who asks; must be the holder
   ARGV[3] contact
-  ARGV[4] duration_ms       the new expiry is now + duration_ms
-  ARGV[5] window_ms         heartbeat liveness window, milliseconds
+  ARGV[4] duration_ms     the new expiry is now + duration_ms
+  ARGV[5] window_ms       heartbeat liveness window, milliseconds
 
   Replies:
     {OK, lease...}
-    {LEASE_NOT_FOUND}       expired, released, or taken over
+    {LEASE_NOT_FOUND}     expired, released, or taken over
     {NOT_LEASE_HOLDER, holderId}
-    {AGENT_INACTIVE}        the holder stopped heartbeating; heartbeat first
+    {AGENT_INACTIVE}      the holder stopped heartbeating; heartbeat first
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local heartbeats_key = KEYS[1]
 local lease_key = KEYS[2]
-local lease_id_key = KEYS[3]
-local agent_leases_key = KEYS[4]
-local lease_id = ARGV[1]
+local registry_key = KEYS[3]
+local token = ARGV[1]
 local agent_id = ARGV[2]
 local contact = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
 
-local wrong = wrong_type({[lease_key] = 'hash', [lease_id_key] = 'string', [agent_leases_key] = 'zset'})
+local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash'})
 if wrong then return wrong end
 
 local now_ms = clock()
-local held = redis.call('HMGET', lease_key, 'id', 'agentId')
-if held[1] ~= lease_id then return {LEASE_NOT_FOUND} end
-if held[2] ~= agent_id then return {NOT_LEASE_HOLDER, held[2]} end
+local held = lease_parse(redis.call('GET', lease_key))
+if not held or held.token ~= token then return {LEASE_NOT_FOUND} end
+if held.holder ~= agent_id then return {NOT_LEASE_HOLDER, held.holder} end
 if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
-lease_expire_at(lease_key, lease_id_key, agent_leases_key, contact, now_ms + duration_ms, now_ms)
-return lease_reply(OK, lease_key)
+local expires_ms = now_ms + duration_ms
+redis.call('PEXPIREAT', lease_key, int(expires_ms))
+registry_put(registry_key, token, contact, expires_ms, now_ms)
+return lease_reply(OK, held, expires_ms)

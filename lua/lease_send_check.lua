@@ -5,7 +5,7 @@
   itself; with a fencing token, only if that token is the lease's current one.
 
   KEYS[1] heartbeats_key  keys.heartbeats(tenant)       zset
-  KEYS[2] lease_key       keys.lease(tenant, contact)   hash
+  KEYS[2] lease_key       keys.lease(tenant, contact)   string
 
   ARGV[1] agent_id
   ARGV[2] fencing_token   '' for none
@@ -29,11 +29,18 @@ local now_ms = clock()
 if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
 if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
 
-local held = redis.call('HMGET', lease_key, unpack(LEASE_FIELDS))
-local other_holds = held[2] and held[2] ~= agent_id and is_active(heartbeats_key, held[2], now_ms, window_ms)
-if fencing_token ~= '' and (held[2] ~= agent_id or held[7] ~= fencing_token) then
-  if other_holds then return holder_reply(STALE_FENCING_TOKEN, held) end
-  return {STALE_FENCING_TOKEN}
+local held = lease_parse(redis.call('GET', lease_key))
+local mine = held and held.holder == agent_id
+local other_holds = held and not mine and is_active(heartbeats_key, held.holder, now_ms, window_ms)
+local code = nil
+if fencing_token ~= '' and not (mine and held.token == fencing_token) then
+  code = STALE_FENCING_TOKEN
+elseif other_holds then
+  code = LEASE_CONFLICT
+else
+  return {OK}
 end
-if other_holds then return holder_reply(LEASE_CONFLICT, held) end
-return {OK}
+if other_holds then
+  return {code, held.holder, held.name, held.intent, redis.call('PEXPIRETIME', lease_key)}
+end
+return {code}

@@ -9,7 +9,6 @@
 ]]
 local OK = 0
 local CREATED = 1
-local HELD_BY_CALLER = 2   -- lease_acquire: the caller holds the contact under another lease id
 local RETRY = 3            -- the store's read before the call is stale; nothing was written
 local REPLAYED = 4         -- consensus_request: this Idempotency-Key was seen; the first answer again
 local AGENT_NOT_FOUND = -1
@@ -58,28 +57,45 @@ local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   return last ~= false and tonumber(last) > now_ms - window_ms
 end
 
-local LEASE_FIELDS = {'id', 'agentId', 'agentName', 'intent', 'acquiredAt', 'expiresAt', 'fencingToken'}
-
--- {code, id, agentId, agentName, intent, acquiredAt, expiresAt, fencingToken}
-local function lease_reply(code, lease_key)
-  return {code, unpack(redis.call('HMGET', lease_key, unpack(LEASE_FIELDS)))}
+-- A lease is one string, "<agent uuid>|<fencingToken>|<acquiredAt>|<agentName>|<intent>"
+-- (the intent last: it may hold a "|"); its expiry is the key's own. The holder is
+-- stored without its "agent_" prefix: six bytes per lease, in a value sized to
+-- stay within a small allocation.
+local function lease_parse(value)
+  if not value then return nil end
+  local uuid, token, acquired, name, intent = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if not uuid then
+    -- Only a hand-written value gets here; every caller parses before its first write.
+    error('a lease key holds a value that is not a lease: ' .. string.sub(value, 1, 80))
+  end
+  return {holder = 'agent_' .. uuid, token = token, acquired = acquired, name = name, intent = intent}
 end
 
--- {code, holderId, holderName, intent, expiresAt}
-local function holder_reply(code, holder)
-  return {code, holder[2], holder[3], holder[4], holder[6]}
+local function lease_value(lease)
+  return string.sub(lease.holder, 7) .. '|' .. lease.token .. '|' .. lease.acquired .. '|' .. lease.name .. '|'
+    .. lease.intent
 end
 
--- Move a lease's expiry to expires_ms: the lease, its id pointer and the holder's
--- index all expire together, so nothing needs a sweeper.
-local function lease_expire_at(lease_key, lease_id_key, agent_leases_key, contact, expires_ms, now_ms)
-  redis.call('HSET', lease_key, 'expiresAt', int(expires_ms))
-  redis.call('PEXPIREAT', lease_key, int(expires_ms))
-  redis.call('SET', lease_id_key, contact, 'PXAT', int(expires_ms))
-  redis.call('ZADD', agent_leases_key, int(expires_ms), contact)
-  redis.call('ZREMRANGEBYSCORE', agent_leases_key, '-inf', int(now_ms))
-  local last = redis.call('ZRANGE', agent_leases_key, -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', agent_leases_key, int(tonumber(last[2])))
+-- {code, agentId, agentName, intent, acquiredAt, expiresAt, fencingToken}
+local function lease_reply(code, lease, expires_ms)
+  return {code, lease.holder, lease.name, lease.intent, lease.acquired, int(expires_ms), lease.token}
+end
+
+-- Record a lease in its holder's registry (token -> "<expiresAt>:<contact>"), which
+-- finds a lease by id and lists an agent's leases. The registry lives as long as
+-- its longest lease, and each call drops up to two sampled entries of leases that
+-- have expired, so a busy agent's registry does not grow with leases long gone.
+local function registry_put(registry_key, token, contact, expires_ms, now_ms)
+  redis.call('HSET', registry_key, token, int(expires_ms) .. ':' .. contact)
+  if redis.call('PEXPIRETIME', registry_key) < expires_ms then
+    redis.call('PEXPIREAT', registry_key, int(expires_ms))
+  end
+  local sample = redis.call('HRANDFIELD', registry_key, 2, 'WITHVALUES')
+  for i = 1, #sample, 2 do
+    if tonumber(string.match(sample[i + 1], '^(%d+):')) < now_ms then
+      redis.call('HDEL', registry_key, sample[i])
+    end
+  end
 end
 
 -- The consensus scripts share one KEYS layout, named here once.

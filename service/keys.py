@@ -12,16 +12,16 @@ key                                       type    contents (TTL)
 ========================================  ======  ===================================================
 <p>:{t}:agent:<agentId>                   hash    id agentName agentRole metadata registeredAt
                                                   updatedAt (none; removed by DELETE)
-<p>:{t}:agent:<agentId>:leases            zset    contact -> lease expiresAt ms; a hint, checked
-                                                  against the lease on read (expires with its
-                                                  last lease)
 <p>:{t}:agents                            zset    agentId -> registeredAt ms (none)
 <p>:{t}:heartbeats                        zset    agentId -> last heartbeat ms, Redis time; holds
                                                   exactly the registered agents (none)
-<p>:{t}:lease:<contact>                   hash    id agentId agentName intent acquiredAt expiresAt
-                                                  fencingToken (PEXPIREAT expiresAt)
-<p>:{t}:lease-id:<leaseId>                string  the contact of that lease; checked against the
-                                                  lease's id on read (PEXPIREAT expiresAt)
+<p>:{t}:lease:<contact>                   string  "<agent uuid>|fencingToken|acquiredAt|agentName|
+                                                  intent" (the holder without "agent_"), set NX
+                                                  with its expiry (PXAT)
+<p>:{t}:leases:<agent tag>                hash    fencingToken -> "expiresAt:contact", one per lease
+                                                  of the agent: finds a lease by id and lists an
+                                                  agent's leases; checked against the lease on
+                                                  read (expires with its last lease)
 <p>:{t}:fence                             string  the last fencing token granted (none)
 <p>:{t}:consensus:<consId>                hash    id requestingAgentId action contactEmail reason
                                                   status createdAt expiresAt resolvedAt, and once
@@ -59,6 +59,28 @@ def agent_id_for(tenant: str, agent_name: str) -> str:
     return f"agent_{uuid.uuid5(AGENT_NAMESPACE, f'{tenant}/{agent_name}')}"
 
 
+def agent_tag(agent_id: str) -> str:
+    """The first 64 bits of an agent's uuid, as 16 hex digits: the agent's part of its
+    lease ids, and the name of its lease registry."""
+    return agent_id[len("agent_"):].replace("-", "")[:16]
+
+
+def lease_id(agent_id: str, fencing_token: int) -> str:
+    """A lease's id: its holder's tag and its fencing token, 128 bits in UUID form.
+
+    The token alone identifies the grant (tokens are unique in a tenant); the tag
+    says whose registry holds the lease's contact. So an id finds its lease without
+    a key of its own, and a lease extended by its holder keeps its id."""
+    h = f"{agent_tag(agent_id)}{fencing_token:016x}"
+    return f"lease_{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def parse_lease_id(lease_id: str) -> tuple[str, int]:
+    """(agent tag, fencing token) of a lease id of the right shape."""
+    h = lease_id[len("lease_"):].replace("-", "")
+    return h[:16], int(h[16:], 16)
+
+
 def new_id(kind: str) -> str:
     """A fresh random id such as ``lease_<uuid4>`` or ``cons_<uuid4>``."""
     return f"{kind}_{uuid.uuid4()}"
@@ -80,9 +102,6 @@ class Keys:
     def agent(self, tenant: str, agent_id: str) -> str:
         return f"{self.tenant(tenant)}:agent:{agent_id}"
 
-    def agent_leases(self, tenant: str, agent_id: str) -> str:
-        return f"{self.tenant(tenant)}:agent:{agent_id}:leases"
-
     def agents(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:agents"
 
@@ -92,8 +111,11 @@ class Keys:
     def lease(self, tenant: str, contact: str) -> str:
         return f"{self.tenant(tenant)}:lease:{contact}"
 
-    def lease_id(self, tenant: str, lease_id: str) -> str:
-        return f"{self.tenant(tenant)}:lease-id:{lease_id}"
+    def lease_registry(self, tenant: str, tag: str) -> str:
+        """The lease registry of the agent(s) with this tag (see agent_tag). Two agents
+        of a tenant share a tag with a chance of about 2^-64 per pair; they would then
+        share a registry, whose entries are always checked against the leases."""
+        return f"{self.tenant(tenant)}:leases:{tag}"
 
     def fence(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:fence"

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from .config import RateLimit, key_digest
 from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
-from .keys import Keys, agent_id_for, new_id
+from .keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
 from .scripts import Scripts
 from .schemas import (
     MAX_CONSENSUS_TIMEOUT_S,
@@ -47,10 +47,9 @@ T = TypeVar("T")
 RETENTION_MS = 7 * 24 * 3600 * 1000
 MAX_CONSENSUS_TIMEOUT_MS = MAX_CONSENSUS_TIMEOUT_S * 1000
 IDEMPOTENCY_MS = 24 * 3600 * 1000
-# A script answers RETRY / HELD_BY_CALLER only when state moved between two round
-# trips of one request; a few attempts are plenty.
+# A script answers RETRY only when state moved between two round trips of one
+# request; a few attempts are plenty.
 MAX_ATTEMPTS = 5
-LEASE_FIELDS = ("id", "agentId", "agentName", "intent", "acquiredAt", "expiresAt", "fencingToken")
 
 
 class Reply(IntEnum):
@@ -58,7 +57,6 @@ class Reply(IntEnum):
 
     OK = 0
     CREATED = 1
-    HELD_BY_CALLER = 2
     RETRY = 3
     REPLAYED = 4
     AGENT_NOT_FOUND = -1
@@ -133,11 +131,11 @@ class Store:
     async def remove_agent(self, tenant: str, agent_id: str) -> AgentRemoved:
         """Deregister the agent and release its leases, in one script."""
         k = self.keys
-        index = k.agent_leases(tenant, agent_id)
+        registry = k.lease_registry(tenant, agent_tag(agent_id))
         for _ in range(MAX_ATTEMPTS):
-            contacts = await self.redis.zrange(index, 0, -1)
+            contacts = sorted({entry.partition(":")[2] for entry in await self.redis.hvals(registry)})
             reply = await self.scripts.agent_remove(
-                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), index]
+                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), registry]
                 + [k.lease(tenant, c) for c in contacts],
                 [agent_id, *contacts],
             )
@@ -175,55 +173,42 @@ class Store:
         self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int
     ) -> tuple[Lease, bool]:
         """Grant, extend or refuse the lease on ``contact``; True when newly granted.
-
-        The holder asking again gets its own lease back, extended. That lease's id
-        pointer key is only known once the script has named the id, so that case
-        takes a second call (extend_only) with that id's key.
-        """
+        The holder asking again gets its own lease back (same id and token), extended."""
         k = self.keys
-        lease_id, extend_only = new_id("lease"), "0"
-        for _ in range(MAX_ATTEMPTS):
-            reply = await self.scripts.lease_acquire(
-                [
-                    k.agent(tenant, agent_id),
-                    k.heartbeats(tenant),
-                    k.lease(tenant, contact),
-                    k.lease_id(tenant, lease_id),
-                    k.agent_leases(tenant, agent_id),
-                    k.fence(tenant),
-                ],
-                [agent_id, lease_id, contact, intent or "", duration_ms, self.window_ms, extend_only],
+        reply = await self.scripts.lease_acquire(
+            [
+                k.agent(tenant, agent_id),
+                k.heartbeats(tenant),
+                k.lease(tenant, contact),
+                k.lease_registry(tenant, agent_tag(agent_id)),
+                k.fence(tenant),
+            ],
+            [agent_id, contact, intent or "", duration_ms, self.window_ms],
+        )
+        code = Reply(reply[0])
+        if code in (Reply.CREATED, Reply.OK):
+            return _lease(tenant, contact, reply), code is Reply.CREATED
+        if code is Reply.LEASE_CONFLICT:
+            holder = _holder(reply)
+            raise ConcordError(
+                "lease_conflict",
+                f"{contact} is leased by agent {holder.agent_name} ({holder.agent_id}) until {holder.expires_at}",
+                conflict=True,
+                contactEmail=contact,
+                leaseHolder=holder,
             )
-            code = Reply(reply[0])
-            if code is Reply.HELD_BY_CALLER:
-                lease_id, extend_only = reply[1], "1"
-            elif code is Reply.RETRY:
-                lease_id, extend_only = new_id("lease"), "0"
-            elif code in (Reply.CREATED, Reply.OK):
-                return _lease(tenant, contact, dict(zip(LEASE_FIELDS, reply[1:]))), code is Reply.CREATED
-            elif code is Reply.LEASE_CONFLICT:
-                holder = _holder(reply)
-                raise ConcordError(
-                    "lease_conflict",
-                    f"{contact} is leased by agent {holder.agent_name} ({holder.agent_id}) until {holder.expires_at}",
-                    conflict=True,
-                    contactEmail=contact,
-                    leaseHolder=holder,
-                )
-            else:
-                raise self._agent_error(code, agent_id)
-        raise StoreUnavailable(f"the lease on {contact} kept changing while being extended; try again")
+        raise self._agent_error(code, agent_id)
 
     async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int) -> Lease:
+        tag, token, contact = await self._find_lease(tenant, lease_id)
         k = self.keys
-        contact = await self._lease_contact(tenant, lease_id)
         reply = await self.scripts.lease_renew(
-            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_id(tenant, lease_id), k.agent_leases(tenant, agent_id)],
-            [lease_id, agent_id, contact, duration_ms, self.window_ms],
+            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_registry(tenant, tag)],
+            [token, agent_id, contact, duration_ms, self.window_ms],
         )
         code = Reply(reply[0])
         if code is Reply.OK:
-            return _lease(tenant, contact, dict(zip(LEASE_FIELDS, reply[1:])))
+            return _lease(tenant, contact, reply)
         if code is Reply.NOT_LEASE_HOLDER:
             raise _not_holder(lease_id, agent_id, reply[1])
         if code is Reply.LEASE_NOT_FOUND:
@@ -231,9 +216,9 @@ class Store:
         raise self._agent_error(code, agent_id)
 
     async def release(self, tenant: str, lease_id: str, agent_id: str | None) -> Released:
-        contact = await self._lease_contact(tenant, lease_id)
+        tag, token, contact = await self._find_lease(tenant, lease_id)
         reply = await self.scripts.lease_release(
-            [self.keys.lease(tenant, contact), self.keys.lease_id(tenant, lease_id)], [lease_id, agent_id or ""]
+            [self.keys.lease(tenant, contact), self.keys.lease_registry(tenant, tag)], [token, agent_id or ""]
         )
         code = Reply(reply[0])
         if code is Reply.OK:
@@ -243,38 +228,33 @@ class Store:
         raise lease_not_found(lease_id)
 
     async def get_lease(self, tenant: str, lease_id: str) -> Lease:
-        contact = await self._lease_contact(tenant, lease_id)
-        fields = await self.redis.hgetall(self.keys.lease(tenant, contact))
-        if fields.get("id") != lease_id:
+        _, token, contact = await self._find_lease(tenant, lease_id)
+        lease = (await self._read_leases(tenant, [contact]))[0]
+        if lease is None or lease.fencing_token != token:
             raise lease_not_found(lease_id)
-        return _lease(tenant, contact, fields)
+        return lease
 
     async def list_leases(
         self, tenant: str, agent_id: str | None, contact: str | None, limit: int, cursor: str | None
     ) -> LeaseList:
-        """Leases of one agent (read through its index: costs what that agent holds,
+        """Leases of one agent (read through its registry: costs what that agent holds,
         not what the tenant holds) and/or of one contact, newest grant first."""
         if contact is not None:
             contacts = [contact]
         else:
-            contacts = await self.redis.zrange(self.keys.agent_leases(tenant, agent_id), 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        for c in contacts:
-            pipe.hgetall(self.keys.lease(tenant, c))
-        # The index is a hint: an entry whose lease expired or changed hands is skipped.
+            entries = await self.redis.hvals(self.keys.lease_registry(tenant, agent_tag(agent_id)))
+            contacts = sorted({entry.partition(":")[2] for entry in entries})
+        # Tokens grow in grant order: newest grant first is highest token first.
         found = sorted(
-            (
-                ((int(fields["acquiredAt"]), fields["id"]), c, fields)
-                for c, fields in zip(contacts, await pipe.execute())
-                if fields and agent_id in (None, fields["agentId"])
-            ),
+            (lease for lease in await self._read_leases(tenant, contacts) if lease and agent_id in (None, lease.agent_id)),
+            key=lambda lease: lease.fencing_token,
             reverse=True,
         )
         if cursor is not None:
-            after = _decode_cursor(cursor)
-            found = [item for item in found if item[0] < after]
-        page = [_lease(tenant, c, fields) for _, c, fields in found[:limit]]
-        next_cursor = _encode_cursor(*found[limit - 1][0]) if len(found) > limit else None
+            after, _ = _decode_cursor(cursor)
+            found = [lease for lease in found if lease.fencing_token < after]
+        page = found[:limit]
+        next_cursor = _encode_cursor(page[-1].fencing_token, "") if len(found) > limit else None
         return LeaseList(leases=page, next_cursor=next_cursor)
 
     async def send_check(self, tenant: str, agent_id: str, contact: str, fencing_token: int | None) -> SendCheck:
@@ -293,11 +273,28 @@ class Store:
         }
         return SendCheck(allowed=False, reason=reasons[code], lease_holder=_holder(reply) if len(reply) > 1 else None)
 
-    async def _lease_contact(self, tenant: str, lease_id: str) -> str:
-        contact = await self.redis.get(self.keys.lease_id(tenant, lease_id))
-        if contact is None:
+    async def _find_lease(self, tenant: str, lease_id: str) -> tuple[str, int, str]:
+        """(agent tag, fencing token, contact) of a lease id, from its holder's registry."""
+        tag, token = parse_lease_id(lease_id)
+        entry = await self.redis.hget(self.keys.lease_registry(tenant, tag), str(token))
+        if entry is None:
             raise lease_not_found(lease_id)
-        return contact
+        return tag, token, entry.partition(":")[2]
+
+    async def _read_leases(self, tenant: str, contacts: list[str]) -> list[Lease | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for contact in contacts:
+            pipe.get(self.keys.lease(tenant, contact))
+            pipe.pexpiretime(self.keys.lease(tenant, contact))
+        answers = await pipe.execute()
+        leases: list[Lease | None] = []
+        for contact, value, expires_at in zip(contacts, answers[::2], answers[1::2]):
+            if value is None or expires_at < 0:
+                leases.append(None)
+                continue
+            uuid, token, acquired, name, intent = value.split("|", 4)
+            leases.append(_lease(tenant, contact, [0, f"agent_{uuid}", name, intent, acquired, expires_at, token]))
+        return leases
 
     # --- consensus -----------------------------------------------------------
 
@@ -553,17 +550,19 @@ def _ms(redis_time: tuple[int, int]) -> int:
 
 
 
-def _lease(tenant: str, contact: str, h: dict[str, str]) -> Lease:
+def _lease(tenant: str, contact: str, reply: list[Any]) -> Lease:
+    """A lease from a script's reply {code, agentId, agentName, intent, acquiredAt, expiresAt, token}."""
+    _, agent_id, agent_name, intent, acquired_at, expires_at, token = reply
     return Lease(
-        id=h["id"],
+        id=lease_id(agent_id, int(token)),
         tenant_id=tenant,
-        agent_id=h["agentId"],
-        agent_name=h["agentName"],
+        agent_id=agent_id,
+        agent_name=agent_name,
         contact_email=contact,
-        intent=h["intent"] or None,
-        acquired_at=iso(h["acquiredAt"]),
-        expires_at=iso(h["expiresAt"]),
-        fencing_token=int(h["fencingToken"]),
+        intent=intent or None,
+        acquired_at=iso(acquired_at),
+        expires_at=iso(expires_at),
+        fencing_token=int(token),
     )
 
 

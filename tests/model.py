@@ -206,13 +206,14 @@ class Model:
         return {"allowed": True}
 
     def leases_of(self, agent_id: str | None, contact: str | None) -> list[Lease]:
-        """GET /leases: the agent's and/or the contact's live leases, newest grant first."""
+        """GET /leases: the agent's and/or the contact's live leases, newest grant first
+        (fencing tokens grow in grant order)."""
         found = [
             lease
             for lease in self.leases.values()
             if agent_id in (None, lease.holder) and contact in (None, lease.contact)
         ]
-        return sorted(found, key=lambda lease: (lease.acquired_at, lease.id), reverse=True)
+        return sorted(found, key=lambda lease: lease.token, reverse=True)
 
     def lease_body(self, lease: Lease) -> dict[str, Any]:
         return {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.keys import agent_tag
+from service.keys import lease_id as lease_id_of
 from tests.api_helpers import (
     C,
     LEASE_ID,
@@ -21,7 +23,7 @@ from tests.api_helpers import (
     register,
     unknown_id,
 )
-from tests.helpers import eventually
+from tests.helpers import eventually, snapshot
 
 LEASE_FIELDS = {
     "id", "tenantId", "agentId", "agentName", "contactEmail", "intent", "acquiredAt", "expiresAt", "fencingToken",
@@ -47,6 +49,23 @@ async def lease_post(client, **body):
 
 async def send_check(client, agent_id, contact=CONTACT, **extra):
     return ok(await client.post(f"{C}/send-check", json={"agentId": agent_id, "contactEmail": contact, **extra}))
+
+
+def stored(lease) -> str:
+    """A lease as Redis holds it under keys.lease: one string,
+    "<agent uuid>|<fencingToken>|<acquiredAt ms>|<agentName>|<intent>" (its expiry is the key's)."""
+    holder = lease["agentId"].removeprefix("agent_")
+    return f"{holder}|{lease['fencingToken']}|{ms(lease['acquiredAt'])}|{lease['agentName']}|{lease['intent'] or ''}"
+
+
+def registry(keys, agent_id) -> str:
+    """The lease registry of an agent: fencingToken -> "<expiresAt>:<contact>"."""
+    return keys.lease_registry(TENANT, agent_tag(agent_id))
+
+
+async def tenant_keys(redis_client, keys) -> dict:
+    """Every key of the tenant with its contents and absolute expiry."""
+    return await snapshot(redis_client, f"{keys.tenant(TENANT)}:*", expiry=True)
 
 
 # --- acquire ------------------------------------------------------------------
@@ -75,22 +94,31 @@ async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_cli
     # Never below Redis's time in microseconds.
     assert lease["fencingToken"] >= ms(lease["acquiredAt"]) * 1000
 
-    # Redis: the lease hash under the normalized contact, expiring at expiresAt.
+    # The id is the holder's tag and the token.
+    assert lease["id"] == lease_id_of(sdr["id"], lease["fencingToken"])
+
+    # Redis: the lease string under the normalized contact, expiring at expiresAt.
     key = keys.lease(TENANT, CONTACT)
-    assert await redis_client.hgetall(key) == {
-        "id": lease["id"],
-        "agentId": sdr["id"],
-        "agentName": "sdr-1",
-        "intent": "outreach",
-        "acquiredAt": str(ms(lease["acquiredAt"])),
-        "expiresAt": str(ms(lease["expiresAt"])),
-        "fencingToken": str(lease["fencingToken"]),
-    }
+    uuid = sdr["id"].removeprefix("agent_")
+    expected = f"{uuid}|{lease['fencingToken']}|{ms(lease['acquiredAt'])}|sdr-1|outreach"
+    assert await redis_client.get(key) == expected == stored(lease)
     assert await redis_client.pexpiretime(key) == ms(lease["expiresAt"])
     assert 0 < await redis_client.pttl(key) <= 30 * MINUTE_MS
-    assert await redis_client.get(keys.lease_id(TENANT, lease["id"])) == CONTACT
-    assert await redis_client.pexpiretime(keys.lease_id(TENANT, lease["id"])) == ms(lease["expiresAt"])
+    # The holder's registry finds the lease by its token, and expires with it.
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(lease["fencingToken"]): f"{ms(lease['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(lease["expiresAt"])
     assert int(await redis_client.get(keys.fence(TENANT))) == lease["fencingToken"]
+    # Nothing else was written for the lease: no id pointer, no per-agent index.
+    assert set(await tenant_keys(redis_client, keys)) == {
+        keys.agent(TENANT, sdr["id"]),
+        keys.agents(TENANT),
+        keys.heartbeats(TENANT),
+        key,
+        registry(keys, sdr["id"]),
+        keys.fence(TENANT),
+    }
 
 
 async def test_acquire_without_intent_gives_null_intent(client, sdr):
@@ -179,14 +207,21 @@ async def test_same_agent_again_is_200_same_lease_later_expiry(client, redis_cli
     assert kept["intent"] == "follow-up"
 
     key = keys.lease(TENANT, CONTACT)
+    assert await redis_client.get(key) == stored(kept)
     assert await redis_client.pexpiretime(key) == ms(kept["expiresAt"])
-    assert await redis_client.hget(key, "fencingToken") == str(first["fencingToken"])
+    assert kept["fencingToken"] == first["fencingToken"] and kept["id"] == first["id"]
+    # One registry entry, for the one token, at the latest expiry.
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(first["fencingToken"]): f"{ms(kept['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(kept["expiresAt"])
     assert int(await redis_client.get(keys.fence(TENANT))) == first["fencingToken"]  # no token was spent
 
 
 async def test_another_active_agent_gets_409_lease_conflict(client, redis_client, keys, sdr, retention):
     held = await acquire(client, sdr["id"], CONTACT, intent="outreach")
-    before = await redis_client.hgetall(keys.lease(TENANT, CONTACT))
+    before = await tenant_keys(redis_client, keys)
+    assert before[keys.lease(TENANT, CONTACT)] == ("string", stored(held), ms(held["expiresAt"]))
 
     body = problem(
         await lease_post(client, agentId=retention["id"], contactEmail="Alice@Example.com", intent="winback"),
@@ -209,8 +244,10 @@ async def test_another_active_agent_gets_409_lease_conflict(client, redis_client
         },
     }
     assert "sdr-1" in body["detail"] and CONTACT in body["detail"]
-    # The refused request changed nothing.
-    assert await redis_client.hgetall(keys.lease(TENANT, CONTACT)) == before
+    # The refused request changed nothing: the lease, its expiry, the fence, and the
+    # loser has no registry entry.
+    assert await tenant_keys(redis_client, keys) == before
+    assert not await redis_client.exists(registry(keys, retention["id"]))
     assert ok(await client.get(f"{C}/leases", params={"agentId": retention["id"]}))["leases"] == []
 
 
@@ -230,7 +267,16 @@ async def test_inactive_holder_is_taken_over_with_a_larger_token(client, redis_c
     assert new["fencingToken"] > old["fencingToken"]
     assert new["agentId"] == retention["id"] and new["agentName"] == "retention-1"
     assert new["intent"] == "winback" and new["conflict"] is False
-    assert (await redis_client.hgetall(keys.lease(TENANT, CONTACT)))["id"] == new["id"]
+    assert await redis_client.get(keys.lease(TENANT, CONTACT)) == stored(new)
+    assert lease_id_of(retention["id"], new["fencingToken"]) == new["id"]
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(new["expiresAt"])
+    assert await redis_client.hgetall(registry(keys, retention["id"])) == {
+        str(new["fencingToken"]): f"{ms(new['expiresAt'])}:{CONTACT}"
+    }
+    # The old holder's registry entry stays, stale: every read below must check it against the lease.
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(old["fencingToken"])) == (
+        f"{ms(old['expiresAt'])}:{CONTACT}"
+    )
 
     # The old lease is gone for every purpose.
     problem(await client.get(f"{C}/lease/{old['id']}"), 404, "lease_not_found")
@@ -370,9 +416,10 @@ async def test_a_one_second_lease_really_expires(client, redis_client, keys, sdr
         return True
 
     await eventually(gone, timeout=15, what="the one-second lease to expire")
-    # No sweeper: the keys themselves are gone, and the contact is free.
+    # No sweeper: the keys themselves are gone (the registry expires with its only
+    # lease), and the contact is free.
     assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
-    assert not await redis_client.exists(keys.lease_id(TENANT, lease["id"]))
+    assert not await redis_client.exists(registry(keys, sdr["id"]))
     assert await send_check(client, retention["id"]) == {"allowed": True}
     assert ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]})) == {"leases": [], "nextCursor": None}
     problem(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found")
@@ -388,13 +435,22 @@ async def test_renew_extends_keeps_id_and_token(client, redis_client, keys, sdr)
     renewed = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationMinutes": 10}))
     assert {k: v for k, v in renewed.items() if k != "expiresAt"} == {k: v for k, v in lease.items() if k != "expiresAt"}
     assert ms(renewed["expiresAt"]) > ms(lease["expiresAt"])
+    assert await redis_client.get(keys.lease(TENANT, CONTACT)) == stored(lease)
     assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(renewed["expiresAt"])
-    assert await redis_client.pexpiretime(keys.lease_id(TENANT, lease["id"])) == ms(renewed["expiresAt"])
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(lease["fencingToken"]): f"{ms(renewed['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(renewed["expiresAt"])
     assert ok(await client.get(f"{C}/lease/{lease['id']}")) == renewed
 
     # Seconds work too, and the expiry may move earlier; no duration means 30 minutes.
     short = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationSeconds": 30}))
     assert ms(short["expiresAt"]) < ms(renewed["expiresAt"])
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(short["expiresAt"])
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(lease["fencingToken"])) == (
+        f"{ms(short['expiresAt'])}:{CONTACT}"
+    )
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == short
     default = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}))
     assert ms(default["expiresAt"]) > ms(short["expiresAt"])
     assert default["fencingToken"] == lease["fencingToken"]
@@ -459,7 +515,9 @@ async def test_release_then_404(client, redis_client, keys, sdr, retention):
     assert released == {"id": lease["id"], "released": True, "releasedAt": released["releasedAt"]}
     assert ms(lease["acquiredAt"]) <= ms(released["releasedAt"]) < ms(lease["expiresAt"])
     assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
-    assert not await redis_client.exists(keys.lease_id(TENANT, lease["id"]))
+    # Its registry entry went with it (and with it the registry, which held only this one).
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(lease["fencingToken"])) is None
+    assert not await redis_client.exists(registry(keys, sdr["id"]))
 
     body = problem(await client.delete(f"{C}/lease/{lease['id']}"), 404, "lease_not_found")
     assert lease["id"] in body["detail"]
@@ -671,10 +729,12 @@ async def test_send_check_refuses_bad_bodies(client, sdr, payload, field):
 
 
 async def test_send_check_writes_nothing(client, redis_client, keys, sdr, retention):
-    await acquire(client, sdr["id"], CONTACT)
-    before = await redis_client.hgetall(keys.lease(TENANT, CONTACT))
+    lease = await acquire(client, sdr["id"], CONTACT)
+    before = await tenant_keys(redis_client, keys)
+    assert before[keys.lease(TENANT, CONTACT)] == ("string", stored(lease), ms(lease["expiresAt"]))
     fence = await redis_client.get(keys.fence(TENANT))
     for agent in (sdr, retention):
         await send_check(client, agent["id"])
-    assert await redis_client.hgetall(keys.lease(TENANT, CONTACT)) == before
+        await send_check(client, agent["id"], fencingToken=lease["fencingToken"])
+    assert await tenant_keys(redis_client, keys) == before
     assert await redis_client.get(keys.fence(TENANT)) == fence

@@ -18,7 +18,8 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
-from tests.api_helpers import C, V1, closed, problem
+from service.keys import agent_tag, lease_id
+from tests.api_helpers import C, V1, closed, ms, problem
 from tests.helpers import Stack, running_stack, wait_until
 
 # --- this module's deployment ----------------------------------------------------
@@ -108,14 +109,31 @@ async def test_exactly_one_winner_per_contact(deployment: Stack):
     keys, redis = deployment.keys, deployment.redis.client()
     try:
         for contact, won in winners.items():
-            held = redis.hgetall(keys.lease(RACE_TENANT, contact))
-            assert held["id"] == won["id"] and held["agentId"] == won["agentId"], (contact, held, won)
-            assert int(held["fencingToken"]) == won["fencingToken"], (contact, held, won)
-        pointers = {
-            name: redis.get(name) for name in redis.scan_iter(match=keys.lease_id(RACE_TENANT, "*"), count=1000)
+            key = keys.lease(RACE_TENANT, contact)
+            holder, token, acquired_at, name, intent = redis.get(key).split("|", 4)
+            assert f"agent_{holder}" == won["agentId"] and int(token) == won["fencingToken"], (contact, won)
+            assert lease_id(f"agent_{holder}", int(token)) == won["id"], (contact, won)
+            assert (int(acquired_at), name, intent) == (ms(won["acquiredAt"]), won["agentName"], won["intent"]), won
+            assert redis.pexpiretime(key) == ms(won["expiresAt"]), (contact, won)
+        # Each agent's registry names exactly the contacts it won, under the winning tokens:
+        # a loser has no entry for a contact it lost.
+        registries = {
+            name: redis.hgetall(name)
+            for name in redis.scan_iter(match=keys.lease_registry(RACE_TENANT, "*"), count=1000)
         }
-        assert Counter(pointers.values()) == Counter({contact: 1 for contact in winners}), pointers
-        assert set(pointers) == {keys.lease_id(RACE_TENANT, won["id"]) for won in winners.values()}
+        expected: dict[str, dict[str, str]] = {}
+        for contact, won in winners.items():
+            entries = expected.setdefault(keys.lease_registry(RACE_TENANT, agent_tag(won["agentId"])), {})
+            entries[str(won["fencingToken"])] = f"{ms(won['expiresAt'])}:{contact}"
+        assert registries == expected, registries
+        # And nothing else: no key but the agents', the leases, the registries and the fence.
+        everything = set(redis.scan_iter(match=f"{keys.tenant(RACE_TENANT)}:*", count=1000))
+        assert everything == (
+            {keys.agent(RACE_TENANT, agent_id) for agent_id in by_id}
+            | {keys.agents(RACE_TENANT), keys.heartbeats(RACE_TENANT), keys.fence(RACE_TENANT)}
+            | {keys.lease(RACE_TENANT, contact) for contact in winners}
+            | set(expected)
+        ), everything
     finally:
         redis.close()
 

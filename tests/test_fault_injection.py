@@ -64,7 +64,7 @@ import redis.asyncio
 from service.app import connect
 from service.config import Settings
 from service.errors import ConcordError
-from service.keys import Keys, agent_id_for
+from service.keys import Keys, agent_id_for, agent_tag, lease_id
 from service.scripts import LIB, lib_text, sources
 from service.store import Store
 from tests.api_helpers import C, V1, iso, ms, problem
@@ -310,45 +310,56 @@ class KillFindings:
     double_grants: list[str] = field(default_factory=list)
 
 
-def lease_hash(lease: dict) -> dict[str, str]:
-    """The Redis hash of a lease, as the API answered it."""
-    return {
-        "id": lease["id"],
-        "agentId": lease["agentId"],
-        "agentName": lease["agentName"],
-        "intent": lease["intent"] or "",
-        "acquiredAt": str(ms(lease["acquiredAt"])),
-        "expiresAt": str(ms(lease["expiresAt"])),
-        "fencingToken": str(lease["fencingToken"]),
-    }
+def lease_string(lease: dict) -> str:
+    """The Redis string of a lease (keys.lease), as the API answered it:
+    "<agent uuid>|<fencingToken>|<acquiredAt>|<agentName>|<intent>"; its expiry is the key's own."""
+    holder = lease["agentId"].removeprefix("agent_")
+    return f"{holder}|{lease['fencingToken']}|{ms(lease['acquiredAt'])}|{lease['agentName']}|{lease['intent'] or ''}"
+
+
+def registry_entry(lease: dict) -> str:
+    """A lease's entry in its holder's registry (keys.lease_registry), under its fencing token."""
+    return f"{ms(lease['expiresAt'])}:{lease['contactEmail']}"
 
 
 async def check_leases_survived(
     server: RedisServer, keys: Keys, clients: dict[str, httpx.AsyncClient], leases: list[Call], found: KillFindings
 ) -> int:
     """Each acknowledged lease is in Redis exactly as granted, expiring when it
-    would have (PEXPIRETIME = expiresAt), or gone if that time has passed.
-    Returns how many had passed."""
+    would have (PEXPIRETIME = expiresAt), with its entry in its holder's registry
+    (which expires no earlier), or gone if that time has passed. Returns how many
+    had passed."""
     db = server.client()
     try:
         now = redis_now_ms(db)
         pipe = db.pipeline(transaction=False)
         for c in leases:
-            lease_key, pointer = keys.lease(LEASES, c.body["contactEmail"]), keys.lease_id(LEASES, c.body["id"])
-            pipe.hgetall(lease_key).pexpiretime(lease_key).get(pointer).pexpiretime(pointer)
+            lease_key = keys.lease(LEASES, c.body["contactEmail"])
+            registry = keys.lease_registry(LEASES, agent_tag(c.body["agentId"]))
+            pipe.get(lease_key).pexpiretime(lease_key).hget(registry, str(c.body["fencingToken"]))
+            pipe.pexpiretime(registry)
         stored = pipe.execute()
     finally:
         db.close()
     expired = 0
     for i, c in enumerate(leases):
-        held, held_until, contact, pointer_until = stored[4 * i : 4 * i + 4]
+        held, held_until, entry, registry_until = stored[4 * i : 4 * i + 4]
         lease, expires = c.body, ms(c.body["expiresAt"])
         if expires <= now:
             expired += 1
-            if held or contact is not None:
-                found.kept_past_expiry.append(f"{lease['id']} expired at {lease['expiresAt']} but is in Redis: {held}")
-        elif (held, held_until, contact, pointer_until) != (lease_hash(lease), expires, lease["contactEmail"], expires):
-            found.losses.append(f"lease {lease} is {held} (expiring {held_until}), pointer {contact} ({pointer_until})")
+            # The lease key is gone. Its registry entry may stay a while, stale (reads
+            # check it against the lease), but only as it was written.
+            if held is not None or entry not in (None, registry_entry(lease)):
+                found.kept_past_expiry.append(
+                    f"{lease['id']} expired at {lease['expiresAt']} but is in Redis: {held!r}, registry {entry!r}"
+                )
+        elif (held, held_until, entry) != (lease_string(lease), expires, registry_entry(lease)) or not (
+            registry_until >= expires
+        ):
+            found.losses.append(
+                f"lease {lease} is {held!r} (expiring {held_until}), registry entry {entry!r} "
+                f"(registry expiring {registry_until})"
+            )
     # Through the API too: the same lease, or 404 once expired.
     answers = await bounded(clients[LEASES].get(f"{C}/lease/{c.body['id']}") for c in leases)
     for c, r in zip(leases, answers):
@@ -760,18 +771,19 @@ async def retry_harmlessly(
     elif call.kind == "lease":
         db = server.client()
         try:
-            before = db.hgetall(keys.lease(STALL_REGS, s["contact"]))
+            before = db.get(keys.lease(STALL_REGS, s["contact"]))
         finally:
             db.close()
-        applied = bool(before)
+        applied = before is not None
         r = await clients[STALL_REGS].post(
             f"{C}/lease", json={"agentId": s["agent"], "contactEmail": s["contact"], "durationSeconds": 600}
         )
         if applied:  # the holder's own lease comes back, same id and token
-            if r.status_code != 200 or (r.json()["id"], str(r.json()["fencingToken"])) != (
-                before["id"],
-                before["fencingToken"],
-            ):
+            holder, token = before.split("|", 2)[:2]
+            held = (f"agent_{holder}", lease_id(f"agent_{holder}", int(token)), token)
+            if holder != s["agent"].removeprefix("agent_") or r.status_code != 200 or (
+                r.json()["agentId"], r.json()["id"], str(r.json()["fencingToken"])
+            ) != held:
                 return f"{call}: retry {r.status_code} {r.text}, lease before {before}", applied
         elif r.status_code != 201:
             return f"{call}: retry {r.status_code} {r.text}", applied
@@ -1004,10 +1016,18 @@ async def stall_under_load(
         try:
             agents_in_redis = db.zcard(keys.agents(STALL_REGS))
             for c in load.matching("lease", acked=True):
-                held = db.hgetall(keys.lease(STALL_REGS, c.subject["contact"]))
-                # A second run of the grant extends the holder's own lease: same id and token.
-                if held != lease_hash(c.body) | {"expiresAt": held.get("expiresAt", "")}:
-                    losses.append(f"lease {c.body} is {held}")
+                lease_key = keys.lease(STALL_REGS, c.subject["contact"])
+                held, held_until = db.get(lease_key), db.pexpiretime(lease_key)
+                entries = db.hgetall(keys.lease_registry(STALL_REGS, agent_tag(c.body["agentId"])))
+                # A second run of the grant extends the holder's own lease: same id and token,
+                # one registry entry for that token, at the lease's expiry.
+                if held != lease_string(c.body) or entries.get(str(c.body["fencingToken"])) != (
+                    f"{held_until}:{c.subject['contact']}"
+                ):
+                    losses.append(f"lease {c.body} is {held!r} until {held_until}, registry {entries}")
+                twice += [f"lease {c.body['id']}: registry entry {token} -> {entry} for the same contact"
+                          for token, entry in entries.items()
+                          if entry.partition(":")[2] == c.subject["contact"] and token != str(c.body["fencingToken"])]
         finally:
             db.close()
         listed = (await regs_client.get(f"{V1}/agents", params={"limit": "1000"})).json()["agents"]
@@ -1145,12 +1165,19 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 lease, created = await lost_once(lambda: store.acquire(LOST, sdr.id, "alice@example.com", None, 600_000))
                 answers["acquire"] = "extended" if not created else "granted"
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
-                assert db.hget(keys.lease(LOST, "alice@example.com"), "id") == lease.id
-                assert count("lease-id:*") == 1 and db.zcard(keys.agent_leases(LOST, sdr.id)) == 1
+                lease_key, registry = keys.lease(LOST, "alice@example.com"), keys.lease_registry(LOST, agent_tag(sdr.id))
+                holder, token = db.get(lease_key).split("|", 2)[:2]
+                assert (f"agent_{holder}", token) == (sdr.id, str(lease.fencing_token))
+                assert lease.id == lease_id(sdr.id, lease.fencing_token)
+                assert db.pexpiretime(lease_key) == ms(lease.expires_at)
+                assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(lease.expires_at)}:alice@example.com"}
+                assert count("lease:*") == 1 and count("leases:*") == 1
 
                 renewed = await lost_once(lambda: store.renew(LOST, lease.id, sdr.id, 900_000))
                 assert (renewed.id, renewed.fencing_token) == (lease.id, lease.fencing_token)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
+                assert db.pexpiretime(lease_key) == ms(renewed.expires_at)
+                assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(renewed.expires_at)}:alice@example.com"}
 
                 # A consensus request: one request, in each of its lists once.
                 peers = [first(await store.register(LOST, f"peer-{i}", None, None)) for i in range(3)]
@@ -1175,7 +1202,7 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 # Release and deregistration: done once; the second run finds nothing to do.
                 released = await lost_once(lambda: store.release(LOST, lease.id, sdr.id))
                 answers["release"] = getattr(released, "code", "released")
-                assert not db.exists(keys.lease(LOST, "alice@example.com"), keys.lease_id(LOST, lease.id))
+                assert not db.exists(lease_key, registry)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
                 removed = await lost_once(lambda: store.remove_agent(LOST, peers[2].id))
                 answers["remove"] = getattr(removed, "code", "removed")

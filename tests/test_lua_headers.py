@@ -30,7 +30,7 @@ _CONSENSUS_KEYS_DEF = re.compile(r"local function consensus_keys\(\)\n(.*?)\nend
 _REPLY_CONSTANT = re.compile(r"^local ([A-Z_]+) = (-?\d+)\b", re.MULTILINE)
 _REDIS_CALL = re.compile(r"\bredis\.p?call\(\s*'(\w+)'")
 # The prologue lines that may name an input: "local x = KEYS[1]", "local n = tonumber(ARGV[2])",
-# "local flag = ARGV[7] == '1'", "local rest = {unpack(KEYS, 5)}", "local k = consensus_keys()".
+# "local flag = ARGV[2] == '1'" (a flag), "local rest = {unpack(KEYS, 5)}", "local k = consensus_keys()".
 _INPUT_LINE = re.compile(
     r"^local (?P<name>\w+) = (?:"
     r"(?:tonumber\()?(?P<kind>KEYS|ARGV)\[(?P<index>\d+)\]\)?(?: == '[^']*')?"
@@ -38,6 +38,15 @@ _INPUT_LINE = re.compile(
     r"|(?P<consensus>consensus_keys\(\))"
     r")$"
 )
+_KIND = r"(hash|zset|string)"
+# What a script's wrong_type check expects of a key: "[lease_key] = 'string'" in a table or as
+# "expected[idempotency_key] = 'hash'"; "for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string'"
+# for a variadic KEYS; lib.lua's consensus_types() as "[k.cons] = 'hash'".
+_CHECKED = re.compile(rf"\[(\w+)\] = '{_KIND}'")
+_CHECKED_EACH = re.compile(rf"for _, (\w+) in ipairs\((\w+)\) do expected\[\1\] = '{_KIND}'")
+_CONSENSUS_TYPES_CALL = re.compile(r"\bconsensus_types\(k\)")
+_CONSENSUS_TYPES_DEF = re.compile(r"local function consensus_types\(k\)\n(.*?)\nend\n", re.DOTALL)
+_HEADER_KEY = re.compile(r"^\s+KEYS\[\d+(?:\.\.)?\]\s+(\w+)\s+keys\.\w+\(")
 
 
 def body(source: Source) -> str:
@@ -95,6 +104,38 @@ def first_argument(text: str, start: int) -> str:
             break
         i += 1
     return text[start:i].strip()
+
+
+def header_types(source: Source) -> dict[str, str]:
+    """KEYS name -> the type its header line names after the key builder ("keys.lease(tenant, contact)   string"),
+    for the keys whose line names one."""
+    found = {}
+    for line in source.header.splitlines():
+        match = _HEADER_KEY.match(line)
+        if not match:
+            continue
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(line[i], 0)
+            i += 1
+        words = line[i:].replace(",", " ").split()
+        if words and words[0] in ("hash", "zset", "string"):
+            found[match.group(1)] = words[0]
+    return found
+
+
+def checked_types(source: Source) -> dict[str, str]:
+    """KEYS name -> the type the script's wrong_type check expects there."""
+    text = body(source)
+    found = dict(_CHECKED.findall(text))
+    for var, keys_name, kind in _CHECKED_EACH.findall(text):
+        del found[var]
+        found[keys_name] = kind
+    if _CONSENSUS_TYPES_CALL.search(text):
+        match = _CONSENSUS_TYPES_DEF.search(LIB_SOURCE.text)
+        assert match, "lib.lua defines consensus_types(k)"
+        found |= {f"{field}_key": kind for field, kind in re.findall(rf"\[k\.(\w+)\] = '{_KIND}'", match.group(1))}
+    return found
 
 
 by_script = pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -204,6 +245,31 @@ def test_header_replies_are_the_replies_the_body_gives(name):
     listed = set(re.findall(r"\b[A-Z_]+\b", replies)) & codes
     given = set(re.findall(r"\b[A-Z_]+\b", body(source))) & codes
     assert listed == given, f"lua/{name}.lua: header lists {sorted(listed)}, body gives {sorted(given)}"
+
+
+@by_script
+def test_the_types_a_script_checks_are_its_keys_and_the_types_its_header_names(name):
+    source = SCRIPTS[name]
+    checked, named = checked_types(source), header_types(source)
+    assert set(checked) <= set(source.keys), f"lua/{name}.lua checks {sorted(set(checked) - set(source.keys))}"
+    for key, kind in checked.items():
+        assert named.get(key, kind) == kind, f"lua/{name}.lua: header says {key} is a {named[key]}, the check a {kind}"
+
+
+def test_a_lease_is_a_string_and_a_lease_registry_a_hash_in_every_lease_script():
+    """The layout of issue 4: one string per leased contact, one hash of token -> "expiresAt:contact" per agent tag."""
+    lease_scripts = sorted(name for name, source in SCRIPTS.items() if {"lease_key", "lease_keys"} & set(source.keys))
+    assert lease_scripts == ["agent_remove", "lease_acquire", "lease_release", "lease_renew", "lease_send_check"]
+    for name in lease_scripts:
+        source, types = SCRIPTS[name], checked_types(SCRIPTS[name]) | header_types(SCRIPTS[name])
+        for key in {"lease_key", "lease_keys"} & set(source.keys):
+            assert types.get(key) == "string", f"lua/{name}.lua: {key}"
+        if name != "lease_send_check":  # reads only the lease
+            assert "registry_key" in source.keys, f"lua/{name}.lua"
+            assert checked_types(source)["registry_key"] == "hash", f"lua/{name}.lua"
+            assert "keys.lease_registry(" in source.header, f"lua/{name}.lua"
+    # Nothing builds the lease-id pointer or the per-agent lease index of the old layout.
+    assert not hasattr(Keys, "agent_leases") and not hasattr(Keys, "lease_id")
 
 
 def test_reply_codes_in_lib_equal_the_store_reply_enum():

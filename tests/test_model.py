@@ -9,14 +9,19 @@ listing leases, send-check (with and without fencing tokens, current and stale),
 consensus requests, votes (approve/reject, repeats, changed votes, the requester,
 inactive voters) and reads. Time passes without sleeping, through three "time"
 rules that edit Redis the way time would: an agent lapses (its heartbeat score
-becomes 1), a lease expires (its keys get a 1 ms TTL, then the rule polls until
-Redis has removed them), a consensus request's deadline moves into the past.
+becomes 1), a lease expires (its lease key gets a 1 ms TTL, then the rule polls
+until Redis has removed it; the entry in its holder's registry is left stale, as
+real expiry leaves it), a consensus request's deadline moves into the past.
 
 After every step one invariant reads Redis itself and checks the promises: each
-contact's lease hash names at most the one holder the model names (and Redis
-expires it at its expiresAt); fencing tokens strictly increase over all grants;
-each tally equals the distinct votes recorded; a status leaves pending at most
-once and never changes after.
+contact's lease string names at most the one holder the model names, with the
+lease's token (its id is made of the two), and Redis expires it at its expiresAt;
+each holder's registry has the live lease's entry, token -> "expiresAt:contact",
+and no entry but those and stale ones of leases that ended by takeover or expiry
+(none of a lost race, a release or a removed agent); fencing tokens strictly
+increase over all grants, and the fence holds the last; each tally equals the
+distinct votes recorded; a status leaves pending at most once and never changes
+after.
 
 Each example runs under a key prefix of its own (on fakeredis, a server of its
 own), so nothing is flushed. MAX_EXAMPLES and STEPS are what docs/reliability.md
@@ -55,7 +60,8 @@ from hypothesis.stateful import (
 
 from service.app import create_app
 from service.config import Settings, key_digest
-from service.keys import Keys
+from service.keys import Keys, agent_tag
+from service.keys import lease_id as lease_id_of
 from tests.api_helpers import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
 from tests.conftest import API_KEY, TENANT, running
 from tests.helpers import eventually
@@ -115,6 +121,11 @@ def pairs(items: list[Any]) -> list[tuple[Any, Any]]:
     return list(zip(items[::2], items[1::2]))
 
 
+def registry_entry(lease: Lease) -> str:
+    """A lease's entry in its holder's registry, under its fencing token."""
+    return f"{ms(lease.expires_at)}:{lease.contact}"
+
+
 def same(answer: dict[str, Any], expected: dict[str, Any], what: str) -> None:
     """Assert the service's answer is the model's, naming only the members that differ."""
     if answer != expected:
@@ -166,6 +177,10 @@ class ConcordMachine(RuleBasedStateMachine):
         )
         self.model = Model(TENANT)
         self.tokens: list[int] = []  # every fencing token granted, in grant order
+        # Leases that ended by a takeover or by expiring, whose registry entries may stay
+        # behind, stale: token -> (holder, the entry as last written). A release or the
+        # holder's removal deletes an entry; nothing else may be in a registry.
+        self.lingering: dict[int, tuple[str, str]] = {}
         self.status_seen: dict[str, list[str]] = collections.defaultdict(list)
         self.last_tally: dict[str, dict[str, int]] = {}
 
@@ -311,6 +326,8 @@ class ConcordMachine(RuleBasedStateMachine):
         else:
             expected = {"id": agent_id, "removed": True, "releasedLeases": released}
             same(self.expect(response, Outcome(200)), expected, "remove agent")
+            # Its registry goes with it, stale entries too.
+            self.lingering = {token: entry for token, entry in self.lingering.items() if entry[0] != agent_id}
         self.seen("remove_agent:unknown" if released is None else f"remove_agent:released {min(released, 2)}")
 
     # --- leases -----------------------------------------------------------------
@@ -376,6 +393,8 @@ class ConcordMachine(RuleBasedStateMachine):
             return multiple()
         body = self.expect(response, Outcome(201))
         assert LEASE_ID.fullmatch(body["id"]) and body["id"] not in self.model.granted_to, body
+        if held is not None:  # a takeover: the old holder's registry entry may stay, stale
+            self.lingering[held.token] = (held.holder, registry_entry(held))
         acquired = ms(body["acquiredAt"])
         assert ms(body["expiresAt"]) == acquired + duration_ms(duration, 30 * 60_000), body
         lease = Lease(
@@ -648,16 +667,18 @@ class ConcordMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.leases)
     @rule(data=st.data())
     def time_lease_expires(self, data: st.DataObject) -> None:
-        """Its lease key and lease-id key get a 1 ms TTL; Redis removes them by itself."""
+        """Its lease key gets a 1 ms TTL; Redis removes it by itself. The entry in the
+        holder's registry stays, stale, as after a real expiry: reads check it against
+        the lease."""
         contact = data.draw(st.sampled_from(sorted(self.model.leases)), label="contact")
-        lease_keys = [self.keys.lease(TENANT, contact), self.keys.lease_id(TENANT, self.model.leases[contact].id)]
-        for key in lease_keys:
-            assert self.run(self.redis.pexpire(key, 1)), key
+        lease, lease_key = self.model.leases[contact], self.keys.lease(TENANT, contact)
+        assert self.run(self.redis.pexpire(lease_key, 1)), lease_key
 
         async def gone() -> bool:
-            return await self.redis.exists(*lease_keys) == 0
+            return await self.redis.exists(lease_key) == 0
 
         self.run(eventually(gone, timeout=10, what=f"the lease on {contact} to expire", every=0.002))
+        self.lingering[lease.token] = (lease.holder, registry_entry(lease))
         self.model.expire(contact)
         self.seen("time:lease expires")
 
@@ -678,51 +699,71 @@ class ConcordMachine(RuleBasedStateMachine):
         """After every step, one pipelined read of everything the model describes, then
         the promises: one holder per contact, fencing tokens strictly increasing, tallies
         equal to the distinct votes, a status leaving pending at most once."""
-        k, requests, live = self.keys, list(self.model.consensus.values()), list(self.model.leases.values())
+        k, requests = self.keys, list(self.model.consensus.values())
+        agent_ids = [self.model.agent_id(name) for name in NAMES]  # every agent that can hold a lease
         pipe = self.redis.pipeline(transaction=False)
         for contact in CONTACTS:
-            pipe.hgetall(k.lease(TENANT, contact))
+            pipe.get(k.lease(TENANT, contact))
             pipe.pexpiretime(k.lease(TENANT, contact))
-        for lease in live:
-            pipe.get(k.lease_id(TENANT, lease.id))
-            pipe.pexpiretime(k.lease_id(TENANT, lease.id))
+        for agent_id in agent_ids:
+            pipe.hgetall(k.lease_registry(TENANT, agent_tag(agent_id)))
+            pipe.pexpiretime(k.lease_registry(TENANT, agent_tag(agent_id)))
         pipe.get(k.fence(TENANT))
         pipe.zrange(k.heartbeats(TENANT), 0, -1, withscores=True)
         for c in requests:
             pipe.hgetall(k.votes(TENANT, c.id))
             pipe.hmget(k.consensus(TENANT, c.id), "status", "resolvedAt", "eligible", "needed")
         replies = self.run(pipe.execute())
-        lease_hashes, replies = pairs(replies[: 2 * len(CONTACTS)]), replies[2 * len(CONTACTS):]
-        pointers, replies = pairs(replies[: 2 * len(live)]), replies[2 * len(live):]
+        lease_strings, replies = pairs(replies[: 2 * len(CONTACTS)]), replies[2 * len(CONTACTS):]
+        registries, replies = pairs(replies[: 2 * len(agent_ids)]), replies[2 * len(agent_ids):]
         (fence, heartbeats), replies = replies[:2], replies[2:]
-        self.one_holder_per_contact(lease_hashes, list(zip(live, pointers)))
+        self.one_holder_per_contact(lease_strings)
+        self.registries_hold_the_live_leases(dict(zip(agent_ids, registries)))
         self.fencing_tokens_strictly_increase(fence)
         self.registered_agents_and_liveness_match(heartbeats)
         for c, (votes, fields) in zip(requests, pairs(replies)):
             self.tally_equals_distinct_votes(c, votes)
             self.status_leaves_pending_at_most_once(c, *fields)
 
-    def one_holder_per_contact(self, lease_hashes: list, pointers: list) -> None:
-        """Each contact's lease hash exists exactly when the model has a lease there, and
-        names that lease's one holder, id and token; Redis expires it, and its id pointer,
-        at its expiresAt."""
-        for contact, (fields, expire_at) in zip(CONTACTS, lease_hashes):
+    def one_holder_per_contact(self, lease_strings: list) -> None:
+        """Each contact's lease string exists exactly when the model has a lease there, and
+        names that lease's one holder, token, grant time, holder name and intent; the
+        lease's id is made of its holder and token; Redis expires it at its expiresAt."""
+        for contact, (value, expire_at) in zip(CONTACTS, lease_strings):
             lease = self.model.leases.get(contact)
             if lease is None:
-                assert fields == {}, f"{contact} is free in the model, held in Redis: {fields}"
+                assert value is None, f"{contact} is free in the model, held in Redis: {value!r}"
                 continue
-            assert fields == {
-                "id": lease.id,
-                "agentId": lease.holder,
-                "agentName": lease.holder_name,
-                "intent": lease.intent or "",
-                "acquiredAt": str(ms(lease.acquired_at)),
-                "expiresAt": str(ms(lease.expires_at)),
-                "fencingToken": str(lease.token),
-            }, (contact, fields, lease)
+            holder = lease.holder.removeprefix("agent_")
+            assert value == (
+                f"{holder}|{lease.token}|{ms(lease.acquired_at)}|{lease.holder_name}|{lease.intent or ''}"
+            ), (contact, value, lease)
+            assert lease.id == lease_id_of(lease.holder, lease.token), lease
             assert expire_at == ms(lease.expires_at), (contact, expire_at, lease.expires_at)
-        for lease, (pointer, expire_at) in pointers:
-            assert (pointer, expire_at) == (lease.contact, ms(lease.expires_at)), (lease, pointer, expire_at)
+
+    def registries_hold_the_live_leases(self, registries: dict[str, tuple[dict[str, str], int]]) -> None:
+        """Each agent's registry holds its live leases' entries, token -> "expiresAt:contact",
+        and besides them only stale entries, unchanged, of its leases that ended by a
+        takeover or by expiring: none of a race it lost, a lease it released, or from
+        before it was removed. A registry expires no earlier than any entry in it."""
+        live = {lease.token: lease for lease in self.model.leases.values()}
+        for agent_id, (entries, expire_at) in registries.items():
+            for token, entry in entries.items():
+                lease = live.get(int(token))
+                if lease is not None and lease.holder == agent_id:
+                    assert entry == registry_entry(lease), (agent_id, token, entry, lease)
+                else:
+                    assert self.lingering.get(int(token)) == (agent_id, entry), (
+                        f"the registry of {agent_id} holds {token} -> {entry}, which is no lease of its own, "
+                        f"live or ended by takeover or expiry"
+                    )
+            for lease in live.values():
+                if lease.holder == agent_id:
+                    assert entries.get(str(lease.token)) == registry_entry(lease), (agent_id, entries, lease)
+            if entries:
+                assert expire_at >= max(int(e.partition(":")[0]) for e in entries.values()), (agent_id, expire_at)
+            else:
+                assert expire_at == -2, (agent_id, expire_at)  # no key at all
 
     def fencing_tokens_strictly_increase(self, fence: str | None) -> None:
         """Over every grant seen, in grant order; the tenant's fence holds the last one."""

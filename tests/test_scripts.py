@@ -10,13 +10,18 @@ dump of every key under the test's own prefix before and after the call.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
-from service.keys import agent_id_for, new_id
-from service.store import IDEMPOTENCY_MS, LEASE_FIELDS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
+from service.errors import ConcordError
+from service.keys import agent_id_for, agent_tag, new_id, parse_lease_id
+from service.keys import lease_id as lease_id_of
+from service.schemas import UUID
+from service.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
 from tests.helpers import eventually, snapshot
 
 TENANT = "acme"
@@ -88,42 +93,69 @@ async def heartbeat(store: Store, agent_id: str) -> list:
     return await store.scripts.agent_heartbeat(keys=[store.keys.heartbeats(TENANT)], args=[agent_id])
 
 
+def registry(store: Store, agent_id: str) -> str:
+    """The key of ``agent_id``'s lease registry (named by its tag)."""
+    return store.keys.lease_registry(TENANT, agent_tag(agent_id))
+
+
+async def registry_contacts(store: Store, agent_id: str) -> list[str]:
+    """The distinct contacts an agent's registry names, as the store reads them before agent_remove."""
+    return sorted({entry.partition(":")[2] for entry in await store.redis.hvals(registry(store, agent_id))})
+
+
 async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
     k = store.keys
     return await store.scripts.agent_remove(
-        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.agent_leases(TENANT, agent_id)]
+        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), registry(store, agent_id)]
         + [k.lease(TENANT, c) for c in contacts],
         args=[agent_id, *contacts],
     )
 
 
 async def acquire(
-    store: Store,
-    agent_id: str,
-    contact: str = CONTACT,
-    lease_id: str | None = None,
-    intent: str = "",
-    duration_ms: int = MINUTE_MS,
-    extend_only: bool = False,
+    store: Store, agent_id: str, contact: str = CONTACT, intent: str = "", duration_ms: int = MINUTE_MS
 ) -> list:
     k = store.keys
-    lease_id = lease_id or new_id("lease")
     return await store.scripts.lease_acquire(
         keys=[
             k.agent(TENANT, agent_id),
             k.heartbeats(TENANT),
             k.lease(TENANT, contact),
-            k.lease_id(TENANT, lease_id),
-            k.agent_leases(TENANT, agent_id),
+            registry(store, agent_id),
             k.fence(TENANT),
         ],
-        args=[agent_id, lease_id, contact, intent, duration_ms, store.window_ms, "1" if extend_only else "0"],
+        args=[agent_id, contact, intent, duration_ms, store.window_ms],
     )
 
 
+# {code, agentId, agentName, intent, acquiredAt, expiresAt, fencingToken}: lua/lib.lua lease_reply.
+LEASE_REPLY = ("agentId", "agentName", "intent", "acquiredAt", "expiresAt", "fencingToken")
+
+
 def lease_of(reply: list) -> dict[str, str]:
-    """The lease of a CREATED/OK lease reply, as the hash fields it came from."""
-    return dict(zip(LEASE_FIELDS, reply[1:], strict=True))
+    """The lease of a CREATED/OK lease reply, with the id the store gives it: keys.lease_id(holder, token)."""
+    lease = dict(zip(LEASE_REPLY, reply[1:], strict=True))
+    assert all(isinstance(value, str) for value in lease.values()), reply
+    return {"id": lease_id_of(lease["agentId"], int(lease["fencingToken"])), **lease}
+
+
+def lease_string(lease: dict[str, str]) -> str:
+    """What the lease key holds: "<agent uuid without agent_>|<token>|<acquiredAt>|<agentName>|<intent>"."""
+    assert lease["agentId"].startswith("agent_")
+    uuid_part = lease["agentId"][len("agent_"):]
+    return f"{uuid_part}|{lease['fencingToken']}|{lease['acquiredAt']}|{lease['agentName']}|{lease['intent']}"
+
+
+async def assert_stored(store: Store, lease: dict[str, str], contact: str = CONTACT) -> None:
+    """Redis holds ``lease`` on ``contact``: the lease string, expiring (PEXPIRETIME) at its expiresAt,
+    and its holder's registry entry token -> "<expiresAt>:<contact>", the registry living at least as long."""
+    db, key = store.redis, store.keys.lease(TENANT, contact)
+    assert await db.type(key) == "string"
+    assert await db.get(key) == lease_string(lease)
+    assert await db.pexpiretime(key) == int(lease["expiresAt"])
+    assert await db.type(registry(store, lease["agentId"])) == "hash"
+    assert await db.hget(registry(store, lease["agentId"]), lease["fencingToken"]) == f"{lease['expiresAt']}:{contact}"
+    assert await db.pexpiretime(registry(store, lease["agentId"])) >= int(lease["expiresAt"])
 
 
 async def granted(store: Store, agent_id: str, contact: str = CONTACT, **kwargs: Any) -> dict[str, str]:
@@ -133,17 +165,20 @@ async def granted(store: Store, agent_id: str, contact: str = CONTACT, **kwargs:
 
 
 async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTACT, duration_ms: int = MINUTE_MS):
+    """lease_renew with the keys the store passes: the registry of the tag, and the token, in the lease id."""
     k = store.keys
+    tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_renew(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_id(TENANT, lease_id), k.agent_leases(TENANT, agent_id)],
-        args=[lease_id, agent_id, contact, duration_ms, store.window_ms],
+        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_registry(TENANT, tag)],
+        args=[token, agent_id, contact, duration_ms, store.window_ms],
     )
 
 
 async def release(store: Store, lease_id: str, contact: str = CONTACT, agent_id: str = "") -> list:
     k = store.keys
+    tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_release(
-        keys=[k.lease(TENANT, contact), k.lease_id(TENANT, lease_id)], args=[lease_id, agent_id]
+        keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag)], args=[token, agent_id]
     )
 
 
@@ -316,29 +351,83 @@ async def test_heartbeat_of_an_unregistered_agent_is_agent_not_found(store, redi
 # --- agent_remove ------------------------------------------------------------
 
 
-async def test_remove_deletes_the_agent_and_only_the_leases_it_still_holds(store, redis_client):
+async def test_remove_with_an_unreadable_lease_among_its_leases_writes_nothing(store, redis_client, prefix):
+    """Every lease is read before the first write: a value that is not a lease (planted
+    by hand) is an error, and the leases read before it are not deleted either."""
+    k, agent_id = store.keys, await new_agent(store, "sdr")
+    for contact in ("a@example.com", "b@example.com", "c@example.com"):
+        await granted(store, agent_id, contact)
+    await redis_client.set(k.lease(TENANT, "c@example.com"), "not a lease")
+    before = await dump(redis_client, prefix)
+
+    with pytest.raises(Exception, match="not a lease"):
+        await remove(store, agent_id, await registry_contacts(store, agent_id))
+
+    assert await dump(redis_client, prefix) == before
+
+
+async def test_remove_deletes_the_agent_its_live_leases_and_its_registry(store, redis_client):
     k = store.keys
     a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
     await granted(store, a, "one@example.com")
     await granted(store, a, "two@example.com")
-    # a held three@ once; it is now b's, but a's index (a hint) still names it.
+    # a held three@ and four@; b took both over while a was inactive: a's entries for them are stale.
     earlier = await granted(store, a, "three@example.com")
-    assert (await release(store, earlier["id"], "three@example.com"))[0] == Reply.OK
+    first_four = await granted(store, a, "four@example.com")
+    await lapse(store, a)
     b_lease = await granted(store, b, "three@example.com")
-    contacts = await redis_client.zrange(k.agent_leases(TENANT, a), 0, -1)
-    assert sorted(contacts) == ["one@example.com", "three@example.com", "two@example.com"]
+    await granted(store, b, "four@example.com")
+    # Then b lapsed and a took four@ back: a's registry names four@ twice, once stale, once live.
+    assert (await heartbeat(store, a))[0] == Reply.OK
+    await lapse(store, b)
+    second_four = await granted(store, a, "four@example.com")
+    assert (await heartbeat(store, b))[0] == Reply.OK
+    # And a lease of a's that has expired: its entry outlived it (no lease key is left).
+    await redis_client.hset(registry(store, a), "1000", "1000:gone@example.com")
+    contacts = await registry_contacts(store, a)
+    assert contacts == ["four@example.com", "gone@example.com", "one@example.com", "three@example.com",
+                        "two@example.com"]
+    for stale in (earlier, first_four, second_four):
+        assert await redis_client.hget(registry(store, a), stale["fencingToken"]) is not None
+    b_registry = await redis_client.hgetall(registry(store, b))
 
-    assert await remove(store, a, contacts) == [Reply.OK, 2]
+    # one@, two@ and four@ (counted once, though named twice).
+    assert await remove(store, a, contacts) == [Reply.OK, 3]
 
-    assert not await redis_client.exists(k.lease(TENANT, "one@example.com"), k.lease(TENANT, "two@example.com"))
-    assert await redis_client.hgetall(k.lease(TENANT, "three@example.com")) == b_lease
-    assert not await redis_client.exists(k.agent(TENANT, a), k.agent_leases(TENANT, a))
+    for contact in ("one@example.com", "two@example.com", "four@example.com"):
+        assert not await redis_client.exists(k.lease(TENANT, contact)), contact
+    await assert_stored(store, b_lease, "three@example.com")
+    assert not await redis_client.exists(k.agent(TENANT, a), registry(store, a))
     assert await redis_client.zscore(k.agents(TENANT), a) is None
     assert await redis_client.zscore(k.heartbeats(TENANT), a) is None
     # b is untouched.
     assert await redis_client.exists(k.agent(TENANT, b))
     assert await redis_client.zscore(k.heartbeats(TENANT), b) is not None
     assert await redis_client.zscore(k.agents(TENANT), b) is not None
+    assert await redis_client.hgetall(registry(store, b)) == b_registry
+
+
+async def test_remove_keeps_a_registry_entry_naming_another_agents_live_lease(store, redis_client):
+    """Two agents whose tags collide share a registry: removing one leaves the other's entries."""
+    k = store.keys
+    a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
+    mine = await granted(store, a, "one@example.com")
+    theirs = await granted(store, b, "two@example.com")
+    # Simulate the collision: b's lease is recorded in a's registry too.
+    shared = f"{theirs['expiresAt']}:two@example.com"
+    await redis_client.hset(registry(store, a), theirs["fencingToken"], shared)
+    b_registry = await redis_client.hgetall(registry(store, b))
+    contacts = await registry_contacts(store, a)
+    assert contacts == ["one@example.com", "two@example.com"]
+
+    assert await remove(store, a, contacts) == [Reply.OK, 1]
+
+    assert not await redis_client.exists(k.lease(TENANT, "one@example.com"))
+    assert await redis_client.hgetall(registry(store, a)) == {theirs["fencingToken"]: shared}
+    assert await redis_client.hget(registry(store, a), mine["fencingToken"]) is None
+    await assert_stored(store, theirs, "two@example.com")
+    assert await redis_client.hgetall(registry(store, b)) == b_registry
+    assert not await redis_client.exists(k.agent(TENANT, a))
 
 
 async def test_remove_an_agent_without_leases(store, redis_client):
@@ -346,7 +435,7 @@ async def test_remove_an_agent_without_leases(store, redis_client):
 
     assert await remove(store, agent_id, []) == [Reply.OK, 0]
 
-    assert not await redis_client.exists(store.keys.agent(TENANT, agent_id))
+    assert not await redis_client.exists(store.keys.agent(TENANT, agent_id), registry(store, agent_id))
     assert await redis_client.zscore(store.keys.heartbeats(TENANT), agent_id) is None
 
 
@@ -359,110 +448,117 @@ async def test_remove_an_unregistered_agent_is_agent_not_found(store, redis_clie
     assert await dump(redis_client, prefix) == before
 
 
-async def test_remove_retries_when_the_index_holds_a_contact_not_passed_in(store, redis_client, prefix):
+async def test_remove_retries_when_the_registry_names_a_contact_not_passed_in(store, redis_client, prefix):
     agent_id = await new_agent(store, "sdr")
     await granted(store, agent_id, "one@example.com")
     await granted(store, agent_id, "two@example.com")
     before = await dump(redis_client, prefix)
 
+    # A lease granted since the store read the registry.
     assert await remove(store, agent_id, ["one@example.com"]) == [Reply.RETRY]
+    assert await dump(redis_client, prefix) == before
 
+    # Any entry counts, even one whose lease has expired: every contact must be passed.
+    await redis_client.hset(registry(store, agent_id), "1000", "1000:gone@example.com")
+    before = await dump(redis_client, prefix)
+    assert await remove(store, agent_id, ["one@example.com", "two@example.com"]) == [Reply.RETRY]
     assert await dump(redis_client, prefix) == before
 
 
 # --- lease_acquire -----------------------------------------------------------
 
 
-async def test_acquire_grants_a_free_contact(store, redis_client):
+async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
     k, agent_id = store.keys, await new_agent(store, "sdr")
-    lease_id = new_id("lease")
     before_ms, before_us = await clock(redis_client)
 
-    reply = await acquire(store, agent_id, lease_id=lease_id, intent="outreach", duration_ms=MINUTE_MS)
+    reply = await acquire(store, agent_id, intent="outreach", duration_ms=MINUTE_MS)
 
     after_ms, _ = await clock(redis_client)
     assert reply[0] == Reply.CREATED
     lease = lease_of(reply)
-    lease_key = k.lease(TENANT, CONTACT)
-    assert await redis_client.hgetall(lease_key) == lease
-    assert (lease["id"], lease["agentId"], lease["agentName"], lease["intent"]) == (lease_id, agent_id, "sdr", "outreach")
-    acquired, expires = int(lease["acquiredAt"]), int(lease["expiresAt"])
+    assert (lease["agentId"], lease["agentName"], lease["intent"]) == (agent_id, "sdr", "outreach")
+    acquired, expires, token = int(lease["acquiredAt"]), int(lease["expiresAt"]), int(lease["fencingToken"])
     assert before_ms <= acquired <= after_ms
     assert expires == acquired + MINUTE_MS
+    assert token >= before_us
+    assert lease["id"] == lease_id_of(agent_id, token)
+    # The lease is one string, which expires on its own at expiresAt.
+    lease_key = k.lease(TENANT, CONTACT)
+    assert await redis_client.get(lease_key) == f"{agent_id.removeprefix('agent_')}|{token}|{acquired}|sdr|outreach"
     assert await redis_client.pexpiretime(lease_key) == expires
     assert 0 < await redis_client.pttl(lease_key) <= MINUTE_MS
-    # The id pointer and the agent's index expire with the lease.
-    pointer = k.lease_id(TENANT, lease_id)
-    assert await redis_client.get(pointer) == CONTACT
-    assert await redis_client.pexpiretime(pointer) == expires
-    index = k.agent_leases(TENANT, agent_id)
-    assert await redis_client.zrange(index, 0, -1, withscores=True) == [(CONTACT, expires)]
-    assert await redis_client.pexpiretime(index) == expires
-    token = int(lease["fencingToken"])
-    assert token >= before_us
+    # The holder's registry records it under its token, and expires with it.
+    assert await redis_client.hgetall(registry(store, agent_id)) == {str(token): f"{expires}:{CONTACT}"}
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == expires
     assert await redis_client.get(k.fence(TENANT)) == lease["fencingToken"]
+    # Nothing else: no lease-id pointer, no per-agent index.
+    assert set(await dump(redis_client, prefix)) == {
+        k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), lease_key, registry(store, agent_id),
+        k.fence(TENANT),
+    }
 
 
-async def test_acquire_again_by_the_holder_with_its_lease_id_extends_it(store, redis_client):
+async def test_acquire_keeps_an_intent_holding_the_separator(store, redis_client):
+    agent_id = await new_agent(store, "sdr")
+
+    lease = await granted(store, agent_id, intent="a|b||c")
+
+    assert lease["intent"] == "a|b||c"
+    await assert_stored(store, lease)
+    # A read of the stored lease (the store's) gives it back whole.
+    assert (await store.get_lease(TENANT, lease["id"])).intent == "a|b||c"
+
+
+async def test_acquire_again_by_the_holder_extends_it_in_one_call(store, redis_client):
+    """The holder asking again gets {OK, lease} at once: same id and token, a later expiry."""
     k, agent_id = store.keys, await new_agent(store, "sdr")
     first = await granted(store, agent_id, intent="outreach", duration_ms=MINUTE_MS)
 
-    reply = await acquire(store, agent_id, lease_id=first["id"], intent="", duration_ms=2 * MINUTE_MS)
+    reply = await acquire(store, agent_id, intent="", duration_ms=2 * MINUTE_MS)
 
     assert reply[0] == Reply.OK
     lease = lease_of(reply)
-    assert await redis_client.hgetall(k.lease(TENANT, CONTACT)) == lease
     for field in ("id", "agentId", "agentName", "acquiredAt", "fencingToken"):
         assert lease[field] == first[field], field
     assert lease["intent"] == "outreach"  # '' keeps the current intent
     expires = int(lease["expiresAt"])
     assert expires > int(first["expiresAt"])
-    assert await redis_client.pexpiretime(k.lease(TENANT, CONTACT)) == expires
-    assert await redis_client.pexpiretime(k.lease_id(TENANT, first["id"])) == expires
-    assert await redis_client.zscore(k.agent_leases(TENANT, agent_id), CONTACT) == expires
+    await assert_stored(store, lease)
+    assert await redis_client.hgetall(registry(store, agent_id)) == {lease["fencingToken"]: f"{expires}:{CONTACT}"}
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == expires
     assert await redis_client.get(k.fence(TENANT)) == first["fencingToken"]
 
     # A given intent replaces the current one.
-    assert lease_of(await acquire(store, agent_id, lease_id=first["id"], intent="renewal"))["intent"] == "renewal"
+    renamed = lease_of(await acquire(store, agent_id, intent="renewal"))
+    assert (renamed["id"], renamed["intent"]) == (first["id"], "renewal")
+    await assert_stored(store, renamed)
+
+    # A shorter duration moves the lease's expiry, and its registry entry, earlier;
+    # the registry itself keeps the later expiry it had.
+    shorter = lease_of(await acquire(store, agent_id, duration_ms=10_000))
+    assert int(shorter["expiresAt"]) < expires
+    await assert_stored(store, shorter)
+    assert await redis_client.hget(registry(store, agent_id), first["fencingToken"]) == (
+        f"{shorter['expiresAt']}:{CONTACT}"
+    )
+    assert await redis_client.pexpiretime(registry(store, agent_id)) >= expires
 
 
-async def test_acquire_by_the_holder_with_a_fresh_id_names_the_held_lease(store, redis_client, prefix):
-    k, agent_id = store.keys, await new_agent(store, "sdr")
-    lease = await granted(store, agent_id)
-    before = await dump(redis_client, prefix)
-    fresh = new_id("lease")
-
-    assert await acquire(store, agent_id, lease_id=fresh) == [Reply.HELD_BY_CALLER, lease["id"]]
-
-    assert await dump(redis_client, prefix) == before
-    assert not await redis_client.exists(k.lease_id(TENANT, fresh))
-
-
-async def test_acquire_extend_only_with_the_held_id_extends(store, redis_client):
+async def test_acquire_by_the_holder_after_releasing_is_a_new_lease(store, redis_client):
+    """An extension needs the lease to be held still; once released, asking again grants anew."""
     agent_id = await new_agent(store, "sdr")
-    lease = await granted(store, agent_id)
+    old = await granted(store, agent_id)
+    assert (await release(store, old["id"], agent_id=agent_id))[0] == Reply.OK
 
-    reply = await acquire(store, agent_id, lease_id=lease["id"], duration_ms=2 * MINUTE_MS, extend_only=True)
+    new = await granted(store, agent_id)
 
-    assert reply[0] == Reply.OK
-    assert lease_of(reply)["id"] == lease["id"]
-    assert int(lease_of(reply)["expiresAt"]) > int(lease["expiresAt"])
-
-
-async def test_acquire_extend_only_of_a_lease_no_longer_held_is_retry(store, redis_client, prefix):
-    a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
-    gone = new_id("lease")
-    before = await dump(redis_client, prefix)
-
-    # The contact is free: extend_only never grants.
-    assert await acquire(store, a, lease_id=gone, extend_only=True) == [Reply.RETRY]
-    assert await dump(redis_client, prefix) == before
-
-    # The contact is another active agent's: still RETRY, and nothing written.
-    await granted(store, b)
-    before = await dump(redis_client, prefix)
-    assert await acquire(store, a, lease_id=gone, extend_only=True) == [Reply.RETRY]
-    assert await dump(redis_client, prefix) == before
+    assert int(new["fencingToken"]) > int(old["fencingToken"])
+    assert new["id"] != old["id"]
+    await assert_stored(store, new)
+    assert await redis_client.hgetall(registry(store, agent_id)) == {
+        new["fencingToken"]: f"{new['expiresAt']}:{CONTACT}"
+    }
 
 
 async def test_acquire_of_a_contact_held_by_an_active_agent_is_lease_conflict(store, redis_client, prefix):
@@ -472,7 +568,7 @@ async def test_acquire_of_a_contact_held_by_an_active_agent_is_lease_conflict(st
 
     reply = await acquire(store, b, intent="ticket")
 
-    assert reply == [Reply.LEASE_CONFLICT, a, "sdr", "outreach", held["expiresAt"]]
+    assert reply == [Reply.LEASE_CONFLICT, a, "sdr", "outreach", int(held["expiresAt"])]
     assert await dump(redis_client, prefix) == before
 
 
@@ -488,11 +584,18 @@ async def test_acquire_takes_over_the_lease_of_an_inactive_holder(store, redis_c
     new = lease_of(reply)
     assert new["id"] != old["id"]
     assert int(new["fencingToken"]) > int(old["fencingToken"])
-    # The lease is wholly b's: nothing of a's lease (its intent) is left in the hash.
-    assert await redis_client.hgetall(k.lease(TENANT, CONTACT)) == new
+    # The lease is wholly b's: nothing of a's lease (its intent) is left in the string.
     assert (new["agentId"], new["agentName"], new["intent"]) == (b, "support", "")
-    assert await redis_client.get(k.lease_id(TENANT, new["id"])) == CONTACT
+    await assert_stored(store, new)
     assert await redis_client.get(k.fence(TENANT)) == new["fencingToken"]
+    # a's registry keeps its entry, now stale; reads check it against the lease and ignore it.
+    assert await redis_client.hgetall(registry(store, a)) == {old["fencingToken"]: f"{old['expiresAt']}:{CONTACT}"}
+    with pytest.raises(ConcordError) as gone:
+        await store.get_lease(TENANT, old["id"])
+    assert gone.value.code == "lease_not_found"
+    assert (await store.list_leases(TENANT, a, None, 10, None)).leases == []
+    assert [lease.id for lease in (await store.list_leases(TENANT, b, None, 10, None)).leases] == [new["id"]]
+    assert [lease.id for lease in (await store.list_leases(TENANT, None, CONTACT, 10, None)).leases] == [new["id"]]
 
 
 async def test_acquire_by_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
@@ -511,6 +614,12 @@ async def test_acquire_by_an_inactive_agent_is_agent_inactive(store, redis_clien
 
     assert await acquire(store, agent_id) == [Reply.AGENT_INACTIVE]
 
+    # Its own lease too: an inactive holder cannot extend it.
+    assert (await heartbeat(store, agent_id))[0] == Reply.OK
+    await granted(store, agent_id)
+    await lapse(store, agent_id)
+    before = await dump(redis_client, prefix)
+    assert await acquire(store, agent_id) == [Reply.AGENT_INACTIVE]
     assert await dump(redis_client, prefix) == before
 
 
@@ -528,6 +637,8 @@ async def test_fencing_tokens_strictly_increase_and_are_never_below_redis_time(s
         tokens.append(int((await granted(store, b, f"c{i}@example.com"))["fencingToken"]))
 
     assert all(x < y for x, y in zip(tokens, tokens[1:])), tokens
+    # Each token is in its lease's id, after the holder's tag.
+    assert [parse_lease_id(lease_id_of(a, t))[1] for t in tokens] == tokens
 
 
 async def test_fencing_tokens_keep_growing_after_redis_loses_the_fence(store, redis_client):
@@ -543,11 +654,80 @@ async def test_fencing_tokens_keep_growing_after_redis_loses_the_fence(store, re
     assert token >= before_us
 
 
+# --- the lease registry ------------------------------------------------------
+# Each write of an entry (acquire, extension, renew) samples two entries of the
+# registry (HRANDFIELD 2) and deletes those whose expiresAt has passed. A registry
+# of at most two entries is sampled whole, which makes these checks exact.
+
+
+async def test_an_acquire_drops_an_expired_registry_entry(store, redis_client):
+    agent_id = await new_agent(store, "sdr")
+    await redis_client.hset(registry(store, agent_id), "1000", "1000:gone@example.com")
+
+    lease = await granted(store, agent_id)
+
+    assert await redis_client.hgetall(registry(store, agent_id)) == {
+        lease["fencingToken"]: f"{lease['expiresAt']}:{CONTACT}"
+    }
+
+
+async def test_an_acquire_keeps_registry_entries_not_yet_expired(store, redis_client):
+    agent_id = await new_agent(store, "sdr")
+    later = (await clock(redis_client))[0] + HOUR_MS
+    await redis_client.hset(registry(store, agent_id), "1000", f"{later}:other@example.com")
+
+    lease = await granted(store, agent_id)
+
+    assert await redis_client.hgetall(registry(store, agent_id)) == {
+        "1000": f"{later}:other@example.com",
+        lease["fencingToken"]: f"{lease['expiresAt']}:{CONTACT}",
+    }
+    # The registry expires with the longest lease written to it; a shorter one later does not shorten it.
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == int(lease["expiresAt"])
+    longest = await granted(store, agent_id, "long@example.com", duration_ms=2 * HOUR_MS)
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == int(longest["expiresAt"])
+    await granted(store, agent_id, "short@example.com", duration_ms=MINUTE_MS)
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == int(longest["expiresAt"])
+    assert len(await redis_client.hkeys(registry(store, agent_id))) == 4
+
+
+async def test_an_acquire_drops_at_most_two_expired_registry_entries(store, redis_client):
+    agent_id = await new_agent(store, "sdr")
+    expired = {str(1000 + i): f"{1000 + i}:gone{i}@example.com" for i in range(5)}
+    # Each round: five expired entries and one write; two of the six are sampled, so one or two go.
+    # (Rounds make a sample larger than two show, whatever the draw: it would drop three half the time.)
+    for _ in range(12):
+        await redis_client.delete(registry(store, agent_id))
+        await redis_client.hset(registry(store, agent_id), mapping=expired)
+
+        reply = await acquire(store, agent_id)
+
+        assert reply[0] in (Reply.CREATED, Reply.OK)
+        lease = lease_of(reply)
+        entries = await redis_client.hgetall(registry(store, agent_id))
+        assert entries.pop(lease["fencingToken"]) == f"{lease['expiresAt']}:{CONTACT}"
+        assert entries.items() <= expired.items()
+        assert 3 <= len(entries) <= 4, entries
+
+
+async def test_a_renewal_and_an_extension_drop_expired_registry_entries_too(store, redis_client):
+    agent_id = await new_agent(store, "sdr")
+    lease = await granted(store, agent_id)
+    await redis_client.hset(registry(store, agent_id), "1000", "1000:gone@example.com")
+
+    assert (await renew(store, lease["id"], agent_id))[0] == Reply.OK
+    assert list(await redis_client.hkeys(registry(store, agent_id))) == [lease["fencingToken"]]
+
+    await redis_client.hset(registry(store, agent_id), "1000", "1000:gone@example.com")
+    assert (await acquire(store, agent_id))[0] == Reply.OK
+    assert list(await redis_client.hkeys(registry(store, agent_id))) == [lease["fencingToken"]]
+
+
 # --- lease_renew -------------------------------------------------------------
 
 
 async def test_renew_moves_the_expiry_and_keeps_id_and_token(store, redis_client):
-    k, agent_id = store.keys, await new_agent(store, "sdr")
+    agent_id = await new_agent(store, "sdr")
     lease = await granted(store, agent_id, duration_ms=MINUTE_MS)
     before, _ = await clock(redis_client)
 
@@ -556,25 +736,37 @@ async def test_renew_moves_the_expiry_and_keeps_id_and_token(store, redis_client
     after, _ = await clock(redis_client)
     assert reply[0] == Reply.OK
     renewed = lease_of(reply)
-    assert await redis_client.hgetall(k.lease(TENANT, CONTACT)) == renewed
     assert {f: v for f, v in renewed.items() if f != "expiresAt"} == {f: v for f, v in lease.items() if f != "expiresAt"}
     expires = int(renewed["expiresAt"])
     assert before + 10 * MINUTE_MS <= expires <= after + 10 * MINUTE_MS
-    assert await redis_client.pexpiretime(k.lease(TENANT, CONTACT)) == expires
-    assert await redis_client.pexpiretime(k.lease_id(TENANT, lease["id"])) == expires
-    assert await redis_client.zscore(k.agent_leases(TENANT, agent_id), CONTACT) == expires
-    assert await redis_client.pexpiretime(k.agent_leases(TENANT, agent_id)) == expires
+    await assert_stored(store, renewed)
+    assert await redis_client.hgetall(registry(store, agent_id)) == {lease["fencingToken"]: f"{expires}:{CONTACT}"}
+    assert await redis_client.pexpiretime(registry(store, agent_id)) == expires
 
 
 async def test_renew_of_another_lease_id_is_lease_not_found(store, redis_client, prefix):
     agent_id = await new_agent(store, "sdr")
-    await granted(store, agent_id)
+    lease = await granted(store, agent_id)
     before = await dump(redis_client, prefix)
 
-    # The contact is leased, but not under this id (expired, released or taken over).
-    assert await renew(store, new_id("lease"), agent_id) == [Reply.LEASE_NOT_FOUND]
+    # The contact is leased, but not with this token (expired, released or taken over).
+    other = lease_id_of(agent_id, int(lease["fencingToken"]) - 1)
+    assert await renew(store, other, agent_id) == [Reply.LEASE_NOT_FOUND]
     # No lease on the contact at all.
-    assert await renew(store, new_id("lease"), agent_id, "free@example.com") == [Reply.LEASE_NOT_FOUND]
+    assert await renew(store, lease["id"], agent_id, "free@example.com") == [Reply.LEASE_NOT_FOUND]
+
+    assert await dump(redis_client, prefix) == before
+
+
+async def test_renew_of_a_taken_over_lease_is_lease_not_found(store, redis_client, prefix):
+    a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
+    old = await granted(store, a)
+    await lapse(store, a)
+    await granted(store, b)
+    assert (await heartbeat(store, a))[0] == Reply.OK  # active again: only the token decides
+    before = await dump(redis_client, prefix)
+
+    assert await renew(store, old["id"], a) == [Reply.LEASE_NOT_FOUND]
 
     assert await dump(redis_client, prefix) == before
 
@@ -604,25 +796,50 @@ async def test_renew_by_an_inactive_holder_is_agent_inactive(store, redis_client
 # --- lease_release -----------------------------------------------------------
 
 
-async def test_release_by_the_holder_deletes_the_lease_and_its_pointer(store, redis_client):
+async def test_release_by_the_holder_deletes_the_lease_and_its_registry_entry(store, redis_client):
     k, agent_id = store.keys, await new_agent(store, "sdr")
     lease = await granted(store, agent_id)
+    other = await granted(store, agent_id, "other@example.com")
 
     reply = await release(store, lease["id"], agent_id=agent_id)
     assert reply[0] == Reply.OK and int(lease["acquiredAt"]) <= reply[1] < int(lease["expiresAt"])
 
-    assert not await redis_client.exists(k.lease(TENANT, CONTACT), k.lease_id(TENANT, lease["id"]))
+    assert not await redis_client.exists(k.lease(TENANT, CONTACT))
+    assert await redis_client.hgetall(registry(store, agent_id)) == {
+        other["fencingToken"]: f"{other['expiresAt']}:other@example.com"
+    }
+    await assert_stored(store, other, "other@example.com")
     # Released twice: the second finds nothing.
     assert await release(store, lease["id"], agent_id=agent_id) == [Reply.LEASE_NOT_FOUND]
+
+    # The last lease released: its registry is gone.
+    assert (await release(store, other["id"], "other@example.com", agent_id))[0] == Reply.OK
+    assert not await redis_client.exists(k.lease(TENANT, "other@example.com"), registry(store, agent_id))
 
 
 async def test_release_of_an_unknown_lease_id_is_lease_not_found(store, redis_client, prefix):
     agent_id = await new_agent(store, "sdr")
-    await granted(store, agent_id)
+    lease = await granted(store, agent_id)
     before = await dump(redis_client, prefix)
 
-    assert await release(store, new_id("lease"), agent_id=agent_id) == [Reply.LEASE_NOT_FOUND]
-    assert await release(store, new_id("lease"), "free@example.com") == [Reply.LEASE_NOT_FOUND]
+    other = lease_id_of(agent_id, int(lease["fencingToken"]) + 1)
+    assert await release(store, other, agent_id=agent_id) == [Reply.LEASE_NOT_FOUND]
+    assert await release(store, other) == [Reply.LEASE_NOT_FOUND]
+    assert await release(store, lease["id"], "free@example.com") == [Reply.LEASE_NOT_FOUND]
+
+    assert await dump(redis_client, prefix) == before
+
+
+async def test_release_of_a_taken_over_lease_is_lease_not_found(store, redis_client, prefix):
+    a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
+    old = await granted(store, a)
+    await lapse(store, a)
+    await granted(store, b)
+    before = await dump(redis_client, prefix)
+
+    # Neither its old holder nor anyone may end b's lease with a's old id.
+    assert await release(store, old["id"], agent_id=a) == [Reply.LEASE_NOT_FOUND]
+    assert await release(store, old["id"]) == [Reply.LEASE_NOT_FOUND]
 
     assert await dump(redis_client, prefix) == before
 
@@ -643,7 +860,67 @@ async def test_release_without_an_agent_lets_anyone_release(store, redis_client)
 
     assert (await release(store, lease["id"], agent_id=""))[0] == Reply.OK
 
-    assert not await redis_client.exists(k.lease(TENANT, CONTACT), k.lease_id(TENANT, lease["id"]))
+    assert not await redis_client.exists(k.lease(TENANT, CONTACT), registry(store, agent_id))
+
+
+# --- lease ids -----------------------------------------------------------------
+
+LEASE_ID_SHAPE = re.compile(f"lease_{UUID}")
+SOME_AGENTS = [agent_id_for(TENANT, name) for name in ("sdr", "support", "x")] + [
+    "agent_01234567-89ab-cdef-0123-456789abcdef",
+    "agent_ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "agent_00000000-0000-0000-0000-000000000000",
+]
+SOME_TOKENS = [0, 1, 255, 1_700_000_000_000_000, 1_799_999_999_999_999, 2**63, 2**64 - 1]
+
+
+def test_agent_tag_is_the_first_16_hex_digits_of_the_agents_uuid():
+    assert agent_tag("agent_01234567-89ab-cdef-0123-456789abcdef") == "0123456789abcdef"
+    for agent_id in SOME_AGENTS:
+        tag = agent_tag(agent_id)
+        assert re.fullmatch("[0-9a-f]{16}", tag)
+        assert tag == uuid.UUID(agent_id.removeprefix("agent_")).hex[:16]
+
+
+def test_a_lease_id_is_uuid_shaped_hex_of_the_holders_tag_and_the_token():
+    assert lease_id_of("agent_01234567-89ab-cdef-0123-456789abcdef", 1) == "lease_01234567-89ab-cdef-0000-000000000001"
+    # 1_700_000_000_000_000 (a token of Redis's microseconds, in 2023) is 0x00060a24181e4000.
+    assert lease_id_of("agent_01234567-89ab-cdef-0123-456789abcdef", 1_700_000_000_000_000) == (
+        "lease_01234567-89ab-cdef-0006-0a24181e4000"
+    )
+    for agent_id in SOME_AGENTS:
+        for token in SOME_TOKENS:
+            lease_id = lease_id_of(agent_id, token)
+            assert LEASE_ID_SHAPE.fullmatch(lease_id), lease_id
+            digits = uuid.UUID(lease_id.removeprefix("lease_")).hex
+            assert digits[:16] == agent_tag(agent_id)
+            assert int(digits[16:], 16) == token
+
+
+def test_parse_lease_id_undoes_lease_id():
+    for agent_id in SOME_AGENTS:
+        for token in SOME_TOKENS:
+            assert parse_lease_id(lease_id_of(agent_id, token)) == (agent_tag(agent_id), token)
+    assert parse_lease_id("lease_01234567-89ab-cdef-0000-000000000001") == ("0123456789abcdef", 1)
+
+
+def test_lease_ids_differ_by_holder_and_by_token():
+    ids = {lease_id_of(agent_id, token) for agent_id in SOME_AGENTS for token in SOME_TOKENS}
+    assert len(ids) == len(SOME_AGENTS) * len(SOME_TOKENS)
+
+
+async def test_a_granted_lease_is_found_by_its_id(store, redis_client):
+    """The id a reply gives (keys.lease_id) leads to the lease: its tag to the registry, its token to the entry."""
+    agent_id = await new_agent(store, "sdr")
+    lease = await granted(store, agent_id, intent="outreach")
+
+    tag, token = parse_lease_id(lease["id"])
+
+    assert (tag, token) == (agent_tag(agent_id), int(lease["fencingToken"]))
+    entry = await redis_client.hget(store.keys.lease_registry(TENANT, tag), str(token))
+    assert entry == f"{lease['expiresAt']}:{CONTACT}"
+    found = await store.get_lease(TENANT, lease["id"])
+    assert (found.id, found.agent_id, found.fencing_token, found.intent) == (lease["id"], agent_id, token, "outreach")
 
 
 # --- lease_send_check (reads only: every test checks nothing was written) ----
@@ -687,7 +964,7 @@ async def test_send_check_of_a_contact_held_by_another_active_agent_is_lease_con
     lease = await granted(store, a, intent="outreach")
     before = await dump(redis_client, prefix)
 
-    assert await send_check(store, b) == [Reply.LEASE_CONFLICT, a, "sdr", "outreach", lease["expiresAt"]]
+    assert await send_check(store, b) == [Reply.LEASE_CONFLICT, a, "sdr", "outreach", int(lease["expiresAt"])]
 
     assert await dump(redis_client, prefix) == before
 
@@ -702,7 +979,7 @@ async def test_send_check_with_a_token_that_is_not_the_current_one_is_stale(stor
     assert await send_check(store, a, token=stale) == [Reply.STALE_FENCING_TOKEN]
     # Another agent with the holder's very token: stale, and the active holder is named.
     assert await send_check(store, b, token=lease["fencingToken"]) == [
-        Reply.STALE_FENCING_TOKEN, a, "sdr", "outreach", lease["expiresAt"],
+        Reply.STALE_FENCING_TOKEN, a, "sdr", "outreach", int(lease["expiresAt"]),
     ]
     # A token for a contact nobody holds.
     assert await send_check(store, a, "free@example.com", token=lease["fencingToken"]) == [Reply.STALE_FENCING_TOKEN]
@@ -1168,11 +1445,10 @@ async def test_heartbeat_twice_is_one_heartbeat(store, redis_client, prefix):
 
 async def test_acquire_twice_is_one_lease(store, redis_client, prefix):
     agent_id = await new_agent(store, "sdr")
-    lease_id = new_id("lease")
-    first = await acquire(store, agent_id, lease_id=lease_id, intent="outreach")
+    first = await acquire(store, agent_id, intent="outreach")
     once = await dump(redis_client, prefix)
 
-    second = await acquire(store, agent_id, lease_id=lease_id, intent="outreach")
+    second = await acquire(store, agent_id, intent="outreach")
 
     assert (first[0], second[0]) == (Reply.CREATED, Reply.OK)
     assert {f: v for f, v in lease_of(second).items() if f != "expiresAt"} == {
@@ -1181,6 +1457,7 @@ async def test_acquire_twice_is_one_lease(store, redis_client, prefix):
     twice = await dump(redis_client, prefix)
     assert without_times(twice) == without_times(once)
     assert twice[store.keys.fence(TENANT)] == once[store.keys.fence(TENANT)]
+    await assert_stored(store, lease_of(second))
 
 
 async def test_renew_twice_is_one_renewal(store, redis_client, prefix):
@@ -1194,6 +1471,32 @@ async def test_renew_twice_is_one_renewal(store, redis_client, prefix):
     assert (first[0], second[0]) == (Reply.OK, Reply.OK)
     assert lease_of(second)["fencingToken"] == lease["fencingToken"]
     assert without_times(await dump(redis_client, prefix)) == without_times(once)
+    await assert_stored(store, lease_of(second))
+
+
+async def test_release_twice_is_one_release(store, redis_client, prefix):
+    agent_id = await new_agent(store, "sdr")
+    lease = await granted(store, agent_id)
+    await granted(store, agent_id, "other@example.com")
+    assert (await release(store, lease["id"], agent_id=agent_id))[0] == Reply.OK
+    once = await dump(redis_client, prefix)
+
+    assert await release(store, lease["id"], agent_id=agent_id) == [Reply.LEASE_NOT_FOUND]
+
+    assert await dump(redis_client, prefix) == once
+
+
+async def test_remove_twice_is_one_removal(store, redis_client, prefix):
+    agent_id = await new_agent(store, "sdr")
+    await new_agent(store, "support")
+    await granted(store, agent_id)
+    contacts = await registry_contacts(store, agent_id)
+    assert await remove(store, agent_id, contacts) == [Reply.OK, 1]
+    once = await dump(redis_client, prefix)
+
+    assert await remove(store, agent_id, contacts) == [Reply.AGENT_NOT_FOUND]
+
+    assert await dump(redis_client, prefix) == once
 
 
 async def test_consensus_request_twice_is_one_request(store, redis_client, prefix):

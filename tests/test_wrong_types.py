@@ -32,17 +32,20 @@ from redis.exceptions import ResponseError
 
 import service.store as store_module
 from service.config import RateLimit, key_digest
-from service.keys import Keys, agent_id_for
+from service.keys import Keys, agent_id_for, agent_tag, parse_lease_id
 from service.scripts import LIB, sources
 from service.store import Store
 from tests.api_helpers import C, V1, problem
 from tests.helpers import Stack, running_stack, snapshot
 from tests.reports import FaultRecord, fault_record
+from tests.test_lua_headers import checked_types, header_types
 
 TENANT = "acme"
 HELD, FREE = "held@example.com", "free@example.com"
+# sdr's other lease, granted before HELD: agent_remove meets it first, so a missing check on
+# HELD's key would show as ALSO's lease deleted before the refusal.
+ALSO = "also@example.com"
 FIXED_CONS = f"cons_{uuid.UUID(int=1)}"
-FIXED_LEASE = f"lease_{uuid.UUID(int=2)}"
 IDEMPOTENCY_KEY = "retry-me-1"
 LIMITS = {"tenant": RateLimit(per_second=100.0, burst=100), "agent": RateLimit(per_second=100.0, burst=100)}
 # What is planted where a key of each type belongs.
@@ -72,7 +75,7 @@ async def plant(db: redis.asyncio.Redis, key: str, kind: str) -> None:
 
 @dataclass
 class World:
-    """Made through the Store: agents sdr (holding a lease on HELD), peer and
+    """Made through the Store: agents sdr (holding leases on ALSO and HELD), peer and
     third; a pending request by sdr; one past its deadline that a read would expire."""
 
     sdr: str
@@ -90,6 +93,7 @@ def _value(result: Any) -> Any:
 
 async def build_world(store: Store) -> World:
     sdr, peer, third = [_value(await store.register(TENANT, name, None, None)).id for name in ("sdr", "peer", "third")]
+    await store.acquire(TENANT, sdr, ALSO, None, 600_000)
     lease = _value(await store.acquire(TENANT, sdr, HELD, "outreach", 600_000))
     pending = _value(await store.request_consensus(TENANT, sdr, "offer", None, None, 3_600_000)).id
     overdue = _value(await store.request_consensus(TENANT, sdr, "late", None, None, 3_600_000)).id
@@ -100,8 +104,14 @@ async def build_world(store: Store) -> World:
 
 
 def fixed_new_id(kind: str) -> str:
-    """The ids the Store makes during a case, known in advance so their keys can be planted."""
-    return {"cons": FIXED_CONS, "lease": FIXED_LEASE}[kind]
+    """The ids the Store makes during a case, known in advance so their keys can be planted.
+    (Lease ids are not made: keys.lease_id derives them from the holder and the token.)"""
+    return {"cons": FIXED_CONS}[kind]
+
+
+def registry_of(k: Keys, agent_id: str) -> str:
+    """An agent's lease registry (keys.lease_registry of its tag)."""
+    return k.lease_registry(TENANT, agent_tag(agent_id))
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -145,11 +155,12 @@ def remove_sdr(store: Store, w: World) -> Awaitable[Any]:
 
 
 def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
+    """agent_remove with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
     return store.scripts.agent_remove(
-        [k.agent(TENANT, w.sdr), k.agents(TENANT), k.heartbeats(TENANT), k.agent_leases(TENANT, w.sdr),
-         k.lease(TENANT, HELD)],
-        [w.sdr, HELD],
+        [k.agent(TENANT, w.sdr), k.agents(TENANT), k.heartbeats(TENANT), registry_of(k, w.sdr),
+         k.lease(TENANT, ALSO), k.lease(TENANT, HELD)],
+        [w.sdr, ALSO, HELD],
     )
 
 
@@ -158,7 +169,7 @@ def acquire_free(store: Store, w: World) -> Awaitable[Any]:
 
 
 def acquire_held_again(store: Store, w: World) -> Awaitable[Any]:
-    """The holder asking again: the second script call, extend_only, names its lease's id key."""
+    """The holder asking again: the extension rewrites the lease and its registry entry."""
     return store.acquire(TENANT, w.sdr, HELD, None, 600_000)
 
 
@@ -167,10 +178,12 @@ def renew_held(store: Store, w: World) -> Awaitable[Any]:
 
 
 def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
+    """lease_renew with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
+    tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_renew(
-        [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_id(TENANT, w.lease_id), k.agent_leases(TENANT, w.sdr)],
-        [w.lease_id, w.sdr, HELD, 600_000, store.window_ms],
+        [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_registry(TENANT, tag)],
+        [token, w.sdr, HELD, 600_000, store.window_ms],
     )
 
 
@@ -179,8 +192,10 @@ def release_held(store: Store, w: World) -> Awaitable[Any]:
 
 
 def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
+    """lease_release with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
-    return store.scripts.lease_release([k.lease(TENANT, HELD), k.lease_id(TENANT, w.lease_id)], [w.lease_id, w.sdr])
+    tag, token = parse_lease_id(w.lease_id)
+    return store.scripts.lease_release([k.lease(TENANT, HELD), k.lease_registry(TENANT, tag)], [token, w.sdr])
 
 
 def request_new(store: Store, w: World) -> Awaitable[Any]:
@@ -208,27 +223,24 @@ CASES = [
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
-    Case("agent_remove", "agent_leases_key", "zset", lambda k, w: k.agent_leases(TENANT, w.sdr), remove_sdr),
-    Case("agent_remove", "agent_leases_key", "zset", lambda k, w: k.agent_leases(TENANT, w.sdr), remove_sdr_directly,
-         "script"),
-    Case("agent_remove", "lease_keys", "hash", lambda k, w: k.lease(TENANT, HELD), remove_sdr),
+    Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr),
+    Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr_directly, "script"),
+    Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr),
+    Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr_directly, "script"),
     Case("lease_acquire", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), acquire_free),
     Case("lease_acquire", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), acquire_free),
-    Case("lease_acquire", "lease_key", "hash", lambda k, w: k.lease(TENANT, FREE), acquire_free),
-    Case("lease_acquire", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, FIXED_LEASE), acquire_free),
-    Case("lease_acquire", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, w.lease_id), acquire_held_again),
-    Case("lease_acquire", "agent_leases_key", "zset", lambda k, w: k.agent_leases(TENANT, w.sdr), acquire_free),
+    Case("lease_acquire", "lease_key", "string", lambda k, w: k.lease(TENANT, FREE), acquire_free),
+    Case("lease_acquire", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), acquire_held_again),
+    Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_free),
+    Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_held_again),
     Case("lease_acquire", "fence_key", "string", lambda k, w: k.fence(TENANT), acquire_free),
     Case("lease_renew", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), renew_held),
-    Case("lease_renew", "lease_key", "hash", lambda k, w: k.lease(TENANT, HELD), renew_held),
-    Case("lease_renew", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, w.lease_id), renew_held),
-    Case("lease_renew", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, w.lease_id), renew_held_directly,
-         "script"),
-    Case("lease_renew", "agent_leases_key", "zset", lambda k, w: k.agent_leases(TENANT, w.sdr), renew_held),
-    Case("lease_release", "lease_key", "hash", lambda k, w: k.lease(TENANT, HELD), release_held),
-    Case("lease_release", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, w.lease_id), release_held),
-    Case("lease_release", "lease_id_key", "string", lambda k, w: k.lease_id(TENANT, w.lease_id), release_held_directly,
-         "script"),
+    Case("lease_renew", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), renew_held),
+    Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held),
+    Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held_directly, "script"),
+    Case("lease_release", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), release_held),
+    Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held),
+    Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held_directly, "script"),
     *consensus_cases("consensus_request", request_new, lambda w: FIXED_CONS),
     Case("consensus_request", "idempotency_key", "hash",
          lambda k, w: k.idempotency(TENANT, key_digest(IDEMPOTENCY_KEY)), request_new),
@@ -268,6 +280,11 @@ def test_every_key_of_every_writing_script_has_a_case():
     }
     assert declared - covered == set(), f"keys without a wrong-type case: {sorted(declared - covered)}"
     assert covered - declared == set(), f"cases for keys no header declares: {sorted(covered - declared)}"
+    # Each case expects the type the script's header names for the key (lease keys: strings; registries: hashes).
+    for case in CASES:
+        source = sources()[case.script]
+        expected = header_types(source).get(case.key) or checked_types(source).get(case.key)
+        assert case.kind == expected, (case.id, case.kind, expected)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -346,24 +363,24 @@ HTTP_CASES = [
     HttpCase("heartbeat: heartbeats zset", "zset", lambda k, t, w: k.heartbeats(t),
              lambda w: ("POST", f"{C}/heartbeat", {"agentId": w.sdr["id"]}, None, None),
              lambda w: ("GET", _lease(w), None)),
-    HttpCase("deregister: lease index", "zset", lambda k, t, w: k.agent_leases(t, w.sdr["id"]),
+    HttpCase("deregister: lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
              lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None), _peer_lease),
-    HttpCase("deregister: held lease", "hash", lambda k, t, w: k.lease(t, "held@example.com"),
+    HttpCase("deregister: held lease", "string", lambda k, t, w: k.lease(t, "held@example.com"),
              lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None), _peer_lease),
-    HttpCase("acquire: lease hash", "hash", lambda k, t, w: k.lease(t, "free@example.com"),
+    HttpCase("acquire: lease string", "string", lambda k, t, w: k.lease(t, "free@example.com"),
              lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
              _peer_lease),
     HttpCase("acquire: fence", "string", lambda k, t, w: k.fence(t),
              lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
              _heartbeat),
-    HttpCase("acquire: agent's lease index", "zset", lambda k, t, w: k.agent_leases(t, w.sdr["id"]),
+    HttpCase("acquire: agent's lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
              lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
              _peer_lease),
-    HttpCase("renew: lease id pointer", "string", lambda k, t, w: k.lease_id(t, w.lease["id"]),
+    HttpCase("renew: lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
              lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None), _peer_lease),
-    HttpCase("renew: lease hash", "hash", lambda k, t, w: k.lease(t, "held@example.com"),
+    HttpCase("renew: lease string", "string", lambda k, t, w: k.lease(t, "held@example.com"),
              lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None), _peer_lease),
-    HttpCase("release: lease hash", "hash", lambda k, t, w: k.lease(t, "held@example.com"),
+    HttpCase("release: lease string", "string", lambda k, t, w: k.lease(t, "held@example.com"),
              lambda w: ("DELETE", _lease(w), None, {"agentId": w.sdr["id"]}, None), _peer_lease),
     HttpCase("request: pending list", "zset", lambda k, t, w: k.consensus_list(t, "pending"),
              lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"}, None, None),
