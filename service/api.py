@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from . import schemas as s
 from .errors import ConcordError, agent_not_found, consensus_not_found, invalid, lease_not_found, problem
@@ -39,6 +40,7 @@ AUTH_ERRORS = ("unauthorized", "tenant_mismatch", "validation_error", "rate_limi
 BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_NO_QUERY = s.TenantQuery()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,17 @@ class Call:
     body: Any
     query: Any
     ids: dict[str, str]
-    headers: Headers
+    headers: dict[str, str]  # lower-cased names
     deadline: float  # seconds the Redis work may take
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(eq=False)
@@ -59,7 +70,7 @@ class Endpoint:
     method: str
     path: str
     summary: str
-    handler: Callable[[Call], Awaitable[Response]]
+    handler: Callable[[Call], Awaitable[Answer | Response]]
     answers: dict[int, Any]  # success status -> response type
     body: type[s.Input] | None = None
     query: type[s.Input] | None = s.TenantQuery
@@ -86,23 +97,46 @@ class Endpoint:
         path_errors = tuple(PATH_IDS[name][1]("x").code for name in self.ids)
         return AUTH_ERRORS + (BODY_ERRORS if self.body else ()) + path_errors + self.own_errors + STORE_ERRORS
 
-    async def run(self, request: Request) -> Response:
-        state = request.state
-        deadline = state.settings.redis_timeout_seconds
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The endpoint as a bare ASGI app under Starlette's router and exception
+        handlers: no Request or Response object on the way, for the hot path.
+
+        The Redis work runs under the deadline (CONCORD_REDIS_TIMEOUT_SECONDS), so a
+        stalled Redis answers 503 in time; reading the body does not count."""
+        state = scope["state"]
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        store, deadline = state["store"], state["settings"].redis_timeout_seconds
         if not self.authenticated:
-            return await self.handler(Call(state.store, "", None, None, {}, request.headers, deadline))
+            call = Call(store, "", None, None, {}, headers, deadline)
+        else:
+            async with asyncio.timeout(deadline):
+                tenant = await state["auth"].tenant(headers.get("authorization"))
+            query = _query(scope, self.query, tenant) if self.query else None
+            body = None
+            if self.decoder is not None:
+                body = _check_tenant(_decode(self.decoder, await _read_body(headers, receive)), tenant)
+            ids = {name: _path_id(scope, name) for name in self.ids}
+            call = Call(store, tenant, body, query, ids, headers, deadline)
         async with asyncio.timeout(deadline):
-            tenant = await state.auth.tenant(request.headers.get("authorization"))
-        query = _query(request, self.query, tenant) if self.query else None
-        body = None
-        if self.decoder is not None:
-            body = _check_tenant(_decode(self.decoder, await _read_body(request)), tenant)
-        ids = {name: _path_id(request, name) for name in self.ids}
-        call = Call(state.store, tenant, body, query, ids, request.headers, deadline)
-        async with asyncio.timeout(deadline):
-            if state.settings.rate_limits:
-                await state.store.take_token(tenant, _acting_agent(body), state.settings.rate_limits)
-            return await self.handler(call)
+            limits = state["settings"].rate_limits
+            if limits and call.tenant:
+                await store.take_token(call.tenant, _acting_agent(call.body), limits)
+            answer = await self.handler(call)
+        if isinstance(answer, Response):  # a problem, or the OpenAPI document
+            await answer(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer.body)).encode()),
+                    *answer.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -110,10 +144,10 @@ ENDPOINTS: list[Endpoint] = []
 
 def endpoint(
     method: str, path: str, summary: str, *, answers: dict[int, Any], **options: Any
-) -> Callable[[Callable[[Call], Awaitable[Response]]], Endpoint]:
+) -> Callable[[Callable[[Call], Awaitable[Answer | Response]]], Endpoint]:
     """Declare the decorated handler as the endpoint ``method path``."""
 
-    def declare(handler: Callable[[Call], Awaitable[Response]]) -> Endpoint:
+    def declare(handler: Callable[[Call], Awaitable[Answer | Response]]) -> Endpoint:
         declared = Endpoint(method, path, summary, handler, answers, **options)
         ENDPOINTS.append(declared)
         return declared
@@ -121,8 +155,9 @@ def endpoint(
     return declare
 
 
-def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(value), status_code=status, media_type="application/json", headers=headers)
+def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    extra = tuple((name.lower().encode(), text.encode()) for name, text in (headers or {}).items())
+    return Answer(status, _encode(value), extra)
 
 
 V1 = "/v1/agent"
@@ -132,7 +167,7 @@ C = f"{V1}/coordination"
 
 
 @endpoint("GET", "/healthz", "The process is alive", answers={200: s.Status}, query=None, authenticated=False)
-async def healthz(c: Call) -> Response:
+async def healthz(c: Call) -> Answer | Response:
     return respond(s.Status(status="ok"))
 
 
@@ -140,7 +175,7 @@ async def healthz(c: Call) -> Response:
     "GET", "/readyz", "Redis answers", answers={200: s.Status}, query=None, authenticated=False,
     own_errors=("store_unavailable",),
 )
-async def readyz(c: Call) -> Response:
+async def readyz(c: Call) -> Answer | Response:
     try:
         async with asyncio.timeout(c.deadline):
             await c.store.ping()
@@ -153,7 +188,7 @@ async def readyz(c: Call) -> Response:
     "GET", "/openapi.json", "This API as OpenAPI 3.1", answers={200: dict[str, Any]}, query=None,
     authenticated=False,
 )
-async def openapi(c: Call) -> Response:
+async def openapi(c: Call) -> Answer | Response:
     from .openapi import document  # it describes ENDPOINTS, so it is built after them
 
     return Response(document(), media_type="application/json")
@@ -166,7 +201,7 @@ async def openapi(c: Call) -> Response:
     "POST", f"{V1}/register", "Register an agent, or update the agent of that name",
     answers={201: s.Agent, 200: s.Agent}, body=s.RegisterBody,
 )
-async def register(c: Call) -> Response:
+async def register(c: Call) -> Answer | Response:
     body: s.RegisterBody = c.body
     name = _one_of(body.agent_name, body.name, "agentName", "name")
     if name is None:
@@ -177,26 +212,26 @@ async def register(c: Call) -> Response:
 
 
 @endpoint("GET", f"{V1}/agents", "List agents, newest first", answers={200: s.AgentList}, query=s.AgentListQuery)
-async def list_agents(c: Call) -> Response:
+async def list_agents(c: Call) -> Answer | Response:
     q: s.AgentListQuery = c.query
     return respond(await c.store.list_agents(c.tenant, q.status, q.limit, q.cursor))
 
 
 @endpoint("GET", f"{V1}/agents/{{agentId}}", "Read an agent", answers={200: s.Agent})
-async def get_agent(c: Call) -> Response:
+async def get_agent(c: Call) -> Answer | Response:
     return respond(await c.store.get_agent(c.tenant, c.ids["agentId"]))
 
 
 @endpoint(
     "DELETE", f"{V1}/agents/{{agentId}}", "Deregister an agent and release its leases", answers={200: s.AgentRemoved}
 )
-async def remove_agent(c: Call) -> Response:
+async def remove_agent(c: Call) -> Answer | Response:
     return respond(await c.store.remove_agent(c.tenant, c.ids["agentId"]))
 
 
 @endpoint("POST", f"{C}/heartbeat", "Record that an agent is alive", answers={200: s.Heartbeat}, body=s.HeartbeatBody,
           own_errors=("agent_not_found",))
-async def heartbeat(c: Call) -> Response:
+async def heartbeat(c: Call) -> Answer | Response:
     return respond(await c.store.heartbeat(c.tenant, c.body.agent_id))
 
 
@@ -208,7 +243,7 @@ async def heartbeat(c: Call) -> Response:
     answers={201: s.Lease, 200: s.Lease}, body=s.LeaseBody,
     own_errors=("agent_not_found", "agent_inactive", "lease_conflict"),
 )
-async def acquire_lease(c: Call) -> Response:
+async def acquire_lease(c: Call) -> Answer | Response:
     body: s.LeaseBody = c.body
     contact = s.normalize_email(body.contact_email)
     lease, created = await c.store.acquire(c.tenant, body.agent_id, contact, body.intent, _lease_duration(body))
@@ -219,7 +254,7 @@ async def acquire_lease(c: Call) -> Response:
     "POST", f"{C}/lease/{{leaseId}}/renew", "Move a lease's expiry; the fencing token stays",
     answers={200: s.Lease}, body=s.RenewBody, own_errors=("not_lease_holder", "agent_inactive"),
 )
-async def renew_lease(c: Call) -> Response:
+async def renew_lease(c: Call) -> Answer | Response:
     return respond(await c.store.renew(c.tenant, c.ids["leaseId"], c.body.agent_id, _lease_duration(c.body)))
 
 
@@ -227,12 +262,12 @@ async def renew_lease(c: Call) -> Response:
     "DELETE", f"{C}/lease/{{leaseId}}", "Release a lease before it expires",
     answers={200: s.Released}, query=s.ReleaseQuery, own_errors=("not_lease_holder",),
 )
-async def release_lease(c: Call) -> Response:
+async def release_lease(c: Call) -> Answer | Response:
     return respond(await c.store.release(c.tenant, c.ids["leaseId"], c.query.agent_id))
 
 
 @endpoint("GET", f"{C}/lease/{{leaseId}}", "Read a lease", answers={200: s.Lease})
-async def get_lease(c: Call) -> Response:
+async def get_lease(c: Call) -> Answer | Response:
     return respond(await c.store.get_lease(c.tenant, c.ids["leaseId"]))
 
 
@@ -240,7 +275,7 @@ async def get_lease(c: Call) -> Response:
     "GET", f"{C}/leases", "List the leases of an agent and/or a contact, newest first",
     answers={200: s.LeaseList}, query=s.LeaseListQuery,
 )
-async def list_leases(c: Call) -> Response:
+async def list_leases(c: Call) -> Answer | Response:
     q: s.LeaseListQuery = c.query
     if q.agent_id is None and q.contact_email is None:
         raise invalid("Give `agentId` or `contactEmail` (or both)", "$.agentId")
@@ -252,7 +287,7 @@ async def list_leases(c: Call) -> Response:
     "POST", f"{C}/send-check", "May this agent email this contact now?", answers={200: s.SendCheck},
     body=s.SendCheckBody,
 )
-async def send_check(c: Call) -> Response:
+async def send_check(c: Call) -> Answer | Response:
     body: s.SendCheckBody = c.body
     contact = s.normalize_email(body.contact_email)
     return respond(await c.store.send_check(c.tenant, body.agent_id, contact, body.fencing_token))
@@ -270,7 +305,7 @@ async def send_check(c: Call) -> Response:
     },
     answer_headers={"Idempotent-Replayed": "`true` when this answer replays the first one for its Idempotency-Key"},
 )
-async def request_consensus(c: Call) -> Response:
+async def request_consensus(c: Call) -> Answer | Response:
     body: s.ConsensusBody = c.body
     idempotency_key = c.headers.get("idempotency-key")
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
@@ -290,13 +325,13 @@ async def request_consensus(c: Call) -> Response:
     body=s.VoteBody,
     own_errors=("agent_not_found", "requester_cannot_vote", "already_voted", "consensus_closed", "agent_inactive"),
 )
-async def vote(c: Call) -> Response:
+async def vote(c: Call) -> Answer | Response:
     body: s.VoteBody = c.body
     return respond(await c.store.vote(c.tenant, c.ids["consensusId"], body.agent_id, body.vote, body.reason))
 
 
 @endpoint("GET", f"{C}/consensus/{{consensusId}}", "Read a consensus request", answers={200: s.Consensus})
-async def get_consensus(c: Call) -> Response:
+async def get_consensus(c: Call) -> Answer | Response:
     return respond(await c.store.get_consensus(c.tenant, c.ids["consensusId"]))
 
 
@@ -304,7 +339,7 @@ async def get_consensus(c: Call) -> Response:
     "GET", f"{C}/consensus", "List consensus requests, newest first", answers={200: s.ConsensusList},
     query=s.ConsensusListQuery,
 )
-async def list_consensus(c: Call) -> Response:
+async def list_consensus(c: Call) -> Answer | Response:
     q: s.ConsensusListQuery = c.query
     return respond(await c.store.list_consensus(c.tenant, q.status, q.limit, q.cursor))
 
@@ -312,21 +347,26 @@ async def list_consensus(c: Call) -> Response:
 # --- helpers -----------------------------------------------------------------
 
 
-async def _read_body(request: Request) -> bytes:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+async def _read_body(headers: dict[str, str], receive: Receive) -> bytes:
+    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ConcordError(
             "unsupported_media_type", f"Expected Content-Type: application/json, got {media_type or 'none'!r}"
         )
-    length = request.headers.get("content-length", "")
+    length = headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise _too_large()
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise _too_large()
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
@@ -343,11 +383,13 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes) -> Any:
         raise ConcordError("malformed_json", "The body is nested too deeply") from None
 
 
-def _query(request: Request, kind: type[s.Input], tenant: str) -> Any:
+def _query(scope: Scope, kind: type[s.Input], tenant: str) -> Any:
     """Decode the query string: strings convert to the declared types, unknown names
     are a 422, and a POST's query may carry tenantId and nothing else."""
+    if not scope["query_string"] and kind is s.TenantQuery:
+        return _NO_QUERY  # the common case of a POST: nothing to decode
     try:
-        q = msgspec.convert(dict(request.query_params), kind, strict=False)
+        q = msgspec.convert(dict(QueryParams(scope["query_string"])), kind, strict=False)
     except msgspec.ValidationError as exc:
         raise _validation(exc) from None
     return _check_tenant(q, tenant)
@@ -399,8 +441,8 @@ def _lease_duration(body: s.LeaseBody | s.RenewBody) -> int:
     )
 
 
-def _path_id(request: Request, name: str) -> str:
-    value = request.path_params[name]
+def _path_id(scope: Scope, name: str) -> str:
+    value = scope["path_params"][name]
     pattern, not_found = PATH_IDS[name]
     if not pattern.fullmatch(value):
         raise not_found(value[:80])

@@ -28,7 +28,7 @@ from .store import Store
 log = logging.getLogger("concord")
 
 # Every endpoint is declared in api.py; the route table is made from those declarations.
-routes = [Route(e.path, e.run, methods=[e.method], name=e.name) for e in api.ENDPOINTS]
+routes = [Route(e.path, e, methods=[e.method], name=e.name) for e in api.ENDPOINTS]
 
 
 class State(TypedDict):

@@ -8,6 +8,7 @@ from what the store passes without the first call failing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -16,6 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 # "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
 _DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
@@ -69,17 +71,85 @@ def lib_text() -> str:
     return sources()[LIB].text
 
 
+class Batcher:
+    """Runs the script calls of concurrent requests as pipelines.
+
+    Calls made while ``in_flight`` pipelines are out wait for the next one, which
+    carries them all in one write and one read: per call, the client work of a
+    round trip is shared by every request of the batch. Each caller gets its own
+    reply or its own error. A pipeline redis-py sends again after a dropped
+    connection re-runs its scripts, which is safe: every script is idempotent.
+    """
+
+    def __init__(self, client: Redis, in_flight: int = 2) -> None:
+        self._client = client
+        self._in_flight = in_flight
+        self._running: set[asyncio.Task] = set()
+        self._waiting: list[tuple[tuple[Any, ...], str, asyncio.Future]] = []
+        self._scheduled = False
+
+    def call(self, command: tuple[Any, ...], source: str) -> asyncio.Future:
+        """Queue ``command`` (an EVALSHA of ``source``); the future gets its reply."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((command, source, future))
+        if not self._scheduled and len(self._running) < self._in_flight:
+            # Send on the next turn of the loop, with every call made in this one.
+            self._scheduled = True
+            loop.call_soon(self._send_waiting)
+        return future
+
+    def _send_waiting(self) -> None:
+        self._scheduled = False
+        if self._waiting and len(self._running) < self._in_flight:
+            batch, self._waiting = self._waiting, []
+            task = asyncio.ensure_future(self._send(batch))
+            self._running.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._send_waiting()
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], str, asyncio.Future]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for command, _, _ in batch:
+            pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: so did every call of the batch
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (command, source, future), reply in zip(batch, replies):
+            if isinstance(reply, NoScriptError):
+                # Redis lost its script cache (a restart): load the script, run the call again.
+                try:
+                    await self._client.script_load(source)
+                    reply = await self._client.execute_command(*command)
+                except Exception as exc:
+                    reply = exc
+            if future.done():  # its request went away
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class Script:
-    """One registered script; calls check the header's arity, then run by SHA
-    (redis-py reloads the script when Redis has forgotten it)."""
+    """One registered script; calls check the header's arity, then run by SHA in the
+    next pipeline of the Batcher, or in the given pipeline."""
 
-    __slots__ = ("name", "_n_keys", "_n_args", "_variadic_keys", "_variadic_args", "_script")
+    __slots__ = ("name", "_n_keys", "_n_args", "_variadic_keys", "_variadic_args", "_script", "_batcher")
 
-    def __init__(self, source: Source, script: AsyncScript) -> None:
+    def __init__(self, source: Source, script: AsyncScript, batcher: Batcher) -> None:
         self.name = source.name
         self._n_keys, self._n_args = len(source.keys), len(source.args)
         self._variadic_keys, self._variadic_args = source.variadic_keys, source.variadic_args
         self._script = script
+        self._batcher = batcher
 
     def __call__(self, keys: list[str], args: list[Any], client: Any = None):
         if not _arity_ok(len(keys), self._n_keys, self._variadic_keys) or not _arity_ok(
@@ -89,7 +159,10 @@ class Script:
                 f"lua/{self.name}.lua declares {self._n_keys} KEYS and {self._n_args} ARGV, "
                 f"called with {len(keys)} and {len(args)}"
             )
-        return self._script(keys, args, client)
+        if client is not None:
+            return self._script(keys, args, client)
+        script = self._script
+        return self._batcher.call(("EVALSHA", script.sha, len(keys), *keys, *args), script.script)
 
 
 def _arity_ok(given: int, declared: int, variadic: bool) -> bool:
@@ -101,9 +174,10 @@ class Scripts:
     """The scripts registered with one client, as attributes: ``scripts.lease_acquire``."""
 
     def __init__(self, client: Redis) -> None:
+        batcher = Batcher(client)
         for name, source in sources().items():
             if name != LIB:
-                setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text)))
+                setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), batcher))
 
     def __getattr__(self, name: str) -> Script:  # for type checkers; real attributes win
         raise AttributeError(f"no script lua/{name}.lua")

@@ -504,8 +504,8 @@ PATH_KINDS = {name: pattern.pattern.split("_", 1)[0] for name, (pattern, _) in P
 
 
 def endpoint_of(route: Route) -> Endpoint:
-    """The Endpoint a route runs: app.py routes each one to its ``run`` method."""
-    endpoint = route.endpoint.__self__
+    """The Endpoint a route runs: app.py routes each one as an ASGI app of its own."""
+    endpoint = route.endpoint
     assert isinstance(endpoint, Endpoint), route
     return endpoint
 
@@ -683,7 +683,7 @@ def test_a_new_endpoint_gets_cells_without_anyone_writing_them():
 
     new = Endpoint("POST", f"{C}/lease/{{leaseId}}/transfer", "Hand a lease over", handler,
                    {200: schemas.Lease}, body=schemas.VoteBody)
-    route = Route(new.path, new.run, methods=[new.method])
+    route = Route(new.path, new, methods=[new.method])
     assert [c.kind for c in generated_cells([route])] == ["A-ids", "tenantId-A-query", "tenantId-A-body"]
     world = World(a={"agent": {"id": unknown_id("agent")}, "lease": {"id": unknown_id("lease"), "fencingToken": 7},
                      "pending": {"id": unknown_id("cons")}}, b={})
@@ -702,7 +702,7 @@ async def test_the_generated_cells_catch_an_endpoint_that_ignores_the_tenant(set
 
     endpoint = Endpoint("GET", f"{V1}/agents/{{agentId}}/peers", "Peers of an agent", leaky,
                         {200: schemas.AgentList})
-    route = Route(endpoint.path, endpoint.run, methods=[endpoint.method])
+    route = Route(endpoint.path, endpoint, methods=[endpoint.method])
     app = create_app(settings, redis_client)
     app.router.routes.append(route)  # this app's own copy of the route table
     async with running(app) as served:
