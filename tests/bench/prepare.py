@@ -1,0 +1,207 @@
+"""The data each operation needs, made beforehand through the public Store methods
+on the benchmark's private Redis, and written to files the wrk scripts read.
+
+Only Store methods and INFO are used, never key names: the key layout may change
+without the benchmark noticing. At most CONCURRENCY calls are in flight at once,
+so one client pool of that size is never exceeded.
+
+Files of a tenant (one line per item, fields separated by spaces):
+    names.txt       agent names, as registered
+    agents.txt      their agent ids, in the same order
+    leases.txt      "leaseId agentId contact fencingToken": one lease per agent (renew, send-check)
+    contenders.txt  the agents that do not hold CONTENDED_CONTACT
+    reads.txt       consensus ids, pending, with a few votes each (consensus read)
+    votes-<tag>.txt "consensusId requesterIndex": fresh requests for one vote run
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio
+
+from service.keys import Keys
+from service.store import Store
+
+T = TypeVar("T")
+
+CONCURRENCY = 64
+KEY_PREFIX = "bench"
+# Agents stay active for the whole run without being kept alive by hand.
+WINDOW_SECONDS = 86_400
+LONG_MS = 24 * 3600 * 1000  # leases and consensus requests that outlive the run
+CONTENDED_CONTACT = "contended@bench.example"
+# A vote run gives each consensus request at most this many votes, so a vote's
+# answer (which lists the votes so far) stays the size of a real one.
+VOTES_PER_REQUEST = 10
+READ_REQUESTS = 100
+
+
+@dataclass
+class Tenant:
+    """One tenant's API key and its data files."""
+
+    name: str
+    api_key: str
+    directory: Path
+    agents: int = 0
+
+    def file(self, name: str) -> Path:
+        return self.directory / name
+
+    def files(self) -> dict[str, str]:
+        """Every standard data file that exists, as wrk script arguments."""
+        names = ("names", "agents", "leases", "contenders", "reads")
+        found = {name: self.file(f"{name}.txt") for name in names}
+        args = {name: str(path) for name, path in found.items() if path.exists()}
+        if self.file("leases.txt").exists():
+            args["contact"] = CONTENDED_CONTACT
+        return args
+
+
+async def each(items: Iterable[T], call: Callable[[T], Awaitable[Any]], limit: int = CONCURRENCY) -> list[Any]:
+    """``call(item)`` for every item, at most ``limit`` at a time; results in item order."""
+    todo = list(enumerate(items))
+    results: list[Any] = [None] * len(todo)
+    position = iter(todo)
+
+    async def worker() -> None:
+        for index, item in position:
+            results[index] = await call(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(todo)) or 1)))
+    return results
+
+
+def with_store(redis_url: str, work: Callable[[Store, redis.asyncio.Redis], Awaitable[T]]) -> T:
+    """Run ``work(store, client)`` on a fresh client of at most CONCURRENCY connections."""
+
+    async def main() -> T:
+        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True, max_connections=CONCURRENCY)
+        try:
+            return await work(Store(client, Keys(KEY_PREFIX), WINDOW_SECONDS), client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def write_rows(path: Path, rows: Iterable[Iterable[Any]]) -> Path:
+    path.write_text("".join(" ".join(str(field) for field in row) + "\n" for row in rows))
+    return path
+
+
+def read_column(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()]
+
+
+async def register(store: Store, tenant: str, names: list[str]) -> list[str]:
+    """Register every name (role "sdr"); their agent ids, in order."""
+
+    async def one(name: str) -> str:
+        agent, _ = await store.register(tenant, name, "sdr", None)
+        return agent.id
+
+    return await each(names, one)
+
+
+def agents(redis_url: str, tenant: Tenant, count: int) -> None:
+    """Register ``count`` agents of the tenant; names.txt and agents.txt."""
+    names = [f"{tenant.name}-agent-{i:06d}" for i in range(count)]
+    ids = with_store(redis_url, lambda store, _: register(store, tenant.name, names))
+    tenant.directory.mkdir(parents=True, exist_ok=True)
+    write_rows(tenant.file("names.txt"), ([name] for name in names))
+    write_rows(tenant.file("agents.txt"), ([agent_id] for agent_id in ids))
+    tenant.agents = count
+
+
+def hot_path(redis_url: str, tenant: Tenant) -> None:
+    """A lease per agent (renew, send-check), the contended contact held by the first
+    agent, and READ_REQUESTS pending consensus requests with a few votes each."""
+    ids = read_column(tenant.file("agents.txt"))
+
+    async def work(store: Store, _: Any) -> None:
+        async def lease(i: int) -> list[Any]:
+            contact = f"renew-{i:06d}@bench.example"
+            granted, _ = await store.acquire(tenant.name, ids[i], contact, "outbound_sales", LONG_MS)
+            return [granted.id, ids[i], contact, granted.fencing_token]
+
+        write_rows(tenant.file("leases.txt"), await each(range(len(ids)), lease))
+        await store.acquire(tenant.name, ids[0], CONTENDED_CONTACT, "outbound_sales", LONG_MS)
+        write_rows(tenant.file("contenders.txt"), ([agent_id] for agent_id in ids[1:]))
+        reads = await open_requests(store, tenant.name, ids, READ_REQUESTS)
+
+        async def votes(index: int) -> None:
+            consensus_id, requester = reads[index]
+            for j in range(VOTES_PER_REQUEST // 2):
+                voter = ids[(requester + 1 + j) % len(ids)]
+                await store.vote(tenant.name, consensus_id, voter, "approve" if j % 2 == 0 else "reject", None)
+
+        await each(range(len(reads)), votes)
+        write_rows(tenant.file("reads.txt"), ([consensus_id] for consensus_id, _ in reads))
+
+    with_store(redis_url, work)
+
+
+async def open_requests(store: Store, tenant: str, ids: list[str], count: int) -> list[tuple[str, int]]:
+    """``count`` pending consensus requests, the agents taking turns as requester:
+    (consensus id, index of its requester in ``ids``)."""
+
+    async def one(index: int) -> tuple[str, int]:
+        requester = index % len(ids)
+        consensus, _ = await store.request_consensus(
+            tenant, ids[requester], "send_pricing_override", None, None, LONG_MS
+        )
+        return consensus.id, requester
+
+    return await each(range(count), one)
+
+
+def vote_requests(redis_url: str, tenant: Tenant, votes: int, tag: str) -> Path:
+    """Fresh consensus requests enough for ``votes`` votes of VOTES_PER_REQUEST each;
+    the file for the vote run ``tag``."""
+    ids = read_column(tenant.file("agents.txt"))
+    count = math.ceil(votes / VOTES_PER_REQUEST)
+    rows = with_store(redis_url, lambda store, _: open_requests(store, tenant.name, ids, count))
+    return write_rows(tenant.file(f"votes-{tag}.txt"), rows)
+
+
+@dataclass
+class LeaseMemory:
+    agents: int
+    leases_per_agent: int
+    before: int  # INFO used_memory, bytes, with the agents registered
+    after: int  # the same with every lease held
+
+    @property
+    def leases(self) -> int:
+        return self.agents * self.leases_per_agent
+
+    @property
+    def per_lease(self) -> float:
+        return (self.after - self.before) / self.leases
+
+
+def lease_memory(redis_url: str, agent_count: int, per_agent: int) -> LeaseMemory:
+    """used_memory before and after ``agent_count * per_agent`` leases on fresh
+    contacts, agent i holding contacts i*per_agent ... (i+1)*per_agent-1. Run it on a
+    Redis of its own: the delta is everything those leases cost."""
+
+    async def work(store: Store, client: redis.asyncio.Redis) -> LeaseMemory:
+        ids = await register(store, "memory", [f"memory-agent-{i:06d}" for i in range(agent_count)])
+
+        async def lease(n: int) -> None:
+            # A contact address of ordinary length (24 characters).
+            await store.acquire("memory", ids[n // per_agent], f"lead-{n:07d}@example.com", "outbound_sales", LONG_MS)
+
+        before = (await client.info("memory"))["used_memory"]
+        await each(range(agent_count * per_agent), lease)
+        after = (await client.info("memory"))["used_memory"]
+        return LeaseMemory(agent_count, per_agent, before, after)
+
+    return with_store(redis_url, work)
