@@ -40,6 +40,8 @@ AUTH_ERRORS = ("unauthorized", "tenant_mismatch", "validation_error", "rate_limi
 BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# The request headers an endpoint reads (Call.headers holds these, lower-cased).
+READ_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"idempotency-key"})
 _NO_QUERY = s.TenantQuery()
 
 
@@ -52,7 +54,7 @@ class Call:
     body: Any
     query: Any
     ids: dict[str, str]
-    headers: dict[str, str]  # lower-cased names
+    headers: dict[str, str]  # the READ_HEADERS present, by lower-cased name
     deadline: float  # seconds the Redis work may take
 
 
@@ -104,24 +106,24 @@ class Endpoint:
         The Redis work runs under the deadline (CONCORD_REDIS_TIMEOUT_SECONDS), so a
         stalled Redis answers 503 in time; reading the body does not count."""
         state = scope["state"]
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        store, deadline = state["store"], state["settings"].redis_timeout_seconds
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS
+        }
+        store, deadlines = state["store"], state["deadlines"]
         if not self.authenticated:
-            call = Call(store, "", None, None, {}, headers, deadline)
+            call = Call(store, "", None, None, {}, headers, deadlines.seconds)
         else:
-            async with asyncio.timeout(deadline):
-                tenant = await state["auth"].tenant(headers.get("authorization"))
+            auth, authorization = state["auth"], headers.get("authorization")
+            tenant = auth.known(authorization)
+            if tenant is None:  # a key stored in Redis, not looked up in the last second
+                tenant = await deadlines.run(auth.tenant(authorization))
             query = _query(scope, self.query, tenant) if self.query else None
             body = None
             if self.decoder is not None:
                 body = _check_tenant(_decode(self.decoder, await _read_body(headers, receive)), tenant)
             ids = {name: _path_id(scope, name) for name in self.ids}
-            call = Call(store, tenant, body, query, ids, headers, deadline)
-        async with asyncio.timeout(deadline):
-            limits = state["settings"].rate_limits
-            if limits and call.tenant:
-                await store.take_token(call.tenant, _acting_agent(call.body), limits)
-            answer = await self.handler(call)
+            call = Call(store, tenant, body, query, ids, headers, deadlines.seconds)
+        answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
         if isinstance(answer, Response):  # a problem, or the OpenAPI document
             await answer(scope, receive, send)
             return
@@ -137,6 +139,12 @@ class Endpoint:
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
+
+    async def _work(self, call: Call, limits: Any) -> Answer | Response:
+        """The request's Redis work: its rate limits, then its handler."""
+        if limits and call.tenant:
+            await call.store.take_token(call.tenant, _acting_agent(call.body), limits)
+        return await self.handler(call)
 
 
 ENDPOINTS: list[Endpoint] = []

@@ -30,27 +30,43 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[str | None, float]] = {}
 
+    def known(self, authorization: str | None) -> str | None:
+        """The tenant of the request's ``Authorization: Bearer <key>`` when no Redis
+        lookup is needed (a configured key, or an answer cached), else None; 401 for
+        a missing or malformed header, or a key known to be unknown."""
+        digest = _digest(authorization)
+        tenant = self._static.get(digest)
+        if tenant is not None:
+            return tenant
+        cached = self._cache.get(digest)
+        if cached is None or cached[1] <= time.monotonic():
+            return None
+        if cached[0] is None:
+            raise _unknown()
+        return cached[0]
+
     async def tenant(self, authorization: str | None) -> str:
         """The tenant of the request's ``Authorization: Bearer <key>``, or 401."""
-        scheme, _, api_key = (authorization or "").partition(" ")
-        api_key = api_key.strip()
-        if scheme.lower() != "bearer" or not api_key:
-            raise ConcordError("unauthorized", "Send the API key as `Authorization: Bearer <key>`")
-        digest = key_digest(api_key)
-        tenant = self._static.get(digest)
-        if tenant is None:
-            tenant = await self._stored(digest)
-        if tenant is None:
-            raise ConcordError("unauthorized", "Unknown or revoked API key")
-        return tenant
-
-    async def _stored(self, digest: str) -> str | None:
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        tenant = self.known(authorization)
+        if tenant is not None:
+            return tenant
+        digest = _digest(authorization)
         tenant = await self._lookup(digest)
         if len(self._cache) >= CACHE_MAX:  # random keys must not grow the cache without bound
             self._cache.clear()
-        self._cache[digest] = (tenant, now + self._cache_seconds)
+        self._cache[digest] = (tenant, time.monotonic() + self._cache_seconds)
+        if tenant is None:
+            raise _unknown()
         return tenant
+
+
+def _digest(authorization: str | None) -> str:
+    scheme, _, api_key = (authorization or "").partition(" ")
+    api_key = api_key.strip()
+    if scheme.lower() != "bearer" or not api_key:
+        raise ConcordError("unauthorized", "Send the API key as `Authorization: Bearer <key>`")
+    return key_digest(api_key)
+
+
+def _unknown() -> ConcordError:
+    return ConcordError("unauthorized", "Unknown or revoked API key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -293,7 +294,12 @@ def normalize_email(raw: str, field: str = "$.contactEmail") -> str:
 def iso(ms: int | str) -> str:
     """Unix milliseconds as ISO-8601 UTC with millisecond precision and a ``Z``."""
     seconds, millis = divmod(int(ms), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4096)  # answers of one moment share their seconds: format each once
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def duration_ms(minutes: int | None, seconds: int | None, default_ms: int, names: tuple[str, str]) -> int:

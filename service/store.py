@@ -81,11 +81,14 @@ class Store:
     after a connection error and the first run may already have happened.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, heartbeat_window_seconds: int = 300) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, heartbeat_window_seconds: int = 300, timeout: float | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.window_ms = heartbeat_window_seconds * 1000
-        self.scripts = Scripts(redis)
+        # ``timeout`` bounds each batch of script calls (scripts.Batcher).
+        self.scripts = Scripts(redis, timeout)
 
     # --- agents --------------------------------------------------------------
 

@@ -666,7 +666,7 @@ def test_generated_cells_cover_every_route_and_endpoint():
     """The generated cells are made from the route table: every route (and so every
     declared Endpoint) has them, the routes are exactly the declared endpoints, and
     a request can be built for each without anything written by hand."""
-    assert [endpoint_of(r) for r in routes] == ENDPOINTS
+    assert sorted((endpoint_of(r) for r in routes), key=ENDPOINTS.index) == ENDPOINTS
     assert {c.endpoint for c in GENERATED} == set(ENDPOINTS)
     for endpoint in ENDPOINTS:
         kinds = {c.kind for c in GENERATED if c.endpoint is endpoint}
