@@ -1,6 +1,6 @@
 """The benchmark: how close each Concord operation comes to the HTTP floor.
 
-    .venv/bin/python tests/bench/run.py            # the full run (about 10 minutes), writes docs/performance.md
+    .venv/bin/python tests/bench/run.py            # the full run (about 15 minutes), writes docs/performance.md
     .venv/bin/python tests/bench/run.py --smoke --output /tmp/perf.md   # seconds: checks it still works
 
 It starts everything itself: a private redis-server on a free port (no
