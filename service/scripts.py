@@ -93,14 +93,16 @@ class Batcher:
         # the client closes them (a pool disconnects its in-use connections too).
         self._idle: list[Any] = [None] * in_flight
         self._running: set[asyncio.Task] = set()
-        self._waiting: list[tuple[tuple[Any, ...], str, asyncio.Future]] = []
+        self._waiting: list[tuple[bytes, tuple[Any, ...], str, asyncio.Future]] = []
         self._scheduled = False
 
     def call(self, command: tuple[Any, ...], source: str) -> asyncio.Future:
-        """Queue ``command`` (an EVALSHA of ``source``); the future gets its reply."""
+        """Queue ``command`` (an EVALSHA of ``source``); the future gets its reply.
+        A command Redis cannot take raises TypeError here, before anything is sent."""
+        packed = pack(command)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._waiting.append((command, source, future))
+        self._waiting.append((packed, command, source, future))
         if not self._scheduled and self._idle:
             # Send on the next turn of the loop, with every call made in this one.
             self._scheduled = True
@@ -115,17 +117,17 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _send(self, connection: Any, batch: list[tuple[tuple[Any, ...], str, asyncio.Future]]) -> None:
-        batch = [call for call in batch if not call[2].done()]
+    async def _send(self, connection: Any, batch: list[tuple[bytes, tuple[Any, ...], str, asyncio.Future]]) -> None:
+        batch = [call for call in batch if not call[3].done()]
         replies: list[Any] = []
         try:
             if batch and connection is None:
                 connection = await self._client.connection_pool.get_connection()
                 connection.socket_timeout = None  # bounded per batch instead, by _run
             if batch:
-                replies = await self._run(connection, [command for command, _, _ in batch])
+                replies = await self._run(connection, [packed for packed, _, _, _ in batch])
         except BaseException as exc:  # no connection, or it failed or timed out: so did every call of the batch
-            for _, _, future in batch:
+            for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
@@ -134,7 +136,7 @@ class Batcher:
         finally:
             self._idle.append(connection)
             self._send_waiting()
-        for (command, source, future), reply in zip(batch, replies):
+        for (_, command, source, future), reply in zip(batch, replies):
             if isinstance(reply, NoScriptError):
                 # Redis lost its script cache (a restart): load the script, run the call again.
                 try:
@@ -149,8 +151,8 @@ class Batcher:
             else:
                 future.set_result(reply)
 
-    async def _run(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-        packed = b"".join([pack(command) for command in commands])
+    async def _run(self, connection: Any, commands: list[bytes]) -> list[Any]:
+        packed = b"".join(commands)
         try:
             async with asyncio.timeout(self._timeout):
                 try:

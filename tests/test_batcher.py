@@ -119,3 +119,13 @@ async def test_every_argument_type_arrives_as_sent(redis_client: Redis, prefix: 
 
     stored = await redis_client.mget([f"{prefix}:{name}" for name in values])
     assert stored == ["é ü ✓", '{"a": 1}', "-17", "0.25", ""]
+
+
+async def test_a_command_redis_cannot_take_fails_its_caller_alone(redis_client: Redis, prefix: str):
+    batcher = Batcher(redis_client)
+    kept = batcher.call(("SET", f"{prefix}:kept", "1"), "")
+    with pytest.raises(TypeError):
+        batcher.call(("SET", f"{prefix}:refused", None), "")
+
+    assert await kept == "OK"
+    assert await redis_client.exists(f"{prefix}:refused") == 0
