@@ -153,15 +153,23 @@ class ServiceProcess:
         self.log = log
         self.process: subprocess.Popen | None = None
 
+    # What is started, and the path that answers 200 once it is ready.
+    ready_path = "/readyz"
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)]
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)],
+                self.command,
+                cwd=Path(__file__).resolve().parents[1],  # the repository: `-m tests...` resolves too
                 env=self.env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -171,7 +179,7 @@ class ServiceProcess:
             if self.log:
                 output.close()  # the child has its own copy of the descriptor
         try:
-            wait_until(self._ready, timeout=timeout, what=f"concord serve on port {self.port}")
+            wait_until(self._ready, timeout=timeout, what=f"{' '.join(self.command[2:4])} on port {self.port}")
         except BaseException:
             self.stop()
             raise
@@ -179,9 +187,9 @@ class ServiceProcess:
 
     def _ready(self) -> bool:
         if self.process and self.process.poll() is not None:
-            raise AssertionError(f"concord serve exited with {self.process.returncode}; see {self.log}")
+            raise AssertionError(f"{' '.join(self.command[2:4])} exited with {self.process.returncode}; see {self.log}")
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

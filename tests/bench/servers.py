@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.bench.floor import APP as FLOOR_APP
-from tests.helpers import concord_env, free_port, wait_until
+from tests.helpers import ServiceProcess, concord_env, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,59 +60,21 @@ def uvicorn_settings(env: dict[str, str], workers: int) -> dict[str, Any]:
     return settings
 
 
-class FloorProcess:
-    """The floor app (floor.py) under uvicorn with the given settings, on a free port."""
+class FloorProcess(ServiceProcess):
+    """The floor app (floor.py) under uvicorn with the given settings, on a free
+    port: started, checked ready and stopped as `concord serve` is in the tests."""
+
+    ready_path = "/"
 
     def __init__(self, settings: dict[str, Any], log: Path) -> None:
-        self.port = free_port()
+        super().__init__({}, log=log)
         self.settings = settings
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def command(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "tests.bench.floor",
-            "--port",
-            str(self.port),
-            "--settings",
-            json.dumps(self.settings),
+            sys.executable, "-m", "tests.bench.floor", "--port", str(self.port), "--settings", json.dumps(self.settings)
         ]
-
-    def start(self, timeout: float = 30.0) -> FloorProcess:
-        with open(self.log, "ab") as output:
-            self.process = subprocess.Popen(
-                self.command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            wait_until(self._ready, timeout=timeout, what=f"the floor ({FLOOR_APP}) on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _ready(self) -> bool:
-        if self.process and self.process.poll() is not None:
-            raise RuntimeError(f"the floor exited with {self.process.returncode}; see {self.log}")
-        try:
-            return httpx.get(f"{self.url}/", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
 
 
 # --- processes, from /proc -------------------------------------------------------
