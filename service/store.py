@@ -77,8 +77,9 @@ class Store:
     """Concord's operations for any number of tenants on one Redis (or Cluster).
 
     Scripts are registered once here; each method makes one script call per state
-    change. Scripts are safe to run twice, because redis-py retries a command
-    after a connection error and the first run may already have happened.
+    change. Scripts are safe to run twice, because a batch of script calls is sent
+    again after a connection error (scripts.Batcher) and the first run may already
+    have happened.
     """
 
     def __init__(

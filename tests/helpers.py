@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -223,16 +223,21 @@ def concord_env(settings: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def unavailable(message: str) -> NoReturn:
+    """A real part this test needs is missing: skip, or fail when CI requires the
+    real parts (CONCORD_TEST_REQUIRE_REDIS=1), so that nothing is skipped there unseen."""
+    if os.environ.get("CONCORD_TEST_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{message} (CONCORD_TEST_REQUIRE_REDIS=1)")
+    pytest.skip(message)
+
+
 @contextmanager
 def redis_server(directory: Path, *config: str, port: int | None = None) -> Iterator[RedisServer]:
     """A private redis-server for the block; killed afterwards whatever state it is in
     (SIGKILL also ends a server a test left SIGSTOPped). Tests that stop and start
     servers need the binary: without it they skip, or fail if a real Redis is required."""
     if REDIS_SERVER is None:
-        message = "needs a redis-server binary on PATH to start, stop and restart"
-        if os.environ.get("CONCORD_TEST_REQUIRE_REDIS") == "1":
-            pytest.fail(f"{message} (CONCORD_TEST_REQUIRE_REDIS=1)")
-        pytest.skip(message)
+        unavailable("needs a redis-server binary on PATH to start, stop and restart")
     server = RedisServer(directory, *config, port=port)
     try:
         yield server.start()

@@ -1105,7 +1105,7 @@ async def stall_under_load(
         assert harmful == [], harmful[:10]
 
 
-# --- 3b. A lost reply: redis-py runs the script again -------------------------------------
+# --- 3b. A lost reply: the service runs the script again -------------------------------------
 
 LOST = "lostreply"
 
@@ -1116,10 +1116,10 @@ def first(result: Any) -> Any:
 
 
 async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(stall_redis: RedisServer):
-    """The service's own Redis client (service.app.connect: one retry after a
-    connection error) talks to Redis through a proxy that lets one script call
-    through and then cuts the connection instead of passing its reply back. redis-py
-    sends the call again on a new connection, so the script runs twice; the second
+    """The service's own Redis client (service.app.connect) and store talk to Redis
+    through a proxy that lets one script call through and then cuts the connection
+    instead of passing its reply back. The batcher (service.scripts.Batcher) sends
+    the call again on a new connection, so the script runs twice; the second
     run must change nothing. What the caller hears may differ from a single run
     (a registration says "updated", a release "not found"), which is harmless."""
     prefix = f"t{os.urandom(6).hex()}"
@@ -1127,7 +1127,7 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
     db = stall_redis.client()
     reruns, answers = 0, {}
     with fault_record("lost-reply-script-rerun", "a proxy cuts the connection after a script ran, before its "
-                      "reply; redis-py retries the call") as record:
+                      "reply; the service retries the call") as record:
         async with FaultyProxy(stall_redis.port) as proxy:
             for name, source in sources().items():  # loaded already, as in a running service
                 if name != LIB:
