@@ -7,11 +7,13 @@
   KEYS[1] agent_key       keys.agent(tenant, agent_id)          hash
   KEYS[2] agents_key      keys.agents(tenant)                   zset agentId -> registeredAt
   KEYS[3] heartbeats_key  keys.heartbeats(tenant)               zset agentId -> last heartbeat
+  KEYS[4] events_key      keys.events(tenant)                   stream: agent.registered
 
   ARGV[1] agent_id        agent_<uuid5>
   ARGV[2] agent_name
   ARGV[3] agent_role      '' keeps the current role ('general' for a new agent)
   ARGV[4] metadata        a JSON object; '' keeps the current one ('{}' for a new agent)
+  ARGV[5] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
@@ -21,12 +23,14 @@
 local agent_key = KEYS[1]
 local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
+local events_key = KEYS[4]
 local agent_id = ARGV[1]
 local agent_name = ARGV[2]
 local agent_role = ARGV[3]
 local metadata = ARGV[4]
+local events_max = tonumber(ARGV[5])
 
-local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset'})
+local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream'})
 if wrong then return wrong end
 
 local now_ms = clock()
@@ -41,4 +45,6 @@ redis.call('HSET', agent_key, 'updatedAt', int(now_ms))
 if agent_role ~= '' then redis.call('HSET', agent_key, 'agentRole', agent_role) end
 if metadata ~= '' then redis.call('HSET', agent_key, 'metadata', metadata) end
 redis.call('ZADD', heartbeats_key, int(now_ms), agent_id)
+emit(events_key, events_max, 'agent.registered', 'agentId', agent_id, 'agentName', agent_name,
+  'agentRole', redis.call('HGET', agent_key, 'agentRole'), 'created', code == CREATED and '1' or '0')
 return {code, redis.call('HGETALL', agent_key), now_ms}

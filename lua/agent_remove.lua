@@ -10,10 +10,12 @@
   KEYS[2]   agents_key      keys.agents(tenant)                     zset
   KEYS[3]   heartbeats_key  keys.heartbeats(tenant)                 zset
   KEYS[4]   registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
-  KEYS[5..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[2..]
+  KEYS[5]   events_key      keys.events(tenant)                     stream: lease.released, agent.removed
+  KEYS[6..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[3..]
 
   ARGV[1]   agent_id
-  ARGV[2..] contacts        the contacts read from the registry, in KEYS[5..] order
+  ARGV[2]   events_max      the event stream's cap, entries (0: no events)
+  ARGV[3..] contacts        the contacts read from the registry, in KEYS[6..] order
 
   Replies:
     {OK, number of leases released}
@@ -25,11 +27,14 @@ local agent_key = KEYS[1]
 local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
 local registry_key = KEYS[4]
-local lease_keys = {unpack(KEYS, 5)}
+local events_key = KEYS[5]
+local lease_keys = {unpack(KEYS, 6)}
 local agent_id = ARGV[1]
-local contacts = {unpack(ARGV, 2)}
+local events_max = tonumber(ARGV[2])
+local contacts = {unpack(ARGV, 3)}
 
-local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash'}
+local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash',
+  [events_key] = 'stream'}
 for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
@@ -43,13 +48,14 @@ for i = 2, #entries, 2 do
 end
 
 -- Read every lease first, write after: nothing is half done if one cannot be read.
-local deletes, stale = {}, {}
+local deletes, stale, released = {}, {}, {}
 for i = 1, #entries, 2 do
   local token, lease_key = entries[i], lease_key_of[string.match(entries[i + 1], '^%d+:(.*)$')]
   local held = lease_parse(redis.call('GET', lease_key))
   local live = held and held.token == token
   if live and held.holder == agent_id then
     deletes[#deletes + 1] = lease_key
+    released[#released + 1] = {token, string.match(entries[i + 1], '^%d+:(.*)$')}
   end
   -- An entry naming another agent's live lease is that agent's: their 64-bit tags
   -- collided (keys.py lease_registry). It stays; every other entry goes.
@@ -57,6 +63,12 @@ for i = 1, #entries, 2 do
 end
 for _, lease_key in ipairs(deletes) do redis.call('DEL', lease_key) end
 for _, token in ipairs(stale) do redis.call('HDEL', registry_key, token) end
+for _, lease in ipairs(released) do
+  emit(events_key, events_max, 'lease.released', 'agentId', agent_id, 'contactEmail', lease[2],
+    'fencingToken', lease[1], 'reason', 'agent_removed')
+end
+emit(events_key, events_max, 'agent.removed', 'agentId', agent_id,
+  'agentName', redis.call('HGET', agent_key, 'agentName'), 'releasedLeases', #deletes)
 redis.call('DEL', agent_key)
 redis.call('ZREM', agents_key, agent_id)
 redis.call('ZREM', heartbeats_key, agent_id)

@@ -11,10 +11,12 @@
   KEYS[7] rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
+  KEYS[10] events_key      keys.events(tenant)                      stream: consensus.resolved, .expired
 
   ARGV[1] consensus_id
   ARGV[2] window_ms       heartbeat liveness window, milliseconds
   ARGV[3] retention_ms    how long a decided request is kept
+  ARGV[4] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
     {OK, consensus...}
@@ -25,6 +27,7 @@ local k = consensus_keys()
 local consensus_id = ARGV[1]
 local window_ms = tonumber(ARGV[2])
 local retention_ms = tonumber(ARGV[3])
+local events_max = tonumber(ARGV[4])
 
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
@@ -35,4 +38,4 @@ if redis.call('EXISTS', k.cons) == 0 then
   end
   return {CONSENSUS_NOT_FOUND}
 end
-return consensus_reply(OK, k, clock(), window_ms, retention_ms)
+return consensus_reply(OK, k, clock(), window_ms, retention_ms, events_max)

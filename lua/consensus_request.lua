@@ -16,7 +16,8 @@
   KEYS[7] rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
-  KEYS[10..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
+  KEYS[10] events_key      keys.events(tenant)                      stream: consensus.requested
+  KEYS[11..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -29,6 +30,7 @@
   ARGV[9] max_age_ms      list entries older than this are pruned (longest timeout + retention)
   ARGV[10] fingerprint    digest of the request's meaning, compared on a repeated Idempotency-Key
   ARGV[11] idempotency_ms how long an Idempotency-Key is remembered, milliseconds
+  ARGV[12] events_max     the event stream's cap, entries (0: no events)
 
   Replies:
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
@@ -49,9 +51,10 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
-local idempotency_key = KEYS[10]  -- nil without an Idempotency-Key
+local idempotency_key = KEYS[11]  -- nil without an Idempotency-Key
 local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
+local events_max = tonumber(ARGV[12])
 
 local expected = consensus_types(k)
 if idempotency_key then expected[idempotency_key] = 'hash' end
@@ -65,7 +68,7 @@ if idempotency_key then
   if seen then return {REPLAYED, redis.call('HGETALL', idempotency_key)} end
 end
 if redis.call('EXISTS', k.cons) == 1 then
-  return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
+  return consensus_reply(OK, k, now_ms, window_ms, retention_ms, events_max)
 end
 if not redis.call('ZSCORE', k.heartbeats, requester_id) then return {AGENT_NOT_FOUND} end
 if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
@@ -81,7 +84,9 @@ redis.call('ZADD', k.due, int(expires_ms), consensus_id)
 for _, list in ipairs({k.all, k.approved, k.rejected, k.expired}) do
   redis.call('ZREMRANGEBYSCORE', list, '-inf', '(' .. int(now_ms - max_age_ms))
 end
-local reply = consensus_reply(CREATED, k, now_ms, window_ms, retention_ms)
+emit(k.events, events_max, 'consensus.requested', 'consensusId', consensus_id, 'agentId', requester_id,
+  'action', action, 'contactEmail', contact, 'expiresAt', int(expires_ms))
+local reply = consensus_reply(CREATED, k, now_ms, window_ms, retention_ms, events_max)
 if idempotency_key then
   -- The first answer as it was: the request's fields and its tally at creation.
   redis.call('HSET', idempotency_key, 'fingerprint', fingerprint, 'eligible', reply[6], 'needed', reply[7],

@@ -13,28 +13,32 @@
   KEYS[7]  rejected_key    keys.consensus_list(tenant, 'rejected')  zset id -> createdAt
   KEYS[8]  expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9]  due_key         keys.consensus_due(tenant)               zset id -> expiresAt
-  KEYS[10] voter_key       keys.agent(tenant, agent_id)             hash (read: agentName)
+  KEYS[10] events_key      keys.events(tenant)                      stream: consensus.voted, .resolved, .expired
+  KEYS[11] voter_key       keys.agent(tenant, agent_id)             hash (read: agentName)
 
   ARGV[1] agent_id        the voter
   ARGV[2] vote            'approve' | 'reject'
   ARGV[3] reason          '' for none
   ARGV[4] window_ms       heartbeat liveness window, milliseconds
   ARGV[5] retention_ms    how long a decided request is kept
+  ARGV[6] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
-    {OK, consensus...}     the vote is counted (now or by an earlier run)
+    {CREATED, consensus...}  the vote is counted now (consensus: see lib.lua consensus_reply)
+    {OK, consensus...}     the same vote was counted before (by an earlier run, or an earlier call)
     {CONSENSUS_NOT_FOUND} | {AGENT_NOT_FOUND} | {REQUESTER_CANNOT_VOTE} | {AGENT_INACTIVE}
     {ALREADY_VOTED, the agent's earlier vote}
     {CONSENSUS_CLOSED, status}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
-local voter_key = KEYS[10]
+local voter_key = KEYS[11]
 local agent_id = ARGV[1]
 local vote = ARGV[2]
 local reason = ARGV[3]
 local window_ms = tonumber(ARGV[4])
 local retention_ms = tonumber(ARGV[5])
+local events_max = tonumber(ARGV[6])
 
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
@@ -49,13 +53,15 @@ if agent_id == requester then return {REQUESTER_CANNOT_VOTE} end
 local earlier = redis.call('HGET', k.votes, agent_id)
 if earlier then
   if vote_of(earlier) ~= vote then return {ALREADY_VOTED, vote_of(earlier)} end
-  return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
+  return consensus_reply(OK, k, now_ms, window_ms, retention_ms, events_max)
 end
-local status = consensus_settle(k, now_ms, window_ms, retention_ms)
+local status = consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
 if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
 if not is_active(k.heartbeats, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
 
 -- Microseconds, so that votes list in the order they were cast.
 redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_us) .. '|' .. agent_name .. '|' .. reason)
 redis.call('PEXPIREAT', k.votes, int(tonumber(redis.call('HGET', k.cons, 'expiresAt')) + retention_ms))
-return consensus_reply(OK, k, now_ms, window_ms, retention_ms)
+emit(k.events, events_max, 'consensus.voted', 'consensusId', redis.call('HGET', k.cons, 'id'), 'agentId', agent_id,
+  'agentName', agent_name, 'vote', vote)
+return consensus_reply(CREATED, k, now_ms, window_ms, retention_ms, events_max)

@@ -16,15 +16,19 @@
   KEYS[3] lease_key       keys.lease(tenant, contact)             string
   KEYS[4] registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
   KEYS[5] fence_key       keys.fence(tenant)                      string, the last token
+  KEYS[6] events_key      keys.events(tenant)                     stream: lease.acquired | lease.renewed | lease.taken_over
 
   ARGV[1] agent_id
   ARGV[2] contact         normalized address
   ARGV[3] intent          '' for none (an extension keeps the current intent)
   ARGV[4] duration_ms     milliseconds
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
+  ARGV[6] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
-    {CREATED, lease...}   granted (lease: see lib.lua lease_reply)
+    {CREATED, lease..., previousHolderId}   granted (lease: see lib.lua lease_reply); the
+                          previous holder is '' for a free contact, else the inactive agent
+                          whose lease was taken over
     {OK, lease...}        the caller's own lease, same token, expiry now + duration
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
@@ -35,13 +39,15 @@ local heartbeats_key = KEYS[2]
 local lease_key = KEYS[3]
 local registry_key = KEYS[4]
 local fence_key = KEYS[5]
+local events_key = KEYS[6]
 local agent_id = ARGV[1]
 local contact = ARGV[2]
 local intent = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
+local events_max = tonumber(ARGV[6])
 
-local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [fence_key] = 'string'})
+local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [fence_key] = 'string', [events_key] = 'stream'})
 if wrong then return wrong end
 
 local now_ms, now_us = clock()
@@ -56,6 +62,8 @@ if held and held.holder == agent_id then
   if intent ~= '' then held.intent = intent end
   redis.call('SET', lease_key, lease_value(held), 'PXAT', int(expires_ms))
   registry_put(registry_key, held.token, contact, expires_ms, now_ms)
+  emit(events_key, events_max, 'lease.renewed', 'agentId', agent_id, 'contactEmail', contact,
+    'fencingToken', held.token, 'expiresAt', int(expires_ms))
   return lease_reply(OK, held, expires_ms)
 end
 if held and is_active(heartbeats_key, held.holder, now_ms, window_ms) then
@@ -65,11 +73,18 @@ end
 local token = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
 redis.call('SET', fence_key, int(token))
 local lease = {holder = agent_id, token = int(token), acquired = int(now_ms), name = agent_name, intent = intent}
+local grant = {'agentId', agent_id, 'agentName', agent_name, 'contactEmail', contact,
+  'fencingToken', lease.token, 'expiresAt', int(expires_ms), 'intent', intent}
 if held then
   -- Taken over from a holder that stopped heartbeating.
   redis.call('SET', lease_key, lease_value(lease), 'PXAT', int(expires_ms))
+  emit(events_key, events_max, 'lease.taken_over', 'previousAgentId', held.holder,
+    'previousFencingToken', held.token, unpack(grant))
 else
   redis.call('SET', lease_key, lease_value(lease), 'PXAT', int(expires_ms), 'NX')
+  emit(events_key, events_max, 'lease.acquired', unpack(grant))
 end
 registry_put(registry_key, lease.token, contact, expires_ms, now_ms)
-return lease_reply(CREATED, lease, expires_ms)
+local reply = lease_reply(CREATED, lease, expires_ms)
+reply[#reply + 1] = held and held.holder or ''
+return reply

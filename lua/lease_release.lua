@@ -6,9 +6,12 @@
 
   KEYS[1] lease_key       keys.lease(tenant, contact)             string
   KEYS[2] registry_key    keys.lease_registry(tenant, tag from the lease id)     hash token -> "expiresAt:contact"
+  KEYS[3] events_key      keys.events(tenant)                     stream: lease.released
 
   ARGV[1] token           the lease's fencing token, from its id
   ARGV[2] agent_id        '' lets anyone of the tenant release; else only the holder may
+  ARGV[3] contact
+  ARGV[4] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
     {OK, releasedAt ms}
@@ -18,10 +21,13 @@
 ]]
 local lease_key = KEYS[1]
 local registry_key = KEYS[2]
+local events_key = KEYS[3]
 local token = ARGV[1]
 local agent_id = ARGV[2]
+local contact = ARGV[3]
+local events_max = tonumber(ARGV[4])
 
-local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash'})
+local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end
 
 local held = lease_parse(redis.call('GET', lease_key))
@@ -29,4 +35,6 @@ if not held or held.token ~= token then return {LEASE_NOT_FOUND} end
 if agent_id ~= '' and held.holder ~= agent_id then return {NOT_LEASE_HOLDER, held.holder} end
 redis.call('DEL', lease_key)
 redis.call('HDEL', registry_key, token)
+emit(events_key, events_max, 'lease.released', 'agentId', held.holder, 'contactEmail', contact,
+  'fencingToken', token, 'reason', 'released')
 return {OK, clock()}

@@ -7,12 +7,14 @@
   KEYS[1] heartbeats_key  keys.heartbeats(tenant)                 zset
   KEYS[2] lease_key       keys.lease(tenant, contact)             string
   KEYS[3] registry_key    keys.lease_registry(tenant, tag from the lease id)     hash token -> "expiresAt:contact"
+  KEYS[4] events_key      keys.events(tenant)                     stream: lease.renewed
 
   ARGV[1] token           the lease's fencing token, from its id
   ARGV[2] agent_id        who asks; must be the holder
   ARGV[3] contact
   ARGV[4] duration_ms     the new expiry is now + duration_ms
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
+  ARGV[6] events_max      the event stream's cap, entries (0: no events)
 
   Replies:
     {OK, lease...}
@@ -24,13 +26,15 @@
 local heartbeats_key = KEYS[1]
 local lease_key = KEYS[2]
 local registry_key = KEYS[3]
+local events_key = KEYS[4]
 local token = ARGV[1]
 local agent_id = ARGV[2]
 local contact = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
+local events_max = tonumber(ARGV[6])
 
-local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash'})
+local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end
 
 local now_ms = clock()
@@ -41,4 +45,6 @@ if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT
 local expires_ms = now_ms + duration_ms
 redis.call('PEXPIREAT', lease_key, int(expires_ms))
 registry_put(registry_key, token, contact, expires_ms, now_ms)
+emit(events_key, events_max, 'lease.renewed', 'agentId', agent_id, 'contactEmail', contact,
+  'fencingToken', token, 'expiresAt', int(expires_ms))
 return lease_reply(OK, held, expires_ms)

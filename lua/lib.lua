@@ -51,6 +51,16 @@ local function wrong_type(expected)
   end
 end
 
+-- Append one event to the tenant's stream, trimmed to about max_len entries (0: no
+-- events). The script that makes a change writes its event, so the two are one
+-- atomic step: a reader of the stream never sees a change without its event or
+-- an event without its change. The entry id ('*') is Redis's time.
+local function emit(events_key, max_len, event_type, ...)
+  if max_len > 0 then
+    redis.call('XADD', events_key, 'MAXLEN', '~', max_len, '*', 'type', event_type, ...)
+  end
+end
+
 -- Active means a heartbeat strictly within the window: last > now - window.
 local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   local last = redis.call('ZSCORE', heartbeats_key, agent_id)
@@ -103,6 +113,7 @@ local function consensus_keys()
   return {
     cons = KEYS[1], votes = KEYS[2], heartbeats = KEYS[3], all = KEYS[4],
     pending = KEYS[5], approved = KEYS[6], rejected = KEYS[7], expired = KEYS[8], due = KEYS[9],
+    events = KEYS[10],
   }
 end
 
@@ -111,6 +122,7 @@ local function consensus_types(k)
   return {
     [k.cons] = 'hash', [k.votes] = 'hash', [k.all] = 'zset', [k.pending] = 'zset',
     [k.approved] = 'zset', [k.rejected] = 'zset', [k.expired] = 'zset', [k.due] = 'zset',
+    [k.events] = 'stream',
   }
 end
 
@@ -136,14 +148,15 @@ local function consensus_tally(k, requester, now_ms, window_ms)
 end
 
 -- Decide a pending request if its votes or its deadline say so; a decided one is
--- final, and its eligible/needed are frozen as they were at the decision.
--- Returns status, approve, reject, eligible, needed.
-local function consensus_settle(k, now_ms, window_ms, retention_ms)
+-- final, and its eligible/needed are frozen as they were at the decision; the
+-- decision's event (consensus.resolved or consensus.expired) is written with it.
+-- Returns status, approve, reject, eligible, needed, and whether this call decided it.
+local function consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
   local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible', 'needed')
   local id, status, requester, created_ms, expires_ms = c[1], c[2], c[3], c[4], tonumber(c[5])
   local approve, reject, eligible, needed = consensus_tally(k, requester, now_ms, window_ms)
   if status ~= 'pending' then
-    return status, approve, reject, tonumber(c[6]), tonumber(c[7])
+    return status, approve, reject, tonumber(c[6]), tonumber(c[7]), false
   end
   local resolved_ms = now_ms
   if now_ms >= expires_ms then
@@ -153,7 +166,7 @@ local function consensus_settle(k, now_ms, window_ms, retention_ms)
   elseif reject >= needed then
     status = 'rejected'
   else
-    return status, approve, reject, eligible, needed
+    return status, approve, reject, eligible, needed, false
   end
   redis.call('HSET', k.cons, 'status', status, 'resolvedAt', int(resolved_ms), 'eligible', eligible, 'needed', needed)
   redis.call('ZREM', k.pending, id)
@@ -161,11 +174,16 @@ local function consensus_settle(k, now_ms, window_ms, retention_ms)
   redis.call('ZADD', k[status], created_ms, id)
   redis.call('PEXPIREAT', k.cons, int(resolved_ms + retention_ms))
   redis.call('PEXPIREAT', k.votes, int(resolved_ms + retention_ms))
-  return status, approve, reject, eligible, needed
+  local event = status == 'expired' and 'consensus.expired' or 'consensus.resolved'
+  emit(k.events, events_max, event, 'consensusId', id, 'agentId', requester, 'status', status,
+    'approve', approve, 'reject', reject, 'eligible', eligible, 'needed', needed)
+  return status, approve, reject, eligible, needed, true
 end
 
--- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed}
-local function consensus_reply(code, k, now_ms, window_ms, retention_ms)
-  local _, approve, reject, eligible, needed = consensus_settle(k, now_ms, window_ms, retention_ms)
-  return {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible, needed}
+-- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed,
+--  decided}: decided is 1 when this call decided the request (its metrics count it), else 0.
+local function consensus_reply(code, k, now_ms, window_ms, retention_ms, events_max)
+  local _, approve, reject, eligible, needed, decided = consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
+  return {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible, needed,
+    decided and 1 or 0}
 end

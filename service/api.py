@@ -12,12 +12,15 @@ routes, and what openapi.py describes, so the three cannot disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+from redis.exceptions import RedisError
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -25,7 +28,11 @@ from starlette.types import Receive, Scope, Send
 
 from . import schemas as s
 from .errors import ConcordError, agent_not_found, consensus_not_found, invalid, lease_not_found, problem
+from .events import EVENT_TYPES, FAMILIES, STREAM_ID, EventFilter, Listener, event, id_key
 from .store import Store
+
+log = logging.getLogger("concord")
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 64 * 1024
 _encode = msgspec.json.Encoder().encode
@@ -41,7 +48,9 @@ BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # The request headers an endpoint reads (Call.headers holds these, lower-cased).
-READ_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"idempotency-key"})
+READ_HEADERS = frozenset(
+    {b"authorization", b"content-type", b"content-length", b"idempotency-key", b"last-event-id"}
+)
 _NO_QUERY = s.TenantQuery()
 
 
@@ -80,6 +89,7 @@ class Endpoint:
     authenticated: bool = True
     request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
     answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
+    event_stream: bool = False  # also answers 200 as text/event-stream
     decoder: msgspec.json.Decoder | None = field(init=False)
     ids: tuple[str, ...] = field(init=False)
 
@@ -117,28 +127,19 @@ class Endpoint:
             tenant = auth.known(authorization)
             if tenant is None:  # a key stored in Redis, not looked up in the last second
                 tenant = await deadlines.run(auth.tenant(authorization))
+            scope["concord.tenant"] = tenant  # for the access line (observe.py)
             query = _query(scope, self.query, tenant) if self.query else None
             body = None
             if self.decoder is not None:
                 body = _check_tenant(_decode(self.decoder, await _read_body(headers, receive)), tenant)
             ids = {name: _path_id(scope, name) for name in self.ids}
             call = Call(store, tenant, body, query, ids, headers, deadlines.seconds)
+            scope["concord.agent"] = _acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
         answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
-        if isinstance(answer, Response):  # a problem, or the OpenAPI document
+        if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
             await answer(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer.body)).encode()),
-                    *answer.headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer.body})
+        await _send(send, answer)
 
     async def _work(self, call: Call, limits: Any) -> Answer | Response:
         """The request's Redis work: its rate limits, then its handler."""
@@ -338,9 +339,15 @@ async def vote(c: Call) -> Answer | Response:
     return respond(await c.store.vote(c.tenant, c.ids["consensusId"], body.agent_id, body.vote, body.reason))
 
 
-@endpoint("GET", f"{C}/consensus/{{consensusId}}", "Read a consensus request", answers={200: s.Consensus})
+@endpoint(
+    "GET", f"{C}/consensus/{{consensusId}}", "Read a consensus request; with waitSeconds, wait for its decision",
+    answers={200: s.Consensus}, query=s.ConsensusReadQuery,
+)
 async def get_consensus(c: Call) -> Answer | Response:
-    return respond(await c.store.get_consensus(c.tenant, c.ids["consensusId"]))
+    consensus = await c.store.get_consensus(c.tenant, c.ids["consensusId"])
+    if consensus.status != "pending" or not c.query.wait_seconds:
+        return respond(consensus)
+    return LongPoll(c, consensus.id, c.query.wait_seconds)
 
 
 @endpoint(
@@ -352,7 +359,188 @@ async def list_consensus(c: Call) -> Answer | Response:
     return respond(await c.store.list_consensus(c.tenant, q.status, q.limit, q.cursor))
 
 
+# --- events ------------------------------------------------------------------
+
+
+@endpoint(
+    "GET", f"{C}/events", "The tenant's events: a live Server-Sent Event stream, or with after/limit a JSON page",
+    answers={200: s.EventPage}, query=s.EventsQuery, event_stream=True,
+    request_headers={
+        "Last-Event-ID": "The stream resumes after this event id (`0`: from the oldest event kept). Without it, "
+        "the stream starts with the next event. Ignored by a JSON page."
+    },
+)
+async def events(c: Call) -> Answer | Response:
+    q: s.EventsQuery = c.query
+    match = EventFilter(
+        _event_types(q.type),
+        q.agent_id,
+        s.normalize_email(q.contact_email, "$.contactEmail") if q.contact_email is not None else None,
+    )
+    start = c.headers.get("last-event-id")
+    if start is not None:
+        start = _stream_id(start.strip(), "header Last-Event-ID")
+    if q.after is not None or q.limit is not None:
+        after = _stream_id(q.after or "0", "$.after")
+        return respond(await c.store.events(c.tenant, after, q.limit or 100, match))
+    return EventStream(c, start if start is not None else await c.store.last_event_id(c.tenant), match)
+
+
+# A stream sends a comment this often when there is no event, so proxies and
+# clients can tell a quiet stream from a dead one.
+KEEPALIVE_SECONDS = 15.0
+# A waiting consensus read reads again this often even without an event: agents
+# lapsing (no event) can decide a request too.
+REREAD_SECONDS = 5.0
+
+
+class LongPoll(Response):
+    """GET consensus?waitSeconds=N on a pending request: the answer waits until the
+    request's status leaves pending (woken by its events, read again every
+    REREAD_SECONDS) or N seconds pass. Each Redis read keeps the request deadline;
+    the wait itself does not count against it."""
+
+    def __init__(self, call: Call, consensus_id: str, wait: int) -> None:
+        self.call, self.consensus_id, self.wait = call, consensus_id, wait
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        consensus = await _until_disconnected(receive, self._decided())
+        if consensus is not None:
+            await _send(send, respond(consensus))
+
+    async def _decided(self) -> s.Consensus:
+        c, loop = self.call, asyncio.get_running_loop()
+        end = loop.time() + self.wait
+
+        async def read() -> s.Consensus:
+            async with asyncio.timeout(c.deadline):
+                return await c.store.get_consensus(c.tenant, self.consensus_id)
+
+        async with c.store.feed.listen(c.tenant, c.deadline) as listener:
+            consensus = await read()  # after listening: a decision from now on wakes us
+            while consensus.status == "pending" and (left := end - loop.time()) > 0:
+                entry = await listener.get(min(left, REREAD_SECONDS))
+                if listener.lost:
+                    listener.resume()
+                elif entry is not None and self.consensus_id not in entry[1]:
+                    continue  # another request's event, or another kind of event
+                consensus = await read()
+        return consensus
+
+
+class EventStream(Response):
+    """Server-Sent Events: the stream's entries after ``start`` that ``match`` keeps,
+    then each new one as it is written. Every event carries its stream id as
+    ``id:``, so a client that reconnects with Last-Event-ID misses nothing the
+    stream (capped at CONCORD_EVENTS_MAX_LENGTH) still holds."""
+
+    def __init__(self, call: Call, start: str, match: EventFilter) -> None:
+        self.call, self.start, self.match = call, start, match
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        c = self.call
+        async with c.store.feed.listen(c.tenant, c.deadline) as listener:  # Redis down: 503 before any byte
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+            try:
+                await _until_disconnected(receive, self._stream(listener, send))
+            except (RedisError, OSError, TimeoutError) as exc:  # the client reconnects with Last-Event-ID
+                log.warning("Event stream of tenant %s ended: %r", c.tenant, exc)
+            await send({"type": "http.response.body", "body": b""})
+
+    async def _stream(self, listener: Listener, send: Send) -> None:
+        c, last = self.call, self.start
+        while True:
+            while True:  # the stream itself, from where this reader is, until it is caught up
+                async with asyncio.timeout(c.deadline):
+                    batch = await c.store.events_after(c.tenant, last, 500)
+                for e in batch:
+                    await self._send(send, e)
+                if batch:
+                    last = batch[-1].id
+                if len(batch) < 500:
+                    break
+            while not listener.lost:
+                if listener.closed:
+                    return  # the feed stopped: the client reconnects to a new one
+                entry = await listener.get(KEEPALIVE_SECONDS)
+                if entry is None:
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                elif id_key(entry[0]) > id_key(last):
+                    await self._send(send, event(c.tenant, *entry))
+                    last = entry[0]
+            listener.resume()
+
+    async def _send(self, send: Send, e: s.Event) -> None:
+        if self.match(e):
+            frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (e.id.encode(), e.type.encode(), _encode(e))
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+
+
 # --- helpers -----------------------------------------------------------------
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer.body)).encode()),
+                *answer.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None if the client disconnects first (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if not task.cancelled() else None
+
+
+def _event_types(raw: str | None) -> frozenset[str]:
+    types = frozenset(filter(None, (part.strip() for part in (raw or "").split(","))))
+    unknown = sorted(types - set(EVENT_TYPES) - FAMILIES)
+    if unknown:
+        raise invalid(
+            f"Unknown event type {unknown[0]!r}; expected one of {', '.join(EVENT_TYPES)} or a family "
+            f"({', '.join(sorted(FAMILIES))})",
+            "$.type",
+        )
+    return types
+
+
+def _stream_id(raw: str, where: str) -> str:
+    if not STREAM_ID.fullmatch(raw) or any(int(part) >= 2**64 for part in raw.split("-")):
+        raise invalid("Expected an event id such as 1764000000000-0 (or 0 for the start)", where)
+    return raw
 
 
 async def _read_body(headers: dict[str, str], receive: Receive) -> bytes:

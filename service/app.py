@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,6 +26,8 @@ from .config import Settings
 from .deadlines import Deadlines
 from .errors import ConcordError, error_response, problem
 from .keys import Keys
+from .metrics import METRICS, Exporter
+from .observe import Observe
 from .store import Store
 
 log = logging.getLogger("concord")
@@ -75,12 +78,19 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     """The ASGI app. Tests pass ``settings`` and a ``redis`` client of their own;
     ``concord serve`` passes neither, so both come from the environment."""
     settings = settings or Settings.from_env()
+    # Counts go to this process's METRICS; with several workers, the exporter's
+    # snapshot files let /metrics answer for all of them (service/metrics.py).
+    exporter = Exporter(METRICS, settings.metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         client = redis if redis is not None else connect(settings)
         store = Store(
-            client, Keys(settings.key_prefix), settings.heartbeat_window_seconds, settings.redis_timeout_seconds
+            client,
+            Keys(settings.key_prefix),
+            settings.heartbeat_window_seconds,
+            settings.redis_timeout_seconds,
+            settings.events_max_length,
         )
         if settings.redis_url is None and redis is None:
             await _start_embedded(settings, store)
@@ -93,17 +103,24 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             # latency (docs/performance.md).
             gc.freeze()
         try:
-            yield {
-                "settings": settings,
-                "store": store,
-                "auth": Authenticator(settings.api_keys, store.tenant_of_key),
-                "deadlines": Deadlines(settings.redis_timeout_seconds),
-            }
+            async with exporter.running():
+                yield {
+                    "settings": settings,
+                    "store": store,
+                    "auth": Authenticator(settings.api_keys, store.tenant_of_key),
+                    "deadlines": Deadlines(settings.redis_timeout_seconds),
+                }
         finally:
             if redis is None:
                 await client.aclose()
 
-    return Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+    return Starlette(
+        # /metrics is for the scraper, not an API operation: no key, not in ENDPOINTS or the OpenAPI document.
+        routes=[*routes, Route("/metrics", exporter.endpoint, methods=["GET"], name="metrics")],
+        exception_handlers=exception_handlers,
+        middleware=[Middleware(Observe, metrics=METRICS, access_log=settings.access_log)],
+        lifespan=lifespan,
+    )
 
 
 async def _start_embedded(settings: Settings, store: Store) -> None:

@@ -52,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_keys(settings, args))
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    import os
+    import shutil
+    import signal
+    import tempfile
+
     import uvicorn
 
     if workers < 1:
@@ -66,15 +74,41 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=_log_config(settings.log_level),
-        log_level=settings.log_level,
-    )
+    # Each worker leaves its metrics snapshot here and /metrics sums them all
+    # (docs/observability.md): a private directory for this run, unless the operator
+    # gave one. Workers, restarted ones too, find it in their inherited environment.
+    own_metrics_dir = None
+    if settings.metrics_dir is None:
+        own_metrics_dir = tempfile.mkdtemp(prefix="concord-metrics-")
+        os.environ["CONCORD_METRICS_DIR"] = own_metrics_dir
+
+        def remove_then_die(signum: int, frame: object) -> None:
+            # With one worker, uvicorn shuts down gracefully on SIGTERM and then raises
+            # it again under the handler found before it started, this one: remove the
+            # directory, then end by the signal as before.
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+        signal.signal(signal.SIGTERM, remove_then_die)
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=_log_config(settings.log_level),
+            log_level=settings.log_level,
+            access_log=False,  # the app writes its own (service/observe.py, CONCORD_ACCESS_LOG)
+            # Event streams and long polls do not end by themselves: on shutdown they get
+            # this long, then are cut (clients resume with Last-Event-ID, or poll again).
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    finally:
+        if own_metrics_dir is not None:
+            os.environ.pop("CONCORD_METRICS_DIR", None)
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -15,6 +15,7 @@ TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+ACCESS_LOG_FORMATS = ("json", "text", "off")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,13 @@ class Settings:
     log_level: str = "info"
     # scope ("tenant" | "agent") -> its limit; no entry, no limit.
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    # One line per request on stdout: "json", "text" or "off" (docs/observability.md).
+    access_log: str = "json"
+    # Where each worker leaves its metrics snapshot for /metrics to sum; None: this
+    # process reports its own counters only. `concord serve` makes one per run.
+    metrics_dir: str | None = None
+    # Each tenant's event stream is trimmed to about this many entries; 0 writes none.
+    events_max_length: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -71,6 +79,15 @@ class Settings:
             raise ConfigError(
                 f"CONCORD_REDIS_URL={redis_url!r}: expected redis://host:port[/db], rediss://... or unix://..."
             )
+        # Unset, the access log follows the log level, as uvicorn's did: lines at
+        # info, none at warning and above.
+        raw_access_log = env.get("CONCORD_ACCESS_LOG") or ("json" if log_level in {"debug", "info"} else "off")
+        access_log = raw_access_log.lower()
+        if access_log not in ACCESS_LOG_FORMATS:
+            raise ConfigError(f"CONCORD_ACCESS_LOG={raw_access_log!r}: expected json, text or off")
+        metrics_dir = env.get("CONCORD_METRICS_DIR") or None
+        if metrics_dir is not None and not os.path.isdir(metrics_dir):
+            raise ConfigError(f"CONCORD_METRICS_DIR={metrics_dir!r}: expected an existing directory")
         return cls(
             redis_url=redis_url,
             api_keys=parse_api_keys(env.get("CONCORD_API_KEYS", "")),
@@ -80,6 +97,9 @@ class Settings:
             redis_max_connections=_number(env, "CONCORD_REDIS_MAX_CONNECTIONS", 100, int, 1, 10_000),
             log_level=log_level,
             rate_limits=parse_rate_limits(env.get("CONCORD_RATE_LIMITS", "")),
+            access_log=access_log,
+            metrics_dir=metrics_dir,
+            events_max_length=_number(env, "CONCORD_EVENTS_MAX_LENGTH", 10_000, int, 0, 10_000_000),
         )
 
 

@@ -34,6 +34,9 @@ key                                       type    contents (TTL)
 <p>:{t}:consensus-due                     zset    pending consId -> expiresAt ms (none)
 <p>:{t}:idempotency:<sha256 of key>       hash    fingerprint, and the first answer's consensus
                                                   fields with eligible needed (24 hours)
+<p>:{t}:events                            stream  the tenant's events, one entry per state change:
+                                                  type and its fields (capped near
+                                                  CONCORD_EVENTS_MAX_LENGTH entries; none)
 <p>:{t}:rate                              hash    tokens at: the tenant's rate-limit bucket
                                                   (until it would be full again)
 <p>:{t}:rate:agent:<agentId>              hash    tokens at: one agent's bucket (likewise)
@@ -131,6 +134,9 @@ class Keys:
 
     def consensus_due(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:consensus-due"
+
+    def events(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:events"
 
     def rate_bucket(self, tenant: str, agent_id: str | None = None) -> str:
         if agent_id is None:

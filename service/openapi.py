@@ -35,7 +35,7 @@ def document() -> bytes:
 
 
 def build() -> dict[str, Any]:
-    types = {s.Problem}
+    types = {s.Problem, s.Event}
     for e in ENDPOINTS:
         types.update(t for t in (e.body, e.query, *e.answers.values()) if t is not None)
     (_, components) = msgspec.json.schema_components(sorted(types, key=str), ref_template=REF)
@@ -112,6 +112,11 @@ def _responses(e: Endpoint) -> dict[str, Any]:
     for status, kind in e.answers.items():
         schema = {"type": "object"} if kind == dict[str, Any] else _ref(kind)
         responses[str(status)] = {"description": e.summary, "content": {"application/json": {"schema": schema}}}
+        if e.event_stream:
+            responses[str(status)]["content"]["text/event-stream"] = {
+                "schema": {"type": "string", "description": "Server-Sent Events: `id:` the event id, `event:` its "
+                           f"type, `data:` the event as JSON ({REF.format(name=s.Event.__name__)})"}
+            }
         if e.answer_headers:
             responses[str(status)]["headers"] = _headers(e.answer_headers)
     by_status: dict[int, list[str]] = defaultdict(list)

@@ -140,6 +140,25 @@ class ReleaseQuery(Input):
     agent_id: AgentId | None = None
 
 
+# Long poll: answer as soon as the request leaves pending, or after this many seconds.
+WaitSeconds = Annotated[int, Meta(ge=0, le=60)]
+StreamId = Annotated[str, Meta(pattern=whole("[0-9]{1,20}(-[0-9]{1,20})?"), description="a stream id, 0 for the start")]
+# Comma-separated event types or families ("lease.acquired,consensus").
+EventTypes = Annotated[str, Meta(max_length=512)]
+
+
+class ConsensusReadQuery(Input):
+    wait_seconds: WaitSeconds | None = None
+
+
+class EventsQuery(Input):
+    after: StreamId | None = None
+    limit: Limit | None = None
+    type: EventTypes | None = None
+    agent_id: AgentId | None = None
+    contact_email: RawEmail | None = None
+
+
 # --- responses ---------------------------------------------------------------
 
 
@@ -251,6 +270,44 @@ class Consensus(Output):
 class ConsensusList(Output):
     consensus: list[Consensus]
     next_cursor: str | None
+
+
+class Event(Output, omit_defaults=True):
+    """One entry of a tenant's event stream. ``id`` is the stream id (Redis's time in
+    ms, then a sequence number); the other members depend on ``type``."""
+
+    id: str
+    type: str
+    tenant_id: str
+    at: str
+    agent_id: str | None = None  # who acted (the holder, the voter, the requester)
+    agent_name: str | None = None
+    agent_role: str | None = None
+    created: bool | None = None  # agent.registered: a new agent, not an update
+    released_leases: int | None = None  # agent.removed
+    contact_email: str | None = None
+    lease_id: str | None = None
+    fencing_token: int | None = None
+    expires_at: str | None = None
+    intent: str | None = None
+    reason: str | None = None  # lease.released: "released" or "agent_removed"
+    previous_agent_id: str | None = None  # lease.taken_over: the inactive holder
+    previous_lease_id: str | None = None
+    previous_fencing_token: int | None = None
+    consensus_id: str | None = None
+    action: str | None = None
+    vote: VoteChoice | None = None
+    status: ConsensusStatus | None = None  # consensus.resolved / consensus.expired
+    approve: int | None = None
+    reject: int | None = None
+    eligible: int | None = None
+    needed: int | None = None
+
+
+class EventPage(Output):
+    events: list[Event]
+    next_after: str  # pass as `after` to read on; the same `after` again when nothing was new
+    has_more: bool  # more entries follow in the stream now
 
 
 class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+from .metrics import METRICS, redis_error_kind
 
 # "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
 _DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
@@ -120,13 +123,17 @@ class Batcher:
     async def _send(self, connection: Any, batch: list[tuple[bytes, tuple[Any, ...], str, asyncio.Future]]) -> None:
         batch = [call for call in batch if not call[3].done()]
         replies: list[Any] = []
+        started = time.perf_counter()
         try:
             if batch and connection is None:
                 connection = await self._client.connection_pool.get_connection()
                 connection.socket_timeout = None  # bounded per batch instead, by _run
             if batch:
                 replies = await self._run(connection, [packed for packed, _, _, _ in batch])
+                METRICS.redis(time.perf_counter() - started)
         except BaseException as exc:  # no connection, or it failed or timed out: so did every call of the batch
+            if batch:
+                METRICS.redis(time.perf_counter() - started, redis_error_kind(exc))
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -139,6 +146,7 @@ class Batcher:
         for (_, command, source, future), reply in zip(batch, replies):
             if isinstance(reply, NoScriptError):
                 # Redis lost its script cache (a restart): load the script, run the call again.
+                METRICS.redis_error("no_script")
                 try:
                     await self._client.script_load(source)
                     reply = await self._client.execute_command(*command)
@@ -147,6 +155,7 @@ class Batcher:
             if future.done():  # its request went away
                 continue
             if isinstance(reply, Exception):
+                METRICS.redis_error(redis_error_kind(reply))
                 future.set_exception(reply)
             else:
                 future.set_result(reply)

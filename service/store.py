@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from .config import RateLimit, key_digest
 from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
 from .keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
+from .events import EventFeed, EventFilter, event
+from .metrics import METRICS
 from .scripts import Scripts
 from .schemas import (
     MAX_CONSENSUS_TIMEOUT_S,
@@ -30,6 +32,8 @@ from .schemas import (
     AgentRemoved,
     Consensus,
     ConsensusList,
+    Event,
+    EventPage,
     Heartbeat,
     Lease,
     LeaseHolder,
@@ -50,6 +54,8 @@ IDEMPOTENCY_MS = 24 * 3600 * 1000
 # A script answers RETRY only when state moved between two round trips of one
 # request; a few attempts are plenty.
 MAX_ATTEMPTS = 5
+# The most stream entries one page of events reads, however selective its filter.
+SCAN_EVENTS = 10_000
 
 
 class Reply(IntEnum):
@@ -83,13 +89,20 @@ class Store:
     """
 
     def __init__(
-        self, redis: Redis, keys: Keys, heartbeat_window_seconds: int = 300, timeout: float | None = None
+        self,
+        redis: Redis,
+        keys: Keys,
+        heartbeat_window_seconds: int = 300,
+        timeout: float | None = None,
+        events_max_length: int = 10_000,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.window_ms = heartbeat_window_seconds * 1000
         # ``timeout`` bounds each batch of script calls (scripts.Batcher).
         self.scripts = Scripts(redis, timeout)
+        self.events_max = events_max_length
+        self.feed = EventFeed(redis, keys, self._expire_due)
 
     # --- agents --------------------------------------------------------------
 
@@ -99,8 +112,8 @@ class Store:
         """Upsert the agent of ``name``; True when it was created."""
         k, agent_id = self.keys, agent_id_for(tenant, name)
         reply = await self.scripts.agent_register(
-            [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant)],
-            [agent_id, name, role or "", metadata or b""],
+            [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), k.events(tenant)],
+            [agent_id, name, role or "", metadata or b"", self.events_max],
         )
         code = Reply(reply[0])
         return self._agent(tenant, _pairs(reply[1]), int(reply[2]), int(reply[2])), code is Reply.CREATED
@@ -139,9 +152,9 @@ class Store:
         for _ in range(MAX_ATTEMPTS):
             contacts = sorted({entry.partition(":")[2] for entry in await self.redis.hvals(registry)})
             reply = await self.scripts.agent_remove(
-                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), registry]
+                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), registry, k.events(tenant)]
                 + [k.lease(tenant, c) for c in contacts],
-                [agent_id, *contacts],
+                [agent_id, self.events_max, *contacts],
             )
             code = Reply(reply[0])
             if code is Reply.OK:
@@ -186,13 +199,16 @@ class Store:
                 k.lease(tenant, contact),
                 k.lease_registry(tenant, agent_tag(agent_id)),
                 k.fence(tenant),
+                k.events(tenant),
             ],
-            [agent_id, contact, intent or "", duration_ms, self.window_ms],
+            [agent_id, contact, intent or "", duration_ms, self.window_ms, self.events_max],
         )
         code = Reply(reply[0])
         if code in (Reply.CREATED, Reply.OK):
-            return _lease(tenant, contact, reply), code is Reply.CREATED
+            METRICS.lease("extended" if code is Reply.OK else "takeover" if reply[7] else "granted")
+            return _lease(tenant, contact, reply[:7]), code is Reply.CREATED
         if code is Reply.LEASE_CONFLICT:
+            METRICS.lease("conflict")
             holder = _holder(reply)
             raise ConcordError(
                 "lease_conflict",
@@ -207,11 +223,12 @@ class Store:
         tag, token, contact = await self._find_lease(tenant, lease_id)
         k = self.keys
         reply = await self.scripts.lease_renew(
-            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_registry(tenant, tag)],
-            [token, agent_id, contact, duration_ms, self.window_ms],
+            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
+            [token, agent_id, contact, duration_ms, self.window_ms, self.events_max],
         )
         code = Reply(reply[0])
         if code is Reply.OK:
+            METRICS.lease("renewed")
             return _lease(tenant, contact, reply)
         if code is Reply.NOT_LEASE_HOLDER:
             raise _not_holder(lease_id, agent_id, reply[1])
@@ -221,11 +238,14 @@ class Store:
 
     async def release(self, tenant: str, lease_id: str, agent_id: str | None) -> Released:
         tag, token, contact = await self._find_lease(tenant, lease_id)
+        k = self.keys
         reply = await self.scripts.lease_release(
-            [self.keys.lease(tenant, contact), self.keys.lease_registry(tenant, tag)], [token, agent_id or ""]
+            [k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
+            [token, agent_id or "", contact, self.events_max],
         )
         code = Reply(reply[0])
         if code is Reply.OK:
+            METRICS.lease("released")
             return Released(id=lease_id, released_at=iso(reply[1]))
         if code is Reply.NOT_LEASE_HOLDER:
             raise _not_holder(lease_id, agent_id, reply[1])
@@ -335,10 +355,13 @@ class Store:
                 MAX_CONSENSUS_TIMEOUT_MS + RETENTION_MS,
                 fingerprint,
                 IDEMPOTENCY_MS,
+                self.events_max,
             ],
         )
         code = Reply(reply[0])
         if code in (Reply.CREATED, Reply.OK):
+            if code is Reply.CREATED:
+                METRICS.consensus("requested")
             return _consensus(tenant, reply), False
         if code is Reply.REPLAYED:
             first = _pairs(reply[1])
@@ -353,10 +376,12 @@ class Store:
     async def vote(self, tenant: str, consensus_id: str, agent_id: str, vote: str, reason: str | None) -> Consensus:
         reply = await self.scripts.consensus_vote(
             self._consensus_keys(tenant, consensus_id) + [self.keys.agent(tenant, agent_id)],
-            [agent_id, vote, reason or "", self.window_ms, RETENTION_MS],
+            [agent_id, vote, reason or "", self.window_ms, RETENTION_MS, self.events_max],
         )
         code = Reply(reply[0])
-        if code is Reply.OK:
+        if code in (Reply.CREATED, Reply.OK):  # CREATED: counted now; OK: the same vote again
+            if code is Reply.CREATED:
+                METRICS.vote(vote)
             return _consensus(tenant, reply)
         if code is Reply.CONSENSUS_NOT_FOUND:
             raise consensus_not_found(consensus_id)
@@ -409,13 +434,17 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for consensus_id in ids:
                 await self._read_consensus(tenant, consensus_id, client=pipe)
-            await pipe.execute()
+            for reply in await pipe.execute():
+                if Reply(reply[0]) is Reply.OK:
+                    _consensus(tenant, reply)  # counts the decisions this sweep made
             if len(ids) < batch:
                 return
 
     def _read_consensus(self, tenant: str, consensus_id: str, client: Any = None) -> Awaitable[Any]:
         return self.scripts.consensus_read(
-            self._consensus_keys(tenant, consensus_id), [consensus_id, self.window_ms, RETENTION_MS], client
+            self._consensus_keys(tenant, consensus_id),
+            [consensus_id, self.window_ms, RETENTION_MS, self.events_max],
+            client,
         )
 
     def _consensus_keys(self, tenant: str, consensus_id: str) -> list[str]:
@@ -430,7 +459,38 @@ class Store:
             k.consensus_list(tenant, "rejected"),
             k.consensus_list(tenant, "expired"),
             k.consensus_due(tenant),
+            k.events(tenant),
         ]
+
+    # --- events --------------------------------------------------------------
+
+    async def events(self, tenant: str, after: str, limit: int, match: EventFilter) -> EventPage:
+        """Up to ``limit`` events after the stream id ``after``, oldest first, that
+        ``match`` keeps. A selective filter reads at most SCAN_EVENTS entries per call
+        and says where it stopped (``nextAfter``), so no call costs the whole stream."""
+        found: list[Event] = []
+        position, scanned, more = after, 0, True
+        while more and len(found) < limit and scanned < SCAN_EVENTS:
+            batch = await self.events_after(tenant, position, min(max(limit, 100), SCAN_EVENTS - scanned))
+            more = len(batch) == min(max(limit, 100), SCAN_EVENTS - scanned)
+            for e in batch:
+                position, scanned = e.id, scanned + 1
+                if match(e):
+                    found.append(e)
+                    if len(found) == limit:
+                        more = more or e is not batch[-1]
+                        break
+        return EventPage(events=found, next_after=position, has_more=more)
+
+    async def events_after(self, tenant: str, after: str, count: int) -> list[Event]:
+        """Up to ``count`` entries of the stream strictly after ``after``, oldest first."""
+        entries = await self.redis.xrange(self.keys.events(tenant), min=f"({after}", max="+", count=count)
+        return [event(tenant, entry_id, fields) for entry_id, fields in entries]
+
+    async def last_event_id(self, tenant: str) -> str:
+        """The id of the stream's newest entry, or "0" for an empty stream."""
+        newest = await self.redis.xrevrange(self.keys.events(tenant), count=1)
+        return newest[0][0] if newest else "0"
 
     # --- rate limits ---------------------------------------------------------
 
@@ -576,7 +636,11 @@ def _holder(reply: list[Any]) -> LeaseHolder:
 
 
 def _consensus(tenant: str, reply: list[Any]) -> Consensus:
+    """A consensus from a script's reply (lib.lua consensus_reply); counts the
+    decision when this very call made it."""
     c, votes = _pairs(reply[1]), _pairs(reply[2])
+    if len(reply) > 7 and reply[7]:
+        METRICS.consensus(c["status"])
     approve, reject, eligible, needed = (int(n) for n in reply[3:7])
     ballots = sorted(
         (int(voted_us), agent_id, vote, agent_name, reason)

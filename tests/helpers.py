@@ -76,6 +76,8 @@ async def snapshot(redis_client, match: str, *, expiry: bool = False) -> dict[st
             value = await redis_client.lrange(key, 0, -1)
         elif kind == "set":
             value = sorted(await redis_client.smembers(key))
+        elif kind == "stream":
+            value = await redis_client.xrange(key)
         else:
             value = None
         found[key] = (kind, value, await redis_client.pexpiretime(key)) if expiry else (kind, value)

@@ -110,7 +110,7 @@ async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_cli
     }
     assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(lease["expiresAt"])
     assert int(await redis_client.get(keys.fence(TENANT))) == lease["fencingToken"]
-    # Nothing else was written for the lease: no id pointer, no per-agent index.
+    # Nothing else was written for the lease (no id pointer, no per-agent index) but its event.
     assert set(await tenant_keys(redis_client, keys)) == {
         keys.agent(TENANT, sdr["id"]),
         keys.agents(TENANT),
@@ -118,6 +118,7 @@ async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_cli
         key,
         registry(keys, sdr["id"]),
         keys.fence(TENANT),
+        keys.events(TENANT),
     }
 
 

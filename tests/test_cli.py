@@ -181,6 +181,8 @@ def everything_in(client: redis_py.Redis) -> list[str]:
             found += list(client.smembers(key))
         elif kind == "list":
             found += client.lrange(key, 0, -1)
+        elif kind == "stream":
+            found += [part for _, fields in client.xrange(key) for pair in fields.items() for part in pair]
         else:
             raise AssertionError(f"unexpected {kind} at {key}")
     return found

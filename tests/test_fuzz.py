@@ -173,6 +173,21 @@ def _realistic(case: schemathesis.Case, world: World, data: st.DataObject, mode:
         if container and isinstance(container.get("tenantId"), str) and TENANT_ID.fullmatch(container["tenantId"]):
             if data.draw(st.integers(0, 9), label="own_tenant") != 9:  # 1 in 10 stays another tenant's
                 container["tenantId"] = TENANT
+    if case.operation.path == f"{C}/events":
+        # Without after or limit the answer is a live stream that never ends: fuzz the JSON page.
+        query = dict(case.query or {})
+        if query.get("after") is None and query.get("limit") is None:
+            query["limit"] = 10
+            case.query = query
+    # A long poll the service accepts would park the case for up to a minute (query strings
+    # convert, so "15.0" is 15 too): make it 0, of the same type, which changes nothing else.
+    wait = (case.query or {}).get("waitSeconds")
+    try:
+        seconds = float(wait) if not isinstance(wait, bool) else None
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is not None and 0 < seconds <= 60 and seconds.is_integer():
+        case.query["waitSeconds"] = type(wait)(0) if isinstance(wait, (int, float)) else "0"
     if not mode.is_positive:
         return
     for name in list(case.path_parameters or {}):

@@ -345,7 +345,29 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
         await mismatch(w, await bc.post(f"{C}/consensus/{w.a['pending']['id']}/vote",
                                         json={"tenantId": TENANT, "agentId": w.b["peer"]["id"], "vote": "approve"}))
 
+    def events(filters: Callable[[World], dict[str, str]]):
+        async def cell(bc, w):
+            """B's page of events holds B's events only, however it filters."""
+            params = filters(w)
+            response = await bc.get(f"{C}/events", params={"after": "0", **params})
+            body = ok(response)
+            assert {e["tenantId"] for e in body["events"]} <= {OTHER_TENANT}
+            if params:  # A's agent, A's contact: nothing of B's matches
+                assert body["events"] == []
+            else:
+                assert {e.get("agentId") for e in body["events"]} == {w.b["agent"]["id"], w.b["peer"]["id"]}
+            no_leak(w, response, set(params.values()))
+            w.cells += 1
+        return cell
+
+    async def events_tenant(bc, w):
+        await mismatch(w, await bc.get(f"{C}/events", params={"tenantId": TENANT, "after": "0"}))
+
     return {
+        ("GET", f"{C}/events"): {
+            "all": events(lambda w: {}), "A-agent": events(lambda w: {"agentId": w.a["agent"]["id"]}),
+            "A-contact": events(lambda w: {"contactEmail": CONTACT}), "tenantId-A": events_tenant,
+        },
         ("POST", f"{V1}/register"): {
             "same-name-as-A": register_a_name, "tenantId-A": register_tenant,
         },
@@ -405,7 +427,7 @@ def test_every_route_has_cells():
     declared = {(m, r.path) for r in routes if r.path.startswith("/v1/") for m in r.methods - {"HEAD"}}
     assert set(CELLS) == declared
     assert all("tenantId-A" in cells for cells in CELLS.values())
-    assert len(CELL_PARAMS) == 46
+    assert len(CELL_PARAMS) == 50
 
 
 @pytest.mark.parametrize("route, name", CELL_PARAMS)
@@ -493,10 +515,12 @@ NAMED_VALUES: dict[str, Callable[[World], Any]] = {
     "fencingToken": lambda w: w.a["lease"]["fencingToken"],
     "agentName": lambda w: "acme-sdr",  # A's agent name: registering it in B makes B's own agent
     "vote": lambda w: "approve",
+    "limit": lambda w: 100,  # events: a JSON page (without after or limit it is a live stream)
 }
 # Values for the request headers an endpoint declares (others get a plain value).
 NAMED_HEADERS: dict[str, Callable[[World], str]] = {
     "Idempotency-Key": lambda w: IDEMPOTENCY_KEY,  # A's key: B's request must not find A's record
+    "Last-Event-ID": lambda w: "0",
 }
 _ID_PATTERN = re.compile(r"\^(agent|lease|cons)_")
 # The kind of id of each path parameter, read from the pattern the API checks it with.

@@ -38,7 +38,7 @@ _INPUT_LINE = re.compile(
     r"|(?P<consensus>consensus_keys\(\))"
     r")$"
 )
-_KIND = r"(hash|zset|string)"
+_KIND = r"(hash|zset|string|stream)"
 # What a script's wrong_type check expects of a key: "[lease_key] = 'string'" in a table or as
 # "expected[idempotency_key] = 'hash'"; "for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string'"
 # for a variadic KEYS; lib.lua's consensus_types() as "[k.cons] = 'hash'".
@@ -119,7 +119,7 @@ def header_types(source: Source) -> dict[str, str]:
             depth += {"(": 1, ")": -1}.get(line[i], 0)
             i += 1
         words = line[i:].replace(",", " ").split()
-        if words and words[0] in ("hash", "zset", "string"):
+        if words and words[0] in ("hash", "zset", "string", "stream"):
             found[match.group(1)] = words[0]
     return found
 
@@ -179,7 +179,8 @@ def test_lib_reads_keys_only_in_consensus_keys_and_never_argv():
     outside = _CONSENSUS_KEYS_DEF.sub("", text)
     assert not _INDEX.search(outside) and not _UNPACK.search(outside)
     assert consensus_key_fields() == {i: f for i, f in enumerate(
-        ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due"), start=1
+        ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due", "events"),
+        start=1,
     )}
 
 

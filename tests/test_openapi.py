@@ -207,8 +207,7 @@ def test_every_parameter_and_body_of_each_declaration_is_documented(doc):
                 assert parameter["required"] is f.required, (e.name, f.encode_name)
                 query_schema = resolve(doc, REF.format(name=e.query.__name__))
                 assert parameter["schema"] == query_schema["properties"][f.encode_name]
-        if e.name == "request_consensus":
-            expected.add(("Idempotency-Key", "header"))
+        expected |= {(name, "header") for name in e.request_headers}
         assert set(parameters) == expected, (e.method, e.path)
         if e.body is None:
             assert "requestBody" not in operation, (e.method, e.path)
@@ -224,7 +223,9 @@ def test_every_success_answer_is_documented_with_its_struct(doc):
         responses = declared(doc, e)["responses"]
         for status, kind in e.answers.items():
             content = responses[str(status)]["content"]
-            assert set(content) == {"application/json"}, (e.name, status)
+            assert set(content) == {"application/json"} | ({"text/event-stream"} if e.event_stream else set()), (
+                e.name, status
+            )
             want = {"type": "object"} if kind == dict[str, Any] else {"$ref": REF.format(name=kind.__name__)}
             assert content["application/json"]["schema"] == want, (e.name, status)
 
@@ -394,6 +395,8 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
 
     await call(client, "DELETE", f"{lease_path}/{{leaseId}}", ids, status=200, query=f"?agentId={sdr['id']}")
     await call(client, "DELETE", f"{V1}/agents/{{agentId}}", {"agentId": third["id"]}, status=200)
+    page = await call(client, "GET", f"{C}/events", status=200, query="?after=0&limit=1000")
+    assert {e["type"] for e in page["events"]} >= {"agent.registered", "lease.acquired", "consensus.voted"}
     return {"sdr": sdr, "peer": peer, "cons": cons}
 
 

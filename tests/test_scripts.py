@@ -29,6 +29,7 @@ CONTACT = "alice@example.com"
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 MAX_AGE_MS = MAX_CONSENSUS_TIMEOUT_MS + RETENTION_MS
+EVENTS_MAX = 10_000
 
 
 # --- reading Redis -----------------------------------------------------------
@@ -43,6 +44,17 @@ async def clock(redis: Redis) -> tuple[int, int]:
 async def dump(redis: Redis, prefix: str) -> dict[str, tuple[Any, ...]]:
     """Every key under ``prefix`` -> (type, contents, absolute expiry ms or -1)."""
     return await snapshot(redis, f"{prefix}:*", expiry=True)
+
+
+def second_run_event(store: Store, once: dict, twice: dict) -> dict[str, str]:
+    """Take the event stream out of two dumps, taken after one run and after a second
+    one, and return the one event the second run added. A second run leaves the state
+    of one run, but the stream records it for what it is: an update of the agent, an
+    extension of the lease (README "Retries")."""
+    key = store.keys.events(TENANT)
+    (_, before, _), (_, after, _) = once.pop(key), twice.pop(key)
+    assert after[:-1] == before, (before, after)
+    return after[-1][1]
 
 
 _MS = re.compile(r"(?<!\d)1\d{12}(?!\d)")  # a Unix time in milliseconds (fencing tokens have 16 digits)
@@ -73,8 +85,8 @@ async def register(store: Store, name: str, role: str = "", metadata: str = "") 
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
-        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT)],
-        args=[agent_id, name, role, metadata],
+        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.events(TENANT)],
+        args=[agent_id, name, role, metadata, EVENTS_MAX],
     )
 
 
@@ -106,9 +118,10 @@ async def registry_contacts(store: Store, agent_id: str) -> list[str]:
 async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
     k = store.keys
     return await store.scripts.agent_remove(
-        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), registry(store, agent_id)]
+        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), registry(store, agent_id),
+              k.events(TENANT)]
         + [k.lease(TENANT, c) for c in contacts],
-        args=[agent_id, *contacts],
+        args=[agent_id, EVENTS_MAX, *contacts],
     )
 
 
@@ -123,8 +136,9 @@ async def acquire(
             k.lease(TENANT, contact),
             registry(store, agent_id),
             k.fence(TENANT),
+            k.events(TENANT),
         ],
-        args=[agent_id, contact, intent, duration_ms, store.window_ms],
+        args=[agent_id, contact, intent, duration_ms, store.window_ms, EVENTS_MAX],
     )
 
 
@@ -134,7 +148,9 @@ LEASE_REPLY = ("agentId", "agentName", "intent", "acquiredAt", "expiresAt", "fen
 
 def lease_of(reply: list) -> dict[str, str]:
     """The lease of a CREATED/OK lease reply, with the id the store gives it: keys.lease_id(holder, token)."""
-    lease = dict(zip(LEASE_REPLY, reply[1:], strict=True))
+    # lease_acquire's CREATED reply ends with the previous holder ('' for a free contact).
+    assert len(reply) == len(LEASE_REPLY) + 1 + (reply[0] == Reply.CREATED and len(reply) == 8), reply
+    lease = dict(zip(LEASE_REPLY, reply[1:7], strict=True))
     assert all(isinstance(value, str) for value in lease.values()), reply
     return {"id": lease_id_of(lease["agentId"], int(lease["fencingToken"])), **lease}
 
@@ -169,8 +185,8 @@ async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTA
     k = store.keys
     tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_renew(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_registry(TENANT, tag)],
-        args=[token, agent_id, contact, duration_ms, store.window_ms],
+        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT)],
+        args=[token, agent_id, contact, duration_ms, store.window_ms, EVENTS_MAX],
     )
 
 
@@ -178,7 +194,8 @@ async def release(store: Store, lease_id: str, contact: str = CONTACT, agent_id:
     k = store.keys
     tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_release(
-        keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag)], args=[token, agent_id]
+        keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT)],
+        args=[token, agent_id, contact, EVENTS_MAX],
     )
 
 
@@ -197,6 +214,7 @@ def consensus_keys(store: Store, consensus_id: str) -> list[str]:
         k.heartbeats(TENANT),
         *(k.consensus_list(TENANT, s) for s in ("all", "pending", "approved", "rejected", "expired")),
         k.consensus_due(TENANT),
+        k.events(TENANT),
     ]
 
 
@@ -213,7 +231,7 @@ async def request(
     return await store.scripts.consensus_request(
         keys=consensus_keys(store, consensus_id),
         args=[consensus_id, requester, action, contact, reason, timeout_ms, store.window_ms, RETENTION_MS, MAX_AGE_MS,
-              "", IDEMPOTENCY_MS],
+              "", IDEMPOTENCY_MS, EVENTS_MAX],
     )
 
 
@@ -227,24 +245,25 @@ async def opened(store: Store, requester: str, **kwargs: Any) -> str:
 async def vote(store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "") -> list:
     return await store.scripts.consensus_vote(
         keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id)],
-        args=[agent_id, choice, reason, store.window_ms, RETENTION_MS],
+        args=[agent_id, choice, reason, store.window_ms, RETENTION_MS, EVENTS_MAX],
     )
 
 
 async def read(store: Store, consensus_id: str) -> list:
     return await store.scripts.consensus_read(
-        keys=consensus_keys(store, consensus_id), args=[consensus_id, store.window_ms, RETENTION_MS]
+        keys=consensus_keys(store, consensus_id), args=[consensus_id, store.window_ms, RETENTION_MS, EVENTS_MAX]
     )
 
 
 @dataclass
 class Cons:
-    """A consensus reply: {code, {request hash}, {votes hash}, approve, reject, eligible, needed}."""
+    """A consensus reply: {code, {request hash}, {votes hash}, approve, reject, eligible, needed, decided}."""
 
     code: int
     fields: dict[str, str]
     votes: dict[str, str]
     tally: tuple[int, int, int, int]
+    decided: int  # 1 when this very call decided the request
 
     @property
     def status(self) -> str:
@@ -252,9 +271,9 @@ class Cons:
 
 
 def cons(reply: list) -> Cons:
-    assert len(reply) == 7, reply
-    code, flat, votes, *tally = reply
-    return Cons(code, pairs(flat), pairs(votes), tuple(tally))
+    assert len(reply) == 8, reply
+    code, flat, votes, *tally, decided = reply
+    return Cons(code, pairs(flat), pairs(votes), tuple(tally), decided)
 
 
 async def members(store: Store, status: str) -> set[str]:
@@ -492,11 +511,14 @@ async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
     assert await redis_client.hgetall(registry(store, agent_id)) == {str(token): f"{expires}:{CONTACT}"}
     assert await redis_client.pexpiretime(registry(store, agent_id)) == expires
     assert await redis_client.get(k.fence(TENANT)) == lease["fencingToken"]
-    # Nothing else: no lease-id pointer, no per-agent index.
+    # Nothing else (no lease-id pointer, no per-agent index) but the grant's event.
     assert set(await dump(redis_client, prefix)) == {
         k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), lease_key, registry(store, agent_id),
-        k.fence(TENANT),
+        k.fence(TENANT), k.events(TENANT),
     }
+    (_, last), = await redis_client.xrevrange(k.events(TENANT), count=1)
+    assert last == {"type": "lease.acquired", "agentId": agent_id, "agentName": "sdr", "contactEmail": CONTACT,
+                    "fencingToken": str(token), "expiresAt": str(expires), "intent": "outreach"}
 
 
 async def test_acquire_keeps_an_intent_holding_the_separator(store, redis_client):
@@ -1101,7 +1123,7 @@ async def test_vote_is_recorded(store, redis_client):
     reply = cons(await vote(store, consensus_id, voter, "approve", "looks right | to me"))
 
     after, _ = await clock(redis_client)
-    assert reply.code == Reply.OK
+    assert (reply.code, reply.decided) == (Reply.CREATED, 0)  # a vote counted now; nothing decided
     assert reply.status == "pending"
     assert reply.tally == (1, 0, 2, 2)
     assert reply.votes == await redis_client.hgetall(k.votes(TENANT, consensus_id))
@@ -1128,7 +1150,7 @@ async def test_vote_approves_once_approvals_reach_a_majority_of_the_eligible(sto
     reply = cons(await vote(store, consensus_id, peers[3], "approve"))
     after, _ = await clock(redis_client)
 
-    assert reply.code == Reply.OK
+    assert (reply.code, reply.decided) == (Reply.CREATED, 1)  # this vote decided it
     assert (reply.status, reply.tally) == ("approved", (3, 1, 4, 3))
     stored = await redis_client.hgetall(k.consensus(TENANT, consensus_id))
     assert stored == reply.fields
@@ -1280,7 +1302,7 @@ async def test_repeating_the_deciding_vote_after_the_decision_succeeds(store, re
 
     again = cons(await vote(store, consensus_id, voter, "approve"))
 
-    assert again.code == Reply.OK
+    assert (again.code, again.decided, decided.decided) == (Reply.OK, 0, 1)
     assert (again.fields, again.votes, again.tally) == (decided.fields, decided.votes, decided.tally)
     assert await dump(redis_client, prefix) == before
 
@@ -1426,6 +1448,8 @@ async def test_register_twice_is_one_registration(store, redis_client, prefix):
     assert (await register(store, "sdr", "outbound", '{"a": 1}'))[0] == Reply.OK
 
     twice = await dump(redis_client, prefix)
+    again = second_run_event(store, once, twice)
+    assert (again["type"], again["agentId"], again["created"]) == ("agent.registered", agent_id, "0")
     assert without_times(twice) == without_times(once)
     assert twice[k.agent(TENANT, agent_id)][1]["registeredAt"] == once[k.agent(TENANT, agent_id)][1]["registeredAt"]
     assert twice[k.agents(TENANT)] == once[k.agents(TENANT)]
@@ -1455,6 +1479,8 @@ async def test_acquire_twice_is_one_lease(store, redis_client, prefix):
         f: v for f, v in lease_of(first).items() if f != "expiresAt"
     }
     twice = await dump(redis_client, prefix)
+    again = second_run_event(store, once, twice)
+    assert (again["type"], again["fencingToken"]) == ("lease.renewed", lease_of(first)["fencingToken"])
     assert without_times(twice) == without_times(once)
     assert twice[store.keys.fence(TENANT)] == once[store.keys.fence(TENANT)]
     await assert_stored(store, lease_of(second))
@@ -1470,7 +1496,9 @@ async def test_renew_twice_is_one_renewal(store, redis_client, prefix):
 
     assert (first[0], second[0]) == (Reply.OK, Reply.OK)
     assert lease_of(second)["fencingToken"] == lease["fencingToken"]
-    assert without_times(await dump(redis_client, prefix)) == without_times(once)
+    twice = await dump(redis_client, prefix)
+    assert second_run_event(store, once, twice)["type"] == "lease.renewed"
+    assert without_times(twice) == without_times(once)
     await assert_stored(store, lease_of(second))
 
 
@@ -1522,7 +1550,7 @@ async def test_vote_twice_is_one_vote(store, redis_client, prefix):
 
     second = cons(await vote(store, consensus_id, voter, "approve", "fine"))
 
-    assert second.code == Reply.OK
+    assert (first.code, second.code) == (Reply.CREATED, Reply.OK)
     assert (second.fields, second.votes, second.tally) == (first.fields, first.votes, first.tally)
     assert second.tally == (1, 0, 2, 2)
     assert list(second.votes) == [voter]

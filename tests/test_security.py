@@ -434,7 +434,22 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         approved = await call("GET", f"{C}/consensus", 200, params={"status": "approved"})
         assert [x["id"] for x in approved["consensus"]] == [consensus["id"]]
 
-        await call("POST", f"{C}/lease", 201, {"agentId": sup, "contactEmail": "bob@example.com"})
+        # Events: a page (XRANGE), a live stream (XREVRANGE for where it starts, then the feed's
+        # blocked XREAD), and a long poll that waits on the feed.
+        page = await call("GET", f"{C}/events", 200, params={"after": "0", "limit": 5})
+        assert page["events"][0]["type"] == "agent.registered"
+        async with c.stream("GET", f"{C}/events", params={"type": "lease"}) as stream:
+            assert stream.status_code == 200
+            await call("POST", f"{C}/lease", 201, {"agentId": sup, "contactEmail": "bob@example.com"})
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    assert '"lease.acquired"' in line
+                    break
+        covered.add(("GET", f"{C}/events"))
+        later = await call("POST", f"{C}/consensus", 201, {"requestingAgentId": sdr, "action": "later"})
+        waited = await call("GET", f"{C}/consensus/{{consensusId}}", 200, params={"waitSeconds": 1},
+                            consensusId=later["id"])
+        assert waited["status"] == "pending"
         removed = await call("DELETE", f"{V1}/agents/{{agentId}}", 200, agentId=sup)
         assert removed["releasedLeases"] == 1
     return covered

@@ -49,7 +49,7 @@ FIXED_CONS = f"cons_{uuid.UUID(int=1)}"
 IDEMPOTENCY_KEY = "retry-me-1"
 LIMITS = {"tenant": RateLimit(per_second=100.0, burst=100), "agent": RateLimit(per_second=100.0, burst=100)}
 # What is planted where a key of each type belongs.
-PLANTED = {"hash": "string", "zset": "hash", "string": "list"}
+PLANTED = {"hash": "string", "zset": "hash", "string": "list", "stream": "string"}
 # Scripts that write nothing: a wrong type there is refused by the read itself.
 READ_ONLY = {"lease_send_check"}
 
@@ -143,7 +143,12 @@ def consensus_cases(script: str, op: Op, cons: Callable[[World], str]) -> list[C
         Case(script, "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), op),
         *(Case(script, name, "zset", lambda k, w, s=status: k.consensus_list(TENANT, s), op) for name, status in lists),
         Case(script, "due_key", "zset", lambda k, w: k.consensus_due(TENANT), op),
+        Case(script, "events_key", "stream", lambda k, w: k.events(TENANT), op),
     ]
+
+
+def events_key(k: Keys, w: World) -> str:
+    return k.events(TENANT)
 
 
 def register_newbie(store: Store, w: World) -> Awaitable[Any]:
@@ -158,9 +163,9 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
     """agent_remove with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
     return store.scripts.agent_remove(
-        [k.agent(TENANT, w.sdr), k.agents(TENANT), k.heartbeats(TENANT), registry_of(k, w.sdr),
+        [k.agent(TENANT, w.sdr), k.agents(TENANT), k.heartbeats(TENANT), registry_of(k, w.sdr), k.events(TENANT),
          k.lease(TENANT, ALSO), k.lease(TENANT, HELD)],
-        [w.sdr, ALSO, HELD],
+        [w.sdr, store.events_max, ALSO, HELD],
     )
 
 
@@ -182,8 +187,8 @@ def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
     k = store.keys
     tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_renew(
-        [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_registry(TENANT, tag)],
-        [token, w.sdr, HELD, 600_000, store.window_ms],
+        [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)],
+        [token, w.sdr, HELD, 600_000, store.window_ms, store.events_max],
     )
 
 
@@ -195,7 +200,9 @@ def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
     """lease_release with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
     tag, token = parse_lease_id(w.lease_id)
-    return store.scripts.lease_release([k.lease(TENANT, HELD), k.lease_registry(TENANT, tag)], [token, w.sdr])
+    return store.scripts.lease_release(
+        [k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)], [token, w.sdr, HELD, store.events_max]
+    )
 
 
 def request_new(store: Store, w: World) -> Awaitable[Any]:
@@ -218,12 +225,14 @@ CASES = [
     Case("agent_register", "agent_key", "hash", lambda k, w: k.agent(TENANT, agent_id_for(TENANT, "newbie")), register_newbie),
     Case("agent_register", "agents_key", "zset", lambda k, w: k.agents(TENANT), register_newbie),
     Case("agent_register", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), register_newbie),
+    Case("agent_register", "events_key", "stream", events_key, register_newbie),
     Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT),
          lambda s, w: s.heartbeat(TENANT, w.sdr)),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr),
+    Case("agent_remove", "events_key", "stream", events_key, remove_sdr),
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr_directly, "script"),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr_directly, "script"),
@@ -234,12 +243,16 @@ CASES = [
     Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_free),
     Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_held_again),
     Case("lease_acquire", "fence_key", "string", lambda k, w: k.fence(TENANT), acquire_free),
+    Case("lease_acquire", "events_key", "stream", events_key, acquire_free),
+    Case("lease_acquire", "events_key", "stream", events_key, acquire_held_again),
     Case("lease_renew", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), renew_held),
     Case("lease_renew", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), renew_held),
     Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held),
+    Case("lease_renew", "events_key", "stream", events_key, renew_held),
     Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held_directly, "script"),
     Case("lease_release", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), release_held),
     Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held),
+    Case("lease_release", "events_key", "stream", events_key, release_held),
     Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held_directly, "script"),
     *consensus_cases("consensus_request", request_new, lambda w: FIXED_CONS),
     Case("consensus_request", "idempotency_key", "hash",
@@ -419,7 +432,7 @@ def sync_dump(db: redis.Redis, prefix: str) -> dict[str, tuple[str, Any, int]]:
     for key in db.scan_iter(match=f"{prefix}:*", count=1000):
         kind = db.type(key)
         value = {"hash": db.hgetall, "zset": lambda k: db.zrange(k, 0, -1, withscores=True), "string": db.get,
-                 "list": lambda k: db.lrange(k, 0, -1)}[kind](key)
+                 "list": lambda k: db.lrange(k, 0, -1), "stream": db.xrange}[kind](key)
         state[key] = (kind, value, db.pexpiretime(key))
     return state
 
