@@ -1,0 +1,1600 @@
+"""The Python SDK: `Concord` (sync, threads) and `AsyncConcord` (asyncio, tasks).
+
+Both clients have the same methods and answer with the service's own msgspec
+Structs from service/schemas.py, so the wire format has one definition. Each
+operation is described once, as a `_Call` built by `_Wire` (path, body, decoder and
+whether it is safe to repeat); the two clients only differ in how they send it.
+Likewise each pair of classes (client, agent, keep-alive, lease and consensus
+handles) stands on one base that holds the state and every part that sends
+nothing; the sync and async classes add only the sending, the sleeping and the
+thread or task.
+
+Invariants the clients keep:
+
+- A call is repeated only where repeating is safe (`_Call.retry`): every GET and
+  the operations that are idempotent by nature (register, heartbeat, acquire,
+  renew, send-check, vote), plus a consensus request, which always carries an
+  Idempotency-Key that stays the same on every attempt. Release and deregister are
+  never repeated after they may have reached the service (a repeat answers 404
+  although the first took effect). Two failures prove nothing happened, so any
+  call is repeated after them: a connection that could not be opened, and 429 (the
+  rate limit refuses a request before any work).
+- Every error is a `ConcordError`; its class is chosen by the problem's `code`
+  (`ERROR_CLASSES`), an unknown code gives the base class.
+- Background work (keep-alive heartbeats, lease renewal) belongs to the client and
+  to the agent handle that started it: closing either stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from . import schemas as s
+
+__all__ = [
+    "AsyncAgentHandle", "AsyncConcord", "AsyncConsensusHandle", "AsyncKeepAlive", "AsyncLeaseHandle",
+    "AgentHandle", "Concord", "ConsensusHandle", "KeepAlive", "LeaseHandle",
+    "ERROR_CLASSES", "ConcordError", "LeaseLost", "Unreachable",
+    "MalformedJson", "Unauthorized", "TenantMismatch", "NotLeaseHolder", "RequesterCannotVote",
+    "EndpointNotFound", "AgentNotFound", "LeaseNotFound", "ConsensusNotFound", "MethodNotAllowed",
+    "AgentInactive", "LeaseConflict", "AlreadyVoted", "ConsensusClosed", "PayloadTooLarge",
+    "UnsupportedMediaType", "ValidationError", "IdempotencyKeyReused", "RateLimited", "InternalError",
+    "StoreError", "StoreUnavailable",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+USER_AGENT = "concord-python"
+V1 = "/v1/agent"
+C = f"{V1}/coordination"
+# The server's lease duration when none is given: the renewal schedule needs it.
+DEFAULT_LEASE_SECONDS = s.DEFAULT_LEASE_MS / 1000
+# A Retry-After longer than this is not waited out inside a call: the error is raised.
+MAX_RETRY_AFTER = 30.0
+MAX_BACKOFF = 5.0
+# The longest long poll the server grants (waitSeconds 1..60).
+MAX_WAIT_SECONDS = 60
+
+log = logging.getLogger("concord.client")
+Duration = int | float | timedelta
+VoteChoice = Literal["approve", "reject"]
+
+# --- errors ------------------------------------------------------------------
+
+
+class ConcordError(Exception):
+    """An error answer of Concord, or no answer at all.
+
+    ``code`` is the stable part to branch on (the README's error table), ``status``
+    the HTTP status (None when no answer came), ``detail`` the human sentence and
+    ``problem`` the whole problem document as a dict. ``retry_after`` is the wait in
+    seconds the service asked for (Retry-After, or ``retryAfterMs``), else None."""
+
+    code = "error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        problem: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code or type(self).code
+        self.status = status
+        self.problem = problem if problem is not None else {"code": self.code, "detail": detail}
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}, " if self.status is not None else ""
+        return f"{self.detail} ({where}{self.code})"
+
+
+class MalformedJson(ConcordError):
+    code = "malformed_json"
+
+
+class Unauthorized(ConcordError):
+    code = "unauthorized"
+
+
+class TenantMismatch(ConcordError):
+    code = "tenant_mismatch"
+
+
+class NotLeaseHolder(ConcordError):
+    code = "not_lease_holder"
+
+
+class RequesterCannotVote(ConcordError):
+    code = "requester_cannot_vote"
+
+
+class EndpointNotFound(ConcordError):
+    """No such endpoint: usually a URL that does not point at Concord."""
+
+    code = "not_found"
+
+
+class AgentNotFound(ConcordError):
+    code = "agent_not_found"
+
+
+class LeaseNotFound(ConcordError):
+    code = "lease_not_found"
+
+
+class ConsensusNotFound(ConcordError):
+    code = "consensus_not_found"
+
+
+class MethodNotAllowed(ConcordError):
+    code = "method_not_allowed"
+
+
+class AgentInactive(ConcordError):
+    code = "agent_inactive"
+
+
+class LeaseConflict(ConcordError):
+    """Another active agent holds the contact: ``holder`` says who, and until when."""
+
+    code = "lease_conflict"
+
+    @property
+    def contact(self) -> str | None:
+        return self.problem.get("contactEmail")
+
+    @property
+    def holder(self) -> s.LeaseHolder | None:
+        raw = self.problem.get("leaseHolder")
+        return msgspec.convert(raw, s.LeaseHolder) if isinstance(raw, dict) else None
+
+
+class AlreadyVoted(ConcordError):
+    code = "already_voted"
+
+    @property
+    def vote(self) -> str | None:
+        """The agent's earlier vote."""
+        return self.problem.get("vote")
+
+
+class ConsensusClosed(ConcordError):
+    code = "consensus_closed"
+
+    @property
+    def consensus_status(self) -> str | None:
+        """What the request became: approved, rejected or expired."""
+        return self.problem.get("consensusStatus")
+
+
+class PayloadTooLarge(ConcordError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ConcordError):
+    code = "unsupported_media_type"
+
+
+class ValidationError(ConcordError):
+    code = "validation_error"
+
+    @property
+    def field(self) -> str | None:
+        """The JSON path of the offending field, such as ``$.durationSeconds``."""
+        return self.problem.get("field")
+
+
+class IdempotencyKeyReused(ConcordError):
+    code = "idempotency_key_reused"
+
+
+class RateLimited(ConcordError):
+    """A rate limit is reached; ``retry_after`` (seconds) says when a request is due."""
+
+    code = "rate_limited"
+
+
+class InternalError(ConcordError):
+    code = "internal_error"
+
+
+class StoreError(ConcordError):
+    code = "store_error"
+
+
+class StoreUnavailable(ConcordError):
+    """Redis is down or slow: the change may or may not have happened."""
+
+    code = "store_unavailable"
+
+
+class Unreachable(ConcordError):
+    """No answer: the connection failed, dropped or timed out. ``sent`` is False when
+    the request surely never left (the connection could not be opened)."""
+
+    code = "unreachable"
+
+    def __init__(self, method: str, url: str, exc: httpx.TransportError) -> None:
+        reason = str(exc) or type(exc).__name__
+        detail = f"No answer from Concord at {url} ({method}): {type(exc).__name__}: {reason}"
+        problem = {
+            "type": "urn:concord:problem:unreachable", "title": "Concord is unreachable", "detail": detail,
+            "code": "unreachable", "url": url,
+        }
+        super().__init__(detail, problem=problem)
+        self.url = url
+        self.sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        self.__cause__ = exc
+
+
+class LeaseLost(ConcordError):
+    """A held lease is gone (expired, taken over, released elsewhere, or its agent is
+    inactive or removed): the holder may no longer act on the contact. ``cause`` is
+    the error of the renewal that found out."""
+
+    code = "lease_lost"
+
+    def __init__(self, lease: s.Lease, cause: ConcordError, expired: bool = False) -> None:
+        why = f"it expired while renewals failed ({cause})" if expired else str(cause)
+        detail = f"Lease {lease.id} on {lease.contact_email} is lost: {why}"
+        problem = {
+            "type": "urn:concord:problem:lease_lost", "title": "Lease lost", "detail": detail, "code": "lease_lost",
+            "leaseId": lease.id, "contactEmail": lease.contact_email, "cause": cause.problem,
+        }
+        super().__init__(detail, status=cause.status, problem=problem)
+        self.lease_id = lease.id
+        self.contact = lease.contact_email
+        self.cause = cause
+        self.__cause__ = cause
+
+
+# Every code of the README's error table (service.errors.ERRORS) -> its class.
+ERROR_CLASSES: dict[str, type[ConcordError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedJson, Unauthorized, TenantMismatch, NotLeaseHolder, RequesterCannotVote, EndpointNotFound,
+        AgentNotFound, LeaseNotFound, ConsensusNotFound, MethodNotAllowed, AgentInactive, LeaseConflict,
+        AlreadyVoted, ConsensusClosed, PayloadTooLarge, UnsupportedMediaType, ValidationError,
+        IdempotencyKeyReused, RateLimited, InternalError, StoreError, StoreUnavailable,
+    )
+}
+
+_any_json = msgspec.json.Decoder()
+
+
+def error_from_response(response: httpx.Response) -> ConcordError:
+    """The typed error for a non-2xx answer. A body that is not a problem document
+    (a proxy's HTML page, say) gives the base class with code ``unexpected_response``."""
+    status, request = response.status_code, response.request
+    try:
+        problem = _any_json.decode(response.content)
+    except msgspec.DecodeError:
+        problem = None
+    if not (isinstance(problem, dict) and isinstance(problem.get("code"), str)):
+        detail = f"{request.method} {request.url} answered {status} {response.reason_phrase}, not a problem document"
+        problem = {"title": response.reason_phrase, "status": status, "detail": detail, "code": "unexpected_response"}
+    code = problem["code"]
+    return ERROR_CLASSES.get(code, ConcordError)(
+        str(problem.get("detail") or problem.get("title") or code), code=code, status=status, problem=problem,
+        retry_after=_retry_after(response, problem),
+    )
+
+
+def _retry_after(response: httpx.Response, problem: dict[str, Any]) -> float | None:
+    """Seconds to wait: ``retryAfterMs`` (exact) or the Retry-After header (seconds or an HTTP date)."""
+    ms = problem.get("retryAfterMs")
+    if isinstance(ms, int | float) and not isinstance(ms, bool):
+        return max(0.0, ms / 1000)
+    header = response.headers.get("retry-after")
+    if header is None:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _transient(error: ConcordError) -> bool:
+    """Might the same call succeed later? No answer, 429 or a 5xx: yes; any other answer is final."""
+    return isinstance(error, Unreachable) or (error.status is not None and (error.status >= 500 or error.status == 429))
+
+
+# --- the wire: one _Call per operation ---------------------------------------
+
+_encode = msgspec.json.Encoder().encode
+_AGENT = msgspec.json.Decoder(s.Agent)
+_AGENT_LIST = msgspec.json.Decoder(s.AgentList)
+_AGENT_REMOVED = msgspec.json.Decoder(s.AgentRemoved)
+_HEARTBEAT = msgspec.json.Decoder(s.Heartbeat)
+_LEASE = msgspec.json.Decoder(s.Lease)
+_LEASE_LIST = msgspec.json.Decoder(s.LeaseList)
+_RELEASED = msgspec.json.Decoder(s.Released)
+_SEND_CHECK = msgspec.json.Decoder(s.SendCheck)
+_CONSENSUS = msgspec.json.Decoder(s.Consensus)
+_CONSENSUS_LIST = msgspec.json.Decoder(s.ConsensusList)
+_EVENT_PAGE = msgspec.json.Decoder(s.EventPage)
+_EVENT = msgspec.json.Decoder(s.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One HTTP request of an operation. ``retry``: safe to send again after it may
+    have reached the service. ``wait``: seconds the service may hold it (long poll)."""
+
+    method: str
+    path: str
+    decoder: msgspec.json.Decoder
+    body: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    retry: bool = True
+    wait: float = 0.0
+
+
+def _fields(**values: Any) -> dict[str, Any]:
+    """The members that were given: the API reads a missing field and null alike."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _id(value: str) -> str:
+    """An id as one path segment: a malformed id cannot reach another endpoint."""
+    return quote(str(value), safe="")
+
+
+def seconds(value: Duration, name: str) -> float:
+    """A positive duration given as seconds (int or float) or a timedelta, in seconds."""
+    amount = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
+    if not 0 < amount < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(amount)
+
+
+def whole_seconds(value: Duration | None, name: str) -> int | None:
+    """A duration as the whole seconds the API takes: rounded up, so never shorter
+    than asked, and so at least 1."""
+    return None if value is None else math.ceil(seconds(value, name))
+
+
+def _types(types: str | list[str] | tuple[str, ...] | None) -> str | None:
+    return types if types is None or isinstance(types, str) else ",".join(types)
+
+
+class _Wire:
+    """Each operation as the HTTP call that performs it."""
+
+    @staticmethod
+    def register(name: str, role: str | None, metadata: dict[str, Any] | None) -> _Call:
+        return _Call("POST", f"{V1}/register", _AGENT, _fields(agentName=name, agentRole=role, metadata=metadata))
+
+    @staticmethod
+    def heartbeat(agent_id: str) -> _Call:
+        return _Call("POST", f"{C}/heartbeat", _HEARTBEAT, {"agentId": agent_id})
+
+    @staticmethod
+    def get_agent(agent_id: str) -> _Call:
+        return _Call("GET", f"{V1}/agents/{_id(agent_id)}", _AGENT)
+
+    @staticmethod
+    def list_agents(status: str | None, limit: int | None, cursor: str | None) -> _Call:
+        return _Call("GET", f"{V1}/agents", _AGENT_LIST, params=_fields(status=status, limit=limit, cursor=cursor))
+
+    @staticmethod
+    def remove_agent(agent_id: str) -> _Call:
+        return _Call("DELETE", f"{V1}/agents/{_id(agent_id)}", _AGENT_REMOVED, retry=False)
+
+    @staticmethod
+    def acquire_lease(agent_id: str, contact: str, duration: Duration | None, intent: str | None) -> _Call:
+        body = _fields(agentId=agent_id, contactEmail=contact, intent=intent,
+                       durationSeconds=whole_seconds(duration, "duration"))
+        return _Call("POST", f"{C}/lease", _LEASE, body)
+
+    @staticmethod
+    def renew_lease(lease_id: str, agent_id: str, duration: Duration | None) -> _Call:
+        body = _fields(agentId=agent_id, durationSeconds=whole_seconds(duration, "duration"))
+        return _Call("POST", f"{C}/lease/{_id(lease_id)}/renew", _LEASE, body)
+
+    @staticmethod
+    def release_lease(lease_id: str, agent_id: str | None) -> _Call:
+        return _Call("DELETE", f"{C}/lease/{_id(lease_id)}", _RELEASED, params=_fields(agentId=agent_id), retry=False)
+
+    @staticmethod
+    def get_lease(lease_id: str) -> _Call:
+        return _Call("GET", f"{C}/lease/{_id(lease_id)}", _LEASE)
+
+    @staticmethod
+    def list_leases(agent_id: str | None, contact: str | None, limit: int | None, cursor: str | None) -> _Call:
+        params = _fields(agentId=agent_id, contactEmail=contact, limit=limit, cursor=cursor)
+        return _Call("GET", f"{C}/leases", _LEASE_LIST, params=params)
+
+    @staticmethod
+    def send_check(agent_id: str, contact: str, fencing_token: int | None) -> _Call:
+        body = _fields(agentId=agent_id, contactEmail=contact, fencingToken=fencing_token)
+        return _Call("POST", f"{C}/send-check", _SEND_CHECK, body)
+
+    @staticmethod
+    def request_consensus(
+        agent_id: str, action: str, contact: str | None, reason: str | None, timeout: Duration | None,
+        idempotency_key: str | None,
+    ) -> _Call:
+        body = _fields(requestingAgentId=agent_id, action=action, contactEmail=contact, reason=reason,
+                       timeoutSeconds=whole_seconds(timeout, "timeout"))
+        # The key makes the request safe to repeat: it is fixed here, once per call,
+        # so every retry of this call carries the same one.
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return _Call("POST", f"{C}/consensus", _CONSENSUS, body, headers=headers)
+
+    @staticmethod
+    def vote(consensus_id: str, agent_id: str, vote: str, reason: str | None) -> _Call:
+        body = _fields(agentId=agent_id, vote=vote, reason=reason)
+        return _Call("POST", f"{C}/consensus/{_id(consensus_id)}/vote", _CONSENSUS, body)
+
+    @staticmethod
+    def get_consensus(consensus_id: str, wait: Duration | None) -> _Call:
+        seconds = whole_seconds(wait, "wait")
+        return _Call("GET", f"{C}/consensus/{_id(consensus_id)}", _CONSENSUS,
+                     params=_fields(waitSeconds=seconds), wait=seconds or 0.0)
+
+    @staticmethod
+    def list_consensus(status: str | None, limit: int | None, cursor: str | None) -> _Call:
+        params = _fields(status=status, limit=limit, cursor=cursor)
+        return _Call("GET", f"{C}/consensus", _CONSENSUS_LIST, params=params)
+
+    @staticmethod
+    def events(
+        after: str | int | None, limit: int | None, types: Any, agent_id: str | None, contact: str | None
+    ) -> _Call:
+        # Without after or limit the endpoint streams instead: a page starts somewhere.
+        after = "0" if after is None and limit is None else after
+        params = _fields(after=after, limit=limit, type=_types(types), agentId=agent_id, contactEmail=contact)
+        return _Call("GET", f"{C}/events", _EVENT_PAGE, params=params)
+
+    @staticmethod
+    def event_stream(types: Any, agent_id: str | None, contact: str | None) -> _Call:
+        params = _fields(type=_types(types), agentId=agent_id, contactEmail=contact)
+        return _Call("GET", f"{C}/events", _EVENT, params=params, headers={"Accept": "text/event-stream"})
+
+
+def _wait_seconds(deadline: float | None) -> int | None:
+    """The next long poll's waitSeconds before ``deadline`` (monotonic; None: no
+    deadline), or None when too little time is left to wait at all."""
+    if deadline is None:
+        return MAX_WAIT_SECONDS
+    left = deadline - time.monotonic()
+    return None if left < 0.5 else min(MAX_WAIT_SECONDS, max(1, round(left)))
+
+
+def _long_polls(timeout: Duration | None) -> Iterator[int | None]:
+    """The ``wait`` of each read of wait_consensus until ``timeout`` passes (None:
+    without end). The first read happens even when no time is left to wait (its
+    wait is then None: a plain read); no read starts after the deadline."""
+    deadline = None if timeout is None else time.monotonic() + seconds(timeout, "timeout")
+    yield _wait_seconds(deadline)
+    while (wait := _wait_seconds(deadline)) is not None:
+        yield wait
+
+
+# --- what the two clients share ----------------------------------------------
+
+
+class _ClientBase:
+    """What both clients share: configuration, the httpx client, building requests,
+    reading answers, the retry policy and the background work they own. A subclass
+    names its httpx classes (``_HTTP``, ``_TRANSPORT``) and does the sending."""
+
+    _HTTP: type[httpx.Client] | type[httpx.AsyncClient]
+    _TRANSPORT: type[httpx.BaseTransport] | type[httpx.AsyncBaseTransport]
+
+    def __init__(
+        self, url: str | None, api_key: str | None, http: Any, timeout: float, max_retries: int, backoff: float,
+        stream_timeout: float,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        self.url = (url or os.environ.get("CONCORD_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("CONCORD_API_KEY")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.stream_timeout = stream_timeout
+        if isinstance(http, self._HTTP):
+            self._http, self._owns_http = http, False
+        elif http is None or isinstance(http, self._TRANSPORT):
+            self._http, self._owns_http = self._HTTP(transport=http, timeout=timeout), True
+        else:
+            raise TypeError(
+                f"http must be an httpx.{self._HTTP.__name__} or an httpx.{self._TRANSPORT.__name__}, "
+                f"got {type(http).__name__}"
+            )
+        # The keep-alives and lease renewals started from this client: closing it stops them.
+        self._background: set[Any] = set()
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, **call.headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if call.body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _request(self, call: _Call) -> dict[str, Any]:
+        """The keyword arguments of httpx's ``request`` for ``call``."""
+        options: dict[str, Any] = {
+            "method": call.method, "url": self.url + call.path, "params": call.params, "headers": self._headers(call),
+        }
+        if call.body is not None:
+            options["content"] = _encode(call.body)
+        if call.wait:  # a long poll: the answer may take that long on top of the usual
+            options["timeout"] = self.timeout + call.wait
+        return options
+
+    def _answer(self, call: _Call, response: httpx.Response) -> Any:
+        if not response.is_success:
+            raise error_from_response(response)
+        try:
+            return call.decoder.decode(response.content)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            detail = f"{call.method} {call.path} answered {response.status_code} with an unexpected body: {exc}"
+            raise ConcordError(detail, code="unexpected_response", status=response.status_code) from exc
+
+    def _error(self, call: _Call, exc: httpx.TransportError | ConcordError) -> ConcordError:
+        """A failure of ``call`` as a ConcordError: no answer at all is Unreachable."""
+        return Unreachable(call.method, self.url + call.path, exc) if isinstance(exc, httpx.TransportError) else exc
+
+    def _retry_delay(self, call: _Call, exc: httpx.TransportError | ConcordError, attempt: int) -> float:
+        """Seconds to wait before sending ``call`` again after its attempt number
+        ``attempt`` (from 0) failed with ``exc``; raises the failure, as a
+        ConcordError, when the call is not to be repeated."""
+        error = self._error(call, exc)
+        if isinstance(error, Unreachable):
+            retry = call.retry or not error.sent
+        elif error.status == 429:
+            retry = True  # the rate limit refused it before any work
+        else:
+            retry = call.retry and error.status in (502, 503, 504)
+        asked = error.retry_after or 0.0
+        if not retry or attempt >= self.max_retries or asked > MAX_RETRY_AFTER:
+            raise error
+        delay = max(self._backoff(attempt), asked)
+        log.info("retrying %s %s in %.2f s after: %s", call.method, call.path, delay, error)
+        return delay
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, with jitter so that clients refused together do not return together."""
+        return min(MAX_BACKOFF, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class _EventStream:
+    """One subscription to the event stream, across its connections: what each
+    (re)connection sends, and how long to wait before the next. It resumes after
+    the last event seen, and backs off while connections fail in a row."""
+
+    def __init__(self, client: _ClientBase, call: _Call, last_event_id: str | None) -> None:
+        self.client, self.call = client, call
+        self.parser = _SSE(last_event_id)
+        self.failures = 0  # in a row, without an event between them
+
+    def connect(self) -> dict[str, Any]:
+        """The keyword arguments of httpx's ``stream`` for the next connection."""
+        self.parser.reset()
+        options = self.client._request(self.call)
+        if self.parser.last_id is not None:
+            options["headers"]["Last-Event-ID"] = self.parser.last_id
+        options["timeout"] = httpx.Timeout(self.client.timeout, read=self.client.stream_timeout)
+        return options
+
+    def feed(self, chunk: bytes) -> list[s.Event]:
+        events = self.parser.feed(chunk)
+        if events:
+            self.failures = 0
+        return events
+
+    def reconnect_delay(self, exc: httpx.TransportError | ConcordError | None) -> float | None:
+        """Seconds to wait before reconnecting after the connection ended (``exc``
+        None) or failed with ``exc``: the server's ``retry``, and after an error also
+        a backoff growing with the failures in a row and any Retry-After. None when
+        ``exc`` is final (an error answer other than 429 and 5xx): the caller raises it."""
+        if isinstance(exc, httpx.ReadTimeout):
+            return 0.0  # silent past the server's keep-alives: a dead connection, replace it at once
+        delay = self.parser.retry or 0.0
+        if exc is None:
+            return delay
+        error = self.client._error(self.call, exc)
+        if not _transient(error):
+            return None
+        self.failures += 1
+        delay = max(delay, self.client._backoff(min(self.failures - 1, 10)), error.retry_after or 0.0)
+        log.warning("event stream: %s; reconnecting in %.2f s", error, delay)
+        return delay
+
+
+class _SSE:
+    """A Server-Sent Events parser (the WHATWG HTML rules): lines end at CR, LF or
+    CRLF only (not at the other characters str.splitlines breaks at, which JSON
+    strings may hold); ``data`` lines join with newlines and a blank line
+    dispatches them; ``id`` is remembered to resume from; ``retry`` is the
+    reconnection delay; ``:`` starts a comment (the server's keep-alives). The
+    ``event`` line is not needed: the data, a schemas.Event, names its type."""
+
+    _EOL = re.compile(rb"\r\n|\r|\n")
+
+    def __init__(self, last_id: str | None) -> None:
+        self.last_id = last_id
+        self.retry: float | None = None  # the reconnection delay the server asked for
+        self._buffer = b""
+        self._data: list[str] = []
+
+    def reset(self) -> None:
+        """A new connection: an event cut off by the drop is discarded."""
+        self._buffer, self._data = b"", []
+
+    def feed(self, chunk: bytes) -> list[s.Event]:
+        self._buffer += chunk
+        events = []
+        while match := self._EOL.search(self._buffer):
+            if match.group() == b"\r" and match.end() == len(self._buffer):
+                break  # maybe the first half of a CRLF split across chunks
+            line = self._buffer[: match.start()].decode("utf-8", "replace")
+            self._buffer = self._buffer[match.end():]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> s.Event | None:
+        if not line:
+            data, self._data = self._data, []
+            return _EVENT.decode("\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value) / 1000
+        return None
+
+
+# --- what the sync and async handles share -------------------------------------
+# Each base holds a handle's state and every part that sends nothing; the sync and
+# async classes below add the sending, and run background work on a thread or a task.
+
+
+class _Renewal:
+    """When to renew a lease, and until when it surely holds, on this process's
+    monotonic clock. A grant counts from when its request was sent, so the local
+    expiry is never later than the service's."""
+
+    def __init__(self, duration: int | None, sent: float) -> None:
+        self.seconds = duration if duration is not None else DEFAULT_LEASE_SECONDS
+        self.renewed(sent)
+
+    def renewed(self, sent: float) -> None:
+        self.expires = sent + self.seconds
+        self.due = sent + self.seconds * 2 / 3  # renew with a third of the duration left
+        self.failures = 0
+
+    def wait(self) -> float:
+        return max(0.0, self.due - time.monotonic())
+
+    def failed(self, error: ConcordError) -> bool:
+        """Record a failed renewal; True when the lease is lost. A transient failure
+        is tried again, with backoff, for as long as the lease still holds."""
+        if not _transient(error):
+            return True
+        delay = min(MAX_BACKOFF, 0.2 * 2**self.failures)
+        self.failures += 1
+        now = time.monotonic()
+        if now + delay >= self.expires:
+            return True
+        self.due = now + delay
+        return False
+
+
+class _Tracked:
+    """Background work registered with the client and the handle that started it,
+    so that closing either stops it."""
+
+    def __init__(self, owners: tuple[set[Any], ...]) -> None:
+        self._owners = owners
+
+    def _track(self) -> None:
+        for owner in self._owners:
+            owner.add(self)
+
+    def _untrack(self) -> None:
+        for owner in self._owners:
+            owner.discard(self)
+
+
+class _AgentHandleBase:
+    """An agent handle's state. The background work started from the handle is in
+    ``_background`` (and in its client's), so that closing either stops it."""
+
+    def __init__(self, client: Any, agent: s.Agent | str) -> None:
+        self.client = client
+        self.info = agent if isinstance(agent, s.Agent) else None
+        self.id = agent.id if isinstance(agent, s.Agent) else agent
+        self._background: set[Any] = set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The agent's metadata, decoded (``info.metadata`` is the raw JSON)."""
+        return msgspec.json.decode(self.info.metadata) if self.info is not None else None
+
+    def _owners(self) -> tuple[set[Any], ...]:
+        """Who owns background work started from this handle."""
+        return (self.client._background, self._background)
+
+
+class _KeepAliveBase(_Tracked):
+    """A keep-alive's state and what it makes of each heartbeat's outcome."""
+
+    def __init__(self, client: Any, agent_id: str, interval: float, owners: tuple[set[Any], ...]) -> None:
+        if not 0 < interval < math.inf:
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        super().__init__(owners)
+        self.client, self.agent_id, self.interval = client, agent_id, interval
+        self.last: s.Heartbeat | None = None
+        self.error: ConcordError | None = None
+
+    def _beat_failed(self, error: ConcordError) -> bool:
+        """Record a failed heartbeat; True to try again next interval, False when
+        the agent is gone and the keep-alive ends."""
+        self.error = error
+        if isinstance(error, AgentNotFound):
+            log.warning("keep-alive of %s stops: %s", self.agent_id, error)
+            return False
+        log.warning("keep-alive of %s: heartbeat failed, next try in %s s: %s", self.agent_id, self.interval, error)
+        return True
+
+
+class _LeaseHandleBase(_Tracked):
+    """A lease handle's state, its view of the lease, and the bookkeeping of
+    acquiring, renewing and leaving the block. ``lease`` is the last grant; a
+    renewal found refused for good sets ``lost``, and renewing ends."""
+
+    def __init__(
+        self, client: Any, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        owners: tuple[set[Any], ...],
+    ) -> None:
+        super().__init__(owners)
+        self.client, self.agent_id, self.contact, self.intent = client, agent_id, contact, intent
+        self.duration = whole_seconds(duration, "duration")  # None: the service's default
+        self.lease: s.Lease | None = None
+        self.lost: LeaseLost | None = None
+        self.released: s.Released | None = None
+
+    def __repr__(self) -> str:
+        lease_id = self.lease.id if self.lease else None
+        return f"{type(self).__name__}({self.contact!r}, agent={self.agent_id!r}, lease={lease_id})"
+
+    def _held(self) -> s.Lease:
+        if self.lease is None:
+            raise RuntimeError(f"the lease on {self.contact} has not been acquired")
+        return self.lease
+
+    @property
+    def id(self) -> str:
+        return self._held().id
+
+    @property
+    def fencing_token(self) -> int:
+        return self._held().fencing_token
+
+    @property
+    def expires_at(self) -> str:
+        """The expiry the service last granted (ISO-8601, Redis's clock)."""
+        return self._held().expires_at
+
+    def check(self) -> None:
+        """Raise LeaseLost if a renewal found the lease gone."""
+        if self.lost is not None:
+            raise self.lost
+
+    def _acquired(self, lease: s.Lease, sent: float) -> _Renewal:
+        """Record the grant of acquire(), whose request was sent at ``sent``
+        (monotonic), and plan its renewals."""
+        self.lease, self.contact, self.lost, self.released = lease, lease.contact_email, None, None
+        return _Renewal(self.duration, sent)
+
+    def _renewal_failed(self, lease: s.Lease, error: ConcordError, plan: _Renewal) -> bool:
+        """Record a failed renewal of ``lease``; True when the lease is lost and renewing ends."""
+        if plan.failed(error):
+            self.lost = LeaseLost(lease, error, expired=_transient(error))
+            log.warning("%s", self.lost)
+            return True
+        log.info("renewing lease %s failed, trying again: %s", lease.id, error)
+        return False
+
+    def _leave(self, raising: BaseException | None, release_error: ConcordError | None) -> None:
+        """What leaving the lease block raises, once released: the block's own
+        exception first (with notes on what else went wrong), then a lost lease,
+        then a failed release. A lease already gone (lease_not_found) is no failure."""
+        if isinstance(release_error, LeaseNotFound):
+            release_error = None  # nothing was left to release
+        lost = self.lost
+        if raising is not None:
+            if lost is not None and raising is not lost:
+                raising.add_note(f"meanwhile: {lost}")
+            if release_error is not None:
+                raising.add_note(f"and releasing it failed: {release_error}")
+            return
+        if lost is not None:
+            if release_error is not None:
+                lost.add_note(f"and releasing it failed: {release_error}")
+            raise lost
+        if release_error is not None:
+            raise release_error
+
+
+class _ConsensusHandleBase:
+    """A consensus handle's state: ``id`` and ``info``, the Consensus last read."""
+
+    def __init__(self, client: Any, consensus: s.Consensus | str) -> None:
+        self.client = client
+        self.info = consensus if isinstance(consensus, s.Consensus) else None
+        self.id = consensus.id if isinstance(consensus, s.Consensus) else consensus
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r}, status={self.status!r})"
+
+    @property
+    def status(self) -> str | None:
+        return self.info.status if self.info is not None else None
+
+
+def _consensus_id(consensus: str | _ConsensusHandleBase) -> str:
+    return consensus.id if isinstance(consensus, _ConsensusHandleBase) else consensus
+
+
+# --- the sync client ---------------------------------------------------------
+
+
+class Concord(_ClientBase):
+    """The synchronous client; background work runs on daemon threads.
+
+    ``url`` defaults to CONCORD_URL, then http://127.0.0.1:8080; ``api_key`` to
+    CONCORD_API_KEY. ``http`` is an httpx.Client to send with (it stays open when
+    this client closes) or an httpx transport. ``timeout`` bounds each request in
+    seconds; ``max_retries`` and ``backoff`` (the first delay, in seconds) shape the
+    retries of the calls that are safe to repeat. ``stream_timeout``: an event stream
+    that stays silent this long is reconnected. Safe to share between threads."""
+
+    _HTTP, _TRANSPORT = httpx.Client, httpx.BaseTransport
+    _http: httpx.Client
+    _background: set[KeepAlive | LeaseHandle]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        http: httpx.Client | httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.1,
+        stream_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(url, api_key, http, timeout, max_retries, backoff, stream_timeout)
+
+    def close(self) -> None:
+        """Stop every keep-alive and lease renewal started from this client, then close its connections."""
+        for worker in list(self._background):
+            worker._halt()
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Concord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, call: _Call) -> Any:
+        for attempt in itertools.count():
+            try:
+                return self._answer(call, self._http.request(**self._request(call)))
+            except (httpx.TransportError, ConcordError) as exc:
+                delay = self._retry_delay(call, exc, attempt)
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # agents
+
+    def register(self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None) -> AgentHandle:
+        """Register the agent ``name``, or update it (omitted role and metadata keep
+        their values). Registering counts as a heartbeat. Safe to repeat."""
+        return AgentHandle(self, self._run(_Wire.register(name, role, metadata)))
+
+    def agent(self, agent_id: str) -> AgentHandle:
+        """A handle for an existing agent (no request; ``info`` stays None until ``refresh()``)."""
+        return AgentHandle(self, agent_id)
+
+    def heartbeat(self, agent_id: str) -> s.Heartbeat:
+        """Record that the agent is alive; it stays active for the liveness window (5 minutes by default)."""
+        return self._run(_Wire.heartbeat(agent_id))
+
+    def get_agent(self, agent_id: str) -> s.Agent:
+        return self._run(_Wire.get_agent(agent_id))
+
+    def list_agents(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> s.AgentList:
+        return self._run(_Wire.list_agents(status, limit, cursor))
+
+    def remove_agent(self, agent_id: str) -> s.AgentRemoved:
+        """Deregister the agent and release its leases. Never repeated automatically."""
+        return self._run(_Wire.remove_agent(agent_id))
+
+    # leases
+
+    def acquire_lease(
+        self, agent_id: str, contact: str, duration: Duration | None = None, intent: str | None = None
+    ) -> s.Lease:
+        """Lease ``contact`` for ``duration`` (default 30 minutes); raises LeaseConflict
+        when another active agent holds it. The holder asking again gets its own lease,
+        expiry moved, so this is safe to repeat."""
+        return self._run(_Wire.acquire_lease(agent_id, contact, duration, intent))
+
+    def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> s.Lease:
+        """Move the lease's expiry to now + ``duration``; the fencing token stays."""
+        return self._run(_Wire.renew_lease(lease_id, agent_id, duration))
+
+    def release_lease(self, lease_id: str, agent_id: str | None = None) -> s.Released:
+        """Release the lease (only its holder may, when ``agent_id`` is given). Never repeated automatically."""
+        return self._run(_Wire.release_lease(lease_id, agent_id))
+
+    def get_lease(self, lease_id: str) -> s.Lease:
+        return self._run(_Wire.get_lease(lease_id))
+
+    def list_leases(
+        self, agent_id: str | None = None, contact: str | None = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> s.LeaseList:
+        """Leases of an agent and/or of a contact (give at least one), newest grant first."""
+        return self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
+
+    def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+        """May the agent email the contact now? Refusals are answers (``allowed`` False), not errors."""
+        return self._run(_Wire.send_check(agent_id, contact, fencing_token))
+
+    # consensus
+
+    def request_consensus(
+        self, agent_id: str, action: str, contact: str | None = None, reason: str | None = None,
+        timeout: Duration | None = None, idempotency_key: str | None = None,
+    ) -> ConsensusHandle:
+        """Ask the active peers to approve ``action`` within ``timeout`` (default 1
+        hour). Sent with an Idempotency-Key (a new uuid4 unless given), the same on
+        every retry, so a retry never creates a second request."""
+        call = _Wire.request_consensus(agent_id, action, contact, reason, timeout, idempotency_key)
+        return ConsensusHandle(self, self._run(call))
+
+    def consensus(self, consensus_id: str) -> ConsensusHandle:
+        """A handle for an existing consensus request (no request until ``refresh()`` or ``wait()``)."""
+        return ConsensusHandle(self, consensus_id)
+
+    def vote(self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
+        """Vote ``approve`` or ``reject``; the same vote again is answered as the first was."""
+        return self._run(_Wire.vote(consensus_id, agent_id, vote, reason))
+
+    def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> s.Consensus:
+        """Read a consensus request. With ``wait`` (1-60 s) the service answers as soon
+        as it leaves pending, or after ``wait`` with it still pending."""
+        return self._run(_Wire.get_consensus(consensus_id, wait))
+
+    def list_consensus(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> s.ConsensusList:
+        return self._run(_Wire.list_consensus(status, limit, cursor))
+
+    def wait_consensus(self, consensus_id: str, timeout: Duration | None = None) -> s.Consensus:
+        """The request once it is decided, or as it is (pending) when ``timeout``
+        passes; with no timeout, until it is decided or expires. Long polls, never
+        busy polling."""
+        for wait in _long_polls(timeout):
+            consensus = self.get_consensus(consensus_id, wait=wait)
+            if consensus.status != "pending":
+                break
+        return consensus
+
+    # events
+
+    def events(
+        self, after: str | int | None = None, limit: int | None = None, types: str | list[str] | None = None,
+        agent_id: str | None = None, contact: str | None = None,
+    ) -> s.EventPage:
+        """One page of the tenant's events, oldest first: ``events``, ``next_after``
+        (pass it as ``after`` for the next page) and ``has_more``. ``after`` 0 (the
+        default without ``limit``) starts at the oldest event kept. ``types``: event
+        types or families ("lease", "consensus.resolved")."""
+        return self._run(_Wire.events(after, limit, types, agent_id, contact))
+
+    def stream_events(
+        self, last_event_id: str | None = None, types: str | list[str] | None = None, agent_id: str | None = None,
+        contact: str | None = None,
+    ) -> Iterator[s.Event]:
+        """The tenant's events as they happen (Server-Sent Events), as schemas.Event,
+        without end: from the next event, or after ``last_event_id`` ("0": from the
+        oldest kept). After a dropped connection it reconnects and resumes after the
+        last event seen (Last-Event-ID); an error answer other than 429/5xx is raised."""
+        stream = _EventStream(self, _Wire.event_stream(types, agent_id, contact), last_event_id)
+        while True:
+            try:
+                with self._http.stream(**stream.connect()) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise error_from_response(response)
+                    for chunk in response.iter_bytes():
+                        yield from stream.feed(chunk)
+                delay = stream.reconnect_delay(None)  # the server ended the stream
+            except (httpx.TransportError, ConcordError) as exc:
+                delay = stream.reconnect_delay(exc)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+
+
+class AgentHandle(_AgentHandleBase):
+    """One registered agent: ``id``, ``info`` (the schemas.Agent last read, or None)
+    and the operations bound to it. Closing the handle (or leaving its ``with``
+    block) stops the keep-alives and lease renewals it started; it does not
+    deregister the agent (``remove()`` does)."""
+
+    client: Concord
+    _background: set[KeepAlive | LeaseHandle]
+
+    def refresh(self) -> s.Agent:
+        self.info = self.client.get_agent(self.id)
+        return self.info
+
+    def heartbeat(self) -> s.Heartbeat:
+        return self.client.heartbeat(self.id)
+
+    def keep_alive(self, interval: float = 60.0) -> KeepAlive:
+        """Heartbeat now and then every ``interval`` seconds on a daemon thread, until
+        the returned KeepAlive (also a context manager), this handle or the client is closed."""
+        return KeepAlive(self.client, self.id, interval, self._owners())._start()
+
+    def lease(self, contact: str, duration: Duration | None = None, intent: str | None = None) -> LeaseHandle:
+        """A lease on ``contact``, taken on entering ``with`` (or by ``acquire()``) and renewed until released."""
+        return LeaseHandle(self.client, self.id, contact, duration, intent, self._owners())
+
+    def send_check(self, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+        return self.client.send_check(self.id, contact, fencing_token)
+
+    def request_consensus(
+        self, action: str, contact: str | None = None, reason: str | None = None, timeout: Duration | None = None,
+        idempotency_key: str | None = None,
+    ) -> ConsensusHandle:
+        return self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
+
+    def vote(self, consensus: str | ConsensusHandle, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
+        return self.client.vote(_consensus_id(consensus), self.id, vote, reason)
+
+    def remove(self) -> s.AgentRemoved:
+        """Stop this handle's background work, then deregister the agent (its leases are released)."""
+        self.close()
+        return self.client.remove_agent(self.id)
+
+    def close(self) -> None:
+        for worker in list(self._background):
+            worker._halt()
+
+    def __enter__(self) -> AgentHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KeepAlive(_KeepAliveBase):
+    """Heartbeats one agent from a daemon thread: at once, then every ``interval`` s.
+
+    ``last`` is the last Heartbeat answered, ``error`` the error of the last failed
+    one (None once a heartbeat succeeds again). A failure is logged and tried again
+    next interval, except AgentNotFound: the agent is gone, and the thread ends."""
+
+    client: Concord
+
+    def __init__(self, client: Concord, agent_id: str, interval: float, owners: tuple[set[Any], ...]) -> None:
+        super().__init__(client, agent_id, interval, owners)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"concord-keep-alive-{agent_id}", daemon=True)
+
+    def _start(self) -> KeepAlive:
+        self._track()
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.last, self.error = self.client.heartbeat(self.agent_id), None
+            except ConcordError as exc:
+                if not self._beat_failed(exc):
+                    return
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        """Stop heartbeating; returns once the thread has ended (a heartbeat in flight completes first)."""
+        self._halt()
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread() and self._thread.ident is not None:
+            self._thread.join()
+        self._untrack()
+
+    def __enter__(self) -> KeepAlive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LeaseHandle(_LeaseHandleBase):
+    """A lease on one contact, held by one agent, renewed in the background while held.
+
+    ``with agent.lease(contact) as lease:`` acquires (LeaseConflict, with ``holder``,
+    when another agent holds the contact), renews on a daemon thread whenever a
+    third of the duration is left (with the same duration), and releases on leaving
+    the block, whether it ends normally or raises. A renewal refused for good (the
+    lease expired, was taken over or released, its agent is inactive or removed)
+    marks the lease lost: ``lost`` holds the LeaseLost, ``check()`` raises it, and
+    leaving the block raises it unless the block is raising already. A renewal that
+    gets no answer, 429 or 5xx is tried again until the lease's own expiry."""
+
+    client: Concord
+
+    def __init__(
+        self, client: Concord, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        owners: tuple[set[Any], ...],
+    ) -> None:
+        super().__init__(client, agent_id, contact, duration, intent, owners)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> s.Lease:
+        """Take the lease and start renewing it."""
+        if self._thread is not None:
+            raise RuntimeError(f"the lease on {self.contact} is already held")
+        sent = time.monotonic()
+        lease = self.client.acquire_lease(self.agent_id, self.contact, self.duration, self.intent)
+        plan = self._acquired(lease, sent)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew, args=(plan,), name=f"concord-lease-{lease.id}", daemon=True)
+        self._track()
+        self._thread.start()
+        return lease
+
+    def _renew(self, plan: _Renewal) -> None:
+        while not self._stop.wait(plan.wait()):
+            lease, sent = self._held(), time.monotonic()
+            try:
+                self.lease = self.client.renew_lease(lease.id, self.agent_id, self.duration)
+            except ConcordError as exc:
+                if self._renewal_failed(lease, exc, plan):
+                    return
+            else:
+                plan.renewed(sent)
+
+    def release(self) -> s.Released | None:
+        """Stop renewing and release the lease (None if it was never acquired)."""
+        self._halt()
+        if self.lease is not None and self.released is None:
+            self.released = self.client.release_lease(self.lease.id, self.agent_id)
+        return self.released
+
+    def _halt(self) -> None:
+        """Stop renewing (a renewal in flight completes first)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._untrack()
+
+    def __enter__(self) -> LeaseHandle:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        release_error = None
+        try:
+            self.release()
+        except ConcordError as error:
+            release_error = error
+        self._leave(exc, release_error)
+
+
+class ConsensusHandle(_ConsensusHandleBase):
+    """One consensus request: ``id``, ``info`` (the schemas.Consensus last read, or
+    None), ``refresh()`` and ``wait(timeout)``."""
+
+    client: Concord
+
+    def refresh(self) -> s.Consensus:
+        self.info = self.client.get_consensus(self.id)
+        return self.info
+
+    def wait(self, timeout: Duration | None = None) -> s.Consensus:
+        """Block until the request is decided, or ``timeout`` passes (then it is still pending)."""
+        self.info = self.client.wait_consensus(self.id, timeout)
+        return self.info
+
+
+# --- the async client --------------------------------------------------------
+
+
+class AsyncConcord(_ClientBase):
+    """The asyncio client: the methods of Concord, as coroutines; background work
+    runs as tasks on the running loop. ``http`` is an httpx.AsyncClient (left open
+    on close) or an httpx async transport."""
+
+    _HTTP, _TRANSPORT = httpx.AsyncClient, httpx.AsyncBaseTransport
+    _http: httpx.AsyncClient
+    _background: set[AsyncKeepAlive | AsyncLeaseHandle]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        http: httpx.AsyncClient | httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.1,
+        stream_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(url, api_key, http, timeout, max_retries, backoff, stream_timeout)
+
+    async def aclose(self) -> None:
+        """Stop every keep-alive and lease renewal started from this client, then close its connections."""
+        for worker in list(self._background):
+            await worker._halt()
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncConcord:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self, call: _Call) -> Any:
+        for attempt in itertools.count():
+            try:
+                return self._answer(call, await self._http.request(**self._request(call)))
+            except (httpx.TransportError, ConcordError) as exc:
+                delay = self._retry_delay(call, exc, attempt)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # Each method: as the method of the same name on Concord.
+
+    async def register(
+        self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> AsyncAgentHandle:
+        return AsyncAgentHandle(self, await self._run(_Wire.register(name, role, metadata)))
+
+    def agent(self, agent_id: str) -> AsyncAgentHandle:
+        return AsyncAgentHandle(self, agent_id)
+
+    async def heartbeat(self, agent_id: str) -> s.Heartbeat:
+        return await self._run(_Wire.heartbeat(agent_id))
+
+    async def get_agent(self, agent_id: str) -> s.Agent:
+        return await self._run(_Wire.get_agent(agent_id))
+
+    async def list_agents(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> s.AgentList:
+        return await self._run(_Wire.list_agents(status, limit, cursor))
+
+    async def remove_agent(self, agent_id: str) -> s.AgentRemoved:
+        return await self._run(_Wire.remove_agent(agent_id))
+
+    async def acquire_lease(
+        self, agent_id: str, contact: str, duration: Duration | None = None, intent: str | None = None
+    ) -> s.Lease:
+        return await self._run(_Wire.acquire_lease(agent_id, contact, duration, intent))
+
+    async def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> s.Lease:
+        return await self._run(_Wire.renew_lease(lease_id, agent_id, duration))
+
+    async def release_lease(self, lease_id: str, agent_id: str | None = None) -> s.Released:
+        return await self._run(_Wire.release_lease(lease_id, agent_id))
+
+    async def get_lease(self, lease_id: str) -> s.Lease:
+        return await self._run(_Wire.get_lease(lease_id))
+
+    async def list_leases(
+        self, agent_id: str | None = None, contact: str | None = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> s.LeaseList:
+        return await self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
+
+    async def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+        return await self._run(_Wire.send_check(agent_id, contact, fencing_token))
+
+    async def request_consensus(
+        self, agent_id: str, action: str, contact: str | None = None, reason: str | None = None,
+        timeout: Duration | None = None, idempotency_key: str | None = None,
+    ) -> AsyncConsensusHandle:
+        call = _Wire.request_consensus(agent_id, action, contact, reason, timeout, idempotency_key)
+        return AsyncConsensusHandle(self, await self._run(call))
+
+    def consensus(self, consensus_id: str) -> AsyncConsensusHandle:
+        return AsyncConsensusHandle(self, consensus_id)
+
+    async def vote(
+        self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None
+    ) -> s.Consensus:
+        return await self._run(_Wire.vote(consensus_id, agent_id, vote, reason))
+
+    async def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> s.Consensus:
+        return await self._run(_Wire.get_consensus(consensus_id, wait))
+
+    async def list_consensus(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> s.ConsensusList:
+        return await self._run(_Wire.list_consensus(status, limit, cursor))
+
+    async def wait_consensus(self, consensus_id: str, timeout: Duration | None = None) -> s.Consensus:
+        for wait in _long_polls(timeout):
+            consensus = await self.get_consensus(consensus_id, wait=wait)
+            if consensus.status != "pending":
+                break
+        return consensus
+
+    async def events(
+        self, after: str | int | None = None, limit: int | None = None, types: str | list[str] | None = None,
+        agent_id: str | None = None, contact: str | None = None,
+    ) -> s.EventPage:
+        return await self._run(_Wire.events(after, limit, types, agent_id, contact))
+
+    async def stream_events(
+        self, last_event_id: str | None = None, types: str | list[str] | None = None, agent_id: str | None = None,
+        contact: str | None = None,
+    ) -> AsyncIterator[s.Event]:
+        """As Concord.stream_events. Close it when done (``contextlib.aclosing``), so
+        the connection closes then rather than when the generator is collected."""
+        stream = _EventStream(self, _Wire.event_stream(types, agent_id, contact), last_event_id)
+        while True:
+            try:
+                async with self._http.stream(**stream.connect()) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise error_from_response(response)
+                    async for chunk in response.aiter_bytes():
+                        for event in stream.feed(chunk):
+                            yield event
+                delay = stream.reconnect_delay(None)
+            except (httpx.TransportError, ConcordError) as exc:
+                delay = stream.reconnect_delay(exc)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+
+
+class AsyncAgentHandle(_AgentHandleBase):
+    """As AgentHandle, for AsyncConcord; ``aclose()`` stops its background tasks."""
+
+    client: AsyncConcord
+    _background: set[AsyncKeepAlive | AsyncLeaseHandle]
+
+    async def refresh(self) -> s.Agent:
+        self.info = await self.client.get_agent(self.id)
+        return self.info
+
+    async def heartbeat(self) -> s.Heartbeat:
+        return await self.client.heartbeat(self.id)
+
+    def keep_alive(self, interval: float = 60.0) -> AsyncKeepAlive:
+        """Heartbeat now and then every ``interval`` seconds in a task on the running
+        loop, until the returned AsyncKeepAlive (also an async context manager), this
+        handle or the client is closed."""
+        return AsyncKeepAlive(self.client, self.id, interval, self._owners())._start()
+
+    def lease(self, contact: str, duration: Duration | None = None, intent: str | None = None) -> AsyncLeaseHandle:
+        return AsyncLeaseHandle(self.client, self.id, contact, duration, intent, self._owners())
+
+    async def send_check(self, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+        return await self.client.send_check(self.id, contact, fencing_token)
+
+    async def request_consensus(
+        self, action: str, contact: str | None = None, reason: str | None = None, timeout: Duration | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncConsensusHandle:
+        return await self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
+
+    async def vote(
+        self, consensus: str | AsyncConsensusHandle, vote: VoteChoice, reason: str | None = None
+    ) -> s.Consensus:
+        return await self.client.vote(_consensus_id(consensus), self.id, vote, reason)
+
+    async def remove(self) -> s.AgentRemoved:
+        await self.aclose()
+        return await self.client.remove_agent(self.id)
+
+    async def aclose(self) -> None:
+        for worker in list(self._background):
+            await worker._halt()
+
+    async def __aenter__(self) -> AsyncAgentHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it to end; a crash in it is raised here. The
+    caller's own cancellation still propagates (asyncio.wait does not swallow it)."""
+    if task is None or task is asyncio.current_task():
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+
+
+class AsyncKeepAlive(_KeepAliveBase):
+    """As KeepAlive, as a task on the running loop."""
+
+    client: AsyncConcord
+
+    def __init__(self, client: AsyncConcord, agent_id: str, interval: float, owners: tuple[set[Any], ...]) -> None:
+        super().__init__(client, agent_id, interval, owners)
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self) -> AsyncKeepAlive:
+        self._task = asyncio.get_running_loop().create_task(self._beat(), name=f"concord-keep-alive-{self.agent_id}")
+        self._track()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                self.last, self.error = await self.client.heartbeat(self.agent_id), None
+            except ConcordError as exc:
+                if not self._beat_failed(exc):
+                    return
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        """Stop heartbeating; returns once the task has ended (a heartbeat in flight is cancelled)."""
+        await self._halt()
+
+    async def _halt(self) -> None:
+        self._untrack()
+        await _cancel(self._task)
+
+    async def __aenter__(self) -> AsyncKeepAlive:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class AsyncLeaseHandle(_LeaseHandleBase):
+    """As LeaseHandle, renewing in a task: ``async with agent.lease(contact) as lease:``."""
+
+    client: AsyncConcord
+
+    def __init__(
+        self, client: AsyncConcord, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        owners: tuple[set[Any], ...],
+    ) -> None:
+        super().__init__(client, agent_id, contact, duration, intent, owners)
+        self._task: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> s.Lease:
+        if self._task is not None:
+            raise RuntimeError(f"the lease on {self.contact} is already held")
+        sent = time.monotonic()
+        lease = await self.client.acquire_lease(self.agent_id, self.contact, self.duration, self.intent)
+        plan = self._acquired(lease, sent)
+        self._task = asyncio.get_running_loop().create_task(self._renew(plan), name=f"concord-lease-{lease.id}")
+        self._track()
+        return lease
+
+    async def _renew(self, plan: _Renewal) -> None:
+        while True:
+            await asyncio.sleep(plan.wait())
+            lease, sent = self._held(), time.monotonic()
+            try:
+                self.lease = await self.client.renew_lease(lease.id, self.agent_id, self.duration)
+            except ConcordError as exc:
+                if self._renewal_failed(lease, exc, plan):
+                    return
+            else:
+                plan.renewed(sent)
+
+    async def release(self) -> s.Released | None:
+        await self._halt()
+        if self.lease is not None and self.released is None:
+            self.released = await self.client.release_lease(self.lease.id, self.agent_id)
+        return self.released
+
+    async def _halt(self) -> None:
+        task, self._task = self._task, None
+        self._untrack()
+        await _cancel(task)
+
+    async def __aenter__(self) -> AsyncLeaseHandle:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        release_error = None
+        try:
+            await self.release()
+        except ConcordError as error:
+            release_error = error
+        self._leave(exc, release_error)
+
+
+class AsyncConsensusHandle(_ConsensusHandleBase):
+    """As ConsensusHandle, for AsyncConcord."""
+
+    client: AsyncConcord
+
+    async def refresh(self) -> s.Consensus:
+        self.info = await self.client.get_consensus(self.id)
+        return self.info
+
+    async def wait(self, timeout: Duration | None = None) -> s.Consensus:
+        self.info = await self.client.wait_consensus(self.id, timeout)
+        return self.info
