@@ -456,6 +456,11 @@ class EventStream(Response):
                 await _until_disconnected(receive, self._stream(listener, send))
             except (RedisError, OSError, TimeoutError) as exc:  # the client reconnects with Last-Event-ID
                 log.warning("Event stream of tenant %s ended: %r", c.tenant, exc)
+            except asyncio.CancelledError:
+                # The server is shutting down: uvicorn cancels what outlives its graceful
+                # shutdown. A stream never ends by itself, so this is its normal end: the
+                # client reconnects (to another instance) with Last-Event-ID.
+                pass
             await send({"type": "http.response.body", "body": b""})
 
     async def _stream(self, listener: Listener, send: Send) -> None:

@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:
+            await store.feed.close()
             if redis is None:
                 await client.aclose()
 

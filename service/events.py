@@ -167,6 +167,13 @@ class EventFeed:
         self.block_ms = block_ms
         self._tenants: dict[str, _Tenant] = {}
 
+    async def close(self) -> None:
+        """Stop every reader (at shutdown, before the Redis client closes)."""
+        tasks = [state.task for state in self._tenants.values() if state.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     @asynccontextmanager
     async def listen(self, tenant: str, timeout: float) -> AsyncIterator[Listener]:
         """A Listener for the block; TimeoutError if the feed cannot reach Redis within ``timeout``."""

@@ -151,6 +151,8 @@ class ServiceProcess:
     def __init__(self, settings: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
         self.port = free_port()
         self.env = concord_env(settings)
+        if log is not None:  # its temporary files (the metrics directory) go next to its log
+            self.env.setdefault("TMPDIR", str(log.parent))
         self.workers = workers
         self.log = log
         self.process: subprocess.Popen | None = None
