@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 import redis.exceptions as rx
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
@@ -56,6 +56,17 @@ def connect(settings: Settings) -> Redis:
 
         return FakeRedis(decode_responses=True)
     timeout = settings.redis_timeout_seconds
+    if settings.redis_cluster:
+        # redis-py's cluster client: it learns the slot map from the node named,
+        # routes each command by its key's slot, and follows MOVED/ASK and
+        # failovers itself. Every script's keys share their tenant's slot.
+        return RedisCluster.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=settings.redis_max_connections,
+        )
     # A blocking pool: a request finding every connection busy waits for one (its
     # deadline still bounds the wait) instead of failing at once as the default
     # pool does when it is full.
@@ -138,8 +149,13 @@ async def _check_redis(client: Redis, url: str | None) -> None:
     """Warn when Redis may evict leases, and start even if Redis is not up yet:
     /readyz says 503 until it answers, and requests work as soon as it does."""
     try:
+        if isinstance(client, RedisCluster):
+            # Learn the slot map before the first requests: redis-py's cluster client
+            # lets concurrent first commands on a fresh client race on one connection
+            # (AttributeError on `writelines`), and none come before this.
+            await client.initialize()
         config = await client.config_get("maxmemory-policy")
-    except (rx.ConnectionError, rx.TimeoutError) as exc:
+    except (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException) as exc:
         log.warning("Redis does not answer yet (%s); /readyz answers 503 until it does", exc)
         return
     except rx.ResponseError as exc:

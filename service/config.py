@@ -45,6 +45,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None = None
+    # CONCORD_REDIS_URL names one node of a Redis Cluster (redis-py's cluster client).
+    redis_cluster: bool = False
     # SHA-256 of each configured API key -> its tenant.
     api_keys: Mapping[str, str] = field(default_factory=dict)
     key_prefix: str = "concord"
@@ -88,8 +90,15 @@ class Settings:
         metrics_dir = env.get("CONCORD_METRICS_DIR") or None
         if metrics_dir is not None and not os.path.isdir(metrics_dir):
             raise ConfigError(f"CONCORD_METRICS_DIR={metrics_dir!r}: expected an existing directory")
+        cluster = env.get("CONCORD_REDIS_CLUSTER", "false").lower()
+        if cluster not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"CONCORD_REDIS_CLUSTER={cluster!r}: expected true or false")
+        redis_cluster = cluster in ("true", "1", "yes")
+        if redis_cluster and (redis_url is None or redis_url.startswith("unix://")):
+            raise ConfigError("CONCORD_REDIS_CLUSTER=true needs CONCORD_REDIS_URL=redis://host:port of a cluster node")
         return cls(
             redis_url=redis_url,
+            redis_cluster=redis_cluster,
             api_keys=parse_api_keys(env.get("CONCORD_API_KEYS", "")),
             key_prefix=prefix,
             heartbeat_window_seconds=_number(env, "CONCORD_HEARTBEAT_WINDOW_SECONDS", 300, int, 1, 86_400),

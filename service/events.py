@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from .keys import Keys, lease_id
@@ -193,13 +193,12 @@ class EventFeed:
     async def _read(self, tenant: str, state: _Tenant) -> None:
         key, last, backoff, swept = self.keys.events(tenant), None, 0.05, 0.0
         loop = asyncio.get_running_loop()
-        pool = self.redis.connection_pool
-        connection = None
+        connection, release = None, None
         try:
             while state.listeners:
                 try:
                     if connection is None:
-                        connection = await pool.get_connection()
+                        connection, release = await self._connection(key)
                         connection.socket_timeout = None  # the block is bounded by asyncio.timeout below
                     if last is None:
                         await connection.send_command("XREVRANGE", key, "+", "-", "COUNT", 1)
@@ -217,6 +216,10 @@ class EventFeed:
                     log.warning("Reading the events of tenant %s failed (%r); retrying", tenant, exc)
                     if connection is not None:
                         await connection.disconnect()  # a reply may be half read
+                        await release(connection)
+                        connection = None  # on a cluster the slot may have moved: ask again
+                    if isinstance(self.redis, RedisCluster):
+                        await self._refresh_slots()
                     await asyncio.sleep(backoff)  # Redis is down: do not spin
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -233,4 +236,26 @@ class EventFeed:
             state.ready.set()
             if connection is not None:
                 await connection.disconnect()
-                await pool.release(connection)
+                await release(connection)
+
+    async def _connection(self, key: str) -> tuple[Any, Callable[[Any], Awaitable[None]]]:
+        """A connection of its own to the server that holds ``key``, and how to give it back."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+            node = self.redis.get_node_from_key(key)
+
+            async def release(connection: Any) -> None:
+                node.release(connection)
+
+            connection = node.acquire_connection()
+            return connection, release
+        pool = self.redis.connection_pool
+        return await pool.get_connection(), pool.release
+
+    async def _refresh_slots(self) -> None:
+        """After a failure, learn the cluster's slot map again (a failover or a
+        resharding may have moved the tenant's slot)."""
+        try:
+            await self.redis.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            log.warning("Refreshing the cluster's slots failed (%r)", exc)

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
@@ -211,7 +211,7 @@ class Script:
 
     __slots__ = ("name", "_n_keys", "_n_args", "_variadic_keys", "_variadic_args", "_script", "_batcher")
 
-    def __init__(self, source: Source, script: AsyncScript, batcher: Batcher) -> None:
+    def __init__(self, source: Source, script: AsyncScript, batcher: Batcher | None) -> None:
         self.name = source.name
         self._n_keys, self._n_args = len(source.keys), len(source.args)
         self._variadic_keys, self._variadic_args = source.variadic_keys, source.variadic_args
@@ -226,7 +226,7 @@ class Script:
                 f"lua/{self.name}.lua declares {self._n_keys} KEYS and {self._n_args} ARGV, "
                 f"called with {len(keys)} and {len(args)}"
             )
-        if client is not None:
+        if client is not None or self._batcher is None:
             return self._script(keys, args, client)
         script = self._script
         return self._batcher.call(("EVALSHA", script.sha, len(keys), *keys, *args), script.script)
@@ -241,7 +241,9 @@ class Scripts:
     """The scripts registered with one client, as attributes: ``scripts.lease_acquire``."""
 
     def __init__(self, client: Redis, timeout: float | None = None) -> None:
-        batcher = Batcher(client, timeout)
+        # On a cluster each call goes through the cluster client, which routes it by
+        # its keys' slot and follows redirections; the batcher speaks to one server.
+        batcher = None if isinstance(client, RedisCluster) else Batcher(client, timeout)
         for name, source in sources().items():
             if name != LIB:
                 setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), batcher))

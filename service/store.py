@@ -8,6 +8,7 @@ and checked item by item. No HTTP type crosses into this module.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -17,7 +18,7 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .config import RateLimit, key_digest
 from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
@@ -122,11 +123,10 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.agent(tenant, agent_id))
         pipe.zscore(self.keys.heartbeats(tenant), agent_id)
-        pipe.time()
-        fields, last, now = await pipe.execute()
+        fields, last, now = await self._with_time(pipe, tenant)
         if not fields:
             raise agent_not_found(agent_id)
-        return self._agent(tenant, fields, _int(last), _ms(now))
+        return self._agent(tenant, fields, _int(last), now)
 
     async def list_agents(self, tenant: str, status: str | None, limit: int, cursor: str | None) -> AgentList:
         async def load(ids: list[str]) -> list[Agent | None]:
@@ -134,10 +134,9 @@ class Store:
             for agent_id in ids:
                 pipe.hgetall(self.keys.agent(tenant, agent_id))
             pipe.zmscore(self.keys.heartbeats(tenant), ids)
-            pipe.time()
-            *hashes, lasts, now = await pipe.execute()
+            *hashes, lasts, now = await self._with_time(pipe, tenant)
             agents = (
-                self._agent(tenant, fields, _int(last), _ms(now)) if fields else None
+                self._agent(tenant, fields, _int(last), now) if fields else None
                 for fields, last in zip(hashes, lasts)
             )
             return [a if a and status in (None, a.status) else None for a in agents]
@@ -413,10 +412,7 @@ class Store:
         await self._expire_due(tenant)
 
         async def load(ids: list[str]) -> list[Consensus | None]:
-            pipe = self.redis.pipeline(transaction=False)
-            for consensus_id in ids:
-                await self._read_consensus(tenant, consensus_id, client=pipe)
-            found = (_consensus(tenant, r) if Reply(r[0]) is Reply.OK else None for r in await pipe.execute())
+            found = (_consensus(tenant, r) if Reply(r[0]) is Reply.OK else None for r in await self._read_many(tenant, ids))
             # Reading can decide a request: it then belongs to another list.
             return [c if c and status in (None, c.status) else None for c in found]
 
@@ -427,18 +423,26 @@ class Store:
         """Settle every pending request past its deadline, so lists by status are true."""
         due = self.keys.consensus_due(tenant)
         while True:
-            now = _ms(await self.redis.time())
+            now = await self._now(tenant)
             ids = await self.redis.zrangebyscore(due, "-inf", now, start=0, num=batch)
             if not ids:
                 return
-            pipe = self.redis.pipeline(transaction=False)
-            for consensus_id in ids:
-                await self._read_consensus(tenant, consensus_id, client=pipe)
-            for reply in await pipe.execute():
+            for reply in await self._read_many(tenant, ids):
                 if Reply(reply[0]) is Reply.OK:
                     _consensus(tenant, reply)  # counts the decisions this sweep made
             if len(ids) < batch:
                 return
+
+    async def _read_many(self, tenant: str, ids: list[str]) -> list[Any]:
+        """consensus_read of each id: one pipeline on one server. On a cluster, calls
+        side by side instead: a cluster pipeline would not reload a script that a
+        node (a replica promoted by a failover) does not have; a single call does."""
+        if isinstance(self.redis, RedisCluster):
+            return list(await asyncio.gather(*(self._read_consensus(tenant, i) for i in ids)))
+        pipe = self.redis.pipeline(transaction=False)
+        for consensus_id in ids:
+            await self._read_consensus(tenant, consensus_id, client=pipe)
+        return await pipe.execute()
 
     def _read_consensus(self, tenant: str, consensus_id: str, client: Any = None) -> Awaitable[Any]:
         return self.scripts.consensus_read(
@@ -537,6 +541,25 @@ class Store:
         return await self.redis.hgetall(self.keys.api_keys())
 
     # --- shared --------------------------------------------------------------
+
+    async def _now(self, tenant: str) -> int:
+        """Redis's time in ms, on the server that holds ``tenant`` (its scripts' clock)."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # the slot map, once: a no-op afterwards
+            node = self.redis.get_node_from_key(self.keys.heartbeats(tenant))
+            return _ms(await self.redis.execute_command("TIME", target_nodes=node))
+        return _ms(await self.redis.time())
+
+    async def _with_time(self, pipe: Any, tenant: str) -> list[Any]:
+        """The pipeline's answers, then Redis's time in ms: in the same round trip on
+        one server; on a cluster (which refuses a keyless TIME in a pipeline) asked of
+        the tenant's node just before."""
+        if isinstance(self.redis, RedisCluster):
+            now = await self._now(tenant)
+            return [*await pipe.execute(), now]
+        pipe.time()
+        *answers, now = await pipe.execute()
+        return [*answers, _ms(now)]
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

@@ -23,6 +23,7 @@ from service.app import create_app
 from service.config import Settings, key_digest
 from service.keys import Keys
 from service.store import Store
+from tests.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
 from tests.helpers import REDIS_SERVER, RedisServer, unavailable
 
 EXTERNAL_URL = os.environ.get("CONCORD_TEST_REDIS_URL")
@@ -36,6 +37,20 @@ _real: dict[str, str | None] = {"url": None, "what": None, "why_not": None}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real: needs a real Redis (a private redis-server, or CONCORD_TEST_REDIS_URL)")
+    config.addinivalue_line("markers", "single_server: tests one server's connection; no Redis Cluster variant")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the cluster variant of tests marked single_server (not a skip: they have none)."""
+    single = [
+        item for item in items
+        if item.get_closest_marker("single_server")
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("redis_client") == "cluster"
+    ]
+    if single:
+        config.hook.pytest_deselected(items=single)
+        items[:] = [item for item in items if item not in single]
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +91,19 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.real)])
+@pytest.fixture(
+    params=["fakeredis", pytest.param("redis", marks=pytest.mark.real), pytest.param("cluster", marks=pytest.mark.real)]
+)
 async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
-    """An async client on a fresh fakeredis, or on the session's real Redis."""
+    """An async client on a fresh fakeredis, on the session's real Redis, or on the
+    session's 3-master, 3-replica Redis Cluster (tests/cluster.py)."""
     if request.param == "fakeredis":
         client = fakeredis.aioredis.FakeRedis(decode_responses=True)
-    else:
+    elif request.param == "redis":
         client = redis.asyncio.Redis.from_url(request.getfixturevalue("real_redis_url"), decode_responses=True)
+    else:
+        client = request.getfixturevalue("cluster").async_client()
+        await client.initialize()  # as the service does at start-up (app._check_redis)
     yield client
     await client.aclose()
 

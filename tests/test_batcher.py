@@ -17,6 +17,10 @@ from redis.exceptions import ResponseError
 
 from service.scripts import Batcher, pack
 
+# The batcher speaks to one server: on a cluster, scripts go through the cluster client
+# instead (service.scripts.Scripts), so these run on fakeredis and a single Redis only.
+pytestmark = pytest.mark.single_server
+
 INCR = "return redis.call('INCR', KEYS[1])"
 INCR_SHA = hashlib.sha1(INCR.encode()).hexdigest()
 
