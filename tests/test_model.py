@@ -2,7 +2,8 @@
 checked against the reference model in tests/model.py.
 
 A Hypothesis RuleBasedStateMachine drives the app in process (httpx ASGITransport,
-the app's real lifespan) on fakeredis and on the session's real Redis, through
+the app's real lifespan) on fakeredis, on the session's real Redis and on its 3+3
+Redis Cluster (tests/cluster.py), through
 register (and re-register), heartbeat, removing an agent, acquire (free, own,
 contended, takeover), renew, release (with and without agentId), reading and
 listing leases, send-check (with and without fencing tokens, current and stale),
@@ -64,6 +65,7 @@ from service.keys import Keys, agent_tag
 from service.keys import lease_id as lease_id_of
 from tests.api_helpers import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
 from tests.conftest import API_KEY, TENANT, running
+from tests.cluster import Cluster
 from tests.helpers import eventually
 from tests.model import WINDOW_MS, Consensus, Lease, Model, Outcome, normalize
 
@@ -156,6 +158,9 @@ class ConcordMachine(RuleBasedStateMachine):
         self.keys = Keys(f"m{uuid.uuid4().hex[:12]}")
         if backend == "fakeredis":
             self.redis = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        elif backend == "cluster":
+            self.redis = redis.asyncio.RedisCluster.from_url(redis_url, decode_responses=True)
+            self.run(self.redis.initialize())  # as the service does at start-up
         else:
             self.redis = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         config = Settings(
@@ -863,3 +868,9 @@ def test_model_fakeredis() -> None:
 @pytest.mark.usefixtures("hypothesis_home")
 def test_model_real_redis(real_redis_url: str) -> None:
     run_machine("redis", real_redis_url)
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("hypothesis_home")
+def test_model_redis_cluster(cluster: Cluster) -> None:
+    run_machine("cluster", cluster.url)
