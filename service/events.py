@@ -47,7 +47,6 @@ FAMILIES = frozenset(t.partition(".")[0] for t in EVENT_TYPES)
 # A stream id as a client may give it: "<ms>-<seq>", "<ms>", or "0" for the start.
 STREAM_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 _INTS = frozenset({"fencingToken", "previousFencingToken", "releasedLeases", "approve", "reject", "eligible", "needed"})
-_FIELDS = {name: name for name in Event.__struct_encode_fields__}
 _ATTRS = dict(zip(Event.__struct_encode_fields__, Event.__struct_fields__))
 
 
