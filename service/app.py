@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             settings.heartbeat_window_seconds,
             settings.redis_timeout_seconds,
             settings.events_max_length,
+            settings.replication,
         )
         if settings.redis_url is None and redis is None:
             await _start_embedded(settings, store)
@@ -198,8 +200,28 @@ async def _store_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    if _inside_redis_py(exc):
+        return await _store_unavailable(request, exc)
     log.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem("internal_error", "Unexpected error; see the service log")
+
+
+REDIS_PY = os.path.dirname(rx.__file__) + os.sep
+
+
+def _inside_redis_py(exc: Exception) -> bool:
+    """An AttributeError or TypeError raised by redis-py's own code. Its asyncio
+    cluster client closes connections under running commands when the cluster's
+    topology changes (a failover), and a command then fails on the closed
+    connection's missing writer (``'NoneType' object has no attribute
+    'writelines'``; redis/redis-py#3835 is another of the kind). Such a request met a
+    failing Redis: a 503, safe to retry, like any other."""
+    if not isinstance(exc, (AttributeError, TypeError)) or exc.__traceback__ is None:
+        return False
+    innermost = exc.__traceback__
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return innermost.tb_frame.f_code.co_filename.startswith(REDIS_PY)
 
 
 exception_handlers = {
@@ -209,7 +231,16 @@ exception_handlers = {
     rx.ConnectionError: _store_unavailable,
     rx.TimeoutError: _store_unavailable,
     rx.ReadOnlyError: _store_unavailable,  # a replica during failover
+    # A cluster between owners of a slot: failing over, resharding, or not yet learnt.
+    rx.ClusterError: _store_unavailable,  # also CLUSTERDOWN, MASTERDOWN
+    rx.TryAgainError: _store_unavailable,
+    rx.AskError: _store_unavailable,  # also MOVED, once redirections ran out
+    rx.RedisClusterException: _store_unavailable,  # also a slot no node serves
     rx.OutOfMemoryError: _store_unavailable,
     rx.ResponseError: _store_error,
+    # Answered here rather than by Starlette's last-resort handler (Exception), which
+    # re-raises after answering: a 503 of redis-py's is no crash to log as one.
+    AttributeError: _internal_error,
+    TypeError: _internal_error,
     Exception: _internal_error,
 }

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .wire import Replication
+
 TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -65,6 +67,15 @@ class Settings:
     metrics_dir: str | None = None
     # Each tenant's event stream is trimmed to about this many entries; 0 writes none.
     events_max_length: int = 10_000
+    # A state change is answered only once this many replicas hold it (WAIT); 0: at once.
+    min_replicas: int = 0
+
+    @property
+    def replication(self) -> Replication:
+        """WAIT for ``min_replicas``, for half the Redis deadline: the other half is
+        left for the request's own Redis work, so a late WAIT answers NotReplicated
+        rather than the deadline's plainer 503."""
+        return Replication(self.min_replicas, max(int(self.redis_timeout_seconds * 500), 1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -96,6 +107,9 @@ class Settings:
         redis_cluster = cluster in ("true", "1", "yes")
         if redis_cluster and (redis_url is None or redis_url.startswith("unix://")):
             raise ConfigError("CONCORD_REDIS_CLUSTER=true needs CONCORD_REDIS_URL=redis://host:port of a cluster node")
+        min_replicas = _number(env, "CONCORD_MIN_REPLICAS", 0, int, 0, 100)
+        if min_replicas and redis_url is None:
+            raise ConfigError("CONCORD_MIN_REPLICAS needs CONCORD_REDIS_URL: the embedded store has no replicas")
         return cls(
             redis_url=redis_url,
             redis_cluster=redis_cluster,
@@ -109,6 +123,7 @@ class Settings:
             access_log=access_log,
             metrics_dir=metrics_dir,
             events_max_length=_number(env, "CONCORD_EVENTS_MAX_LENGTH", 10_000, int, 0, 10_000_000),
+            min_replicas=min_replicas,
         )
 
 

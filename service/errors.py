@@ -61,6 +61,18 @@ class StoreUnavailable(ConcordError):
         super().__init__("store_unavailable", detail)
 
 
+class NotReplicated(StoreUnavailable):
+    """The change was made on the master, but fewer replicas than CONCORD_MIN_REPLICAS
+    acknowledged it in time: a failover could lose it. Retrying it is safe."""
+
+    def __init__(self, acknowledged: int, required: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"The change was made, but {acknowledged} of the {required} replicas required "
+            f"(CONCORD_MIN_REPLICAS) confirmed it within {timeout_ms} ms, so a failover could lose it. "
+            "Retrying it is safe."
+        )
+
+
 _STANDARD = frozenset({"type", "title", "status", "detail", "code"})
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from .cluster import SlotMap
 from .keys import Keys, lease_id
 from .schemas import Event, iso
 
@@ -158,11 +159,17 @@ class EventFeed:
     SWEEP_SECONDS = 1.0
 
     def __init__(
-        self, redis: Redis, keys: Keys, sweep: Callable[[str], Awaitable[None]], block_ms: int = 1000
+        self,
+        redis: Redis,
+        keys: Keys,
+        sweep: Callable[[str], Awaitable[None]],
+        slots: SlotMap | None = None,
+        block_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.sweep = sweep
+        self.slots = slots  # a cluster's slot map, learnt again after a failure
         self.block_ms = block_ms
         self._tenants: dict[str, _Tenant] = {}
 
@@ -217,8 +224,8 @@ class EventFeed:
                         await connection.disconnect()  # a reply may be half read
                         await release(connection)
                         connection = None  # on a cluster the slot may have moved: ask again
-                    if isinstance(self.redis, RedisCluster):
-                        await self._refresh_slots()
+                    if self.slots is not None:
+                        await self.slots.refresh()
                     await asyncio.sleep(backoff)  # Redis is down: do not spin
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -250,11 +257,3 @@ class EventFeed:
             return connection, release
         pool = self.redis.connection_pool
         return await pool.get_connection(), pool.release
-
-    async def _refresh_slots(self) -> None:
-        """After a failure, learn the cluster's slot map again (a failover or a
-        resharding may have moved the tenant's slot)."""
-        try:
-            await self.redis.nodes_manager.initialize()
-        except (RedisError, OSError) as exc:
-            log.warning("Refreshing the cluster's slots failed (%r)", exc)

@@ -33,6 +33,8 @@ import redis.exceptions as rx
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .errors import NotReplicated
+
 log = logging.getLogger("concord")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,7 +45,10 @@ REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 LEASE_OUTCOMES = ("granted", "extended", "conflict", "takeover", "renewed", "released")
 VOTES = ("approve", "reject")
 CONSENSUS_OUTCOMES = ("approved", "rejected", "expired")
-REDIS_ERROR_KINDS = ("timeout", "connection", "read_only", "out_of_memory", "no_script", "response", "other")
+REDIS_ERROR_KINDS = (
+    "timeout", "connection", "read_only", "out_of_memory", "no_script",
+    "moved", "ask", "try_again", "cluster_down", "not_replicated", "response", "other",
+)  # fmt: skip
 # A snapshot file of another format (an older or newer Concord) is not summed.
 FORMAT = 1
 
@@ -189,6 +194,16 @@ def redis_error_kind(exc: BaseException) -> str:
         return "out_of_memory"
     if isinstance(exc, rx.NoScriptError):
         return "no_script"
+    if isinstance(exc, rx.MovedError):  # before AskError, its base
+        return "moved"
+    if isinstance(exc, rx.AskError):
+        return "ask"
+    if isinstance(exc, rx.TryAgainError):
+        return "try_again"
+    if isinstance(exc, rx.ClusterDownError):
+        return "cluster_down"
+    if isinstance(exc, NotReplicated):
+        return "not_replicated"
     if isinstance(exc, rx.ResponseError):
         return "response"
     return "other"

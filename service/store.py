@@ -26,6 +26,7 @@ from .keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_i
 from .events import EventFeed, EventFilter, event
 from .metrics import METRICS
 from .scripts import Scripts
+from .wire import Replication
 from .schemas import (
     MAX_CONSENSUS_TIMEOUT_S,
     Agent,
@@ -96,14 +97,16 @@ class Store:
         heartbeat_window_seconds: int = 300,
         timeout: float | None = None,
         events_max_length: int = 10_000,
+        replication: Replication = Replication(),
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.window_ms = heartbeat_window_seconds * 1000
-        # ``timeout`` bounds each batch of script calls (scripts.Batcher).
-        self.scripts = Scripts(redis, timeout)
+        # ``timeout`` bounds each batch of script calls (scripts.Batcher); with
+        # ``replication``, every state change waits for replicas before its answer.
+        self.scripts = Scripts(redis, timeout, replication)
         self.events_max = events_max_length
-        self.feed = EventFeed(redis, keys, self._expire_due)
+        self.feed = EventFeed(redis, keys, self._expire_due, self.scripts.slots)
 
     # --- agents --------------------------------------------------------------
 

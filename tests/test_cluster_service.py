@@ -10,9 +10,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio
 
 from service.config import ConfigError, Settings
-from tests.api_helpers import C, V1, acquire, ok, register, request_consensus
+from service.store import Store
+from tests.api_helpers import C, V1, acquire, ok, problem, register, request_consensus, unknown_id
 from tests.cluster import Cluster
 from tests.helpers import HANG_SECONDS, ServiceProcess, service
 
@@ -89,3 +91,25 @@ async def test_a_live_stream_on_a_cluster_gets_each_change(on_cluster: ServicePr
                         event = json.loads(line.removeprefix("data:"))
                         break
         assert (event["type"], event["contactEmail"]) == ("lease.acquired", "bob@example.com")
+
+
+async def _closed_under_the_command(self, tenant: str, agent_id: str):
+    # What redis-py's asyncio cluster client does when a failover makes it close a
+    # connection a command is using: the command meets the connection's missing writer.
+    connection = redis.asyncio.Connection()  # never connected: no writer, like one closed under a command
+    await connection._send_packed_command([b"PING"])
+
+
+async def _our_own_bug(self, tenant: str, agent_id: str):
+    return None.name  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "broken, status, code",
+    [(_closed_under_the_command, 503, "store_unavailable"), (_our_own_bug, 500, "internal_error")],
+)
+async def test_redis_pys_own_failures_are_503_and_ours_500(
+    client, monkeypatch: pytest.MonkeyPatch, broken, status: int, code: str
+):
+    monkeypatch.setattr(Store, "get_agent", broken)
+    problem(await client.get(f"{V1}/agents/{unknown_id('agent')}"), status, code)

@@ -56,6 +56,7 @@ from service.errors import ConcordError
 from service.keys import Keys
 from service.store import Store
 from tests.api_helpers import V1, C, problem
+from tests.cluster import Cluster
 from tests.conftest import API_KEY, OTHER_API_KEY, TENANT
 from tests.helpers import RedisServer, ServiceProcess, eventually, redis_server, service
 from tests.reports import append_report, redis_version
@@ -523,6 +524,37 @@ async def test_acl_user_runs_every_endpoint(private_redis: RedisServer, tmp_path
         f"({' '.join(sorted(allowed))}); 0 ACL denials",
         {"check": "redis-acl", "endpoints": len(covered), "commands": sorted(allowed), "denials": 0},
     )
+
+
+@pytest.mark.real
+async def test_acl_user_runs_every_endpoint_on_a_cluster_with_min_replicas(cluster: Cluster, tmp_path: Path):
+    """The same user on every node of a Redis Cluster, with the document's additions
+    for a cluster and CONCORD_MIN_REPLICAS, serves every endpoint with no denial."""
+    prefix = "concord-acl-cluster.test"
+    password = secrets.token_hex(16)
+    tokens = acl_line("acl-setuser", prefix, password) + acl_line("acl-setuser-cluster", prefix, password)[3:]
+    admins = [node.client() for node in cluster.live_nodes()]
+    try:
+        for admin in admins:
+            assert admin.execute_command(*tokens) in ("OK", True)
+            admin.acl_log_reset()
+        api_key = "acme-acl-cluster-key-0123456789"
+        settings = {
+            "CONCORD_REDIS_URL": f"redis://{USER}:{password}@127.0.0.1:{cluster.live_nodes()[0].port}",
+            "CONCORD_REDIS_CLUSTER": "true",
+            "CONCORD_MIN_REPLICAS": "1",
+            "CONCORD_KEY_PREFIX": prefix,
+            "CONCORD_API_KEYS": f"acme:{api_key}",
+            "CONCORD_RATE_LIMITS": "tenant=1000/m,agent=100/m",
+        }
+        with service(settings, tmp_path / "concord.log") as proc:
+            covered = await walkthrough(proc, api_key)
+        assert covered == {(e.method, e.path) for e in ENDPOINTS}
+        assert [denial for admin in admins for denial in acl_denials(admin)] == []
+    finally:
+        for admin in admins:
+            admin.execute_command("ACL", "DELUSER", USER)
+            admin.close()
 
 
 @pytest.mark.real
