@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from . import api
 from .auth import Authenticator
+from .cluster import ConcordCluster
 from .config import Settings
 from .deadlines import Deadlines
 from .errors import ConcordError, error_response, problem
@@ -61,8 +62,12 @@ def connect(settings: Settings) -> Redis:
         # redis-py's cluster client: it learns the slot map from the node named,
         # routes each command by its key's slot, and follows MOVED/ASK and
         # failovers itself. Every script's keys share their tenant's slot.
-        return RedisCluster.from_url(
+        return ConcordCluster.from_url(
             settings.redis_url,
+            # On MOVED, note the slot's new owner, never close every connection to
+            # learn the whole map again (by default every fifth MOVED does): closing
+            # connections under running commands fails them (cluster.py, _inside_redis_py).
+            reinitialize_steps=0,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -124,7 +129,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:
-            await store.feed.close()
+            await store.aclose()
             if redis is None:
                 await client.aclose()
 
@@ -207,21 +212,29 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 REDIS_PY = os.path.dirname(rx.__file__) + os.sep
+SERVICE = os.path.dirname(__file__) + os.sep
 
 
 def _inside_redis_py(exc: Exception) -> bool:
-    """An AttributeError or TypeError raised by redis-py's own code. Its asyncio
-    cluster client closes connections under running commands when the cluster's
-    topology changes (a failover), and a command then fails on the closed
-    connection's missing writer (``'NoneType' object has no attribute
-    'writelines'``; redis/redis-py#3835 is another of the kind). Such a request met a
-    failing Redis: a 503, safe to retry, like any other."""
-    if not isinstance(exc, (AttributeError, TypeError)) or exc.__traceback__ is None:
+    """An AttributeError, TypeError or RuntimeError raised while redis-py ran: after
+    the last frame of Concord's own code, a frame of redis-py's. Its asyncio cluster
+    client closes connections under running commands when the cluster's topology
+    changes (a failover, a resharding), and a command then fails on the closed
+    connection: ``'NoneType' object has no attribute 'writelines'``, or uvloop's
+    "the handler is closed" (redis/redis-py#3835 is another of the kind). Such a
+    request met a failing Redis: a 503, safe to retry, like any other."""
+    if not isinstance(exc, (AttributeError, TypeError, RuntimeError)):
         return False
-    innermost = exc.__traceback__
-    while innermost.tb_next is not None:
-        innermost = innermost.tb_next
-    return innermost.tb_frame.f_code.co_filename.startswith(REDIS_PY)
+    in_redis_py = False
+    frame = exc.__traceback__
+    while frame is not None:
+        filename = frame.tb_frame.f_code.co_filename
+        if filename.startswith(SERVICE):
+            in_redis_py = False
+        elif filename.startswith(REDIS_PY):
+            in_redis_py = True
+        frame = frame.tb_next
+    return in_redis_py
 
 
 exception_handlers = {
@@ -242,5 +255,6 @@ exception_handlers = {
     # re-raises after answering: a 503 of redis-py's is no crash to log as one.
     AttributeError: _internal_error,
     TypeError: _internal_error,
+    RuntimeError: _internal_error,
     Exception: _internal_error,
 }

@@ -51,6 +51,26 @@ PAUSE_SECONDS = 0.05
 ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
+class ConcordCluster(RedisCluster):
+    """redis-py's cluster client, for the reads that do not go through the scripts'
+    path: a command that runs out of redirections while its slot is being migrated
+    (redis-py sends ASKING and the command on two connections, so the importing
+    node may answer MOVED, back to the old owner, until the migration ends) is
+    tried again after a pause, as are TRYAGAIN and CLUSTERDOWN; the request's
+    deadline bounds the whole. Every such command is a read, safe to repeat."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(MAX_REDIRECTS):
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except (ClusterError, TryAgainError, AskError) as exc:  # ClusterError: also CLUSTERDOWN, "TTL exhausted"
+                if attempt == MAX_REDIRECTS - 1:
+                    raise
+                METRICS.redis_error(redis_error_kind(exc))
+                await asyncio.sleep(PAUSE_SECONDS)
+        raise AssertionError("unreachable")
+
+
 class SlotMap:
     """redis-py's slot map of one cluster, learnt again after failures; one refresh
     at a time, however many calls fail together."""
@@ -81,6 +101,9 @@ class ClusterCaller:
         self._replication = replication
         self._batchers: dict[str, Batcher] = {}  # by node name (host:port)
         self._loading: dict[tuple[str, str], asyncio.Future] = {}  # (node name, script) -> its SCRIPT LOAD
+        # The batchers' connections: made here, never taken from redis-py's node pools,
+        # whose connections redis-py may close at any moment on a topology change.
+        self._connections: list[Any] = []
 
     async def call(self, command: tuple[Any, ...], source: str, durable: bool) -> Any:
         """``command`` is ``EVALSHA sha numkeys key ...``: its first key picks the slot."""
@@ -119,11 +142,18 @@ class ClusterCaller:
         if batcher is None:
 
             async def connect() -> Any:
-                return node.acquire_connection()  # kept by the batcher; closing the client closes it
+                connection = _connection(node)
+                self._connections.append(connection)
+                return connection
 
             batcher = Batcher(None, self._timeout, replication=self._replication, connect=connect)
             self._batchers[node.name] = batcher
         return batcher
+
+    async def aclose(self) -> None:
+        """Close the batchers' connections (the client's own close does not know them)."""
+        for connection in self._connections:
+            await connection.disconnect()
 
     async def _load(self, node: Any, source: str) -> None:
         """SCRIPT LOAD on the node, once however many calls met NOSCRIPT there at once
@@ -152,8 +182,9 @@ class ClusterCaller:
         return reply
 
     async def _exchange(self, node: Any, packed: bytes, count: int) -> list[Any]:
-        """One exchange on a connection of the node's pool, returned after."""
-        connection = node.acquire_connection()
+        """One exchange on a connection of its own to the node (ASK and NOSCRIPT are
+        rare: a connection per exchange costs less than sharing one)."""
+        connection = _connection(node)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
@@ -162,7 +193,11 @@ class ClusterCaller:
             return replies
         except BaseException as exc:
             METRICS.redis(time.perf_counter() - started, redis_error_kind(exc))
-            await connection.disconnect(nowait=True)  # a reply may be half read
             raise
         finally:
-            node.release(connection)
+            await connection.disconnect(nowait=True)
+
+
+def _connection(node: Any) -> Any:
+    """A new connection to the node, configured as the cluster client's own are."""
+    return node.connection_class(**node.connection_kwargs)

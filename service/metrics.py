@@ -47,7 +47,7 @@ VOTES = ("approve", "reject")
 CONSENSUS_OUTCOMES = ("approved", "rejected", "expired")
 REDIS_ERROR_KINDS = (
     "timeout", "connection", "read_only", "out_of_memory", "no_script",
-    "moved", "ask", "try_again", "cluster_down", "not_replicated", "response", "other",
+    "moved", "ask", "try_again", "cluster_down", "redirections", "not_replicated", "response", "other",
 )  # fmt: skip
 # A snapshot file of another format (an older or newer Concord) is not summed.
 FORMAT = 1
@@ -202,6 +202,8 @@ def redis_error_kind(exc: BaseException) -> str:
         return "try_again"
     if isinstance(exc, rx.ClusterDownError):
         return "cluster_down"
+    if isinstance(exc, rx.ClusterError):  # redis-py ran out of redirections ("TTL exhausted")
+        return "redirections"
     if isinstance(exc, NotReplicated):
         return "not_replicated"
     if isinstance(exc, rx.ResponseError):

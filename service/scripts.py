@@ -119,14 +119,22 @@ class Scripts:
         # On a cluster each call goes to the master of its keys' slot and follows
         # the cluster's redirections itself (cluster.py); the batcher speaks to one server.
         self.slots: SlotMap | None = None
+        self._cluster: ClusterCaller | None = None
         if isinstance(client, RedisCluster):
             self.slots = SlotMap(client)
-            send = ClusterCaller(client, self.slots, timeout, replication).call
+            self._cluster = ClusterCaller(client, self.slots, timeout, replication)
+            send = self._cluster.call
         else:
             send = Batcher(client, timeout, replication=replication).call
         for name, source in sources().items():
             if name != LIB:
                 setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), send))
+
+    async def aclose(self) -> None:
+        """Close the connections the scripts' own path made (on a cluster); those
+        of the client close with it."""
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     def __getattr__(self, name: str) -> Script:  # for type checkers; real attributes win
         raise AttributeError(f"no script lua/{name}.lua")

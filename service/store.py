@@ -567,6 +567,12 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
+    async def aclose(self) -> None:
+        """Stop the event feed and close the connections the store made itself (the
+        scripts' own, on a cluster); the Redis client is the caller's to close."""
+        await self.feed.close()
+        await self.scripts.aclose()
+
     async def _page(
         self,
         index_key: str,

@@ -128,8 +128,10 @@ def window_seconds() -> int:
 
 
 @pytest.fixture
-def store(redis_client: redis.asyncio.Redis, keys: Keys, window_seconds: int) -> Store:
-    return Store(redis_client, keys, window_seconds)
+async def store(redis_client: redis.asyncio.Redis, keys: Keys, window_seconds: int) -> AsyncIterator[Store]:
+    store = Store(redis_client, keys, window_seconds)
+    yield store
+    await store.aclose()
 
 
 @pytest.fixture

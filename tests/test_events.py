@@ -111,6 +111,7 @@ async def test_no_events_are_written_with_a_cap_of_zero(redis_client, keys):
     store = Store(redis_client, keys, events_max_length=0)
     agent, _ = await store.register(TENANT, "quiet", None, None)
     await store.acquire(TENANT, agent.id, "alice@example.com", None, 60_000)
+    await store.aclose()
     assert await redis_client.exists(keys.events(TENANT)) == 0
 
 
@@ -119,6 +120,7 @@ async def test_the_stream_is_capped_near_its_length(redis_client, keys):
     agent, _ = await store.register(TENANT, "chatty", None, None)
     for n in range(400):
         await store.acquire(TENANT, agent.id, f"c{n}@example.com", None, 60_000)
+    await store.aclose()
     # MAXLEN ~ trims whole stream nodes: near the cap, never unbounded.
     assert 100 <= await redis_client.xlen(keys.events(TENANT)) < 300
     newest = await redis_client.xrevrange(keys.events(TENANT), count=1)
