@@ -14,7 +14,9 @@ CONCORD_TEST_REQUIRE_REDIS=1 (tests/helpers.unavailable).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -160,6 +162,7 @@ class Cluster:
         self.expected_masters = masters
         self.started_in: float | None = None  # seconds from the first process to cluster_state:ok
         self._lost_slots: dict[str, tuple[tuple[int, int], ...]] = {}  # killed master id -> its slots
+        self._paused: set[str] = set()  # ids of nodes SIGSTOPped by pause()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -191,6 +194,16 @@ class Cluster:
             self._lost_slots[node.node_id] = self.topology()[node.node_id].slots
         node.server.kill()
 
+    def pause(self, node: Node) -> None:
+        """SIGSTOP one node (a replica that stops acknowledging, say); the other
+        methods leave it alone until ``resume``, since it answers nothing."""
+        os.kill(node.server.process.pid, signal.SIGSTOP)
+        self._paused.add(node.node_id)
+
+    def resume(self, node: Node) -> None:
+        os.kill(node.server.process.pid, signal.SIGCONT)
+        self._paused.discard(node.node_id)
+
     def restart(self, node: Node, timeout: float = 30.0) -> None:
         """Start a killed node again on its port; its nodes.conf makes it rejoin (a
         master that failed over comes back as a replica of its successor)."""
@@ -205,7 +218,7 @@ class Cluster:
         return self.live_nodes()[0].url
 
     def live_nodes(self) -> list[Node]:
-        live = [node for node in self.nodes if node.alive]
+        live = [node for node in self.nodes if node.alive and node.node_id not in self._paused]
         if not live:
             raise RuntimeError("every node of the cluster is down")
         return live
@@ -252,7 +265,7 @@ class Cluster:
         wait_until(self._ready, timeout=timeout, what=f"cluster of {len(self.nodes)} nodes to be ready")
 
     def _ready(self) -> bool:
-        everyone_up = all(node.alive for node in self.nodes)
+        everyone_up = all(node.alive for node in self.nodes) and not self._paused
         try:
             for node in self.live_nodes():
                 with node.client() as client:

@@ -1,5 +1,6 @@
-"""The benchmark still runs: `tests/bench/run.py --smoke` (1 s runs, one worker, three
-operations, small scale figures) writes a report with every section.
+"""The benchmarks still run: `tests/bench/run.py --smoke` (1 s runs, one worker, three
+operations, small scale figures) writes a report with every section, and
+`tests/bench/deployments.py` at its smallest writes its tables.
 
 Nothing here looks at a figure: speed belongs in the benchmark, not in the tests.
 The benchmark starts its own redis-server, so this test needs the binary as well
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.report import SECTIONS
+from tests.cluster import REDIS_CLI
 from tests.helpers import REDIS_SERVER, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +51,30 @@ def test_smoke_run_writes_a_report_with_every_section(real_redis_url: str, tmp_p
     missing = [heading for heading in SECTIONS if f"\n{heading}" not in f"\n{report}"]
     assert not missing, f"the report lacks {missing}:\n{report}"
     assert "Not measured in this run" not in report, report
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_the_deployments_benchmark_runs(real_redis_url: str, tmp_path: Path) -> None:
+    """tests/bench/deployments.py (one Redis against a cluster, with and without
+    WAIT) at its smallest writes its table, a row per operation."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        unavailable("the benchmark starts a redis-server and a Redis Cluster: it needs redis-server and redis-cli")
+    if shutil.which("wrk") is None:
+        unavailable("the benchmark needs wrk on PATH (apt-get install wrk)")
+    output = tmp_path / "deployments.md"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
+    done = subprocess.run(
+        [sys.executable, "tests/bench/deployments.py", "--seconds", "1", "--agents", "50", "--output", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"the run failed:\n{done.stdout}\n{done.stderr}"
+    report = output.read_text(encoding="utf-8")
+    for row in ("| heartbeat |", "| lease acquire, fresh contact |", "| send-check |", "| vote |"):
+        assert report.count(row) == 2, report  # throughput, and Redis CPU
+    assert "Redis Cluster 3+3, CONCORD_MIN_REPLICAS=1" in report

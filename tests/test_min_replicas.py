@@ -26,7 +26,7 @@ from service.app import create_app
 from service.config import ConfigError, Settings, key_digest
 from service.keys import Keys
 from tests.api_helpers import C, V1, ok, problem
-from tests.cluster import Cluster, redis_cluster
+from tests.cluster import redis_cluster
 from tests.conftest import API_KEY, TENANT, running
 from tests.helpers import RedisServer, redis_server, wait_until
 

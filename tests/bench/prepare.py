@@ -78,14 +78,20 @@ async def each(items: Iterable[T], call: Callable[[T], Awaitable[Any]], limit: i
     return results
 
 
-def with_store(redis_url: str, work: Callable[[Store, redis.asyncio.Redis], Awaitable[T]]) -> T:
-    """Run ``work(store, client)`` on a fresh client of at most CONCURRENCY connections."""
+def with_store(
+    redis_url: str, work: Callable[[Store, redis.asyncio.Redis], Awaitable[T]], cluster: bool = False
+) -> T:
+    """Run ``work(store, client)`` on a fresh client of at most CONCURRENCY connections
+    (per node, with ``cluster``: ``redis_url`` names a node of a Redis Cluster)."""
 
     async def main() -> T:
-        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True, max_connections=CONCURRENCY)
+        kind = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
+        client = kind.from_url(redis_url, decode_responses=True, max_connections=CONCURRENCY)
+        store = Store(client, Keys(KEY_PREFIX), WINDOW_SECONDS)
         try:
-            return await work(Store(client, Keys(KEY_PREFIX), WINDOW_SECONDS), client)
+            return await work(store, client)
         finally:
+            await store.aclose()
             await client.aclose()
 
     return asyncio.run(main())
@@ -110,17 +116,17 @@ async def register(store: Store, tenant: str, names: list[str]) -> list[str]:
     return await each(names, one)
 
 
-def agents(redis_url: str, tenant: Tenant, count: int) -> None:
+def agents(redis_url: str, tenant: Tenant, count: int, cluster: bool = False) -> None:
     """Register ``count`` agents of the tenant; names.txt and agents.txt."""
     names = [f"{tenant.name}-agent-{i:06d}" for i in range(count)]
-    ids = with_store(redis_url, lambda store, _: register(store, tenant.name, names))
+    ids = with_store(redis_url, lambda store, _: register(store, tenant.name, names), cluster)
     tenant.directory.mkdir(parents=True, exist_ok=True)
     write_rows(tenant.file("names.txt"), ([name] for name in names))
     write_rows(tenant.file("agents.txt"), ([agent_id] for agent_id in ids))
     tenant.agents = count
 
 
-def hot_path(redis_url: str, tenant: Tenant) -> None:
+def hot_path(redis_url: str, tenant: Tenant, cluster: bool = False) -> None:
     """A lease per agent (renew, send-check), the contended contact held by the first
     agent, and READ_REQUESTS pending consensus requests with a few votes each."""
     ids = read_column(tenant.file("agents.txt"))
@@ -145,7 +151,7 @@ def hot_path(redis_url: str, tenant: Tenant) -> None:
         await each(range(len(reads)), votes)
         write_rows(tenant.file("reads.txt"), ([consensus_id] for consensus_id, _ in reads))
 
-    with_store(redis_url, work)
+    with_store(redis_url, work, cluster)
 
 
 async def open_requests(store: Store, tenant: str, ids: list[str], count: int) -> list[tuple[str, int]]:
@@ -162,12 +168,12 @@ async def open_requests(store: Store, tenant: str, ids: list[str], count: int) -
     return await each(range(count), one)
 
 
-def vote_requests(redis_url: str, tenant: Tenant, votes: int, tag: str) -> Path:
+def vote_requests(redis_url: str, tenant: Tenant, votes: int, tag: str, cluster: bool = False) -> Path:
     """Fresh consensus requests enough for ``votes`` votes of VOTES_PER_REQUEST each;
     the file for the vote run ``tag``."""
     ids = read_column(tenant.file("agents.txt"))
     count = math.ceil(votes / VOTES_PER_REQUEST)
-    rows = with_store(redis_url, lambda store, _: open_requests(store, tenant.name, ids, count))
+    rows = with_store(redis_url, lambda store, _: open_requests(store, tenant.name, ids, count), cluster)
     return write_rows(tenant.file(f"votes-{tag}.txt"), rows)
 
 
