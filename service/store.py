@@ -86,7 +86,7 @@ class Store:
 
     Scripts are registered once here; each method makes one script call per state
     change. Scripts are safe to run twice, because a batch of script calls is sent
-    again after a connection error (scripts.Batcher) and the first run may already
+    again after a connection error (wire.Batcher) and the first run may already
     have happened.
     """
 
@@ -102,7 +102,7 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.window_ms = heartbeat_window_seconds * 1000
-        # ``timeout`` bounds each batch of script calls (scripts.Batcher); with
+        # ``timeout`` bounds each batch of script calls (wire.Batcher); with
         # ``replication``, every state change waits for replicas before its answer.
         self.scripts = Scripts(redis, timeout, replication)
         self.events_max = events_max_length
@@ -438,8 +438,9 @@ class Store:
 
     async def _read_many(self, tenant: str, ids: list[str]) -> list[Any]:
         """consensus_read of each id: one pipeline on one server. On a cluster, calls
-        side by side instead: a cluster pipeline would not reload a script that a
-        node (a replica promoted by a failover) does not have; a single call does."""
+        side by side, which the master's batcher pipelines (cluster.py): a redis-py
+        cluster pipeline would not reload a script that a node (a replica promoted
+        by a failover) does not have."""
         if isinstance(self.redis, RedisCluster):
             return list(await asyncio.gather(*(self._read_consensus(tenant, i) for i in ids)))
         pipe = self.redis.pipeline(transaction=False)

@@ -1,4 +1,4 @@
-"""The batcher (service.scripts.Batcher): the Redis calls of concurrent requests
+"""The batcher (service.wire.Batcher): the Redis calls of concurrent requests
 share pipelines, and each caller still gets its own reply or its own error.
 
 Run on fakeredis and on a real Redis; what needs a real server (killing its

@@ -26,27 +26,25 @@ from tests.helpers import REDIS_SERVER, unavailable
 REPO = Path(__file__).resolve().parents[1]
 
 
+def bench(script: str, *args: str) -> None:
+    """Run tests/bench/<script> with ``args`` as a newcomer would, without our CONCORD_* settings."""
+    if shutil.which("wrk") is None:
+        unavailable("the benchmark needs wrk on PATH (apt-get install wrk)")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
+    done = subprocess.run(
+        [sys.executable, f"tests/bench/{script}", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+
+
 @pytest.mark.real
 @pytest.mark.timeout(300)
 def test_smoke_run_writes_a_report_with_every_section(real_redis_url: str, tmp_path: Path) -> None:
     if REDIS_SERVER is None:
         unavailable("the benchmark starts its own redis-server, and there is no binary on PATH")
-    if shutil.which("wrk") is None:
-        unavailable("the benchmark needs wrk on PATH (apt-get install wrk)")
     output = tmp_path / "performance.md"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
-
-    done = subprocess.run(
-        [sys.executable, "tests/bench/run.py", "--smoke", "--output", str(output)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-    assert done.returncode == 0, f"the smoke run failed:\n{done.stdout}\n{done.stderr}"
+    bench("run.py", "--smoke", "--output", str(output))
     report = output.read_text(encoding="utf-8")
     missing = [heading for heading in SECTIONS if f"\n{heading}" not in f"\n{report}"]
     assert not missing, f"the report lacks {missing}:\n{report}"
@@ -60,20 +58,8 @@ def test_the_deployments_benchmark_runs(real_redis_url: str, tmp_path: Path) -> 
     WAIT) at its smallest writes its table, a row per operation."""
     if REDIS_SERVER is None or REDIS_CLI is None:
         unavailable("the benchmark starts a redis-server and a Redis Cluster: it needs redis-server and redis-cli")
-    if shutil.which("wrk") is None:
-        unavailable("the benchmark needs wrk on PATH (apt-get install wrk)")
     output = tmp_path / "deployments.md"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
-    done = subprocess.run(
-        [sys.executable, "tests/bench/deployments.py", "--seconds", "1", "--agents", "50", "--output", str(output)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, f"the run failed:\n{done.stdout}\n{done.stderr}"
+    bench("deployments.py", "--seconds", "1", "--agents", "50", "--output", str(output))
     report = output.read_text(encoding="utf-8")
     for row in ("| heartbeat |", "| lease acquire, fresh contact |", "| send-check |", "| vote |"):
         assert report.count(row) == 2, report  # throughput, and Redis CPU

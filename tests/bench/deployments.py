@@ -22,7 +22,7 @@ import argparse
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,7 +158,14 @@ def main(argv: list[str]) -> None:
 
 
 def render(o: argparse.Namespace, setups: list[Setup], rows: list) -> str:
-    lines = [
+    def table(cell: Callable[[load.Result, float], str]) -> list[str]:
+        head = ["| operation | " + " | ".join(s.name for s in setups) + " |", "|---|" + "--:|" * len(setups)]
+        return head + [
+            f"| {BY_KEY[op].title} | " + " | ".join(cell(r, baseline) for r in results) + " |"
+            for op, baseline, results in rows
+        ]
+
+    return "\n".join([
         "# Performance: one Redis or a Redis Cluster, with and without `CONCORD_MIN_REPLICAS`",
         "",
         f"Written by `tests/bench/deployments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; see its docstring "
@@ -169,22 +176,12 @@ def render(o: argparse.Namespace, setups: list[Setup], rows: list) -> str:
         "",
         *machine(),
         "",
-        "| operation | " + " | ".join(s.name for s in setups) + " |",
-        "|---|" + "--:|" * len(setups),
-    ]
-    for op, baseline, results in rows:
-        cells = [f"{r.rps:,.0f} req/s, p99 {r.p99_ms:.1f} ms (**{r.rps / baseline:.2f}**)" for r in results]
-        lines.append(f"| {BY_KEY[op].title} | " + " | ".join(cells) + " |")
-    lines += [
+        *table(lambda r, base: f"{r.rps:,.0f} req/s, p99 {r.p99_ms:.1f} ms (**{r.rps / base:.2f}**)"),
         "",
         "Redis CPU (cores busy, all the setup's Redis processes) in the same runs:",
         "",
-        "| operation | " + " | ".join(s.name for s in setups) + " |",
-        "|---|" + "--:|" * len(setups),
-    ]
-    for op, _, results in rows:
-        lines.append(f"| {BY_KEY[op].title} | " + " | ".join(f"{r.cores['redis']:.2f}" for r in results) + " |")
-    return "\n".join(lines) + "\n"
+        *table(lambda r, _: f"{r.cores['redis']:.2f}"),
+    ]) + "\n"
 
 
 if __name__ == "__main__":
