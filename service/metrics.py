@@ -45,10 +45,24 @@ REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 LEASE_OUTCOMES = ("granted", "extended", "conflict", "takeover", "renewed", "released")
 VOTES = ("approve", "reject")
 CONSENSUS_OUTCOMES = ("approved", "rejected", "expired")
-REDIS_ERROR_KINDS = (
-    "timeout", "connection", "read_only", "out_of_memory", "no_script",
-    "moved", "ask", "try_again", "cluster_down", "redirections", "not_replicated", "response", "other",
-)  # fmt: skip
+# The kind of a failed Redis call: the first entry whose classes it is an instance
+# of, so subclasses come first (ReadOnlyError, NoScriptError, MovedError, ... are
+# ResponseErrors; MovedError is an AskError; ClusterDownError a ClusterError).
+_ERROR_KINDS: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((TimeoutError, rx.TimeoutError), "timeout"),
+    ((rx.ConnectionError,), "connection"),
+    ((rx.ReadOnlyError,), "read_only"),
+    ((rx.OutOfMemoryError,), "out_of_memory"),
+    ((rx.NoScriptError,), "no_script"),
+    ((rx.MovedError,), "moved"),
+    ((rx.AskError,), "ask"),
+    ((rx.TryAgainError,), "try_again"),
+    ((rx.ClusterDownError,), "cluster_down"),
+    ((rx.ClusterError,), "redirections"),  # redis-py ran out of redirections ("TTL exhausted")
+    ((NotReplicated,), "not_replicated"),
+    ((rx.ResponseError,), "response"),
+)
+REDIS_ERROR_KINDS = tuple(kind for _, kind in _ERROR_KINDS) + ("other",)
 # A snapshot file of another format (an older or newer Concord) is not summed.
 FORMAT = 1
 
@@ -183,32 +197,7 @@ METRICS = Metrics()
 
 def redis_error_kind(exc: BaseException) -> str:
     """The REDIS_ERROR_KINDS label of an exception raised by a Redis call."""
-    # Subclasses first: ReadOnlyError, OutOfMemoryError and NoScriptError are ResponseErrors.
-    if isinstance(exc, (TimeoutError, rx.TimeoutError)):
-        return "timeout"
-    if isinstance(exc, rx.ConnectionError):
-        return "connection"
-    if isinstance(exc, rx.ReadOnlyError):
-        return "read_only"
-    if isinstance(exc, rx.OutOfMemoryError):
-        return "out_of_memory"
-    if isinstance(exc, rx.NoScriptError):
-        return "no_script"
-    if isinstance(exc, rx.MovedError):  # before AskError, its base
-        return "moved"
-    if isinstance(exc, rx.AskError):
-        return "ask"
-    if isinstance(exc, rx.TryAgainError):
-        return "try_again"
-    if isinstance(exc, rx.ClusterDownError):
-        return "cluster_down"
-    if isinstance(exc, rx.ClusterError):  # redis-py ran out of redirections ("TTL exhausted")
-        return "redirections"
-    if isinstance(exc, NotReplicated):
-        return "not_replicated"
-    if isinstance(exc, rx.ResponseError):
-        return "response"
-    return "other"
+    return next((kind for classes, kind in _ERROR_KINDS if isinstance(exc, classes)), "other")
 
 
 # --- several processes: snapshot files, their sum, the exposition -------------

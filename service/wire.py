@@ -139,7 +139,9 @@ class Batcher:
         self, connection: Any, batch: list[tuple[bytes, tuple[Any, ...], str, bool, asyncio.Future]]
     ) -> None:
         batch = [call for call in batch if not call[4].done()]
-        wait = self._replication.wait_command() if any(call[3] for call in batch) else None
+        wait = self._replication.wait_command()  # None without CONCORD_MIN_REPLICAS: nothing to scan
+        if wait and not any(call[3] for call in batch):
+            wait = None  # reads only: nothing to wait for
         replies: list[Any] = []
         started = time.perf_counter()
         try:

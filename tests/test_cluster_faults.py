@@ -25,8 +25,8 @@ import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import pytest
 from redis.cluster import key_slot
 
 from tests.api_helpers import C, V1
-from tests.cluster import REDIS_CLI, Cluster, redis_cluster
+from tests.cluster import REDIS_CLI, Cluster, Node, redis_cluster
 from tests.helpers import HANG_SECONDS, ServiceProcess, eventually, service
 from tests.reports import FaultRecord, fault_record
 
@@ -86,8 +86,16 @@ class Load:
                     assert response.status_code == 201, response.text
                     self.agents[tenant, name] = response.json()["id"]
 
-    async def run(self) -> None:
-        await asyncio.gather(*(self._worker(w) for w in range(WORKERS)))
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Load]:
+        """Agents registered, then the load running for the block, stopped after it."""
+        await self.prepare()
+        workers = asyncio.ensure_future(asyncio.gather(*(self._worker(w) for w in range(WORKERS))))
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            await asyncio.wait_for(workers, HANG_SECONDS)
 
     async def _worker(self, worker: int) -> None:
         clients = {tenant: self.client(tenant) for tenant in self.tenants}
@@ -175,12 +183,13 @@ def span(answers: list[Answer], since: float) -> tuple[float, float] | None:
     return round(min(a.received for a in answers) - since, 3), round(max(a.received for a in answers) - since, 3)
 
 
-def tenants_by_master(cluster: Cluster, tenants: list[str]) -> dict[str, set[str]]:
-    """The node id of each master -> the tenants whose slot it serves."""
+def victim(cluster: Cluster, tenants: list[str]) -> tuple[Node, set[str]]:
+    """The master serving the most of ``tenants``, and those tenants."""
     found: dict[str, set[str]] = {m.node_id: set() for m in cluster.masters()}
     for tenant in tenants:
         found[cluster.master_of_slot(key_slot(tenant.encode())).node_id].add(tenant)
-    return found
+    node_id = max(found, key=lambda n: len(found[n]))
+    return cluster.node(node_id), found[node_id]
 
 
 @contextmanager
@@ -220,23 +229,15 @@ async def test_a_master_killed_under_load_fails_over(tmp_path: Path, min_replica
         concord_on(cluster, tmp_path, tenants, min_replicas) as proc,
         fault_record(f"cluster failover, CONCORD_MIN_REPLICAS={min_replicas}", "SIGKILL a master") as record,
     ):
-        by_master = tenants_by_master(cluster, tenants)
-        victim_id = max(by_master, key=lambda node_id: len(by_master[node_id]))
-        victim, faulted = cluster.node(victim_id), by_master[victim_id]
-        load = Load(proc, tenants)
-        await load.prepare()
-        running = asyncio.ensure_future(load.run())
-        try:
+        master, faulted = victim(cluster, tenants)
+        async with Load(proc, tenants).running() as load:
             await until_granted(load, BEFORE)
             killed_at = time.monotonic()
-            await asyncio.to_thread(cluster.kill, victim)
-            await asyncio.to_thread(cluster.wait_for_failover, victim, RECOVERY_TIMEOUT)
+            await asyncio.to_thread(cluster.kill, master)
+            await asyncio.to_thread(cluster.wait_for_failover, master, RECOVERY_TIMEOUT)
             record.extra["failover_s"] = round(time.monotonic() - killed_at, 3)
             # The service finds the promoted replica by itself: no restart.
             await until_granted(load, AFTER, faulted, after=time.monotonic())
-        finally:
-            load.stop.set()
-            await asyncio.wait_for(running, HANG_SECONDS)
         record.extra.update(replicas_per_master=replicas_per_master, faulted_tenants=len(faulted))
         await load.check(record, killed_at, faulted)
         # A second agent can get an acknowledged contact only if the grant was lost.
@@ -266,32 +267,24 @@ async def test_a_master_killed_while_its_replica_lags(tmp_path: Path, min_replic
         concord_on(cluster, tmp_path, tenants, min_replicas) as proc,
         fault_record(f"cluster failover, replica lagging, CONCORD_MIN_REPLICAS={min_replicas}", "SIGSTOP a replica, cut its link, SIGKILL its master") as record,
     ):
-        by_master = tenants_by_master(cluster, tenants)
-        victim_id = max(by_master, key=lambda node_id: len(by_master[node_id]))
-        victim, faulted = cluster.node(victim_id), by_master[victim_id]
-        (replica,) = cluster.replicas_of(victim)
-        load = Load(proc, tenants)
-        await load.prepare()
-        running = asyncio.ensure_future(load.run())
-        try:
+        master, faulted = victim(cluster, tenants)
+        (replica,) = cluster.replicas_of(master)
+        async with Load(proc, tenants).running() as load:
             await until_granted(load, BEFORE)
             paused_at = time.monotonic()
             cluster.pause(replica)
             # Cut the link too: what the master sent before sits in the paused
             # replica's socket and would reach it on resuming; nothing sent after does.
-            with victim.client() as client:
+            with master.client() as client:
                 client.execute_command("CLIENT", "KILL", "TYPE", "replica")
             await until_answered(load, 50, faulted, after=paused_at)
             killed_at = time.monotonic()
-            await asyncio.to_thread(cluster.kill, victim)
+            await asyncio.to_thread(cluster.kill, master)
             cluster.resume(replica)
-            await asyncio.to_thread(cluster.wait_for_failover, victim, RECOVERY_TIMEOUT)
+            await asyncio.to_thread(cluster.wait_for_failover, master, RECOVERY_TIMEOUT)
             record.extra["failover_s"] = round(time.monotonic() - killed_at, 3)
-            await asyncio.to_thread(cluster.restart, victim, RECOVERY_TIMEOUT)
+            await asyncio.to_thread(cluster.restart, master, RECOVERY_TIMEOUT)
             await until_granted(load, AFTER, faulted, after=time.monotonic())
-        finally:
-            load.stop.set()
-            await asyncio.wait_for(running, HANG_SECONDS)
         not_replicated = [a for a in load.answers if a.status == 503 and "CONCORD_MIN_REPLICAS" in a.body["detail"]]
         record.extra.update(
             paused_s=round(killed_at - paused_at, 3),
@@ -341,11 +334,8 @@ async def test_slots_resharded_under_load(tmp_path: Path):
             concord_on(cluster, tmp_path, tenants, 0) as proc,
             fault_record("cluster resharding", f"redis-cli --cluster reshard of {moved_slots} slots") as record,
         ):
-            load = Load(proc, tenants)
-            await load.prepare()
-            running = asyncio.ensure_future(load.run())
             started, spent = time.monotonic(), []
-            try:
+            async with Load(proc, tenants).running() as load:
                 await until_granted(load, BEFORE)
                 for here, there in itertools.islice(itertools.cycle([(source, target), (target, source)]), rounds):
                     await until_granted(load, AFTER // 4, set(moving), after=time.monotonic())
@@ -361,9 +351,6 @@ async def test_slots_resharded_under_load(tmp_path: Path):
                     for tenant in moving:
                         assert cluster.master_of_slot(key_slot(tenant.encode())).node_id == there.node_id
                 await until_granted(load, AFTER, set(moving), after=time.monotonic())
-            finally:
-                load.stop.set()
-                await asyncio.wait_for(running, HANG_SECONDS)
             with cluster.node(target.node_id if rounds % 2 else source.node_id).client() as owner:
                 keys = sum(owner.execute_command("CLUSTER", "COUNTKEYSINSLOT", s) for s in range(first, first + moved_slots))
             followed = await eventually(lambda: _followed(proc), timeout=HANG_SECONDS, what="redirections in /metrics")
