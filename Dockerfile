@@ -10,7 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY lua ./lua
-RUN pip install . \
+RUN pip install '.[server]' \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin concord
 
 USER concord

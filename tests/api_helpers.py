@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import redis.asyncio
 
-from service.keys import Keys
+from concord.server.store.keys import Keys
 from tests.helpers import snapshot
 
 TENANT, OTHER_TENANT = "acme", "globex"  # the tenants of the `client` / `other_client` fixtures

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis.asyncio
 
-from service.app import create_app
-from service.config import Settings, key_digest
-from service.keys import Keys
-from service.store import Store
+from concord.server.app import create_app
+from concord.server.settings import Settings, key_digest
+from concord.server.store.keys import Keys
+from concord.server.store import Store
 from tests.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
 from tests.helpers import REDIS_SERVER, RedisServer, unavailable
 

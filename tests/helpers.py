@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from service.keys import Keys
+from concord.server.store.keys import Keys
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -166,7 +166,7 @@ class ServiceProcess:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)]
+        return [sys.executable, "-m", "concord", "serve", "--port", str(self.port), "--workers", str(self.workers)]
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL

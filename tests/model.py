@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from service.keys import agent_id_for
+from concord.server.store.keys import agent_id_for
 
 WINDOW_MS = 300 * 1000  # the heartbeat window the test configures
 

@@ -21,9 +21,9 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.config import ConfigError, Settings
-from service.metrics import Metrics
-from service.observe import Observe, stdout_writer
+from concord.server.settings import ConfigError, Settings
+from concord.server.metrics import Metrics
+from concord.server.http.observe import Observe, stdout_writer
 from tests.api_helpers import V1
 from tests.helpers import HANG_SECONDS, RedisServer, ServiceProcess, redis_server, service, wait_until
 

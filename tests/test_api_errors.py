@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from service.app import routes
-from service.store import Store
+from concord.server.app import routes
+from concord.server.store import Store
 from tests.api_helpers import (
     OTHER_TENANT,
     PROBLEM_MEMBERS,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.keys import agent_tag
-from service.keys import lease_id as lease_id_of
+from concord.server.store.keys import agent_tag
+from concord.server.store.keys import lease_id as lease_id_of
 from tests.api_helpers import (
     C,
     LEASE_ID,

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 
-from service.wire import Batcher, pack
+from concord.server.redis.batcher import Batcher, pack
 
 # The batcher speaks to one server: on a cluster, scripts go through the cluster client
 # instead (service.scripts.Scripts), so these run on fakeredis and a single Redis only.

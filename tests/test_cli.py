@@ -16,8 +16,8 @@ import httpx
 import pytest
 import redis as redis_py
 
-from service.config import key_digest
-from service.keys import Keys
+from concord.server.settings import key_digest
+from concord.server.store.keys import Keys
 from tests.api_helpers import V1, problem
 from tests.helpers import RedisServer, concord_env, free_port, redis_server, service, wait_until
 
@@ -28,7 +28,7 @@ CLI_TIMEOUT = 30
 def concord(*args: str, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `concord ARGS` with exactly the given CONCORD_* settings."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "concord", *args],
         env=concord_env(settings or {}),
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from service.cli import main
-from service.keys import agent_tag
+from concord.cli import main
+from concord.server.store.keys import agent_tag
 from tests.api_helpers import AGENT_ID, C, CONS_ID, LEASE_ID, V1, unknown_id
 from tests.helpers import Stack, concord_env, free_port, running_stack
 
@@ -56,7 +56,7 @@ def settings_of(stack: Stack) -> dict[str, str]:
 def concord(*args: str, settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`concord ARGS` with exactly these CONCORD_* settings, from the repository."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "concord", *args],
         cwd=REPO,
         env=concord_env(settings),
         capture_output=True,

@@ -23,9 +23,9 @@ import msgspec
 import pytest
 import redis
 
-import service.client as sdk
-from service import schemas as s
-from service.client import (
+import concord.client.sync as sdk
+from concord.protocol import schemas as s
+from concord.client.sync import (
     AgentInactive,
     AgentNotFound,
     AlreadyVoted,
@@ -45,8 +45,8 @@ from service.client import (
     Unreachable,
     ValidationError,
 )
-from service.errors import ERRORS
-from service.keys import agent_id_for
+from concord.server.errors import ERRORS
+from concord.server.store.keys import agent_id_for
 from tests.helpers import Stack, eventually, free_port, running_stack, wait_until
 
 TENANT, API_KEY = "acme", "acme-sdk-key-0123456789"

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio
 
-from service.config import ConfigError, Settings
-from service.store import Store
+from concord.server.settings import ConfigError, Settings
+from concord.server.store import Store
 from tests.api_helpers import C, V1, acquire, ok, problem, register, request_consensus, unknown_id
 from tests.cluster import Cluster
 from tests.helpers import HANG_SECONDS, ServiceProcess, service

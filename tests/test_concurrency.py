@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
-from service.keys import agent_tag, lease_id
+from concord.server.store.keys import agent_tag, lease_id
 from tests.api_helpers import C, V1, closed, ms, problem
 from tests.helpers import Stack, running_stack, wait_until
 

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from service.deadlines import Deadlines
+from concord.server.http.deadlines import Deadlines
 
 
 async def test_work_that_ends_in_time_returns_its_value():

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.store import Store
+from concord.server.store import Store
 from tests.api_helpers import C, V1, acquire, invalid, make_inactive, ok, problem, register, request_consensus
 from tests.conftest import OTHER_TENANT, TENANT
 from tests.helpers import HANG_SECONDS, Stack, eventually, running_stack

@@ -61,12 +61,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.app import connect
-from service.config import Settings
-from service.errors import ConcordError
-from service.keys import Keys, agent_id_for, agent_tag, lease_id
-from service.scripts import LIB, lib_text, sources
-from service.store import Store
+from concord.server.app import connect
+from concord.server.settings import Settings
+from concord.server.errors import ConcordError
+from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id
+from concord.server.store.scripts import LIB, lib_text, sources
+from concord.server.store import Store
 from tests.api_helpers import C, V1, iso, ms, problem
 from tests.reports import FaultRecord, fault_record
 from tests.helpers import (

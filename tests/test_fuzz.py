@@ -56,8 +56,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.app import create_app
-from service.config import Settings, key_digest
+from concord.server.app import create_app
+from concord.server.settings import Settings, key_digest
 from tests.api_helpers import V1, C
 from tests.reports import append_report
 from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT

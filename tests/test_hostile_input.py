@@ -43,8 +43,8 @@ import msgspec
 import pytest
 from redis.crc import key_slot
 
-from service import schemas as s
-from service.api import ENDPOINTS, MAX_BODY_BYTES, Endpoint
+from concord.protocol import schemas as s
+from concord.server.http.routes import ENDPOINTS, MAX_BODY_BYTES, Endpoint
 from tests.api_helpers import (
     OTHER_TENANT,
     PROBLEM_MEMBERS,

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.config import key_digest
-from service.keys import Keys
+from concord.server.settings import key_digest
+from concord.server.store.keys import Keys
 from tests.api_helpers import OTHER_TENANT, TENANT, V1, C, make_inactive, ok, problem, register, tenant_snapshot
 from tests.helpers import Stack, eventually, running_stack, wait_until
 

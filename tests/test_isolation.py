@@ -45,9 +45,9 @@ import msgspec
 import pytest
 from starlette.routing import Route
 
-from service import schemas
-from service.api import ENDPOINTS, PATH_IDS, Endpoint, respond
-from service.app import create_app, routes
+from concord.protocol import schemas
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint, respond
+from concord.server.app import create_app, routes
 from tests.api_helpers import (
     OTHER_TENANT,
     TENANT,

@@ -15,9 +15,9 @@ import re
 
 import pytest
 
-from service.keys import Keys
-from service.scripts import LIB, Source, lib_text, sources
-from service.store import Reply, Store
+from concord.server.store.keys import Keys
+from concord.server.store.scripts import LIB, Source, lib_text, sources
+from concord.server.store import Reply, Store
 
 TENANT = "acme"
 SCRIPTS = {name: source for name, source in sources().items() if name != LIB}

@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.metrics import (
+from concord.server.metrics import (
     CONTENT_TYPE,
     FORMAT,
     LEASE_OUTCOMES,
@@ -38,7 +38,7 @@ from service.metrics import (
     redis_error_kind,
     render,
 )
-from service.observe import Observe
+from concord.server.http.observe import Observe
 from tests.api_helpers import V1
 from tests.helpers import HANG_SECONDS, Stack, eventually, running_stack, wait_until
 
@@ -571,7 +571,7 @@ async def test_labels_are_templates_bounded_methods_and_the_status_answered():
 
 
 async def test_the_service_app_counts_into_its_metrics(asgi_app, client: httpx.AsyncClient):
-    from service.metrics import METRICS
+    from concord.server.metrics import METRICS
 
     key = (f"{V1}/agents/{{agentId}}", "GET", 404)
     before = METRICS.requests.get(key, 0)

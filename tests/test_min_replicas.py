@@ -22,9 +22,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.app import create_app
-from service.config import ConfigError, Settings, key_digest
-from service.keys import Keys
+from concord.server.app import create_app
+from concord.server.settings import ConfigError, Settings, key_digest
+from concord.server.store.keys import Keys
 from tests.api_helpers import C, V1, ok, problem
 from tests.cluster import redis_cluster
 from tests.conftest import API_KEY, TENANT, running

@@ -59,10 +59,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from service.app import create_app
-from service.config import Settings, key_digest
-from service.keys import Keys, agent_tag
-from service.keys import lease_id as lease_id_of
+from concord.server.app import create_app
+from concord.server.settings import Settings, key_digest
+from concord.server.store.keys import Keys, agent_tag
+from concord.server.store.keys import lease_id as lease_id_of
 from tests.api_helpers import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
 from tests.conftest import API_KEY, TENANT, running
 from tests.cluster import Cluster

@@ -35,14 +35,14 @@ import msgspec
 import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from service import schemas as s
-from service.api import ENDPOINTS, PATH_IDS, Endpoint
-from service.app import create_app, routes
-from service.config import Settings, parse_rate_limits
-from service.errors import ERRORS
-from service.keys import Keys
-from service.openapi import document
-from service.store import Store
+from concord.protocol import schemas as s
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
+from concord.server.app import create_app, routes
+from concord.server.settings import Settings, parse_rate_limits
+from concord.server.errors import ERRORS
+from concord.server.store.keys import Keys
+from concord.server.http.openapi import document
+from concord.server.store import Store
 from tests.api_helpers import OTHER_TENANT, TENANT, V1, C, make_inactive, unknown_id
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 

@@ -36,11 +36,11 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from service.app import create_app
-from service.config import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
-from service.errors import ConcordError
-from service.keys import Keys, agent_id_for
-from service.store import Reply, Store
+from concord.server.app import create_app
+from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
+from concord.server.errors import ConcordError
+from concord.server.store.keys import Keys, agent_id_for
+from concord.server.store import Reply, Store
 from tests.api_helpers import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.helpers import Stack, eventually, free_port, running_stack, wait_until

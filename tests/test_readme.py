@@ -68,7 +68,7 @@ def test_the_agent_examples_coordinate_three_agents_with_the_sdk_and_the_cli(tmp
     text = section("Using Concord from an agent")
     (program,), (shell,) = blocks(text, "python"), blocks(text, "bash")
     expects = re.findall(r"<!-- expect: (.*?) -->", text)
-    assert len(expects) == 6 and "from service.client import Concord" in program
+    assert len(expects) == 6 and "from concord import Concord" in program
     log = tmp_path / "serve.log"
     service = ServiceProcess({}, log=log).start()
     try:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service.errors import ConcordError
-from service.keys import agent_id_for, agent_tag, new_id, parse_lease_id
-from service.keys import lease_id as lease_id_of
-from service.schemas import UUID
-from service.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
+from concord.server.errors import ConcordError
+from concord.server.store.keys import agent_id_for, agent_tag, new_id, parse_lease_id
+from concord.server.store.keys import lease_id as lease_id_of
+from concord.protocol.schemas import UUID
+from concord.server.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
 from tests.helpers import eventually, snapshot
 
 TENANT = "acme"

@@ -49,12 +49,12 @@ import pytest
 import redis as redis_py
 import redis.asyncio
 
-from service.api import ENDPOINTS
-from service.auth import CACHE_SECONDS, Authenticator
-from service.config import Settings, key_digest, parse_api_keys
-from service.errors import ConcordError
-from service.keys import Keys
-from service.store import Store
+from concord.server.http.routes import ENDPOINTS
+from concord.server.http.auth import CACHE_SECONDS, Authenticator
+from concord.server.settings import Settings, key_digest, parse_api_keys
+from concord.server.errors import ConcordError
+from concord.server.store.keys import Keys
+from concord.server.store import Store
 from tests.api_helpers import V1, C, problem
 from tests.cluster import Cluster
 from tests.conftest import API_KEY, OTHER_API_KEY, TENANT

@@ -30,11 +30,11 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-import service.store as store_module
-from service.config import RateLimit, key_digest
-from service.keys import Keys, agent_id_for, agent_tag, parse_lease_id
-from service.scripts import LIB, sources
-from service.store import Store
+import concord.server.store as store_module
+from concord.server.settings import RateLimit, key_digest
+from concord.server.store.keys import Keys, agent_id_for, agent_tag, parse_lease_id
+from concord.server.store.scripts import LIB, sources
+from concord.server.store import Store
 from tests.api_helpers import C, V1, problem
 from tests.helpers import Stack, running_stack, snapshot
 from tests.reports import FaultRecord, fault_record

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 
-from service.keys import Keys
-from service.store import Store
+from concord.server.store.keys import Keys
+from concord.server.store import Store
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ def record(self, app, **settings):
     raise SystemExit(0)
 
 uvicorn.config.Config.__init__ = record
-from service.cli import main
+from concord.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -14,8 +14,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
-from .errors import NotReplicated
-from .metrics import METRICS, redis_error_kind
+from concord.server.errors import NotReplicated
+from concord.server.metrics import METRICS, redis_error_kind
 
 
 def pack(command: tuple[Any, ...]) -> bytes:

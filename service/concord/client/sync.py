@@ -48,7 +48,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from . import schemas as s
+from concord.protocol import schemas as s
 
 __all__ = [
     "AsyncAgentHandle", "AsyncConcord", "AsyncConsensusHandle", "AsyncKeepAlive", "AsyncLeaseHandle",

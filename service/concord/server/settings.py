@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .wire import Replication
+from concord.server.redis.batcher import Replication
 
 TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.

@@ -12,14 +12,14 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-from .cluster import ClusterCaller, SlotMap
-from .wire import Batcher, Replication
+from concord.server.redis.cluster import ClusterCaller, SlotMap
+from concord.server.redis.batcher import Batcher, Replication
 
 # "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
 _DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
@@ -29,10 +29,9 @@ LIB = "lib"
 # consensus read writes only the expiry of an overdue request, which the next read
 # of it (or any vote, which checks the deadline first) writes again, the same.
 NOT_WAITED = frozenset({"lease_send_check", "rate_limit", "consensus_read"})
-# An installed wheel carries the scripts as service/lua/ (pyproject.toml maps them
-# there); a checkout or an editable install reads the top-level lua/.
-_HERE = Path(__file__).resolve().parent
-LUA_DIR = next(p for p in (_HERE / "lua", _HERE.parent / "lua") if (p / "lib.lua").is_file())
+# The scripts ship as the package data concord.lua (pyproject.toml maps the
+# top-level lua/ there), so a wheel and a checkout read them the same way.
+LUA = files("concord.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +69,7 @@ def _parse(name: str, text: str) -> Source:
 @cache
 def sources() -> dict[str, Source]:
     """Every script of lua/ except the shared lib, by name."""
-    return {path.stem: _parse(path.stem, path.read_text(encoding="utf-8")) for path in sorted(LUA_DIR.glob("*.lua"))}
+    return {path.name[:-4]: _parse(path.name[:-4], path.read_text(encoding="utf-8")) for path in sorted(LUA.iterdir(), key=lambda p: p.name) if path.name.endswith(".lua")}
 
 
 @cache

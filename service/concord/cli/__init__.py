@@ -7,7 +7,7 @@ import asyncio
 import copy
 import sys
 
-from .config import TENANT_RE, ConfigError, Settings
+from concord.server.settings import TENANT_RE, ConfigError, Settings
 
 EXAMPLES = """\
 examples:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key", help="the API key, or its sha256 hex as `concord keys list` shows it")
     key_commands.add_parser("list", help="list the sha256 and tenant of every stored key")
 
-    from .commands import add_commands, is_ours, run_command  # agents, lease, consensus, inspect
+    from concord.cli.commands import add_commands, is_ours, run_command  # agents, lease, consensus, inspect
 
     add_commands(parser, commands)
     args = parser.parse_args(argv)
@@ -98,7 +98,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         signal.signal(signal.SIGTERM, remove_then_die)
     try:
         uvicorn.run(
-            "service.app:create_app",
+            "concord.server.app:create_app",
             factory=True,
             host=host,
             port=port,
@@ -129,9 +129,9 @@ def _log_config(level: str) -> dict:
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from .app import connect
-    from .keys import Keys
-    from .store import Store
+    from concord.server.app import connect
+    from concord.server.store.keys import Keys
+    from concord.server.store import Store
 
     if settings.redis_url is None:
         print(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import METRICS, Metrics
+from concord.server.metrics import METRICS, Metrics
 
 # Other methods are counted as "other": the method label stays bounded.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

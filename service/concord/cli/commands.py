@@ -114,8 +114,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _contact(text: str) -> str:
     """The contact as keys carry it (trimmed, lower-cased: schemas.normalize_email)."""
-    from .errors import ConcordError
-    from .schemas import normalize_email
+    from concord.server.errors import ConcordError
+    from concord.protocol.schemas import normalize_email
 
     try:
         return normalize_email(text)
@@ -317,7 +317,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not os.environ.get("CONCORD_API_KEY"):
         return _fail(_problem("not_configured", "No API key", "Set CONCORD_API_KEY to an API key of the tenant "
                               f"(the service at {url} answers every /v1 request with 401 without one)"), EXIT_USAGE)
-    from . import client as sdk
+    from concord.client import sync as sdk
 
     try:
         with sdk.Concord(url=url, api_key=os.environ["CONCORD_API_KEY"]) as concord:
@@ -347,8 +347,8 @@ def _is_http_url(url: str) -> bool:
 def _inspect(args: argparse.Namespace) -> int:
     import redis
 
-    from .config import TENANT_RE, ConfigError, Settings
-    from .keys import Keys
+    from concord.server.settings import TENANT_RE, ConfigError, Settings
+    from concord.server.store.keys import Keys
 
     try:
         settings = Settings.from_env()
@@ -454,7 +454,7 @@ class Inspector:
 
     def contact(self, contact: str) -> dict[str, Any]:
         """The contact's lease key and, if leased, its holder's agent hash, heartbeat and lease registry."""
-        from .keys import agent_tag
+        from concord.server.store.keys import agent_tag
 
         lease = self.value(self.keys.lease(self.tenant, contact))
         entries = [lease]
@@ -470,7 +470,7 @@ class Inspector:
     def agent(self, agent_id: str) -> dict[str, Any]:
         """The agent hash, its heartbeat and registration scores, its lease registry and
         the lease key of every contact the registry names (newest token first)."""
-        from .keys import agent_tag
+        from concord.server.store.keys import agent_tag
 
         registry = self.value(self.keys.lease_registry(self.tenant, agent_tag(agent_id)))
         entries = [

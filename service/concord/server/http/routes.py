@@ -26,10 +26,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import schemas as s
-from .errors import ConcordError, agent_not_found, consensus_not_found, invalid, lease_not_found, problem
-from .events import EVENT_TYPES, FAMILIES, STREAM_ID, EventFilter, Listener, event, id_key
-from .store import Store
+from concord.protocol import schemas as s
+from concord.server.errors import ConcordError, agent_not_found, consensus_not_found, invalid, lease_not_found, problem
+from concord.server.store.feed import EVENT_TYPES, FAMILIES, STREAM_ID, EventFilter, Listener, event, id_key
+from concord.server.store import Store
 
 log = logging.getLogger("concord")
 T = TypeVar("T")
@@ -198,7 +198,7 @@ async def readyz(c: Call) -> Answer | Response:
     authenticated=False,
 )
 async def openapi(c: Call) -> Answer | Response:
-    from .openapi import document  # it describes ENDPOINTS, so it is built after them
+    from concord.server.http.openapi import document  # it describes ENDPOINTS, so it is built after them
 
     return Response(document(), media_type="application/json")
 

@@ -39,8 +39,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from .metrics import METRICS, redis_error_kind
-from .wire import Batcher, Replication, exchange, pack
+from concord.server.metrics import METRICS, redis_error_kind
+from concord.server.redis.batcher import Batcher, Replication, exchange, pack
 
 log = logging.getLogger("concord")
 

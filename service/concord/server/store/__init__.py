@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from .config import RateLimit, key_digest
-from .errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
-from .keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
-from .events import EventFeed, EventFilter, event
-from .metrics import METRICS
-from .scripts import Scripts
-from .wire import Replication
-from .schemas import (
+from concord.server.settings import RateLimit, key_digest
+from concord.server.errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
+from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
+from concord.server.store.feed import EventFeed, EventFilter, event
+from concord.server.metrics import METRICS
+from concord.server.store.scripts import Scripts
+from concord.server.redis.batcher import Replication
+from concord.protocol.schemas import (
     MAX_CONSENSUS_TIMEOUT_S,
     Agent,
     AgentList,

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from . import schemas as s
-from .api import ENDPOINTS, PATH_IDS, Endpoint
-from .errors import ERRORS
+from concord.protocol import schemas as s
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
+from concord.server.errors import ERRORS
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"

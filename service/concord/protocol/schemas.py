@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import ERRORS, invalid
+from concord.server.errors import ERRORS, invalid
 
 # --- constrained types -------------------------------------------------------
 

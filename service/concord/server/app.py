@@ -21,16 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import api
-from .auth import Authenticator
-from .cluster import ConcordCluster
-from .config import Settings
-from .deadlines import Deadlines
-from .errors import ConcordError, error_response, problem
-from .keys import Keys
-from .metrics import METRICS, Exporter
-from .observe import Observe
-from .store import Store
+from concord.server.http import routes as api
+from concord.server.http.auth import Authenticator
+from concord.server.redis.cluster import ConcordCluster
+from concord.server.settings import Settings
+from concord.server.http.deadlines import Deadlines
+from concord.server.errors import ConcordError, error_response, problem
+from concord.server.store.keys import Keys
+from concord.server.metrics import METRICS, Exporter
+from concord.server.http.observe import Observe
+from concord.server.store import Store
 
 log = logging.getLogger("concord")
 
@@ -212,7 +212,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 REDIS_PY = os.path.dirname(rx.__file__) + os.sep
-SERVICE = os.path.dirname(__file__) + os.sep
+CONCORD = os.path.dirname(os.path.dirname(__file__)) + os.sep  # the concord package
 
 
 def _inside_redis_py(exc: Exception) -> bool:
@@ -229,7 +229,7 @@ def _inside_redis_py(exc: Exception) -> bool:
     frame = exc.__traceback__
     while frame is not None:
         filename = frame.tb_frame.f_code.co_filename
-        if filename.startswith(SERVICE):
+        if filename.startswith(CONCORD):
             in_redis_py = False
         elif filename.startswith(REDIS_PY):
             in_redis_py = True

@@ -33,7 +33,7 @@ import redis.exceptions as rx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import NotReplicated
+from concord.server.errors import NotReplicated
 
 log = logging.getLogger("concord")
 

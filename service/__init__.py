@@ -1,1 +1,0 @@
-"""Concord: coordination for fleets of AI agents sharing one email tenant."""
