@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import fakeredis.aioredis
 import httpx
@@ -23,8 +24,8 @@ from concord.server.app import create_app
 from concord.server.settings import Settings, key_digest
 from concord.server.store.keys import Keys
 from concord.server.store import Store
-from tests.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
-from tests.helpers import REDIS_SERVER, RedisServer, unavailable
+from tests.support.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
+from tests.support.helpers import REDIS_SERVER, RedisServer, unavailable
 
 EXTERNAL_URL = os.environ.get("CONCORD_TEST_REDIS_URL")
 
@@ -35,13 +36,31 @@ API_KEY, OTHER_API_KEY = "acme-test-key-0123456789", "globex-test-key-0123456789
 _real: dict[str, str | None] = {"url": None, "what": None, "why_not": None}
 
 
+# The folders of real-process groups, each marked with its name so that a quick run can
+# leave them out: `pytest -m "not system and not cluster and not properties and not bench"`.
+SLOW_GROUPS = {
+    "system": "starts `concord serve` and redis-server processes: the README, concurrency, faults, attacks",
+    "properties": "long randomized runs: the model-based test, the history checker, the fuzzer",
+    "cluster": "starts a private 3-master, 3-replica Redis Cluster and services on it",
+    "bench": "runs the benchmark's smoke run",
+}
+TESTS = Path(__file__).resolve().parent
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real: needs a real Redis (a private redis-server, or CONCORD_TEST_REDIS_URL)")
     config.addinivalue_line("markers", "single_server: tests one server's connection; no Redis Cluster variant")
+    for group, what in SLOW_GROUPS.items():
+        config.addinivalue_line("markers", f"{group}: tests/{group}/, {what}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop the cluster variant of tests marked single_server (not a skip: they have none)."""
+    """Mark each test of a slow group's folder with the group's name, and drop the
+    cluster variant of tests marked single_server (not a skip: they have none)."""
+    for item in items:
+        group = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+        if group in SLOW_GROUPS:
+            item.add_marker(group)
     single = [
         item for item in items
         if item.get_closest_marker("single_server")

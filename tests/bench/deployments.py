@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))  # run as a script: `tests` and `service` import f
 
 from tests.bench import load, prepare, servers
 from tests.bench.run import BY_KEY, machine
-from tests.cluster import Cluster
-from tests.helpers import RedisServer, ServiceProcess, wait_until
+from tests.support.cluster import Cluster
+from tests.support.helpers import RedisServer, ServiceProcess, wait_until
 
 OPS = ("heartbeat", "lease-free", "send-check", "vote")
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))  # run as a script: `tests` and `service` import f
 
 from tests.bench import load, prepare, servers
 from tests.bench.report import DISTURBED_CORES, Op, Report, Row, ScaleRow, Table, kept_section, render
-from tests.helpers import REDIS_SERVER, RedisServer, ServiceProcess, wait_until
+from tests.support.helpers import REDIS_SERVER, RedisServer, ServiceProcess, wait_until
 
 OPS = [
     Op("register", "register (upsert)", "register", 200),

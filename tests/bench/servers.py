@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ServiceProcess, concord_env, wait_until
+from tests.support.helpers import ServiceProcess, concord_env, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,741 @@
+"""Leases over HTTP: acquire, renew, release, get, list, send-check, expiry.
+
+Every test runs on fakeredis and on a real Redis (the redis_client fixture).
+Liveness is changed by ageing a heartbeat in Redis, never by waiting.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from concord.server.store.keys import agent_tag
+from concord.server.store.keys import lease_id as lease_id_of
+from tests.support.api import (
+    C,
+    LEASE_ID,
+    TENANT,
+    acquire,
+    invalid,
+    make_inactive,
+    ms,
+    ok,
+    problem,
+    register,
+    unknown_id,
+)
+from tests.support.helpers import eventually, snapshot
+
+LEASE_FIELDS = {
+    "id", "tenantId", "agentId", "agentName", "contactEmail", "intent", "acquiredAt", "expiresAt", "fencingToken",
+    "conflict",
+}
+CONTACT = "alice@example.com"
+MINUTE_MS = 60_000
+
+
+@pytest.fixture
+async def sdr(client):
+    return await register(client, "sdr-1", agentRole="sdr")
+
+
+@pytest.fixture
+async def retention(client):
+    return await register(client, "retention-1", agentRole="retention")
+
+
+async def lease_post(client, **body):
+    return await client.post(f"{C}/lease", json=body)
+
+
+async def send_check(client, agent_id, contact=CONTACT, **extra):
+    return ok(await client.post(f"{C}/send-check", json={"agentId": agent_id, "contactEmail": contact, **extra}))
+
+
+def stored(lease) -> str:
+    """A lease as Redis holds it under keys.lease: one string,
+    "<agent uuid>|<fencingToken>|<acquiredAt ms>|<agentName>|<intent>" (its expiry is the key's)."""
+    holder = lease["agentId"].removeprefix("agent_")
+    return f"{holder}|{lease['fencingToken']}|{ms(lease['acquiredAt'])}|{lease['agentName']}|{lease['intent'] or ''}"
+
+
+def registry(keys, agent_id) -> str:
+    """The lease registry of an agent: fencingToken -> "<expiresAt>:<contact>"."""
+    return keys.lease_registry(TENANT, agent_tag(agent_id))
+
+
+async def tenant_keys(redis_client, keys) -> dict:
+    """Every key of the tenant with its contents and absolute expiry."""
+    return await snapshot(redis_client, f"{keys.tenant(TENANT)}:*", expiry=True)
+
+
+# --- acquire ------------------------------------------------------------------
+
+
+async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_client, keys, sdr):
+    lease = ok(await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT, intent="outreach"), 201)
+
+    assert set(lease) == LEASE_FIELDS
+    assert LEASE_ID.fullmatch(lease["id"])
+    assert lease == {
+        "id": lease["id"],
+        "tenantId": TENANT,
+        "agentId": sdr["id"],
+        "agentName": "sdr-1",
+        "contactEmail": CONTACT,
+        "intent": "outreach",
+        "acquiredAt": lease["acquiredAt"],
+        "expiresAt": lease["expiresAt"],
+        "fencingToken": lease["fencingToken"],
+        "conflict": False,
+    }
+    # Default duration: 30 minutes, counted from the grant.
+    assert ms(lease["expiresAt"]) - ms(lease["acquiredAt"]) == 30 * MINUTE_MS
+    assert isinstance(lease["fencingToken"], int) and lease["fencingToken"] > 0
+    # Never below Redis's time in microseconds.
+    assert lease["fencingToken"] >= ms(lease["acquiredAt"]) * 1000
+
+    # The id is the holder's tag and the token.
+    assert lease["id"] == lease_id_of(sdr["id"], lease["fencingToken"])
+
+    # Redis: the lease string under the normalized contact, expiring at expiresAt.
+    key = keys.lease(TENANT, CONTACT)
+    uuid = sdr["id"].removeprefix("agent_")
+    expected = f"{uuid}|{lease['fencingToken']}|{ms(lease['acquiredAt'])}|sdr-1|outreach"
+    assert await redis_client.get(key) == expected == stored(lease)
+    assert await redis_client.pexpiretime(key) == ms(lease["expiresAt"])
+    assert 0 < await redis_client.pttl(key) <= 30 * MINUTE_MS
+    # The holder's registry finds the lease by its token, and expires with it.
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(lease["fencingToken"]): f"{ms(lease['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(lease["expiresAt"])
+    assert int(await redis_client.get(keys.fence(TENANT))) == lease["fencingToken"]
+    # Nothing else was written for the lease (no id pointer, no per-agent index) but its event.
+    assert set(await tenant_keys(redis_client, keys)) == {
+        keys.agent(TENANT, sdr["id"]),
+        keys.agents(TENANT),
+        keys.heartbeats(TENANT),
+        key,
+        registry(keys, sdr["id"]),
+        keys.fence(TENANT),
+        keys.events(TENANT),
+    }
+
+
+async def test_acquire_without_intent_gives_null_intent(client, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    assert lease["intent"] is None
+
+
+async def test_acquire_with_matching_tenant_id(client, sdr):
+    lease = ok(await lease_post(client, tenantId=TENANT, agentId=sdr["id"], contactEmail=CONTACT), 201)
+    assert lease["tenantId"] == TENANT
+
+
+@pytest.mark.parametrize(
+    "raw", [" Alice@Example.COM ", "ALICE@EXAMPLE.COM", "\talice@example.com\n", "alice@EXAMPLE.com"]
+)
+async def test_contact_email_is_normalized(client, redis_client, keys, sdr, retention, raw):
+    lease = await acquire(client, sdr["id"], raw)
+    assert lease["contactEmail"] == CONTACT
+    assert await redis_client.exists(keys.lease(TENANT, CONTACT))
+    assert await redis_client.exists(keys.lease(TENANT, raw)) == 0 or raw == CONTACT
+    # Every spelling is the same contact.
+    conflict = problem(await lease_post(client, agentId=retention["id"], contactEmail=CONTACT), 409, "lease_conflict")
+    assert conflict["contactEmail"] == CONTACT
+    assert ok(await client.get(f"{C}/leases", params={"contactEmail": raw}))["leases"] == [
+        ok(await client.get(f"{C}/lease/{lease['id']}"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "   ",
+        "alice",
+        "alice@",
+        "@example.com",
+        "alice@example",
+        "alice@@example.com",
+        "al ice@example.com",
+        "alice@exa mple.com",
+        "alice@-example.com",
+        "alice@example..com",
+        ".alice@example.com",
+        "alice.@example.com",
+        "ålice@example.com",
+        "alice@exämple.com",
+        "alice@example.com\x00",
+        "a" * 65 + "@example.com",  # local part over 64
+        "a@" + ("b" * 60 + ".") * 4 + "c" * 9,  # 255 characters
+        "a@" + "b" * 321,  # over the raw bound
+        "<alice@example.com>",
+        "Alice <alice@example.com>",
+    ],
+    ids=lambda e: repr(e)[:24],
+)
+async def test_invalid_contact_email_is_422(client, redis_client, keys, sdr, email):
+    invalid(await lease_post(client, agentId=sdr["id"], contactEmail=email), "$.contactEmail")
+    invalid(await client.post(f"{C}/send-check", json={"agentId": sdr["id"], "contactEmail": email}),
+            "$.contactEmail")
+    assert await redis_client.get(keys.fence(TENANT)) is None  # nothing was granted
+
+
+async def test_longest_valid_contact_email(client, sdr):
+    email = "a" * 64 + "@" + ("b" * 61 + ".") * 3 + "c" * 3  # 254 characters
+    assert len(email) == 254
+    assert (await acquire(client, sdr["id"], email.upper()))["contactEmail"] == email
+
+
+async def test_same_agent_again_is_200_same_lease_later_expiry(client, redis_client, keys, sdr):
+    first = await acquire(client, sdr["id"], CONTACT, intent="outreach", durationSeconds=60)
+
+    # A retry of the same request is harmless: same lease, same token.
+    retry = await acquire(client, sdr["id"], CONTACT, status=200, intent="outreach", durationSeconds=60)
+    assert {k: v for k, v in retry.items() if k != "expiresAt"} == {k: v for k, v in first.items() if k != "expiresAt"}
+    assert ms(retry["expiresAt"]) >= ms(first["expiresAt"])
+
+    # Asking for longer extends it, keeps id, token and acquiredAt; a new intent replaces the old one.
+    longer = await acquire(client, sdr["id"], " ALICE@example.com", status=200, durationMinutes=30, intent="follow-up")
+    assert longer["id"] == first["id"] and longer["fencingToken"] == first["fencingToken"]
+    assert longer["acquiredAt"] == first["acquiredAt"]
+    assert ms(longer["expiresAt"]) > ms(first["expiresAt"])
+    assert longer["intent"] == "follow-up" and longer["conflict"] is False
+
+    # Without an intent the current one stays.
+    kept = await acquire(client, sdr["id"], CONTACT, status=200, durationMinutes=30)
+    assert kept["intent"] == "follow-up"
+
+    key = keys.lease(TENANT, CONTACT)
+    assert await redis_client.get(key) == stored(kept)
+    assert await redis_client.pexpiretime(key) == ms(kept["expiresAt"])
+    assert kept["fencingToken"] == first["fencingToken"] and kept["id"] == first["id"]
+    # One registry entry, for the one token, at the latest expiry.
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(first["fencingToken"]): f"{ms(kept['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(kept["expiresAt"])
+    assert int(await redis_client.get(keys.fence(TENANT))) == first["fencingToken"]  # no token was spent
+
+
+async def test_another_active_agent_gets_409_lease_conflict(client, redis_client, keys, sdr, retention):
+    held = await acquire(client, sdr["id"], CONTACT, intent="outreach")
+    before = await tenant_keys(redis_client, keys)
+    assert before[keys.lease(TENANT, CONTACT)] == ("string", stored(held), ms(held["expiresAt"]))
+
+    body = problem(
+        await lease_post(client, agentId=retention["id"], contactEmail="Alice@Example.com", intent="winback"),
+        409,
+        "lease_conflict",
+    )
+    assert body == {
+        "type": "urn:concord:problem:lease_conflict",
+        "title": body["title"],
+        "status": 409,
+        "detail": body["detail"],
+        "code": "lease_conflict",
+        "conflict": True,
+        "contactEmail": CONTACT,
+        "leaseHolder": {
+            "agentId": sdr["id"],
+            "agentName": "sdr-1",
+            "intent": "outreach",
+            "expiresAt": held["expiresAt"],
+        },
+    }
+    assert "sdr-1" in body["detail"] and CONTACT in body["detail"]
+    # The refused request changed nothing: the lease, its expiry, the fence, and the
+    # loser has no registry entry.
+    assert await tenant_keys(redis_client, keys) == before
+    assert not await redis_client.exists(registry(keys, retention["id"]))
+    assert ok(await client.get(f"{C}/leases", params={"agentId": retention["id"]}))["leases"] == []
+
+
+async def test_conflict_holder_without_intent(client, sdr, retention):
+    held = await acquire(client, sdr["id"], CONTACT)
+    body = problem(await lease_post(client, agentId=retention["id"], contactEmail=CONTACT), 409, "lease_conflict")
+    assert body["leaseHolder"] == {"agentId": sdr["id"], "agentName": "sdr-1", "intent": None,
+                                   "expiresAt": held["expiresAt"]}
+
+
+async def test_inactive_holder_is_taken_over_with_a_larger_token(client, redis_client, keys, sdr, retention):
+    old = await acquire(client, sdr["id"], CONTACT, intent="outreach")
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+
+    new = ok(await lease_post(client, agentId=retention["id"], contactEmail=CONTACT, intent="winback"), 201)
+    assert new["id"] != old["id"] and LEASE_ID.fullmatch(new["id"])
+    assert new["fencingToken"] > old["fencingToken"]
+    assert new["agentId"] == retention["id"] and new["agentName"] == "retention-1"
+    assert new["intent"] == "winback" and new["conflict"] is False
+    assert await redis_client.get(keys.lease(TENANT, CONTACT)) == stored(new)
+    assert lease_id_of(retention["id"], new["fencingToken"]) == new["id"]
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(new["expiresAt"])
+    assert await redis_client.hgetall(registry(keys, retention["id"])) == {
+        str(new["fencingToken"]): f"{ms(new['expiresAt'])}:{CONTACT}"
+    }
+    # The old holder's registry entry stays, stale: every read below must check it against the lease.
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(old["fencingToken"])) == (
+        f"{ms(old['expiresAt'])}:{CONTACT}"
+    )
+
+    # The old lease is gone for every purpose.
+    problem(await client.get(f"{C}/lease/{old['id']}"), 404, "lease_not_found")
+    problem(await client.delete(f"{C}/lease/{old['id']}"), 404, "lease_not_found")
+    # The old holder comes back: the contact is not its any more.
+    await client.post(f"{C}/heartbeat", json={"agentId": sdr["id"]})
+    problem(await client.post(f"{C}/lease/{old['id']}/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found")
+    conflict = problem(await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT), 409, "lease_conflict")
+    assert conflict["leaseHolder"]["agentId"] == retention["id"]
+    assert ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]}))["leases"] == []
+
+
+async def test_fencing_tokens_grow_across_grants(client, redis_client, keys, sdr, retention):
+    tokens = []
+    for i in range(3):
+        tokens.append((await acquire(client, sdr["id"], f"c{i}@example.com"))["fencingToken"])
+    released = await acquire(client, retention["id"], "r@example.com")
+    tokens.append(released["fencingToken"])
+    ok(await client.delete(f"{C}/lease/{released['id']}"))
+    tokens.append((await acquire(client, sdr["id"], "r@example.com"))["fencingToken"])
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    assert int(await redis_client.get(keys.fence(TENANT))) == tokens[-1]
+
+
+async def test_acquire_unknown_agent_is_404(client, redis_client, keys):
+    missing = unknown_id("agent")
+    body = problem(await lease_post(client, agentId=missing, contactEmail=CONTACT), 404, "agent_not_found")
+    assert missing in body["detail"]
+    assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+
+
+async def test_acquire_by_inactive_agent_is_409(client, redis_client, keys, sdr):
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+    body = problem(await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT), 409, "agent_inactive")
+    assert sdr["id"] in body["detail"]
+    assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+    # A heartbeat brings it back.
+    ok(await client.post(f"{C}/heartbeat", json={"agentId": sdr["id"]}))
+    await acquire(client, sdr["id"], CONTACT)
+
+
+async def test_inactive_holder_renewing_its_own_contact_is_409(client, redis_client, keys, sdr):
+    await acquire(client, sdr["id"], CONTACT)
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+    problem(await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT), 409, "agent_inactive")
+
+
+@pytest.mark.parametrize(
+    "duration, field",
+    [
+        ({"durationSeconds": 0}, "$.durationSeconds"),
+        ({"durationSeconds": -1}, "$.durationSeconds"),
+        ({"durationSeconds": "5"}, "$.durationSeconds"),
+        ({"durationSeconds": 5.5}, "$.durationSeconds"),
+        ({"durationSeconds": 5.0}, "$.durationSeconds"),
+        ({"durationSeconds": True}, "$.durationSeconds"),
+        ({"durationSeconds": None}, None),  # null is "not given": the default applies
+        ({"durationSeconds": 86_401}, "$.durationSeconds"),
+        ({"durationSeconds": 10**30}, "$.durationSeconds"),
+        ({"durationSeconds": [5]}, "$.durationSeconds"),
+        ({"durationMinutes": 0}, "$.durationMinutes"),
+        ({"durationMinutes": -5}, "$.durationMinutes"),
+        ({"durationMinutes": "30"}, "$.durationMinutes"),
+        ({"durationMinutes": 1.5}, "$.durationMinutes"),
+        ({"durationMinutes": False}, "$.durationMinutes"),
+        ({"durationMinutes": 1441}, "$.durationMinutes"),
+        ({"durationMinutes": 5, "durationSeconds": 300}, "$.durationSeconds"),
+    ],
+    ids=repr,
+)
+async def test_lease_duration_bounds(client, redis_client, keys, sdr, duration, field):
+    response = await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT, **duration)
+    if field is None:
+        lease = ok(response, 201)
+        assert ms(lease["expiresAt"]) - ms(lease["acquiredAt"]) == 30 * MINUTE_MS
+        return
+    invalid(response, field)
+    assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+
+
+@pytest.mark.parametrize(
+    "duration, length_ms",
+    [
+        ({"durationSeconds": 1}, 1000),
+        ({"durationSeconds": 86_400}, 86_400_000),
+        ({"durationMinutes": 1}, MINUTE_MS),
+        ({"durationMinutes": 1440}, 1440 * MINUTE_MS),
+    ],
+    ids=repr,
+)
+async def test_lease_duration_limits_are_inclusive(client, redis_client, keys, sdr, duration, length_ms):
+    lease = ok(await lease_post(client, agentId=sdr["id"], contactEmail=CONTACT, **duration), 201)
+    assert ms(lease["expiresAt"]) - ms(lease["acquiredAt"]) == length_ms
+    if length_ms > 1000:
+        assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(lease["expiresAt"])
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"contactEmail": CONTACT}, "$.agentId"),
+        ({"agentId": "AGENT"}, "$.agentId"),
+        ({"agentId": None}, "$.agentId"),
+        ({"agentId": "SELF"}, "$.contactEmail"),
+        ({"agentId": "SELF", "contactEmail": 5}, "$.contactEmail"),
+        ({"agentId": "SELF", "contactEmail": [CONTACT]}, "$.contactEmail"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "intent": ""}, "$.intent"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "intent": "i" * 65}, "$.intent"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "intent": "nul\x00"}, "$.intent"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "intent": 3}, "$.intent"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "durationHours": 1}, "$.durationHours"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": 1}, "$.fencingToken"),
+    ],
+    ids=repr,
+)
+async def test_acquire_refuses_bad_bodies(client, sdr, payload, field):
+    body = {k: (sdr["id"] if v == "SELF" else v) for k, v in payload.items()}
+    invalid(await client.post(f"{C}/lease", json=body), field)
+
+
+async def test_intent_of_64_characters_is_accepted(client, sdr):
+    assert (await acquire(client, sdr["id"], CONTACT, intent="i" * 64))["intent"] == "i" * 64
+
+
+# --- expiry -------------------------------------------------------------------
+
+
+async def test_a_one_second_lease_really_expires(client, redis_client, keys, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT, durationSeconds=1)
+    assert ms(lease["expiresAt"]) - ms(lease["acquiredAt"]) == 1000
+
+    async def gone() -> bool:
+        response = await client.get(f"{C}/lease/{lease['id']}")
+        if response.status_code == 200:
+            return False
+        problem(response, 404, "lease_not_found")
+        return True
+
+    await eventually(gone, timeout=15, what="the one-second lease to expire")
+    # No sweeper: the keys themselves are gone (the registry expires with its only
+    # lease), and the contact is free.
+    assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+    assert not await redis_client.exists(registry(keys, sdr["id"]))
+    assert await send_check(client, retention["id"]) == {"allowed": True}
+    assert ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]})) == {"leases": [], "nextCursor": None}
+    problem(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found")
+    taken = await acquire(client, retention["id"], CONTACT)
+    assert taken["fencingToken"] > lease["fencingToken"]
+
+
+# --- renew --------------------------------------------------------------------
+
+
+async def test_renew_extends_keeps_id_and_token(client, redis_client, keys, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT, intent="outreach", durationSeconds=60)
+    renewed = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationMinutes": 10}))
+    assert {k: v for k, v in renewed.items() if k != "expiresAt"} == {k: v for k, v in lease.items() if k != "expiresAt"}
+    assert ms(renewed["expiresAt"]) > ms(lease["expiresAt"])
+    assert await redis_client.get(keys.lease(TENANT, CONTACT)) == stored(lease)
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(renewed["expiresAt"])
+    assert await redis_client.hgetall(registry(keys, sdr["id"])) == {
+        str(lease["fencingToken"]): f"{ms(renewed['expiresAt'])}:{CONTACT}"
+    }
+    assert await redis_client.pexpiretime(registry(keys, sdr["id"])) == ms(renewed["expiresAt"])
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == renewed
+
+    # Seconds work too, and the expiry may move earlier; no duration means 30 minutes.
+    short = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationSeconds": 30}))
+    assert ms(short["expiresAt"]) < ms(renewed["expiresAt"])
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(short["expiresAt"])
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(lease["fencingToken"])) == (
+        f"{ms(short['expiresAt'])}:{CONTACT}"
+    )
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == short
+    default = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}))
+    assert ms(default["expiresAt"]) > ms(short["expiresAt"])
+    assert default["fencingToken"] == lease["fencingToken"]
+
+
+async def test_renew_by_another_agent_is_403(client, redis_client, keys, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    body = problem(
+        await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": retention["id"]}), 403, "not_lease_holder"
+    )
+    assert lease["id"] in body["detail"]
+    # An agent that does not exist is not the holder either.
+    problem(
+        await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": unknown_id("agent")}),
+        403,
+        "not_lease_holder",
+    )
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
+
+
+async def test_renew_gone_lease_is_404(client, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    ok(await client.delete(f"{C}/lease/{lease['id']}"))
+    problem(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found")
+    problem(
+        await client.post(f"{C}/lease/{unknown_id('lease')}/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found"
+    )
+    problem(await client.post(f"{C}/lease/garbage/renew", json={"agentId": sdr["id"]}), 404, "lease_not_found")
+
+
+async def test_renew_by_inactive_holder_is_409(client, redis_client, keys, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+    problem(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]}), 409, "agent_inactive")
+    assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(lease["expiresAt"])
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({}, "$.agentId"),
+        ({"durationMinutes": 0}, "$.durationMinutes"),
+        ({"durationSeconds": 86_401}, "$.durationSeconds"),
+        ({"durationSeconds": "60"}, "$.durationSeconds"),
+        ({"durationMinutes": 1, "durationSeconds": 1}, "$.durationSeconds"),
+        ({"contactEmail": CONTACT}, "$.contactEmail"),
+    ],
+    ids=repr,
+)
+async def test_renew_refuses_bad_bodies(client, sdr, payload, field):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    body = {"agentId": sdr["id"], **payload} if payload else {}
+    invalid(await client.post(f"{C}/lease/{lease['id']}/renew", json=body), field)
+
+
+# --- release ------------------------------------------------------------------
+
+
+async def test_release_then_404(client, redis_client, keys, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    released = ok(await client.delete(f"{C}/lease/{lease['id']}"))
+    assert released == {"id": lease["id"], "released": True, "releasedAt": released["releasedAt"]}
+    assert ms(lease["acquiredAt"]) <= ms(released["releasedAt"]) < ms(lease["expiresAt"])
+    assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+    # Its registry entry went with it (and with it the registry, which held only this one).
+    assert await redis_client.hget(registry(keys, sdr["id"]), str(lease["fencingToken"])) is None
+    assert not await redis_client.exists(registry(keys, sdr["id"]))
+
+    body = problem(await client.delete(f"{C}/lease/{lease['id']}"), 404, "lease_not_found")
+    assert lease["id"] in body["detail"]
+    problem(await client.get(f"{C}/lease/{lease['id']}"), 404, "lease_not_found")
+    assert await send_check(client, retention["id"]) == {"allowed": True}
+    await acquire(client, retention["id"], CONTACT)
+
+
+async def test_release_only_by_the_holder_when_agent_id_given(client, redis_client, keys, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    body = problem(
+        await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": retention["id"]}), 403, "not_lease_holder"
+    )
+    assert sdr["id"] in body["detail"]
+    problem(
+        await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": unknown_id("agent")}),
+        403,
+        "not_lease_holder",
+    )
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
+
+    released = ok(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": sdr["id"]}))
+    assert released == {"id": lease["id"], "released": True, "releasedAt": released["releasedAt"]}
+    problem(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": sdr["id"]}), 404, "lease_not_found")
+
+
+@pytest.mark.parametrize("lease_id", ["nope", unknown_id("lease"), unknown_id("agent"), unknown_id("lease").upper()])
+async def test_release_unknown_lease_is_404(client, lease_id):
+    problem(await client.delete(f"{C}/lease/{lease_id}"), 404, "lease_not_found")
+
+
+@pytest.mark.parametrize("params, field", [({"agentId": "x"}, "$.agentId"), ({"force": "1"}, "$.force")])
+async def test_release_refuses_bad_query(client, sdr, params, field):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    invalid(await client.delete(f"{C}/lease/{lease['id']}", params=params), field)
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
+
+
+# --- get and list -------------------------------------------------------------
+
+
+async def test_get_lease(client, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT, intent="outreach")
+    assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
+    problem(await client.get(f"{C}/lease/{unknown_id('lease')}"), 404, "lease_not_found")
+    problem(await client.get(f"{C}/lease/lease_123"), 404, "lease_not_found")
+
+
+async def test_list_leases_by_agent_and_by_contact(client, redis_client, keys, sdr, retention):
+    mine = [await acquire(client, sdr["id"], f"m{i}@example.com") for i in range(3)]
+    theirs = await acquire(client, retention["id"], "t@example.com")
+
+    by_agent = ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]}))
+    assert set(by_agent) == {"leases", "nextCursor"} and by_agent["nextCursor"] is None
+    assert sorted(by_agent["leases"], key=lambda l: l["id"]) == sorted(mine, key=lambda l: l["id"])
+    got = [(ms(l["acquiredAt"]), l["id"]) for l in by_agent["leases"]]
+    assert got == sorted(got, reverse=True)  # newest grant first
+
+    assert ok(await client.get(f"{C}/leases", params={"contactEmail": " T@Example.com"})) == {
+        "leases": [theirs], "nextCursor": None
+    }
+    # Both: the contact's lease, if that agent holds it.
+    assert ok(await client.get(f"{C}/leases", params={"agentId": retention["id"], "contactEmail": "t@example.com"}))[
+        "leases"
+    ] == [theirs]
+    assert ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"], "contactEmail": "t@example.com"}))[
+        "leases"
+    ] == []
+    assert ok(await client.get(f"{C}/leases", params={"contactEmail": "free@example.com"})) == {
+        "leases": [], "nextCursor": None
+    }
+    assert ok(await client.get(f"{C}/leases", params={"agentId": unknown_id("agent")})) == {
+        "leases": [], "nextCursor": None
+    }
+
+    # A released lease leaves the agent's list.
+    ok(await client.delete(f"{C}/lease/{mine[0]['id']}"))
+    left = ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]}))["leases"]
+    assert {l["id"] for l in left} == {mine[1]["id"], mine[2]["id"]}
+
+
+async def test_list_leases_paginates(client, sdr):
+    leases = [await acquire(client, sdr["id"], f"p{i}@example.com") for i in range(5)]
+    seen, cursor, sizes = [], None, []
+    while True:
+        params = {"agentId": sdr["id"], "limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = ok(await client.get(f"{C}/leases", params=params))
+        sizes.append(len(page["leases"]))
+        seen += page["leases"]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert sizes == [2, 2, 1]
+    assert len({l["id"] for l in seen}) == 5
+    assert sorted(seen, key=lambda l: l["id"]) == sorted(leases, key=lambda l: l["id"])
+    order = [(ms(l["acquiredAt"]), l["id"]) for l in seen]
+    assert order == sorted(order, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "$.agentId"),
+        ({"limit": "5"}, "$.agentId"),
+        ({"agentId": "sdr-1"}, "$.agentId"),
+        ({"contactEmail": "not-an-email"}, "$.contactEmail"),
+        ({"contactEmail": "a@example.com", "limit": "0"}, "$.limit"),
+        ({"contactEmail": "a@example.com", "limit": "1001"}, "$.limit"),
+        ({"contactEmail": "a@example.com", "cursor": "%%%"}, "$.cursor"),
+        ({"contactEmail": "a@example.com", "status": "active"}, "$.status"),
+    ],
+    ids=repr,
+)
+async def test_list_leases_refuses_bad_queries(client, params, field):
+    invalid(await client.get(f"{C}/leases", params=params), field)
+
+
+# --- send-check ---------------------------------------------------------------
+
+
+async def test_send_check_free_contact_is_allowed(client, sdr):
+    response = await client.post(f"{C}/send-check", json={"agentId": sdr["id"], "contactEmail": " Alice@Example.com"})
+    assert ok(response) == {"allowed": True}
+
+
+async def test_send_check_holder_is_allowed_with_and_without_its_token(client, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    assert await send_check(client, sdr["id"]) == {"allowed": True}
+    assert await send_check(client, sdr["id"], fencingToken=lease["fencingToken"]) == {"allowed": True}
+    assert await send_check(client, sdr["id"], contact="ALICE@example.com", fencingToken=lease["fencingToken"]) == {
+        "allowed": True
+    }
+
+
+async def test_send_check_lease_conflict_names_the_holder(client, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT, intent="outreach")
+    assert await send_check(client, retention["id"]) == {
+        "allowed": False,
+        "reason": "lease_conflict",
+        "leaseHolder": {"agentId": sdr["id"], "agentName": "sdr-1", "intent": "outreach",
+                        "expiresAt": lease["expiresAt"]},
+    }
+
+
+async def test_send_check_inactive_agent(client, redis_client, keys, sdr, retention):
+    await acquire(client, sdr["id"], CONTACT)
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+    # Even the holder may not send while it is inactive.
+    assert await send_check(client, sdr["id"]) == {"allowed": False, "reason": "agent_inactive"}
+    # And its lease protects nothing: another agent may send.
+    assert await send_check(client, retention["id"]) == {"allowed": True}
+
+
+async def test_send_check_unknown_agent(client, sdr):
+    await acquire(client, sdr["id"], CONTACT)
+    assert await send_check(client, unknown_id("agent")) == {"allowed": False, "reason": "agent_not_found"}
+    assert await send_check(client, unknown_id("agent"), contact="free@example.com") == {
+        "allowed": False, "reason": "agent_not_found"
+    }
+
+
+async def test_send_check_stale_fencing_token(client, redis_client, keys, sdr, retention):
+    old = await acquire(client, sdr["id"], CONTACT, intent="outreach")
+    # A wrong token from the holder itself.
+    assert await send_check(client, sdr["id"], fencingToken=old["fencingToken"] + 1) == {
+        "allowed": False, "reason": "stale_fencing_token"
+    }
+    # A token on a contact nobody holds.
+    assert await send_check(client, sdr["id"], contact="free@example.com", fencingToken=old["fencingToken"]) == {
+        "allowed": False, "reason": "stale_fencing_token"
+    }
+
+    # Takeover: sdr lapses, retention takes the contact, sdr comes back with its old token.
+    await make_inactive(redis_client, keys, TENANT, sdr["id"])
+    new = await acquire(client, retention["id"], CONTACT, intent="winback")
+    ok(await client.post(f"{C}/heartbeat", json={"agentId": sdr["id"]}))
+    holder = {"agentId": retention["id"], "agentName": "retention-1", "intent": "winback",
+              "expiresAt": new["expiresAt"]}
+    assert await send_check(client, sdr["id"], fencingToken=old["fencingToken"]) == {
+        "allowed": False, "reason": "stale_fencing_token", "leaseHolder": holder
+    }
+    # Without a token the old holder simply meets the conflict.
+    assert await send_check(client, sdr["id"]) == {"allowed": False, "reason": "lease_conflict", "leaseHolder": holder}
+    # The new holder: its token passes, the old one does not.
+    assert await send_check(client, retention["id"], fencingToken=new["fencingToken"]) == {"allowed": True}
+    assert await send_check(client, retention["id"], fencingToken=old["fencingToken"]) == {
+        "allowed": False, "reason": "stale_fencing_token"
+    }
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"contactEmail": CONTACT}, "$.agentId"),
+        ({"agentId": "SELF"}, "$.contactEmail"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": 0}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": -1}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": "1"}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": 1.5}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": True}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": 2**63}, "$.fencingToken"),
+        ({"agentId": "SELF", "contactEmail": CONTACT, "intent": "x"}, "$.intent"),
+    ],
+    ids=repr,
+)
+async def test_send_check_refuses_bad_bodies(client, sdr, payload, field):
+    body = {k: (sdr["id"] if v == "SELF" else v) for k, v in payload.items()}
+    invalid(await client.post(f"{C}/send-check", json=body), field)
+
+
+async def test_send_check_writes_nothing(client, redis_client, keys, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    before = await tenant_keys(redis_client, keys)
+    assert before[keys.lease(TENANT, CONTACT)] == ("string", stored(lease), ms(lease["expiresAt"]))
+    fence = await redis_client.get(keys.fence(TENANT))
+    for agent in (sdr, retention):
+        await send_check(client, agent["id"])
+        await send_check(client, agent["id"], fencingToken=lease["fencingToken"])
+    assert await tenant_keys(redis_client, keys) == before
+    assert await redis_client.get(keys.fence(TENANT)) == fence

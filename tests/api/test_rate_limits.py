@@ -1,0 +1,453 @@
+"""Rate limits (CONCORD_RATE_LIMITS): token buckets per tenant and per agent.
+
+Through the API, on fakeredis and on a real Redis (the app in process, built with
+the Settings `concord serve` would read):
+
+* a bucket lets its burst through, then answers 429 rate_limited with
+  Retry-After (whole seconds, at least 1) and retryAfterMs;
+* the agent bucket is the acting agent's (agentId, or requestingAgentId): another
+  agent of the tenant is not held back by it, nor is a request without an agent;
+* one tenant's buckets never limit another tenant, even for an agent id the other
+  tenant sends;
+* registration takes from the tenant's bucket only;
+* a request takes from both of its buckets or from neither;
+* tokens come back at the configured rate (polled, with a deadline);
+* N concurrent requests against a bucket of B tokens get exactly B answers;
+  across `concord serve` worker processes too;
+* unset means no limit, and then no rate key is ever written;
+* a malformed CONCORD_RATE_LIMITS stops `concord` with a message naming it.
+
+And lua/rate_limit.lua itself, called directly on both backends: every reply
+(OK, RATE_LIMITED with the wait), the bucket it writes (tokens, at, expiry),
+refill and its cap, and nothing written when it refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from concord.server.app import create_app
+from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
+from concord.server.errors import ConcordError
+from concord.server.store.keys import Keys, agent_id_for
+from concord.server.store import Reply, Store
+from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
+from tests.conftest import API_KEY, OTHER_API_KEY, running
+from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
+from tests.cli.test_serve_and_keys import concord
+from tests.lua.test_scripts import dump
+from tests.system.test_security import security_report
+
+AGENTS = f"{V1}/agents"
+HOUR_RATE_MS = 1 / 3_600_000  # one token an hour, in tokens per millisecond
+# A rate such as 1/h is 2.777...e-07 tokens/ms in floating point, whose inverse is a hair over
+# 3 600 000: ceil() then makes the wait 1 ms longer. Harmless, and allowed for.
+ROUNDING_MS = 1
+
+
+def http(app, api_key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://concord.test",
+                             headers={"Authorization": f"Bearer {api_key}"})
+
+
+@asynccontextmanager
+async def deployment(
+    redis_client: redis.asyncio.Redis, prefix: str, limits: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Clients of tenants acme and globex on an app whose CONCORD_RATE_LIMITS is
+    ``limits``. Apps on one Redis and prefix share their buckets, as instances do."""
+    settings = Settings(
+        redis_url="redis://injected-by-tests",
+        api_keys={key_digest(API_KEY): TENANT, key_digest(OTHER_API_KEY): OTHER_TENANT},
+        key_prefix=prefix,
+        rate_limits=parse_rate_limits(limits),
+    )
+    async with running(create_app(settings, redis_client)) as app, http(app, API_KEY) as a, \
+            http(app, OTHER_API_KEY) as b:
+        yield a, b
+
+
+async def register(client: httpx.AsyncClient, name: str) -> str:
+    response = await client.post(f"{V1}/register", json={"agentName": name})
+    assert response.status_code in (200, 201), response.text
+    return response.json()["id"]
+
+
+async def heartbeat(client: httpx.AsyncClient, agent_id: str) -> httpx.Response:
+    return await client.post(f"{C}/heartbeat", json={"agentId": agent_id})
+
+
+def limited(response: httpx.Response) -> int:
+    """Assert ``response`` is a 429 rate_limited as documented; returns its retryAfterMs."""
+    body = problem(response, 429, "rate_limited")
+    assert set(body) == PROBLEM_MEMBERS | {"retryAfterMs"}, body
+    wait_ms = body["retryAfterMs"]
+    assert isinstance(wait_ms, int) and wait_ms >= 1, body
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
+    assert int(retry_after) == max(1, math.ceil(wait_ms / 1000)), (retry_after, wait_ms)
+    assert f"{wait_ms} ms" in body["detail"], body
+    return wait_ms
+
+
+async def rate_keys(redis_client: redis.asyncio.Redis, keys: Keys) -> list[str]:
+    return sorted([key async for key in redis_client.scan_iter(match=f"{keys.prefix}:*:rate*")])
+
+
+# --- through the API -----------------------------------------------------------
+
+
+async def test_a_burst_then_429_with_retry_after(redis_client, prefix, keys):
+    async with deployment(redis_client, prefix, "tenant=3/h") as (a, _):
+        for _ in range(3):
+            assert (await a.get(AGENTS)).status_code == 200
+        wait_ms = limited(await a.get(AGENTS))
+        # The bucket is empty and one token takes an hour (1 200 000 ms at 3 per hour).
+        assert 1_100_000 < wait_ms <= 1_200_000 + ROUNDING_MS, wait_ms
+        # Every /v1 endpoint takes from the tenant's bucket, whatever its method.
+        limited(await a.post(f"{V1}/register", json={"agentName": "sdr"}))
+        limited(await a.delete(f"{C}/lease/lease_00000000-0000-0000-0000-000000000000"))
+        limited(await a.get(f"{C}/consensus"))
+        # The operations endpoints are not /v1 and never limited.
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            assert (await a.get(path)).status_code == 200, path
+        assert await rate_keys(redis_client, keys) == [keys.rate_bucket(TENANT)]
+
+
+async def test_the_agent_bucket_is_the_acting_agents(redis_client, prefix, keys):
+    async with deployment(redis_client, prefix, "agent=2/h") as (a, _):
+        x, y, z = [await register(a, name) for name in ("x", "y", "z")]
+        for _ in range(2):
+            assert (await heartbeat(a, x)).status_code == 200
+        limited(await heartbeat(a, x))
+        # Every POST acting for x takes from x's bucket.
+        limited(await a.post(f"{C}/lease", json={"agentId": x, "contactEmail": "alice@example.com"}))
+        limited(await a.post(f"{C}/send-check", json={"agentId": x, "contactEmail": "alice@example.com"}))
+        limited(await a.post(f"{C}/consensus", json={"requestingAgentId": x, "action": "a"}))
+        # Another agent of the tenant is not held back by x's bucket...
+        assert (await heartbeat(a, y)).status_code == 200
+        # ... and requestingAgentId is the acting agent of a consensus request.
+        consensus = await a.post(f"{C}/consensus", json={"requestingAgentId": y, "action": "a"})
+        assert consensus.status_code == 201, consensus.text
+        limited(await heartbeat(a, y))
+        vote = await a.post(f"{C}/consensus/{consensus.json()['id']}/vote", json={"agentId": z, "vote": "approve"})
+        assert vote.status_code == 200, vote.text
+        # Requests that act for no agent have no agent bucket: no limit configured for them.
+        for _ in range(5):
+            assert (await a.get(AGENTS)).status_code == 200
+            assert (await a.get(f"{AGENTS}/{x}")).status_code == 200
+        assert await rate_keys(redis_client, keys) == sorted(keys.rate_bucket(TENANT, i) for i in (x, y, z))
+
+
+async def test_one_tenants_buckets_never_limit_another(redis_client, prefix, keys):
+    x = agent_id_for(TENANT, "x")
+    async with deployment(redis_client, prefix, "tenant=3/h,agent=2/h") as (a, b):
+        for _ in range(3):
+            assert (await a.get(AGENTS)).status_code == 200
+        limited(await a.get(AGENTS))
+        # acme's empty bucket is acme's: globex has three tokens of its own. And globex
+        # may name acme's agent id as often as it likes: that fills globex's bucket for
+        # that id, never acme's agent's.
+        assert (await b.get(AGENTS)).status_code == 200
+        for _ in range(2):
+            problem(await heartbeat(b, x), 404, "agent_not_found")
+        limited(await b.get(AGENTS))
+        assert await rate_keys(redis_client, keys) == sorted(
+            [keys.rate_bucket(TENANT), keys.rate_bucket(OTHER_TENANT), keys.rate_bucket(OTHER_TENANT, x)]
+        )
+    async with deployment(redis_client, prefix, "agent=2/h") as (a, _):
+        assert await register(a, "x") == x
+        for _ in range(2):
+            assert (await heartbeat(a, x)).status_code == 200  # acme's x still has both its tokens
+        limited(await heartbeat(a, x))
+
+
+async def test_registration_takes_from_the_tenant_only(redis_client, prefix, keys):
+    async with deployment(redis_client, prefix, "tenant=4/h,agent=1/h") as (a, _):
+        sdr = agent_id_for(TENANT, "sdr")
+        for _ in range(3):
+            assert await register(a, "sdr") == sdr  # an agent bucket of 1 would refuse the second
+        assert not await redis_client.exists(keys.rate_bucket(TENANT, sdr))
+        assert (await heartbeat(a, sdr)).status_code == 200  # the tenant's 4th token, sdr's only one
+        limited(await a.post(f"{V1}/register", json={"agentName": "sdr"}))
+        tenant_bucket = await redis_client.hgetall(keys.rate_bucket(TENANT))
+        agent_bucket = await redis_client.hgetall(keys.rate_bucket(TENANT, sdr))
+        assert float(tenant_bucket["tokens"]) < 1 and float(agent_bucket["tokens"]) < 1
+
+
+async def test_a_request_takes_from_both_buckets_or_from_neither(redis_client, prefix, keys):
+    async with deployment(redis_client, prefix, "") as (setup, _):  # no limits: registering takes nothing
+        x, y = await register(setup, "x"), await register(setup, "y")
+    async with deployment(redis_client, prefix, "tenant=5/h,agent=2/h") as (a, _):
+        for _ in range(2):
+            assert (await heartbeat(a, x)).status_code == 200
+        tenant_before = await redis_client.hgetall(keys.rate_bucket(TENANT))
+        limited(await heartbeat(a, x))  # x's bucket is empty: the tenant's must not pay for it
+        assert await redis_client.hgetall(keys.rate_bucket(TENANT)) == tenant_before
+        # The tenant's three remaining tokens are all there.
+        assert (await heartbeat(a, y)).status_code == 200
+        assert (await heartbeat(a, y)).status_code == 200
+        assert (await a.get(AGENTS)).status_code == 200
+        limited(await a.get(AGENTS))
+
+
+async def test_tokens_come_back_over_time(redis_client, prefix):
+    """At 4 a second with a burst of 1, back-to-back requests soon meet an empty
+    bucket; a token is then due within 250 ms, and one comes (polled, with a deadline)."""
+    async with deployment(redis_client, prefix, "tenant=4/s:1") as (a, _):
+
+        async def refused() -> httpx.Response | None:
+            response = await a.get(AGENTS)
+            return response if response.status_code == 429 else None
+
+        async def served() -> bool:
+            return (await a.get(AGENTS)).status_code == 200
+
+        response = await eventually(refused, timeout=10, what="the bucket to run dry", every=0)
+        wait_ms = limited(response)
+        assert wait_ms <= 250 + ROUNDING_MS, wait_ms  # a token every 250 ms
+        assert response.headers["retry-after"] == "1"  # whole seconds, never 0
+        await eventually(served, timeout=10, what="a token to come back at 4/s")
+
+
+async def test_concurrent_requests_get_exactly_the_burst(redis_client, prefix):
+    """The bucket is one script: 40 requests at once against 10 tokens (refilling one
+    an hour) get exactly 10 answers and 30 refusals."""
+    async with deployment(redis_client, prefix, "tenant=10/h") as (a, _):
+        answers = await asyncio.gather(*(a.get(AGENTS) for _ in range(40)))
+    statuses = Counter(r.status_code for r in answers)
+    assert statuses == {200: 10, 429: 30}, statuses
+    for response in answers:
+        if response.status_code == 429:
+            limited(response)
+
+
+async def test_unset_means_no_limit_and_no_rate_keys(redis_client, prefix, keys):
+    assert Settings.from_env({}).rate_limits == {}
+    assert Settings.from_env({"CONCORD_RATE_LIMITS": ""}).rate_limits == {}
+    async with deployment(redis_client, prefix, "") as (a, b):
+        x = await register(a, "x")
+        # (At most 80 at once: the test's Redis client, like the service's, holds at most 100 connections.)
+        answers = await asyncio.gather(*(heartbeat(a, x) for _ in range(40)), *(b.get(AGENTS) for _ in range(40)))
+        answers += await asyncio.gather(*(heartbeat(a, x) for _ in range(40)), *(b.get(AGENTS) for _ in range(40)))
+        assert {r.status_code for r in answers} == {200}
+    assert await rate_keys(redis_client, keys) == []
+
+
+def test_rate_limits_parse_as_documented():
+    assert parse_rate_limits("tenant=1000/s,agent=20/s:40") == {
+        "tenant": RateLimit(1000.0, 1000), "agent": RateLimit(20.0, 40),
+    }
+    assert parse_rate_limits(" tenant=60/m , agent=7200/h:5 ") == {
+        "tenant": RateLimit(1.0, 60), "agent": RateLimit(2.0, 5),
+    }
+    assert parse_rate_limits("agent=1/h") == {"agent": RateLimit(1 / 3600, 1)}
+
+
+@pytest.mark.parametrize("limits", ["tenant=1/h:100000000000", "agent=1/s:100000000000000"])
+async def test_every_accepted_limit_can_be_kept(redis_client, prefix, keys, limits):
+    """A CONCORD_RATE_LIMITS that `concord` accepts must work: either it is refused at
+    start naming the variable (as the README promises for a malformed value), or
+    requests are served under it.
+
+    FAILS today: parse_rate_limits (service/config.py) puts no upper bound on BURST,
+    and lua/rate_limit.lua sets the bucket's expiry to ceil(burst / rate) ms. When
+    that is 1e17 ms or more (here 1e11 tokens at 1/h, or 1e14 at 1/s), Lua passes it
+    to PEXPIRE in exponent form ("3.6e+20"), Redis answers "value is not an integer
+    or out of range", and every request taking from that bucket is 500 store_error. The
+    script has already run HSET by then, so it also leaves the bucket written
+    without an expiry (its header promises nothing is written on an error)."""
+    try:
+        settings = Settings.from_env({"CONCORD_RATE_LIMITS": limits})
+    except ConfigError as refused:
+        assert "CONCORD_RATE_LIMITS" in str(refused)
+        return
+    assert settings.rate_limits
+    async with deployment(redis_client, prefix, limits) as (a, _):
+        x = await register(a, "x")
+        response = await heartbeat(a, x)
+        assert response.status_code == 200, response.text
+        for key in await rate_keys(redis_client, keys):
+            assert await redis_client.pttl(key) > 0, f"{key} has no expiry"
+
+
+BAD_LIMITS = [
+    "garbage", "tenant", "tenant=10", "tenant=10/d", "tenant=10/second", "user=10/s", "tenant=0/s",
+    "tenant=10/s:0", "tenant=-1/s", "tenant=1.5/s", "tenant=10/s:", "tenant = 10/s", "tenant=10/s,tenant=5/s",
+    "tenant=10/s;agent=5/s", "tenant=10/s:20:30",
+]
+
+
+@pytest.mark.parametrize("value", BAD_LIMITS)
+def test_malformed_rate_limits_stop_concord_naming_the_variable(value: str):
+    with pytest.raises(ConfigError, match="CONCORD_RATE_LIMITS"):
+        Settings.from_env({"CONCORD_RATE_LIMITS": value})
+    run = concord("serve", "--port", str(free_port()), settings={"CONCORD_RATE_LIMITS": value})
+    assert run.returncode != 0, run
+    assert "CONCORD_RATE_LIMITS" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+# --- across processes ------------------------------------------------------------
+
+WORKERS = 2
+PROC_TENANT, PROC_KEY = "burst", "burst-key-0123456789abcdef"
+PROC_LIMITS = "tenant=25/h,agent=5/h"
+
+
+@pytest.fixture(scope="module")
+def limited_stack(real_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`concord serve --workers 2` with CONCORD_RATE_LIMITS on a private redis-server.
+    (real_redis_url only decides whether a real Redis may be used.)"""
+    settings = {"CONCORD_API_KEYS": f"{PROC_TENANT}:{PROC_KEY}", "CONCORD_RATE_LIMITS": PROC_LIMITS}
+    with running_stack(tmp_path_factory.mktemp("rate-limits"), settings, workers=WORKERS) as stack:
+        wait_until(lambda: stack.service.log_text().count("Application startup complete") >= WORKERS,
+                   timeout=30, what=f"{WORKERS} workers started")
+        yield stack
+
+
+@pytest.mark.real
+async def test_concurrent_requests_across_workers_get_exactly_the_burst(limited_stack: Stack):
+    """100 requests at once, each on its own connection (so spread over the worker
+    processes), against a tenant bucket of 25: exactly 25 answers. Then 40 at once
+    for one agent, against its bucket of 5: exactly 5."""
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(limited_stack.service.client(PROC_KEY)) for _ in range(100)]
+        agent = await register(clients[0], "racer")  # one tenant token: 24 left
+        beats = Counter(r.status_code for r in await asyncio.gather(*(heartbeat(c, agent) for c in clients[:40])))
+        assert beats == {200: 5, 429: 35}, beats  # 5 more tenant tokens: 19 left
+        reads = Counter(r.status_code for r in await asyncio.gather(*(c.get(AGENTS) for c in clients)))
+        assert reads == {200: 19, 429: 81}, reads
+    security_report(
+        f"rate limits: 40 concurrent heartbeats of one agent (bucket 5) -> {beats[200]} served; 100 concurrent reads "
+        f"of the tenant (19 tokens left of 25) -> {reads[200]} served, across {WORKERS} worker processes",
+        {
+            "check": "rate-limit-concurrency",
+            "workers": WORKERS,
+            "agentBucket": {"requests": 40, "tokens": 5, "served": beats[200], "refused": beats[429]},
+            "tenantBucket": {"requests": 100, "tokens": 19, "served": reads[200], "refused": reads[429]},
+        },
+    )
+
+
+BURST = 300
+
+
+@pytest.mark.real
+async def test_a_burst_of_concurrent_requests_is_served_not_refused(real_redis_url: str, tmp_path: Path):
+    """Without rate limits, 300 requests at once to one `concord serve` process on a
+    healthy Redis are all served: 503 store_unavailable is documented for a Redis
+    that is down or slower than CONCORD_REDIS_TIMEOUT_SECONDS, and neither is the
+    case here. (A burst is what rate limits are for; they cannot help if the
+    process refuses the burst before the bucket is even asked.)
+
+    FAILS today: service/app.py connect() builds its client with Redis.from_url and
+    no pool size, and redis-py 8's asyncio ConnectionPool defaults to
+    max_connections=100 and raises MaxConnectionsError (a ConnectionError) at once
+    when all are in use, which the app answers as 503. A BlockingConnectionPool
+    (waiting up to the request deadline) or a larger max_connections would queue
+    the burst instead."""
+    settings = {"CONCORD_API_KEYS": f"{PROC_TENANT}:{PROC_KEY}"}
+    with running_stack(tmp_path, settings) as stack:
+        async with AsyncExitStack() as exits:
+            clients = [await exits.enter_async_context(stack.service.client(PROC_KEY)) for _ in range(BURST)]
+            answers = await asyncio.gather(*(c.get(AGENTS) for c in clients))
+        statuses = Counter(r.status_code for r in answers)
+        refusals = [line for line in stack.service.log_text().splitlines() if "Redis unavailable" in line]
+    assert statuses == {200: BURST}, f"{dict(statuses)}; the log says: {refusals[:1]}"
+
+
+# --- lua/rate_limit.lua, called directly ------------------------------------------
+
+
+async def take(store: Store, *buckets: tuple[str, float, int]) -> list:
+    """Run the script on ``buckets``: (key, tokens per ms, burst) each."""
+    return await store.scripts.rate_limit(
+        [key for key, _, _ in buckets], [value for _, rate, burst in buckets for value in (rate, burst)]
+    )
+
+
+async def test_script_takes_a_token_and_writes_the_bucket(store, redis_client, keys):
+    bucket = keys.rate_bucket(TENANT)
+    before = await redis_ms(redis_client)
+    assert await take(store, (bucket, 0.001, 5)) == [Reply.OK]
+    state = await redis_client.hgetall(bucket)
+    assert state["tokens"] == "4"  # a missing bucket is full: 5, less the one taken
+    assert before <= int(state["at"]) <= await redis_ms(redis_client)
+    # It expires when it would be full again: 5 tokens at one per second.
+    assert 4_000 < await redis_client.pttl(bucket) <= 5_000
+    for left in ("3", "2", "1", "0"):
+        assert await take(store, (bucket, 0.001, 5)) == [Reply.OK]
+        assert (await redis_client.hgetall(bucket))["tokens"][:1] == left
+
+
+async def test_script_refuses_with_the_wait_and_writes_nothing(store, redis_client, keys, prefix):
+    bucket = keys.rate_bucket(TENANT)
+    rate = 1e-6  # a token every 1000 s, so the time the test takes moves nothing
+    await redis_client.hset(bucket, mapping={"tokens": "0.5", "at": await redis_ms(redis_client)})
+    await redis_client.pexpire(bucket, 60_000)
+    state = await dump(redis_client, prefix)
+    code, wait_ms = await take(store, (bucket, rate, 3))
+    assert code == Reply.RATE_LIMITED
+    assert 499_000 < wait_ms <= 500_000 + ROUNDING_MS, wait_ms  # the half token missing, at 1e-6 per ms
+    assert await dump(redis_client, prefix) == state
+
+
+async def test_script_takes_from_every_bucket_or_from_none(store, redis_client, keys, prefix):
+    tenant, agent = keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, agent_id_for(TENANT, "x"))
+    await redis_client.hset(agent, mapping={"tokens": "0", "at": await redis_ms(redis_client)})
+    state = await dump(redis_client, prefix)
+    code, wait_ms = await take(store, (tenant, 0.001, 5), (agent, HOUR_RATE_MS, 1))
+    assert code == Reply.RATE_LIMITED and 3_500_000 < wait_ms <= 3_600_000 + ROUNDING_MS
+    assert await dump(redis_client, prefix) == state  # the full tenant bucket was not even created
+    # With tokens in both, it takes one from each.
+    await redis_client.hset(agent, "tokens", "1")
+    assert await take(store, (tenant, 0.001, 5), (agent, HOUR_RATE_MS, 1)) == [Reply.OK]
+    assert (await redis_client.hgetall(tenant))["tokens"] == "4"
+    assert float((await redis_client.hgetall(agent))["tokens"]) < 0.01
+
+
+async def test_script_refills_at_the_rate_up_to_the_burst(store, redis_client, keys):
+    bucket = keys.rate_bucket(TENANT)
+    now = await redis_ms(redis_client)
+    # Two seconds ago, empty, at one token a second: two tokens came back; one is taken.
+    await redis_client.hset(bucket, mapping={"tokens": "0", "at": now - 2_000})
+    assert await take(store, (bucket, 0.001, 5)) == [Reply.OK]
+    assert 1.0 <= float((await redis_client.hgetall(bucket))["tokens"]) < 1.9
+    # Ten seconds ago: ten came back, but a bucket holds its burst at most.
+    await redis_client.hset(bucket, mapping={"tokens": "0", "at": now - 10_000})
+    assert await take(store, (bucket, 0.001, 5)) == [Reply.OK]
+    assert (await redis_client.hgetall(bucket))["tokens"] == "4"
+
+
+async def test_script_refuses_a_bucket_of_the_wrong_type_writing_nothing(store, redis_client, keys, prefix):
+    tenant, agent = keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, agent_id_for(TENANT, "x"))
+    await redis_client.set(agent, "planted")
+    state = await dump(redis_client, prefix)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await take(store, (tenant, 0.001, 5), (agent, 0.001, 5))
+    assert await dump(redis_client, prefix) == state
+
+
+async def test_store_take_token_raises_rate_limited(store, redis_client, keys):
+    limits = parse_rate_limits("tenant=1/h,agent=1/h")
+    x = agent_id_for(TENANT, "x")
+    await store.take_token(TENANT, x, limits)
+    with pytest.raises(ConcordError) as refused:
+        await store.take_token(TENANT, None, limits)
+    assert refused.value.code == "rate_limited"
+    assert 3_500_000 < refused.value.extra["retryAfterMs"] <= 3_600_000 + ROUNDING_MS
+    assert await store.take_token(TENANT, None, {}) is None  # no limits: no script, no key
+    assert sorted([k async for k in redis_client.scan_iter(match=f"{keys.prefix}:*")]) == sorted(
+        [keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, x)]
+    )

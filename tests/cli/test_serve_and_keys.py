@@ -1,0 +1,269 @@
+"""The `concord` command, run as a subprocess: `serve` on the embedded store and
+its refusals, settings that are refused naming the variable, and `keys
+create|list|revoke` against a private redis-server with a running service.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_py
+
+from concord.server.settings import key_digest
+from concord.server.store.keys import Keys
+from tests.support.api import V1, problem
+from tests.support.helpers import RedisServer, concord_env, free_port, redis_server, service, wait_until
+
+# `concord serve` with settings it must refuse would otherwise run until killed.
+CLI_TIMEOUT = 30
+
+
+def concord(*args: str, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `concord ARGS` with exactly the given CONCORD_* settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "concord", *args],
+        env=concord_env(settings or {}),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def register(base_url: str, api_key: str, name: str) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}{V1}/register",
+        json={"agentName": name},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
+
+
+# --- help ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["keys", "--help"], ["keys", "create", "--help"]])
+def test_help(args: list[str]):
+    run = concord(*args)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: concord"), run.stdout
+    if args == ["--help"]:
+        assert "serve" in run.stdout and "keys" in run.stdout
+    if args[0] == "serve":
+        assert all(option in run.stdout for option in ("--host", "--port", "--workers")), run.stdout
+    if args[-2:] == ["create", "--help"]:
+        assert "--tenant" in run.stdout
+
+
+def test_no_command_is_a_usage_error():
+    run = concord()
+    assert run.returncode == 2 and "usage: concord" in run.stderr, run
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).with_name("concord")
+    assert script.is_file(), f"no `concord` next to {sys.executable}: is the package installed (pip install -e .)?"
+    run = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert run.returncode == 0 and run.stdout.startswith("usage: concord"), run
+
+
+# --- serve on the embedded store -------------------------------------------------
+
+
+def test_serve_without_redis_runs_on_the_embedded_store_with_a_demo_key(tmp_path: Path):
+    with service({}, tmp_path / "concord.log") as proc:
+        log = proc.log_text()
+        embedded = [line for line in log.splitlines() if "embedded" in line.lower()]
+        assert len(embedded) == 1 and "in-memory store" in embedded[0], log
+        (demo_line,) = [line for line in log.splitlines() if "demo" in line]  # the key ends the line
+        demo_key = demo_line.split()[-1].strip("'\".,")
+
+        created = register(proc.url, demo_key, "sdr")
+        assert created.status_code == 201, created.text
+        assert created.json()["tenantId"] == "demo", created.text
+        assert register(proc.url, demo_key, "sdr").status_code == 200
+        problem(register(proc.url, demo_key + "x", "sdr"), 401, "unauthorized")
+        assert httpx.get(f"{proc.url}/readyz", timeout=10).status_code == 200
+
+
+def test_serve_on_the_embedded_store_with_configured_keys_creates_no_demo_key(tmp_path: Path):
+    with service({"CONCORD_API_KEYS": "acme:acme-key-0123456789"}, tmp_path / "concord.log") as proc:
+        log = proc.log_text()
+        assert "embedded" in log.lower() and "demo" not in log, log
+        created = register(proc.url, "acme-key-0123456789", "sdr")
+        assert created.status_code == 201 and created.json()["tenantId"] == "acme", created.text
+
+
+def test_serve_refuses_several_workers_on_the_embedded_store():
+    run = concord("serve", "--port", str(free_port()), "--workers", "2")
+    assert run.returncode != 0, run
+    assert "--workers" in run.stderr and "CONCORD_REDIS_URL" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("CONCORD_HEARTBEAT_WINDOW_SECONDS", "abc"),
+        ("CONCORD_HEARTBEAT_WINDOW_SECONDS", "0"),
+        ("CONCORD_HEARTBEAT_WINDOW_SECONDS", "1.5"),
+        ("CONCORD_API_KEYS", "garbage"),
+        ("CONCORD_API_KEYS", "acme:"),
+        ("CONCORD_API_KEYS", "not a tenant!:key0123"),
+        ("CONCORD_API_KEYS", "acme:same-key,globex:same-key"),
+        ("CONCORD_KEY_PREFIX", "con{cord}"),
+        ("CONCORD_KEY_PREFIX", ""),
+        ("CONCORD_REDIS_TIMEOUT_SECONDS", "-1"),
+        ("CONCORD_REDIS_TIMEOUT_SECONDS", "soon"),
+        ("CONCORD_REDIS_MAX_CONNECTIONS", "0"),
+        ("CONCORD_REDIS_MAX_CONNECTIONS", "many"),
+        ("CONCORD_LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_variable(name: str, value: str):
+    run = concord("serve", "--port", str(free_port()), settings={name: value})
+    assert run.returncode != 0, run
+    assert name in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_malformed_redis_url_is_refused_naming_the_variable():
+    run = concord("serve", "--port", str(free_port()), settings={"CONCORD_REDIS_URL": "localhost:6379"})
+    assert run.returncode != 0, run
+    assert "CONCORD_REDIS_URL" in run.stderr + run.stdout, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_keys_need_a_redis():
+    run = concord("keys", "create", "--tenant", "acme")
+    assert run.returncode != 0 and "CONCORD_REDIS_URL" in run.stderr, run
+    assert run.stdout == "", run.stdout
+
+
+@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "some-key"]])
+def test_keys_against_a_redis_that_does_not_answer_fail_in_one_line(command: list[str]):
+    run = concord("keys", *command, settings={"CONCORD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert run.returncode == 1, run
+    assert "CONCORD_REDIS_URL" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stdout == "", run
+
+
+# --- keys stored in Redis ------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(real_redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, so every key in it is this test's.
+    (real_redis_url only decides whether a real Redis may be used: skip, or fail if required.)"""
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+def everything_in(client: redis_py.Redis) -> list[str]:
+    """Every key name and every stored value, member, field and score of the database."""
+    found: list[str] = []
+    for key in client.scan_iter(count=1000):
+        found.append(key)
+        kind = client.type(key)
+        if kind == "string":
+            found.append(client.get(key))
+        elif kind == "hash":
+            found += [part for pair in client.hgetall(key).items() for part in pair]
+        elif kind == "zset":
+            found += [str(part) for pair in client.zrange(key, 0, -1, withscores=True) for part in pair]
+        elif kind == "set":
+            found += list(client.smembers(key))
+        elif kind == "list":
+            found += client.lrange(key, 0, -1)
+        elif kind == "stream":
+            found += [part for _, fields in client.xrange(key) for pair in fields.items() for part in pair]
+        else:
+            raise AssertionError(f"unexpected {kind} at {key}")
+    return found
+
+
+@pytest.mark.real
+def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisServer, tmp_path: Path):
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": prefix}
+    apikeys = Keys(prefix).api_keys()
+    client = private_redis.client()
+    try:
+        created = concord("keys", "create", "--tenant", "initech", settings=settings)
+        assert created.returncode == 0, created.stderr
+        (api_key,) = created.stdout.split()  # the key, printed once, alone on stdout
+        assert "initech" in created.stderr and api_key not in created.stderr, created.stderr
+        digest = key_digest(api_key)
+
+        # Redis holds its SHA-256 and nothing that contains the key itself.
+        assert client.hgetall(apikeys) == {digest: "initech"}
+        assert all(api_key not in item for item in everything_in(client))
+
+        listed = concord("keys", "list", settings=settings)
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(rf"^{digest}\s+initech$", listed.stdout, re.MULTILINE), listed.stdout
+        assert api_key not in listed.stdout + listed.stderr
+
+        static = {**settings, "CONCORD_API_KEYS": "acme:acme-key-0123456789"}
+        with service(static, tmp_path / "concord.log") as proc:
+            r = register(proc.url, api_key, "sdr")
+            assert r.status_code == 201 and r.json()["tenantId"] == "initech", r.text
+            # The stored key is initech's: its agents are not acme's.
+            assert httpx.get(
+                f"{proc.url}{V1}/agents/{r.json()['id']}",
+                headers={"Authorization": "Bearer acme-key-0123456789"},
+                timeout=10,
+            ).status_code == 404
+
+            revoked = concord("keys", "revoke", api_key, settings=settings)
+            assert revoked.returncode == 0, revoked.stderr
+            assert "initech" in revoked.stderr, revoked.stderr
+            assert client.hgetall(apikeys) == {}
+            # The service caches a key's tenant for up to a second.
+            wait_until(
+                lambda: register(proc.url, api_key, "sdr").status_code == 401,
+                timeout=10,
+                what="the revoked key to be refused",
+            )
+            problem(register(proc.url, api_key, "sdr"), 401, "unauthorized")
+            assert register(proc.url, "acme-key-0123456789", "sdr").status_code == 201
+
+        again = concord("keys", "revoke", api_key, settings=settings)
+        assert again.returncode != 0 and "no such key" in again.stderr, again
+    finally:
+        client.close()
+
+
+@pytest.mark.real
+def test_keys_revoke_by_sha256_as_listed(private_redis: RedisServer):
+    settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
+    keys = [concord("keys", "create", "--tenant", tenant, settings=settings).stdout.strip() for tenant in ("a", "b")]
+    assert all(keys) and keys[0] != keys[1], keys
+    digests = {key_digest(k) for k in keys}
+    listed = concord("keys", "list", settings=settings).stdout
+    assert {line.split()[0] for line in listed.splitlines()} == digests, listed
+
+    revoked = concord("keys", "revoke", key_digest(keys[0]), settings=settings)
+    assert revoked.returncode == 0, revoked.stderr
+    remaining = concord("keys", "list", settings=settings).stdout
+    assert remaining.split() == [key_digest(keys[1]), "b"], remaining
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("tenant", ["", "has space", "a" * 65, "brace{d}", "colon:ed", "émile", "dot.ted"])
+def test_keys_create_refuses_an_invalid_tenant(private_redis: RedisServer, tenant: str):
+    settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": "refused"}
+    run = concord("keys", "create", "--tenant", tenant, settings=settings)
+    assert run.returncode != 0, run
+    assert run.stdout == "" and "tenant" in run.stderr and "Traceback" not in run.stderr, run
+    client = private_redis.client()
+    try:
+        assert client.dbsize() == 0
+    finally:
+        client.close()

@@ -1,0 +1,140 @@
+"""Small helpers shared by the HTTP API tests (test_api_*.py, test_isolation.py).
+
+They drive the API the way a client would and check what every answer of a kind
+has in common (problem+json shape, id and time formats); each test still asserts
+its own bodies in full.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+import uuid
+from typing import Any
+
+import httpx
+import redis.asyncio
+
+from concord.server.store.keys import Keys
+from tests.support.helpers import snapshot
+
+TENANT, OTHER_TENANT = "acme", "globex"  # the tenants of the `client` / `other_client` fixtures
+WINDOW_MS = 300 * 1000  # the heartbeat window of the app fixture (window_seconds = 300)
+
+V1 = "/v1/agent"
+C = f"{V1}/coordination"
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+AGENT_ID = re.compile(f"agent_{_UUID}")
+LEASE_ID = re.compile(f"lease_{_UUID}")
+CONS_ID = re.compile(f"cons_{_UUID}")
+ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+
+
+def ms(iso: str) -> int:
+    """An ISO-8601 UTC time of the API (``...T12:00:00.123Z``) as Unix milliseconds."""
+    assert ISO_Z.fullmatch(iso), f"not an ISO-8601 UTC time with milliseconds and Z: {iso!r}"
+    seconds = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1000 + int(iso[20:23])
+
+
+def iso(millis: int) -> str:
+    seconds, rest = divmod(int(millis), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:03d}Z"
+
+
+def unknown_id(kind: str) -> str:
+    """A well-formed id that names nothing: ``agent_<uuid>``, ``lease_<uuid>``, ``cons_<uuid>``."""
+    return f"{kind}_{uuid.uuid4()}"
+
+
+def problem(response: httpx.Response, http_status: int, code: str, **members: Any) -> dict[str, Any]:
+    """Assert ``response`` is the problem+json document of ``code`` and return its body.
+
+    ``members`` are extra members that must be present with exactly these values.
+    """
+    assert response.status_code == http_status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/problem+json", response.headers
+    body = response.json()
+    assert PROBLEM_MEMBERS <= body.keys(), body
+    assert body["type"] == f"urn:concord:problem:{code}", body
+    assert body["status"] == http_status and body["code"] == code, body
+    assert isinstance(body["title"], str) and body["title"], body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    for name, value in members.items():
+        assert body.get(name) == value, (name, body)
+    return body
+
+
+def closed(response: httpx.Response, consensus_status: str) -> dict[str, Any]:
+    """A 409 consensus_closed that reports what the request became as ``consensusStatus``."""
+    body = problem(response, 409, "consensus_closed", consensusStatus=consensus_status)
+    assert consensus_status in body["detail"], body
+    return body
+
+
+def invalid(response: httpx.Response, field: str) -> dict[str, Any]:
+    """A 422 validation_error naming ``field`` (a JSON path such as ``$.durationMinutes``)
+    both in its detail and in its ``field`` member."""
+    body = problem(response, 422, "validation_error", field=field)
+    assert f"`{field}`" in body["detail"], body
+    assert set(body) == PROBLEM_MEMBERS | {"field"}, body
+    return body
+
+
+def ok(response: httpx.Response, status: int = 200) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json", response.headers
+    return response.json()
+
+
+# --- doing things through the API ---------------------------------------------
+
+
+async def register(client: httpx.AsyncClient, name: str, **fields: Any) -> dict[str, Any]:
+    """Register (or re-register) an agent; returns the agent object."""
+    response = await client.post(f"{V1}/register", json={"agentName": name, **fields})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+async def acquire(
+    client: httpx.AsyncClient, agent_id: str, contact: str, status: int = 201, **fields: Any
+) -> dict[str, Any]:
+    response = await client.post(f"{C}/lease", json={"agentId": agent_id, "contactEmail": contact, **fields})
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def request_consensus(
+    client: httpx.AsyncClient, requester_id: str, action: str = "send-discount", **fields: Any
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{C}/consensus", json={"requestingAgentId": requester_id, "action": action, **fields}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+# --- looking at Redis -----------------------------------------------------------
+
+
+async def redis_ms(redis_client: redis.asyncio.Redis) -> int:
+    """Now on Redis's clock (the clock the service uses), in milliseconds."""
+    seconds, micros = await redis_client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def make_inactive(redis_client: redis.asyncio.Redis, keys: Keys, tenant: str, agent_id: str) -> None:
+    """Age the agent's last heartbeat past the window, as if it had stopped
+    heartbeating long ago (no waiting)."""
+    heartbeats = keys.heartbeats(tenant)
+    assert await redis_client.zscore(heartbeats, agent_id) is not None, f"{agent_id} has no heartbeat"
+    await redis_client.zadd(heartbeats, {agent_id: await redis_ms(redis_client) - WINDOW_MS - 60_000})
+
+
+async def tenant_snapshot(redis_client: redis.asyncio.Redis, keys: Keys, tenant: str) -> dict[str, Any]:
+    """Every key of one tenant with its type and contents (TTLs left out: they tick)."""
+    return await snapshot(redis_client, f"{keys.tenant(tenant)}:*")
