@@ -22,8 +22,8 @@ import redis.asyncio
 
 from concord.server.app import create_app
 from concord.server.settings import Settings, key_digest
-from concord.server.store.keys import Keys
 from concord.server.store import Store
+from concord.server.store.keys import Keys
 from tests.support.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
 from tests.support.helpers import REDIS_SERVER, RedisServer, unavailable
 
@@ -62,7 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if group in SLOW_GROUPS:
             item.add_marker(group)
     single = [
-        item for item in items
+        item
+        for item in items
         if item.get_closest_marker("single_server")
         and getattr(item, "callspec", None) is not None
         and item.callspec.params.get("redis_client") == "cluster"

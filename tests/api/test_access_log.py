@@ -21,9 +21,9 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from concord.server.settings import ConfigError, Settings
-from concord.server.metrics import Metrics
 from concord.server.http.observe import Observe, stdout_writer
+from concord.server.metrics import Metrics
+from concord.server.settings import ConfigError, Settings
 from tests.support.api import V1
 from tests.support.helpers import HANG_SECONDS, RedisServer, ServiceProcess, redis_server, service, wait_until
 
@@ -92,9 +92,14 @@ async def test_one_json_line_per_request_by_default(redis: RedisServer, tmp_path
             ("GET", f"{V1}/agents", f"{V1}/agents", 401, None, None),  # no key, no tenant
             ("GET", "/no/such/path", "unmatched", 404, None, None),
         ]
-        lines = wait_until(lambda: (found := json_lines(proc)) and len(found) >= len(expected) and found,
-                           what="an access line per request")
-        assert [(l["method"], l["path"], l["route"], l["status"], l["tenant"], l["agent"]) for l in lines] == expected
+        lines = wait_until(
+            lambda: (found := json_lines(proc)) and len(found) >= len(expected) and found,
+            what="an access line per request",
+        )
+        assert [
+            (line["method"], line["path"], line["route"], line["status"], line["tenant"], line["agent"])
+            for line in lines
+        ] == expected
         for line in lines:
             assert list(line) == ["ts", "method", "route", "path", "status", "ms", "tenant", "agent", "client"]
             assert TS.fullmatch(line["ts"]) and line["ms"] >= 0 and line["client"] == "127.0.0.1"
@@ -135,8 +140,9 @@ async def test_lines_of_several_workers_never_interleave(redis: RedisServer, tmp
             answers = await asyncio.gather(*(client.get(path) for path in paths))
         assert {a.status_code for a in answers} == {404}
         # Every line parses (json_lines fails on a torn or merged one), one per request.
-        lines = wait_until(lambda: (found := json_lines(proc)) and len(found) >= len(paths) and found,
-                           what="200 access lines")
+        lines = wait_until(
+            lambda: (found := json_lines(proc)) and len(found) >= len(paths) and found, what="200 access lines"
+        )
         assert Counter(line["path"] for line in lines) == Counter(paths)
 
 
@@ -180,12 +186,33 @@ async def test_json_line_fields():
     for line in lines:
         assert TS.fullmatch(line.pop("ts")) and line.pop("ms") >= 0
     assert lines == [
-        {"method": "POST", "route": "/act/{agent}", "path": "/act/agent_x", "status": 204, "tenant": "acme",
-         "agent": "agent_x", "client": "10.1.2.3"},  # the query string is not logged
-        {"method": "GET", "route": "/boom", "path": "/boom", "status": 500, "tenant": "acme", "agent": None,
-         "client": "10.1.2.3"},  # raised past the middleware: logged as the 500 it was answered
-        {"method": "GET", "route": "unmatched", "path": "/nothing%20here", "status": 404, "tenant": None,
-         "agent": None, "client": "10.1.2.3"},  # the path as sent
+        {
+            "method": "POST",
+            "route": "/act/{agent}",
+            "path": "/act/agent_x",
+            "status": 204,
+            "tenant": "acme",
+            "agent": "agent_x",
+            "client": "10.1.2.3",
+        },  # the query string is not logged
+        {
+            "method": "GET",
+            "route": "/boom",
+            "path": "/boom",
+            "status": 500,
+            "tenant": "acme",
+            "agent": None,
+            "client": "10.1.2.3",
+        },  # raised past the middleware: logged as the 500 it was answered
+        {
+            "method": "GET",
+            "route": "unmatched",
+            "path": "/nothing%20here",
+            "status": 404,
+            "tenant": None,
+            "agent": None,
+            "client": "10.1.2.3",
+        },  # the path as sent
     ]
 
 
@@ -199,7 +226,10 @@ async def test_text_line_quotes_what_could_split_it():
     assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
     first = TEXT_LINE.fullmatch(lines[0].rstrip("\n"))
     assert first and (first["method"], first["path"], first["status"], first["route"]) == (
-        "POST", "/act/agent_x", "204", "/act/{agent}"
+        "POST",
+        "/act/agent_x",
+        "204",
+        "/act/{agent}",
     )
     assert (first["tenant"], first["agent"], first["client"]) == ("acme", "agent_x", "10.1.2.3")
     assert lines[1].endswith(' agent="two words" client=10.1.2.3\n')

@@ -12,11 +12,11 @@ import pytest
 
 from tests.support.api import (
     AGENT_ID,
-    C,
     ISO_Z,
     TENANT,
     V1,
     WINDOW_MS,
+    C,
     acquire,
     invalid,
     make_inactive,
@@ -30,7 +30,15 @@ from tests.support.api import (
 from tests.support.helpers import eventually
 
 AGENT_FIELDS = {
-    "id", "tenantId", "agentName", "agentRole", "status", "lastHeartbeat", "registeredAt", "updatedAt", "metadata"
+    "id",
+    "tenantId",
+    "agentName",
+    "agentRole",
+    "status",
+    "lastHeartbeat",
+    "registeredAt",
+    "updatedAt",
+    "metadata",
 }
 
 
@@ -68,8 +76,15 @@ async def test_register_new_agent_is_201_with_the_full_agent(client, redis_clien
 
 
 async def test_register_with_role_and_metadata(client):
-    metadata = {"team": "growth", "quota": 40, "ratio": 0.5, "live": True, "none": None, "tags": ["a", "b"],
-                "nested": {"deep": {"x": "ünïcødé ✓"}}}
+    metadata = {
+        "team": "growth",
+        "quota": 40,
+        "ratio": 0.5,
+        "live": True,
+        "none": None,
+        "tags": ["a", "b"],
+        "nested": {"deep": {"x": "ünïcødé ✓"}},
+    }
     body = ok(
         await client.post(f"{V1}/register", json={"agentName": "sdr-2", "agentRole": "sdr", "metadata": metadata}),
         201,
@@ -82,8 +97,12 @@ async def test_register_with_role_and_metadata(client):
 
 
 async def test_register_again_is_200_and_updates_the_same_agent(client, redis_client, keys):
-    first = ok(await client.post(f"{V1}/register", json={"agentName": "ret-1", "agentRole": "retention",
-                                                         "metadata": {"v": 1}}), 201)
+    first = ok(
+        await client.post(
+            f"{V1}/register", json={"agentName": "ret-1", "agentRole": "retention", "metadata": {"v": 1}}
+        ),
+        201,
+    )
     again = ok(await client.post(f"{V1}/register", json={"agentName": "ret-1"}), 200)
 
     # Same agent; omitted role and metadata keep their values; registeredAt stays.
@@ -93,8 +112,10 @@ async def test_register_again_is_200_and_updates_the_same_agent(client, redis_cl
     assert ms(again["updatedAt"]) >= ms(first["updatedAt"])
     assert again["lastHeartbeat"] == again["updatedAt"]
 
-    changed = ok(await client.post(f"{V1}/register", json={"agentName": "ret-1", "agentRole": "support",
-                                                           "metadata": {"v": 2}}), 200)
+    changed = ok(
+        await client.post(f"{V1}/register", json={"agentName": "ret-1", "agentRole": "support", "metadata": {"v": 2}}),
+        200,
+    )
     assert changed["id"] == first["id"]
     assert changed["agentRole"] == "support" and changed["metadata"] == {"v": 2}
     cleared = ok(await client.post(f"{V1}/register", json={"agentName": "ret-1", "metadata": {}}), 200)
@@ -153,8 +174,21 @@ async def test_register_alias_conflicts_and_missing_name_are_422(client, payload
 
 @pytest.mark.parametrize(
     "name",
-    ["", "a" * 129, "two words", "slash/name", "colon:name", "pipe|name", "brace{x}", "ünïcode", "tab\tname",
-     "nul\x00name", " lead", "\nlead", "mid\nline"],
+    [
+        "",
+        "a" * 129,
+        "two words",
+        "slash/name",
+        "colon:name",
+        "pipe|name",
+        "brace{x}",
+        "ünïcode",
+        "tab\tname",
+        "nul\x00name",
+        " lead",
+        "\nlead",
+        "mid\nline",
+    ],
     ids=lambda n: repr(n)[:20],
 )
 async def test_register_refuses_bad_agent_names(client, name):
@@ -223,8 +257,9 @@ async def test_metadata_is_limited_to_4_kib_of_json(client):
     assert "4096" in body["detail"]
     # The agent kept its metadata.
     assert ok(await client.get(f"{V1}/agents/{exactly['id']}"))["metadata"] == metadata_of(4096)
-    invalid(await client.post(f"{V1}/register", json={"agentName": "meta2", "metadata": metadata_of(4097)}),
-            "$.metadata")
+    invalid(
+        await client.post(f"{V1}/register", json={"agentName": "meta2", "metadata": metadata_of(4097)}), "$.metadata"
+    )
     assert [a["agentName"] for a in (await list_agents(client))["agents"]] == ["meta"]
 
 
@@ -327,7 +362,7 @@ async def test_list_agents_is_newest_first(client, redis_client):
         registered.append(agent["id"])
         # The next registration must land on a later millisecond of Redis's clock.
         at = ms(agent["registeredAt"])
-        await eventually(lambda: _later(redis_client, at), what="Redis's clock to move on")
+        await eventually(lambda at=at: _later(redis_client, at), what="Redis's clock to move on")
     listed = await list_agents(client)
     assert [a["id"] for a in listed["agents"]] == registered[::-1]
     page = await list_agents(client, limit=1)
@@ -383,8 +418,9 @@ async def test_delete_agent_releases_its_leases_then_404(client, redis_client, k
         problem(await client.get(f"{C}/lease/{lease['id']}"), 404, "lease_not_found")
         assert not await redis_client.exists(keys.lease(TENANT, lease["contactEmail"]))
         # The contact is free for others now.
-        check = ok(await client.post(f"{C}/send-check", json={"agentId": other["id"],
-                                                               "contactEmail": lease["contactEmail"]}))
+        check = ok(
+            await client.post(f"{C}/send-check", json={"agentId": other["id"], "contactEmail": lease["contactEmail"]})
+        )
         assert check == {"allowed": True}
     # The other agent's lease is untouched.
     assert ok(await client.get(f"{C}/lease/{kept['id']}")) == kept
@@ -406,7 +442,9 @@ async def test_delete_agent_releases_its_leases_then_404(client, redis_client, k
 async def test_delete_agent_without_leases(client):
     agent = await register(client, "lonely")
     assert ok(await client.delete(f"{V1}/agents/{agent['id']}")) == {
-        "id": agent["id"], "removed": True, "releasedLeases": 0
+        "id": agent["id"],
+        "removed": True,
+        "releasedLeases": 0,
     }
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from tests.support.api import (
     CONS_ID,
-    C,
     ISO_Z,
     TENANT,
+    C,
     acquire,
     closed,
     invalid,
@@ -27,8 +27,18 @@ from tests.support.api import (
 from tests.support.helpers import eventually
 
 CONSENSUS_FIELDS = {
-    "id", "tenantId", "requestingAgentId", "action", "contactEmail", "reason", "status", "createdAt", "expiresAt",
-    "resolvedAt", "tally", "votes",
+    "id",
+    "tenantId",
+    "requestingAgentId",
+    "action",
+    "contactEmail",
+    "reason",
+    "status",
+    "createdAt",
+    "expiresAt",
+    "resolvedAt",
+    "tally",
+    "votes",
 }
 HOUR_MS = 3600 * 1000
 RETENTION_MS = 7 * 24 * HOUR_MS
@@ -64,8 +74,12 @@ async def test_request_is_201_with_the_full_consensus(client, redis_client, keys
     body = ok(
         await client.post(
             f"{C}/consensus",
-            json={"requestingAgentId": requester["id"], "action": "offer 20% discount",
-                  "contactEmail": " Alice@Example.COM ", "reason": "churn risk"},
+            json={
+                "requestingAgentId": requester["id"],
+                "action": "offer 20% discount",
+                "contactEmail": " Alice@Example.COM ",
+                "reason": "churn risk",
+            },
         ),
         201,
     )
@@ -144,8 +158,10 @@ async def test_requester_must_be_active(client, redis_client, keys, requester):
     ids=repr,
 )
 async def test_timeout_bounds(client, requester, timeout, field):
-    invalid(await client.post(f"{C}/consensus", json={"requestingAgentId": requester["id"], "action": "x", **timeout}),
-            field)
+    invalid(
+        await client.post(f"{C}/consensus", json={"requestingAgentId": requester["id"], "action": "x", **timeout}),
+        field,
+    )
     assert (await listed(client))["consensus"] == []
 
 
@@ -208,8 +224,13 @@ async def test_votes_decide_approval(client, redis_client, keys, requester, peer
     assert first["status"] == "pending" and first["resolvedAt"] is None
     assert first["tally"] == {"approve": 1, "reject": 0, "eligible": 3, "needed": 2}
     assert first["votes"] == [
-        {"agentId": a["id"], "agentName": "retention-1", "vote": "approve", "reason": "fits the | playbook",
-         "votedAt": first["votes"][0]["votedAt"]}
+        {
+            "agentId": a["id"],
+            "agentName": "retention-1",
+            "vote": "approve",
+            "reason": "fits the | playbook",
+            "votedAt": first["votes"][0]["votedAt"],
+        }
     ]
     assert ISO_Z.fullmatch(first["votes"][0]["votedAt"])
     assert {k: v for k, v in first.items() if k not in ("tally", "votes")} == {
@@ -222,8 +243,13 @@ async def test_votes_decide_approval(client, redis_client, keys, requester, peer
     assert ISO_Z.fullmatch(decided["resolvedAt"])
     assert ms(cons["createdAt"]) <= ms(decided["resolvedAt"]) <= ms(cons["expiresAt"])
     assert [v["agentId"] for v in decided["votes"]] == [a["id"], b["id"]]
-    assert decided["votes"][1] == {"agentId": b["id"], "agentName": "support-1", "vote": "approve", "reason": None,
-                                   "votedAt": decided["votes"][1]["votedAt"]}
+    assert decided["votes"][1] == {
+        "agentId": b["id"],
+        "agentName": "support-1",
+        "vote": "approve",
+        "reason": None,
+        "votedAt": decided["votes"][1]["votedAt"],
+    }
     assert ms(decided["votes"][0]["votedAt"]) <= ms(decided["votes"][1]["votedAt"])
     assert await get(client, cons["id"]) == decided
 
@@ -267,7 +293,9 @@ async def test_votes_decide_rejection(client, requester, peers):
     assert decided["status"] == "rejected" and decided["resolvedAt"] is not None
     assert decided["tally"] == {"approve": 1, "reject": 2, "eligible": 3, "needed": 2}
     assert [(v["agentId"], v["vote"]) for v in decided["votes"]] == [
-        (a["id"], "reject"), (b["id"], "approve"), (c["id"], "reject")
+        (a["id"], "reject"),
+        (b["id"], "approve"),
+        (c["id"], "reject"),
     ]
     assert [x["id"] for x in (await listed(client, status="rejected"))["consensus"]] == [cons["id"]]
 

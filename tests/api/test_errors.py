@@ -16,6 +16,7 @@ import pytest
 
 from concord.server.app import routes
 from concord.server.store import Store
+from tests.conftest import API_KEY
 from tests.support.api import (
     OTHER_TENANT,
     PROBLEM_MEMBERS,
@@ -30,7 +31,6 @@ from tests.support.api import (
     request_consensus,
     unknown_id,
 )
-from tests.conftest import API_KEY
 
 MAX_BODY = 64 * 1024
 JSON = {"Content-Type": "application/json"}
@@ -122,8 +122,9 @@ def test_every_v1_route_is_exercised():
 )
 async def test_missing_unknown_or_malformed_key_is_401_everywhere(asgi_app, authorization):
     headers = {"Authorization": authorization} if authorization is not None else {}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_app), base_url="http://concord.test",
-                                 headers=headers) as anyone:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi_app), base_url="http://concord.test", headers=headers
+    ) as anyone:
         for method, path, body in every_v1_call():
             response = await anyone.request(method, path, json=body)
             got = problem(response, 401, "unauthorized")
@@ -148,8 +149,11 @@ async def test_no_key_is_401_before_any_other_check(anonymous_client):
 
 
 async def test_bearer_scheme_is_case_insensitive(asgi_app):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_app), base_url="http://concord.test",
-                                 headers={"Authorization": f"bearer {API_KEY}"}) as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi_app),
+        base_url="http://concord.test",
+        headers={"Authorization": f"bearer {API_KEY}"},
+    ) as c:
         assert ok(await c.get(f"{V1}/agents")) == {"agents": [], "nextCursor": None}
 
 
@@ -157,8 +161,11 @@ async def test_a_key_stored_in_redis_authenticates(asgi_app, redis_client, keys,
     """Keys made by `concord keys create` live in Redis (as SHA-256) and work like configured ones."""
     stored_key = await Store(redis_client, keys).create_api_key(TENANT)
     agent = await register(client, "sdr-1")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_app), base_url="http://concord.test",
-                                 headers={"Authorization": f"Bearer {stored_key}"}) as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi_app),
+        base_url="http://concord.test",
+        headers={"Authorization": f"Bearer {stored_key}"},
+    ) as c:
         assert ok(await c.get(f"{V1}/agents/{agent['id']}")) == ok(await client.get(f"{V1}/agents/{agent['id']}"))
     assert stored_key not in json.dumps(await redis_client.hgetall(keys.api_keys()))
 
@@ -294,8 +301,16 @@ async def test_valid_json_of_the_wrong_shape_is_422(client, content, field):
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml",
-     "json", "application/jsonp", "text/json"],
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "json",
+        "application/jsonp",
+        "text/json",
+    ],
     ids=repr,
 )
 async def test_body_that_is_not_declared_json_is_415(client, content_type):
@@ -313,8 +328,9 @@ async def test_body_that_is_not_declared_json_is_415(client, content_type):
     ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"],
 )
 async def test_json_media_types_are_accepted(client, content_type):
-    response = await client.post(f"{V1}/register", content=b'{"agentName": "typed"}',
-                                 headers={"Content-Type": content_type})
+    response = await client.post(
+        f"{V1}/register", content=b'{"agentName": "typed"}', headers={"Content-Type": content_type}
+    )
     assert ok(response, 201)["agentName"] == "typed"
 
 
@@ -331,8 +347,9 @@ async def test_a_body_of_64_kib_is_accepted_and_one_byte_more_is_413(client):
     assert len(padded(MAX_BODY)) == MAX_BODY
     assert ok(await client.post(f"{V1}/register", content=padded(MAX_BODY), headers=JSON), 201)["agentName"] == "padded"
 
-    body = problem(await client.post(f"{V1}/register", content=padded(MAX_BODY + 1), headers=JSON), 413,
-                   "payload_too_large")
+    body = problem(
+        await client.post(f"{V1}/register", content=padded(MAX_BODY + 1), headers=JSON), 413, "payload_too_large"
+    )
     assert str(MAX_BODY) in body["detail"]
     assert set(body) == PROBLEM_MEMBERS
 
@@ -343,7 +360,7 @@ async def test_a_streamed_body_over_64_kib_is_413(client):
     async def chunks(total: int):
         content = padded(total)
         for start in range(0, total, 4096):
-            yield content[start:start + 4096]
+            yield content[start : start + 4096]
 
     response = await client.post(f"{V1}/register", content=chunks(MAX_BODY + 1), headers=JSON)
     assert "content-length" not in response.request.headers
@@ -411,36 +428,64 @@ async def test_unknown_field_detail_names_it(client, path, body, field):
         (f"{C}/heartbeat", {"agentId": ["AGENT"]}, "$.agentId"),
         (f"{C}/heartbeat", {"agentId": {"id": "AGENT"}}, "$.agentId"),
         (f"{C}/lease", {"agentId": "AGENT", "contactEmail": {"email": "a@example.com"}}, "$.contactEmail"),
-        (f"{C}/lease", {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": "5"},
-         "$.durationMinutes"),
-        (f"{C}/lease", {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": 1e3},
-         "$.durationMinutes"),
-        (f"{C}/lease", {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": 2**64},
-         "$.durationMinutes"),
-        (f"{C}/send-check", {"agentId": "AGENT", "contactEmail": "a@example.com", "fencingToken": "123"},
-         "$.fencingToken"),
+        (
+            f"{C}/lease",
+            {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": "5"},
+            "$.durationMinutes",
+        ),
+        (
+            f"{C}/lease",
+            {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": 1e3},
+            "$.durationMinutes",
+        ),
+        (
+            f"{C}/lease",
+            {"agentId": "AGENT", "contactEmail": "a@example.com", "durationMinutes": 2**64},
+            "$.durationMinutes",
+        ),
+        (
+            f"{C}/send-check",
+            {"agentId": "AGENT", "contactEmail": "a@example.com", "fencingToken": "123"},
+            "$.fencingToken",
+        ),
         (f"{C}/consensus", {"requestingAgentId": "AGENT", "action": ["x"]}, "$.action"),
-        (f"{C}/consensus", {"requestingAgentId": "AGENT", "action": "x", "timeoutSeconds": None, "reason": 5},
-         "$.reason"),
+        (
+            f"{C}/consensus",
+            {"requestingAgentId": "AGENT", "action": "x", "timeoutSeconds": None, "reason": 5},
+            "$.reason",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 async def test_wrong_types_are_422_not_coerced(client, path, body, field):
     agent = await register(client, "typed")
-    body = {k: ([agent["id"]] if v == ["AGENT"] else {"id": agent["id"]} if v == {"id": "AGENT"}
-                else agent["id"] if v == "AGENT" else v) for k, v in body.items()}
+    body = {
+        k: (
+            [agent["id"]]
+            if v == ["AGENT"]
+            else {"id": agent["id"]}
+            if v == {"id": "AGENT"}
+            else agent["id"]
+            if v == "AGENT"
+            else v
+        )
+        for k, v in body.items()
+    }
     got = invalid(await client.post(path, json=body), field)
     assert "Expected" in got["detail"]
 
 
 async def test_vote_and_renew_bodies_are_typed_too(client, world):
     invalid(
-        await client.post(f"{C}/consensus/{world['cons']['id']}/vote", json={"agentId": world["peer"]["id"], "vote": 1}),
+        await client.post(
+            f"{C}/consensus/{world['cons']['id']}/vote", json={"agentId": world["peer"]["id"], "vote": 1}
+        ),
         "$.vote",
     )
     invalid(
-        await client.post(f"{C}/lease/{world['lease']['id']}/renew",
-                          json={"agentId": world["agent"]["id"], "durationSeconds": [60]}),
+        await client.post(
+            f"{C}/lease/{world['lease']['id']}/renew", json={"agentId": world["agent"]["id"], "durationSeconds": [60]}
+        ),
         "$.durationSeconds",
     )
     invalid(await client.post(f"{C}/lease/{world['lease']['id']}/renew", json=[]), "$")
@@ -501,8 +546,20 @@ async def test_wrong_methods_are_405(client, method, path):
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["x", "123", "agent_", "lease_", "cons_", unknown_id("agent").upper(), unknown_id("lease") + "0",
-     "%20", "..", "a" * 500, "%00", "lease_00000000-0000-0000-0000-00000000000g"],
+    [
+        "x",
+        "123",
+        "agent_",
+        "lease_",
+        "cons_",
+        unknown_id("agent").upper(),
+        unknown_id("lease") + "0",
+        "%20",
+        "..",
+        "a" * 500,
+        "%00",
+        "lease_00000000-0000-0000-0000-00000000000g",
+    ],
     ids=lambda v: v[:20],
 )
 async def test_malformed_path_ids_get_the_resources_404(client, world, bad_id):
@@ -562,10 +619,21 @@ async def test_hostile_inputs_never_make_a_500(raw_client, world):
         b'{"durationSeconds": 1e400}',
         b'{"fencingToken": 99999999999999999999999999999}',
         b'{"vote": "\\ud800"}',
-        b'{"agentId": "agent_00000000-0000-0000-0000-000000000000", "contactEmail": "a@b.co", "fencingToken": 9223372036854775807}',
+        b'{"agentId": "agent_00000000-0000-0000-0000-000000000000", "contactEmail": "a@b.co", '
+        b'"fencingToken": 9223372036854775807}',
     ]
-    queries = ["", "?limit=", "?limit=99999999999999999999999", "?cursor=" + "A" * 600, "?cursor=%FF%FE",
-               "?status=", "?agentId=", "?contactEmail=%00", "?tenantId=%00", "?cursor=MTox"]
+    queries = [
+        "",
+        "?limit=",
+        "?limit=99999999999999999999999",
+        "?cursor=" + "A" * 600,
+        "?cursor=%FF%FE",
+        "?status=",
+        "?agentId=",
+        "?contactEmail=%00",
+        "?tenantId=%00",
+        "?cursor=MTox",
+    ]
     seen = 0
     for method, path, _ in every_v1_call(world) + every_v1_call():
         if method == "POST":

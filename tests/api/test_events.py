@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from concord.server.store import Store
-from tests.support.api import C, V1, acquire, invalid, make_inactive, ok, problem, register, request_consensus
 from tests.conftest import OTHER_TENANT, TENANT
+from tests.support.api import V1, C, acquire, invalid, make_inactive, ok, problem, register, request_consensus
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack
 
 KEY, OTHER_KEY = "acme-events-key-0123456789", "globex-events-key-0123456789"
@@ -42,8 +42,9 @@ async def test_every_change_writes_one_event_in_order_and_refusals_write_none(cl
     lease = await acquire(client, s, "alice@example.com", intent="outbound")
     await acquire(client, s, "alice@example.com", status=200)  # the holder again: extended
     ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": s, "durationSeconds": 600}))
-    problem(await client.post(f"{C}/lease", json={"agentId": r, "contactEmail": "alice@example.com"}),
-            409, "lease_conflict")
+    problem(
+        await client.post(f"{C}/lease", json={"agentId": r, "contactEmail": "alice@example.com"}), 409, "lease_conflict"
+    )
     ok(await client.post(f"{C}/send-check", json={"agentId": r, "contactEmail": "alice@example.com"}))
     ok(await client.delete(f"{C}/lease/{lease['id']}", params={"agentId": s}))
     theirs = await acquire(client, r, "bob@example.com")
@@ -53,8 +54,11 @@ async def test_every_change_writes_one_event_in_order_and_refusals_write_none(cl
     cons = await request_consensus(client, s, action="pricing_override")
     ok(await client.post(f"{C}/consensus/{cons['id']}/vote", json={"agentId": u, "vote": "approve"}))
     ok(await client.post(f"{C}/consensus/{cons['id']}/vote", json={"agentId": u, "vote": "approve"}))  # again
-    problem(await client.post(f"{C}/consensus/{cons['id']}/vote", json={"agentId": u, "vote": "reject"}),
-            409, "already_voted")
+    problem(
+        await client.post(f"{C}/consensus/{cons['id']}/vote", json={"agentId": u, "vote": "reject"}),
+        409,
+        "already_voted",
+    )
     ok(await client.delete(f"{V1}/agents/{u}"))
 
     events = (await page(client))["events"]
@@ -149,7 +153,10 @@ async def test_pages_follow_next_after_and_filters_select(client):
     assert (await page(client, after=after))["nextAfter"] == after
 
     assert [e["contactEmail"] for e in (await page(client, type="lease", agentId=sdr["id"]))["events"]] == [
-        "a@example.com", "b@example.com", "c@example.com"]
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
     assert [e["agentId"] for e in (await page(client, contactEmail=" D@Example.com"))["events"]] == [peer["id"]]
     assert len((await page(client, type="agent.registered,lease.acquired"))["events"]) == 6
     assert (await page(client, type="consensus"))["events"] == []
@@ -157,9 +164,15 @@ async def test_pages_follow_next_after_and_filters_select(client):
 
 @pytest.mark.parametrize(
     "params, field",
-    [({"type": "lease.stolen"}, "$.type"), ({"after": "yesterday"}, "$.after"), ({"after": "1-2-3"}, "$.after"),
-     ({"after": "99999999999999999999"}, "$.after"), ({"limit": 0}, "$.limit"), ({"contactEmail": "x"}, "$.contactEmail"),
-     ({"agentId": "agent_x"}, "$.agentId")],
+    [
+        ({"type": "lease.stolen"}, "$.type"),
+        ({"after": "yesterday"}, "$.after"),
+        ({"after": "1-2-3"}, "$.after"),
+        ({"after": "99999999999999999999"}, "$.after"),
+        ({"limit": 0}, "$.limit"),
+        ({"contactEmail": "x"}, "$.contactEmail"),
+        ({"agentId": "agent_x"}, "$.agentId"),
+    ],
 )
 async def test_bad_page_parameters_are_422(client, params, field):
     invalid(await client.get(f"{C}/events", params=params), field)
@@ -175,7 +188,8 @@ async def test_tenants_never_see_each_others_events_in_pages(client, other_clien
     theirs = await register(other_client, "sdr")
     body = await page(other_client)
     assert [(e["type"], e["agentId"], e["tenantId"]) for e in body["events"]] == [
-        ("agent.registered", theirs["id"], OTHER_TENANT)]
+        ("agent.registered", theirs["id"], OTHER_TENANT)
+    ]
     assert "alice@example.com" not in json.dumps(body)
 
 

@@ -45,6 +45,7 @@ from redis.crc import key_slot
 
 from concord.protocol import schemas as s
 from concord.server.http.routes import ENDPOINTS, MAX_BODY_BYTES, Endpoint
+from tests.conftest import API_KEY
 from tests.support.api import (
     OTHER_TENANT,
     PROBLEM_MEMBERS,
@@ -55,7 +56,6 @@ from tests.support.api import (
     request_consensus,
 )
 from tests.support.api import invalid as validation_error
-from tests.conftest import API_KEY
 from tests.support.helpers import snapshot
 
 BODY_ENDPOINTS = [e for e in ENDPOINTS if e.body is not None]
@@ -139,8 +139,13 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
         s.LeaseBody: {"agentId": w.agent, "contactEmail": FREE, "intent": "outbound", "durationMinutes": 5},
         s.RenewBody: {"agentId": w.agent, "durationSeconds": 300},
         s.SendCheckBody: {"agentId": w.agent, "contactEmail": HELD, "fencingToken": None},
-        s.ConsensusBody: {"requestingAgentId": w.agent, "action": "send-discount", "contactEmail": FREE,
-                          "reason": "asked twice", "timeoutMinutes": 60},
+        s.ConsensusBody: {
+            "requestingAgentId": w.agent,
+            "action": "send-discount",
+            "contactEmail": FREE,
+            "reason": "asked twice",
+            "timeoutMinutes": 60,
+        },
         s.VoteBody: {"agentId": w.peer, "vote": "approve", "reason": "ok"},
     }
     assert e.body in bodies, f"no valid body for {e.body.__name__} ({e.method} {e.path}): add one here"
@@ -156,8 +161,9 @@ async def hostile(asgi_app, redis_client, keys, world) -> AsyncIterator[httpx.As
     way out it checks that Redis holds exactly what it held before the test."""
     before = await snapshot(redis_client, f"{keys.prefix}:*")
     transport = httpx.ASGITransport(app=asgi_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://concord.test",
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://concord.test", headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as c:
         yield c
     assert await snapshot(redis_client, f"{keys.prefix}:*") == before, "a refused request wrote to Redis"
 
@@ -209,8 +215,11 @@ async def test_truncated_json_is_400(hostile, world, e):
     for end in sorted({1, 2, len(content) // 3, len(content) // 2, len(content) - 2, len(content) - 1}):
         refused(await hostile.request(e.method, path, content=content[:end], headers=JSON), 400, "malformed_json")
     # Cut inside a string, and inside an escape.
-    refused(await hostile.request(e.method, path, content=content[: content.index(b'"', 2)], headers=JSON),
-            400, "malformed_json")
+    refused(
+        await hostile.request(e.method, path, content=content[: content.index(b'"', 2)], headers=JSON),
+        400,
+        "malformed_json",
+    )
     in_escape = b'{"' + string_fields(e)[0].encode() + b'": "\\u00'
     refused(await hostile.request(e.method, path, content=in_escape, headers=JSON), 400, "malformed_json")
 
@@ -226,8 +235,11 @@ async def test_non_utf8_json_is_400(hostile, world, e):
     for escape in (b"\\ud800", b"\\udfff", b"a\\ud800b"):  # lone surrogates, as JSON escapes
         content = text.encode().replace(b"PLACEHOLDER", escape)
         refused(await hostile.request(e.method, path, content=content, headers=JSON), 400, "malformed_json")
-    for content in (json.dumps(body).encode("utf-16"), json.dumps(body).encode("utf-32"),
-                    b"\xef\xbb\xbf" + encoded(body)):  # other encodings, and a UTF-8 byte order mark
+    for content in (
+        json.dumps(body).encode("utf-16"),
+        json.dumps(body).encode("utf-32"),
+        b"\xef\xbb\xbf" + encoded(body),
+    ):  # other encodings, and a UTF-8 byte order mark
         refused(await hostile.request(e.method, path, content=content, headers=JSON), 400, "malformed_json")
 
 
@@ -301,17 +313,43 @@ async def test_a_refusal_does_not_echo_a_huge_value(hostile, world, e):
 # --- emails -----------------------------------------------------------------------------------------
 
 # RFC 5322 atext allows these in a local part; they arrive, are normalized, and are served.
-LEGAL = ["a{b}@example.com", "{acme}@example.com", "}{x@example.com", "{globex}@Example.com",
-         "*?@example.com", " Jo{HN}*?@Example.COM "]
+LEGAL = [
+    "a{b}@example.com",
+    "{acme}@example.com",
+    "}{x@example.com",
+    "{globex}@Example.com",
+    "*?@example.com",
+    " Jo{HN}*?@Example.COM ",
+]
 # Domain literals, quoted local parts, brackets and colons: not the local@domain.tld shape.
-ILLEGAL = ["a[b]@example.com", "[a]@example.com", "a]@example.com", "a:b@example.com", "a@[127.0.0.1]",
-           "a@[IPv6:::1]", '"a:b"@example.com', "a@exa:mple.com", "a@example.com:25", "mailto:a@example.com"]
+ILLEGAL = [
+    "a[b]@example.com",
+    "[a]@example.com",
+    "a]@example.com",
+    "a:b@example.com",
+    "a@[127.0.0.1]",
+    "a@[IPv6:::1]",
+    '"a:b"@example.com',
+    "a@exa:mple.com",
+    "a@example.com:25",
+    "mailto:a@example.com",
+]
 # Look-alikes of ASCII addresses: Cyrillic а о с е, fullwidth ＠ and ａ, zero-width
 # and bidi characters, dotless ı, and an internationalized domain not in xn-- form.
-HOMOGLYPHS = ["\u0430lice@example.com", "alice\uff20example.com", "\uff41lice@example.com",
-              "alice@ex\u0430mple.com", "alice@example.\u0441\u043em", "alic\u0435@example.com",
-              "al\u0131ce@example.com", "alice@example.com\u200b", "\u200balice@example.com",
-              "ali\u200dce@example.com", "alice@\u202eexample.com", "alice@b\u00fccher.de"]
+HOMOGLYPHS = [
+    "\u0430lice@example.com",
+    "alice\uff20example.com",
+    "\uff41lice@example.com",
+    "alice@ex\u0430mple.com",
+    "alice@example.\u0441\u043em",
+    "alic\u0435@example.com",
+    "al\u0131ce@example.com",
+    "alice@example.com\u200b",
+    "\u200balice@example.com",
+    "ali\u200dce@example.com",
+    "alice@\u202eexample.com",
+    "alice@b\u00fccher.de",
+]
 
 
 def email_body(e: Endpoint, w: World, contact: str) -> tuple[str, dict[str, Any]]:
@@ -388,8 +426,23 @@ async def test_integers_are_never_coerced_and_stay_in_bounds(hostile, world, e):
     path, body = valid_request(e, world)
     for name, t in integer_fields(e):
         good = t.ge if t.ge is not None else 1
-        values: list[Any] = [str(good), " 1", "0x10", float(good), good + 0.5, True, False,
-                             -1, 0, -(2**63), 2**63, 2**64, 10**30, [good], {"value": good}]
+        values: list[Any] = [
+            str(good),
+            " 1",
+            "0x10",
+            float(good),
+            good + 0.5,
+            True,
+            False,
+            -1,
+            0,
+            -(2**63),
+            2**63,
+            2**64,
+            10**30,
+            [good],
+            {"value": good},
+        ]
         if t.le is not None:
             values.append(t.le + 1)
         for value in values:
@@ -471,7 +524,7 @@ async def test_64_kib_and_one_byte_without_a_content_length_is_413(hostile, worl
 
     async def chunks():
         for start in range(0, len(content), 1000):
-            yield content[start:start + 1000]
+            yield content[start : start + 1000]
 
     response = await hostile.request(e.method, path, content=chunks(), headers=JSON)
     assert "content-length" not in response.request.headers
@@ -522,6 +575,7 @@ async def test_duplicate_keys_each_is_validated_and_the_last_one_wins(client, wo
 
 
 async def test_duplicate_agent_name_registers_the_last(client):
-    response = await client.post("/v1/agent/register", content=b'{"agentName": "first", "agentName": "second"}',
-                                 headers=JSON)
+    response = await client.post(
+        "/v1/agent/register", content=b'{"agentName": "first", "agentName": "second"}', headers=JSON
+    )
     assert response.status_code == 201 and response.json()["agentName"] == "second", response.text

@@ -47,8 +47,11 @@ def key(value: str | bytes) -> dict[str, str | bytes]:
     return {"Idempotency-Key": value}
 
 
-async def ask(client: httpx.AsyncClient, body: dict[str, Any], idempotency_key: str | bytes | None = None,
-              ) -> httpx.Response:
+async def ask(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    idempotency_key: str | bytes | None = None,
+) -> httpx.Response:
     headers = key(idempotency_key) if idempotency_key is not None else {}
     return await client.post(CONSENSUS, json=body, headers=headers)
 
@@ -69,8 +72,11 @@ def replayed(response: httpx.Response, first: httpx.Response) -> None:
 
 async def requests_in_redis(redis_client, keys: Keys, tenant: str = TENANT) -> dict[str, int]:
     """How many consensus requests the tenant has in Redis: hashes and list entries."""
-    hashes = [k async for k in redis_client.scan_iter(match=f"{keys.tenant(tenant)}:consensus:cons_*")
-              if not k.endswith(":votes")]
+    hashes = [
+        k
+        async for k in redis_client.scan_iter(match=f"{keys.tenant(tenant)}:consensus:cons_*")
+        if not k.endswith(":votes")
+    ]
     return {
         "hashes": len(hashes),
         "all": await redis_client.zcard(keys.consensus_list(tenant, "all")),
@@ -91,8 +97,13 @@ async def agents(client) -> dict[str, str]:
 
 @pytest.fixture
 def body(agents) -> dict[str, Any]:
-    return {"requestingAgentId": agents["requester"], "action": "send-discount",
-            "contactEmail": "alice@example.com", "reason": "a loyal customer", "timeoutMinutes": 30}
+    return {
+        "requestingAgentId": agents["requester"],
+        "action": "send-discount",
+        "contactEmail": "alice@example.com",
+        "reason": "a loyal customer",
+        "timeoutMinutes": 30,
+    }
 
 
 # --- replay ----------------------------------------------------------------------
@@ -206,10 +217,14 @@ WORKERS = 2
 def stack(real_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`concord serve --workers 2` on a private redis-server. (real_redis_url only
     decides whether a real Redis may be used: skip, or fail if required.)"""
-    with running_stack(tmp_path_factory.mktemp("idempotency"), {"CONCORD_API_KEYS": f"{RACE_TENANT}:{RACE_KEY}"},
-                       workers=WORKERS) as deployment:
-        wait_until(lambda: deployment.service.log_text().count("Application startup complete") >= WORKERS,
-                   timeout=30, what=f"{WORKERS} workers started")
+    with running_stack(
+        tmp_path_factory.mktemp("idempotency"), {"CONCORD_API_KEYS": f"{RACE_TENANT}:{RACE_KEY}"}, workers=WORKERS
+    ) as deployment:
+        wait_until(
+            lambda: deployment.service.log_text().count("Application startup complete") >= WORKERS,
+            timeout=30,
+            what=f"{WORKERS} workers started",
+        )
         yield deployment
 
 
@@ -226,8 +241,11 @@ async def test_concurrent_posts_across_workers_create_one_request(stack: Stack):
             answers = await asyncio.gather(*(ask(c, race, "cross-process-key") for c in clients))
         check_one_winner(answers)
         k = stack.keys
-        hashes = [x for x in redis_client.scan_iter(match=f"{k.tenant(RACE_TENANT)}:consensus:cons_*")
-                  if not x.endswith(":votes")]
+        hashes = [
+            x
+            for x in redis_client.scan_iter(match=f"{k.tenant(RACE_TENANT)}:consensus:cons_*")
+            if not x.endswith(":votes")
+        ]
         assert hashes == [k.consensus(RACE_TENANT, answers[0].json()["id"])]
         assert redis_client.zrange(k.consensus_list(RACE_TENANT, "all"), 0, -1) == [answers[0].json()["id"]]
         assert redis_client.zcard(k.consensus_due(RACE_TENANT)) == 1
@@ -353,8 +371,9 @@ async def test_other_endpoints_ignore_the_header(client, redis_client, keys, age
     other = await client.post(f"{V1}/register", json={"agentName": "other"}, headers=same)
     assert other.status_code == 201  # another body, same key: no idempotency_key_reused
     for contact in ("a@example.com", "b@example.com"):
-        leased = await client.post(f"{C}/lease", json={"agentId": agents["requester"], "contactEmail": contact},
-                                   headers=same)
+        leased = await client.post(
+            f"{C}/lease", json={"agentId": agents["requester"], "contactEmail": contact}, headers=same
+        )
         assert leased.status_code == 201 and REPLAYED not in leased.headers
     ok(await client.post(f"{C}/heartbeat", json={"agentId": agents["requester"]}, headers=key("")))  # not even checked
     assert not [k async for k in redis_client.scan_iter(match=f"{keys.tenant(TENANT)}:idempotency:*")]

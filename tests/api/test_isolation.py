@@ -46,8 +46,9 @@ import pytest
 from starlette.routing import Route
 
 from concord.protocol import schemas
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint, respond
 from concord.server.app import create_app, routes
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint, respond
+from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.support.api import (
     OTHER_TENANT,
     TENANT,
@@ -61,7 +62,6 @@ from tests.support.api import (
     tenant_snapshot,
     unknown_id,
 )
-from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.system.test_security import security_report
 
 CONTACT = "alice@acme-customer.com"
@@ -89,13 +89,25 @@ async def build_world(client: httpx.AsyncClient, other_client: httpx.AsyncClient
     a2 = await register(client, "acme-support")
     a3 = await register(client, "acme-retention")
     lease = await acquire(client, a1["id"], CONTACT, intent="acme-intent")
-    pending = ok(await client.post(
-        f"{C}/consensus",
-        json={"requestingAgentId": a1["id"], "action": "acme-action", "contactEmail": CONTACT, "reason": "acme-reason"},
-        headers={"Idempotency-Key": IDEMPOTENCY_KEY},
-    ), 201)
-    ok(await client.post(f"{C}/consensus/{pending['id']}/vote",
-                         json={"agentId": a2["id"], "vote": "approve", "reason": "acme-vote-reason"}))
+    pending = ok(
+        await client.post(
+            f"{C}/consensus",
+            json={
+                "requestingAgentId": a1["id"],
+                "action": "acme-action",
+                "contactEmail": CONTACT,
+                "reason": "acme-reason",
+            },
+            headers={"Idempotency-Key": IDEMPOTENCY_KEY},
+        ),
+        201,
+    )
+    ok(
+        await client.post(
+            f"{C}/consensus/{pending['id']}/vote",
+            json={"agentId": a2["id"], "vote": "approve", "reason": "acme-vote-reason"},
+        )
+    )
     decided = await request_consensus(client, a1["id"], action="acme-decided-action")
     for voter in (a2, a3):
         ok(await client.post(f"{C}/consensus/{decided['id']}/vote", json={"agentId": voter["id"], "vote": "reject"}))
@@ -109,9 +121,23 @@ async def build_world(client: httpx.AsyncClient, other_client: httpx.AsyncClient
     a = {"agent": a1, "peer": a2, "third": a3, "lease": lease, "pending": pending, "decided": decided}
     b = {"agent": b1, "peer": b2, "lease": b_lease, "cons": b_cons}
     secrets = {
-        a1["id"], a2["id"], a3["id"], lease["id"], pending["id"], decided["id"],
-        "acme-sdr", "acme-support", "acme-retention", "acme-role", "metadata-secret",
-        CONTACT, "acme-intent", "acme-action", "acme-reason", "acme-vote-reason", "acme-decided-action",
+        a1["id"],
+        a2["id"],
+        a3["id"],
+        lease["id"],
+        pending["id"],
+        decided["id"],
+        "acme-sdr",
+        "acme-support",
+        "acme-retention",
+        "acme-role",
+        "metadata-secret",
+        CONTACT,
+        "acme-intent",
+        "acme-action",
+        "acme-reason",
+        "acme-vote-reason",
+        "acme-decided-action",
         IDEMPOTENCY_KEY,
         str(lease["fencingToken"]),
     }
@@ -189,6 +215,7 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
             assert {x["id"] for x in body["agents"]} == mine
             no_leak(w, await bc.get(f"{V1}/agents", params=params))
             w.cells += 1
+
         return cell
 
     async def list_agents_tenant(bc, w):
@@ -197,6 +224,7 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
     def get_agent(which):
         async def cell(bc, w):
             await hidden(w, lambda i: bc.get(f"{V1}/agents/{i}"), w.a[which]["id"], 404, "agent_not_found")
+
         return cell
 
     async def get_agent_tenant(bc, w):
@@ -209,15 +237,22 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
         await mismatch(w, await bc.delete(f"{V1}/agents/{w.a['agent']['id']}", params={"tenantId": TENANT}))
 
     async def heartbeat(bc, w):
-        await hidden(w, lambda i: bc.post(f"{C}/heartbeat", json={"agentId": i}), w.a["agent"]["id"], 404,
-                     "agent_not_found")
+        await hidden(
+            w, lambda i: bc.post(f"{C}/heartbeat", json={"agentId": i}), w.a["agent"]["id"], 404, "agent_not_found"
+        )
 
     async def heartbeat_tenant(bc, w):
         await mismatch(w, await bc.post(f"{C}/heartbeat", json={"tenantId": TENANT, "agentId": w.b["agent"]["id"]}))
 
     async def lease_as_a(bc, w):
-        await hidden(w, lambda i: bc.post(f"{C}/lease", json={"agentId": i, "contactEmail": CONTACT}),
-                     w.a["agent"]["id"], 404, "agent_not_found", sent={CONTACT})
+        await hidden(
+            w,
+            lambda i: bc.post(f"{C}/lease", json={"agentId": i, "contactEmail": CONTACT}),
+            w.a["agent"]["id"],
+            404,
+            "agent_not_found",
+            sent={CONTACT},
+        )
 
     async def lease_a_contact(bc, w):
         """A's lease does not exist in B: B's own agent gets the contact, with a lease of B's."""
@@ -229,8 +264,12 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
         w.cells += 1
 
     async def lease_tenant(bc, w):
-        await mismatch(w, await bc.post(f"{C}/lease", json={"tenantId": TENANT, "agentId": w.a["agent"]["id"],
-                                                            "contactEmail": CONTACT}))
+        await mismatch(
+            w,
+            await bc.post(
+                f"{C}/lease", json={"tenantId": TENANT, "agentId": w.a["agent"]["id"], "contactEmail": CONTACT}
+            ),
+        )
 
     async def get_lease(bc, w):
         await hidden(w, lambda i: bc.get(f"{C}/lease/{i}"), w.a["lease"]["id"], 404, "lease_not_found")
@@ -243,8 +282,14 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
 
     async def release_as_holder(bc, w):
         holder = w.a["agent"]["id"]
-        await hidden(w, lambda i: bc.delete(f"{C}/lease/{i}", params={"agentId": holder}), w.a["lease"]["id"], 404,
-                     "lease_not_found", sent={holder})
+        await hidden(
+            w,
+            lambda i: bc.delete(f"{C}/lease/{i}", params={"agentId": holder}),
+            w.a["lease"]["id"],
+            404,
+            "lease_not_found",
+            sent={holder},
+        )
 
     async def release_tenant(bc, w):
         await mismatch(w, await bc.delete(f"{C}/lease/{w.a['lease']['id']}", params={"tenantId": TENANT}))
@@ -252,13 +297,24 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
     def renew(as_whom):
         async def cell(bc, w):
             agent_id = w.a["agent"]["id"] if as_whom == a else w.b["agent"]["id"]
-            await hidden(w, lambda i: bc.post(f"{C}/lease/{i}/renew", json={"agentId": agent_id}),
-                         w.a["lease"]["id"], 404, "lease_not_found", sent={agent_id})
+            await hidden(
+                w,
+                lambda i: bc.post(f"{C}/lease/{i}/renew", json={"agentId": agent_id}),
+                w.a["lease"]["id"],
+                404,
+                "lease_not_found",
+                sent={agent_id},
+            )
+
         return cell
 
     async def renew_tenant(bc, w):
-        await mismatch(w, await bc.post(f"{C}/lease/{w.a['lease']['id']}/renew",
-                                        json={"tenantId": TENANT, "agentId": w.a["agent"]["id"]}))
+        await mismatch(
+            w,
+            await bc.post(
+                f"{C}/lease/{w.a['lease']['id']}/renew", json={"tenantId": TENANT, "agentId": w.a["agent"]["id"]}
+            ),
+        )
 
     async def leases_of_a_agent(bc, w):
         response = await hidden(w, lambda i: bc.get(f"{C}/leases", params={"agentId": i}), w.a["agent"]["id"], 200)
@@ -277,8 +333,11 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
 
     async def send_check_as_a(bc, w):
         response = await hidden(
-            w, lambda i: bc.post(f"{C}/send-check", json={"agentId": i, "contactEmail": CONTACT}),
-            w.a["agent"]["id"], 200, sent={CONTACT},
+            w,
+            lambda i: bc.post(f"{C}/send-check", json={"agentId": i, "contactEmail": CONTACT}),
+            w.a["agent"]["id"],
+            200,
+            sent={CONTACT},
         )
         assert response.json() == {"allowed": False, "reason": "agent_not_found"}
 
@@ -291,24 +350,37 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
 
     async def send_check_a_token(bc, w):
         token = w.a["lease"]["fencingToken"]
-        response = await bc.post(f"{C}/send-check", json={"agentId": w.b["agent"]["id"], "contactEmail": CONTACT,
-                                                          "fencingToken": token})
+        response = await bc.post(
+            f"{C}/send-check", json={"agentId": w.b["agent"]["id"], "contactEmail": CONTACT, "fencingToken": token}
+        )
         assert ok(response) == {"allowed": False, "reason": "stale_fencing_token"}
         no_leak(w, response, {CONTACT, str(token)})
         w.cells += 1
 
     async def send_check_tenant(bc, w):
-        await mismatch(w, await bc.post(f"{C}/send-check", json={"tenantId": TENANT, "agentId": w.b["agent"]["id"],
-                                                                 "contactEmail": CONTACT}))
+        await mismatch(
+            w,
+            await bc.post(
+                f"{C}/send-check", json={"tenantId": TENANT, "agentId": w.b["agent"]["id"], "contactEmail": CONTACT}
+            ),
+        )
 
     async def consensus_as_a(bc, w):
-        await hidden(w, lambda i: bc.post(f"{C}/consensus", json={"requestingAgentId": i, "action": "x"}),
-                     w.a["agent"]["id"], 404, "agent_not_found")
+        await hidden(
+            w,
+            lambda i: bc.post(f"{C}/consensus", json={"requestingAgentId": i, "action": "x"}),
+            w.a["agent"]["id"],
+            404,
+            "agent_not_found",
+        )
 
     async def consensus_tenant(bc, w):
-        await mismatch(w, await bc.post(f"{C}/consensus", json={"tenantId": TENANT,
-                                                                "requestingAgentId": w.b["agent"]["id"],
-                                                                "action": "x"}))
+        await mismatch(
+            w,
+            await bc.post(
+                f"{C}/consensus", json={"tenantId": TENANT, "requestingAgentId": w.b["agent"]["id"], "action": "x"}
+            ),
+        )
 
     def list_consensus(status):
         async def cell(bc, w):
@@ -319,6 +391,7 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
             assert {x["id"] for x in body["consensus"]} == mine
             no_leak(w, response)
             w.cells += 1
+
         return cell
 
     async def list_consensus_tenant(bc, w):
@@ -327,6 +400,7 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
     def get_consensus(which):
         async def cell(bc, w):
             await hidden(w, lambda i: bc.get(f"{C}/consensus/{i}"), w.a[which]["id"], 404, "consensus_not_found")
+
         return cell
 
     async def get_consensus_tenant(bc, w):
@@ -336,14 +410,24 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
         async def cell(bc, w):
             voter = w.a["third"]["id"] if as_whom == a else w.b["peer"]["id"]
             await hidden(
-                w, lambda i: bc.post(f"{C}/consensus/{i}/vote", json={"agentId": voter, "vote": "approve"}),
-                w.a[which]["id"], 404, "consensus_not_found", sent={voter},
+                w,
+                lambda i: bc.post(f"{C}/consensus/{i}/vote", json={"agentId": voter, "vote": "approve"}),
+                w.a[which]["id"],
+                404,
+                "consensus_not_found",
+                sent={voter},
             )
+
         return cell
 
     async def vote_tenant(bc, w):
-        await mismatch(w, await bc.post(f"{C}/consensus/{w.a['pending']['id']}/vote",
-                                        json={"tenantId": TENANT, "agentId": w.b["peer"]["id"], "vote": "approve"}))
+        await mismatch(
+            w,
+            await bc.post(
+                f"{C}/consensus/{w.a['pending']['id']}/vote",
+                json={"tenantId": TENANT, "agentId": w.b["peer"]["id"], "vote": "approve"},
+            ),
+        )
 
     def events(filters: Callable[[World], dict[str, str]]):
         async def cell(bc, w):
@@ -358,6 +442,7 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
                 assert {e.get("agentId") for e in body["events"]} == {w.b["agent"]["id"], w.b["peer"]["id"]}
             no_leak(w, response, set(params.values()))
             w.cells += 1
+
         return cell
 
     async def events_tenant(bc, w):
@@ -365,36 +450,53 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
 
     return {
         ("GET", f"{C}/events"): {
-            "all": events(lambda w: {}), "A-agent": events(lambda w: {"agentId": w.a["agent"]["id"]}),
-            "A-contact": events(lambda w: {"contactEmail": CONTACT}), "tenantId-A": events_tenant,
+            "all": events(lambda w: {}),
+            "A-agent": events(lambda w: {"agentId": w.a["agent"]["id"]}),
+            "A-contact": events(lambda w: {"contactEmail": CONTACT}),
+            "tenantId-A": events_tenant,
         },
         ("POST", f"{V1}/register"): {
-            "same-name-as-A": register_a_name, "tenantId-A": register_tenant,
+            "same-name-as-A": register_a_name,
+            "tenantId-A": register_tenant,
         },
         ("GET", f"{V1}/agents"): {
-            "all": list_agents(None), "active": list_agents("active"), "inactive": list_agents("inactive"),
+            "all": list_agents(None),
+            "active": list_agents("active"),
+            "inactive": list_agents("inactive"),
             "tenantId-A": list_agents_tenant,
         },
         ("GET", f"{V1}/agents/{{agentId}}"): {
-            "A-requester": get_agent("agent"), "A-voter": get_agent("peer"), "tenantId-A": get_agent_tenant,
+            "A-requester": get_agent("agent"),
+            "A-voter": get_agent("peer"),
+            "tenantId-A": get_agent_tenant,
         },
         ("DELETE", f"{V1}/agents/{{agentId}}"): {"A-agent": delete_agent, "tenantId-A": delete_agent_tenant},
         ("POST", f"{C}/heartbeat"): {"A-agent": heartbeat, "tenantId-A": heartbeat_tenant},
         ("POST", f"{C}/lease"): {
-            "A-agent": lease_as_a, "A-contact-by-B": lease_a_contact, "tenantId-A": lease_tenant,
+            "A-agent": lease_as_a,
+            "A-contact-by-B": lease_a_contact,
+            "tenantId-A": lease_tenant,
         },
         ("GET", f"{C}/lease/{{leaseId}}"): {"A-lease": get_lease, "tenantId-A": get_lease_tenant},
         ("DELETE", f"{C}/lease/{{leaseId}}"): {
-            "A-lease": release, "A-lease-as-A-holder": release_as_holder, "tenantId-A": release_tenant,
+            "A-lease": release,
+            "A-lease-as-A-holder": release_as_holder,
+            "tenantId-A": release_tenant,
         },
         ("POST", f"{C}/lease/{{leaseId}}/renew"): {
-            "A-lease-as-A-holder": renew(a), "A-lease-as-B": renew(b), "tenantId-A": renew_tenant,
+            "A-lease-as-A-holder": renew(a),
+            "A-lease-as-B": renew(b),
+            "tenantId-A": renew_tenant,
         },
         ("GET", f"{C}/leases"): {
-            "A-agent": leases_of_a_agent, "A-contact": leases_of_a_contact, "tenantId-A": leases_tenant,
+            "A-agent": leases_of_a_agent,
+            "A-contact": leases_of_a_contact,
+            "tenantId-A": leases_tenant,
         },
         ("POST", f"{C}/send-check"): {
-            "A-agent": send_check_as_a, "A-contact-by-B": send_check_a_contact, "A-token-by-B": send_check_a_token,
+            "A-agent": send_check_as_a,
+            "A-contact-by-B": send_check_a_contact,
+            "A-token-by-B": send_check_a_token,
             "tenantId-A": send_check_tenant,
         },
         ("POST", f"{C}/consensus"): {"A-requester": consensus_as_a, "tenantId-A": consensus_tenant},
@@ -403,12 +505,15 @@ def _cells() -> dict[tuple[str, str], dict[str, Callable[[httpx.AsyncClient, Wor
             "tenantId-A": list_consensus_tenant,
         },
         ("GET", f"{C}/consensus/{{consensusId}}"): {
-            "A-pending": get_consensus("pending"), "A-decided": get_consensus("decided"),
+            "A-pending": get_consensus("pending"),
+            "A-decided": get_consensus("decided"),
             "tenantId-A": get_consensus_tenant,
         },
         ("POST", f"{C}/consensus/{{consensusId}}/vote"): {
-            "A-pending-by-A-agent": vote("pending", a), "A-pending-by-B": vote("pending", b),
-            "A-decided-by-B": vote("decided", b), "tenantId-A": vote_tenant,
+            "A-pending-by-A-agent": vote("pending", a),
+            "A-pending-by-B": vote("pending", b),
+            "A-decided-by-B": vote("decided", b),
+            "tenantId-A": vote_tenant,
         },
     }
 
@@ -619,8 +724,12 @@ class Built:
 
     @property
     def sent(self) -> set[str]:
-        values = [self.path, *map(str, self.params.values()), *map(str, (self.body or {}).values()),
-                  *self.headers.values()]
+        values = [
+            self.path,
+            *map(str, self.params.values()),
+            *map(str, (self.body or {}).values()),
+            *self.headers.values(),
+        ]
         return {v for v in values if v} | self.ids_used
 
     async def send(self, client: httpx.AsyncClient) -> httpx.Response:
@@ -633,8 +742,7 @@ def build(endpoint: Endpoint, world: World, ids: dict[str, str], tenant_in: str 
     path = re.sub(r"{(\w+)}", lambda m: ids[PATH_KINDS[m[1]]], endpoint.path)
     params = _fields(endpoint.query, world, ids, f"{endpoint.name} query")
     body = _fields(endpoint.body, world, ids, f"{endpoint.name} body") if endpoint.body is not None else None
-    headers = {name: NAMED_HEADERS[name](world) if name in NAMED_HEADERS else "x"
-               for name in endpoint.request_headers}
+    headers = {name: NAMED_HEADERS[name](world) if name in NAMED_HEADERS else "x" for name in endpoint.request_headers}
     if tenant_in == "query":
         params["tenantId"] = TENANT
     elif tenant_in == "body":
@@ -682,8 +790,15 @@ async def run_generated(cell: Generated, b: httpx.AsyncClient, anyone: httpx.Asy
 
 @pytest.mark.parametrize("cell", [pytest.param(c, id=c.id) for c in GENERATED])
 async def test_generated_cell(request, client, other_client, anonymous_client, redis_client, keys, world, cell):
-    await run_cell(request, client, redis_client, keys, world,
-                   lambda: run_generated(cell, other_client, anonymous_client, world), generated=True)
+    await run_cell(
+        request,
+        client,
+        redis_client,
+        keys,
+        world,
+        lambda: run_generated(cell, other_client, anonymous_client, world),
+        generated=True,
+    )
 
 
 def test_generated_cells_cover_every_route_and_endpoint():
@@ -705,12 +820,24 @@ def test_a_new_endpoint_gets_cells_without_anyone_writing_them():
     async def handler(c):  # never called
         raise AssertionError
 
-    new = Endpoint("POST", f"{C}/lease/{{leaseId}}/transfer", "Hand a lease over", handler,
-                   {200: schemas.Lease}, body=schemas.VoteBody)
+    new = Endpoint(
+        "POST",
+        f"{C}/lease/{{leaseId}}/transfer",
+        "Hand a lease over",
+        handler,
+        {200: schemas.Lease},
+        body=schemas.VoteBody,
+    )
     route = Route(new.path, new, methods=[new.method])
     assert [c.kind for c in generated_cells([route])] == ["A-ids", "tenantId-A-query", "tenantId-A-body"]
-    world = World(a={"agent": {"id": unknown_id("agent")}, "lease": {"id": unknown_id("lease"), "fencingToken": 7},
-                     "pending": {"id": unknown_id("cons")}}, b={})
+    world = World(
+        a={
+            "agent": {"id": unknown_id("agent")},
+            "lease": {"id": unknown_id("lease"), "fencingToken": 7},
+            "pending": {"id": unknown_id("cons")},
+        },
+        b={},
+    )
     built = build(new, world, a_ids(world))
     assert built.path == f"{C}/lease/{world.a['lease']['id']}/transfer"
     assert built.body == {"agentId": world.a["agent"]["id"], "vote": "approve"}
@@ -724,16 +851,17 @@ async def test_the_generated_cells_catch_an_endpoint_that_ignores_the_tenant(set
     async def leaky(c):
         return respond(await c.store.list_agents(TENANT, None, 100, None))
 
-    endpoint = Endpoint("GET", f"{V1}/agents/{{agentId}}/peers", "Peers of an agent", leaky,
-                        {200: schemas.AgentList})
+    endpoint = Endpoint("GET", f"{V1}/agents/{{agentId}}/peers", "Peers of an agent", leaky, {200: schemas.AgentList})
     route = Route(endpoint.path, endpoint, methods=[endpoint.method])
     app = create_app(settings, redis_client)
     app.router.routes.append(route)  # this app's own copy of the route table
     async with running(app) as served:
+
         def http(key):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
-            return httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://concord.test",
-                                     headers=headers)
+            return httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=served), base_url="http://concord.test", headers=headers
+            )
 
         async with http(API_KEY) as a, http(OTHER_API_KEY) as b, http(None) as anyone:
             world = await build_world(a, b)

@@ -11,9 +11,9 @@ import pytest
 from concord.server.store.keys import agent_tag
 from concord.server.store.keys import lease_id as lease_id_of
 from tests.support.api import (
-    C,
     LEASE_ID,
     TENANT,
+    C,
     acquire,
     invalid,
     make_inactive,
@@ -26,7 +26,15 @@ from tests.support.api import (
 from tests.support.helpers import eventually, snapshot
 
 LEASE_FIELDS = {
-    "id", "tenantId", "agentId", "agentName", "contactEmail", "intent", "acquiredAt", "expiresAt", "fencingToken",
+    "id",
+    "tenantId",
+    "agentId",
+    "agentName",
+    "contactEmail",
+    "intent",
+    "acquiredAt",
+    "expiresAt",
+    "fencingToken",
     "conflict",
 }
 CONTACT = "alice@example.com"
@@ -177,8 +185,7 @@ async def test_contact_email_is_normalized(client, redis_client, keys, sdr, rete
 )
 async def test_invalid_contact_email_is_422(client, redis_client, keys, sdr, email):
     invalid(await lease_post(client, agentId=sdr["id"], contactEmail=email), "$.contactEmail")
-    invalid(await client.post(f"{C}/send-check", json={"agentId": sdr["id"], "contactEmail": email}),
-            "$.contactEmail")
+    invalid(await client.post(f"{C}/send-check", json={"agentId": sdr["id"], "contactEmail": email}), "$.contactEmail")
     assert await redis_client.get(keys.fence(TENANT)) is None  # nothing was granted
 
 
@@ -255,8 +262,12 @@ async def test_another_active_agent_gets_409_lease_conflict(client, redis_client
 async def test_conflict_holder_without_intent(client, sdr, retention):
     held = await acquire(client, sdr["id"], CONTACT)
     body = problem(await lease_post(client, agentId=retention["id"], contactEmail=CONTACT), 409, "lease_conflict")
-    assert body["leaseHolder"] == {"agentId": sdr["id"], "agentName": "sdr-1", "intent": None,
-                                   "expiresAt": held["expiresAt"]}
+    assert body["leaseHolder"] == {
+        "agentId": sdr["id"],
+        "agentName": "sdr-1",
+        "intent": None,
+        "expiresAt": held["expiresAt"],
+    }
 
 
 async def test_inactive_holder_is_taken_over_with_a_larger_token(client, redis_client, keys, sdr, retention):
@@ -433,8 +444,12 @@ async def test_a_one_second_lease_really_expires(client, redis_client, keys, sdr
 
 async def test_renew_extends_keeps_id_and_token(client, redis_client, keys, sdr):
     lease = await acquire(client, sdr["id"], CONTACT, intent="outreach", durationSeconds=60)
-    renewed = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationMinutes": 10}))
-    assert {k: v for k, v in renewed.items() if k != "expiresAt"} == {k: v for k, v in lease.items() if k != "expiresAt"}
+    renewed = ok(
+        await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"], "durationMinutes": 10})
+    )
+    assert {k: v for k, v in renewed.items() if k != "expiresAt"} == {
+        k: v for k, v in lease.items() if k != "expiresAt"
+    }
     assert ms(renewed["expiresAt"]) > ms(lease["expiresAt"])
     assert await redis_client.get(keys.lease(TENANT, CONTACT)) == stored(lease)
     assert await redis_client.pexpiretime(keys.lease(TENANT, CONTACT)) == ms(renewed["expiresAt"])
@@ -573,31 +588,35 @@ async def test_list_leases_by_agent_and_by_contact(client, redis_client, keys, s
 
     by_agent = ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]}))
     assert set(by_agent) == {"leases", "nextCursor"} and by_agent["nextCursor"] is None
-    assert sorted(by_agent["leases"], key=lambda l: l["id"]) == sorted(mine, key=lambda l: l["id"])
-    got = [(ms(l["acquiredAt"]), l["id"]) for l in by_agent["leases"]]
+    assert sorted(by_agent["leases"], key=lambda lease: lease["id"]) == sorted(mine, key=lambda lease: lease["id"])
+    got = [(ms(lease["acquiredAt"]), lease["id"]) for lease in by_agent["leases"]]
     assert got == sorted(got, reverse=True)  # newest grant first
 
     assert ok(await client.get(f"{C}/leases", params={"contactEmail": " T@Example.com"})) == {
-        "leases": [theirs], "nextCursor": None
+        "leases": [theirs],
+        "nextCursor": None,
     }
     # Both: the contact's lease, if that agent holds it.
     assert ok(await client.get(f"{C}/leases", params={"agentId": retention["id"], "contactEmail": "t@example.com"}))[
         "leases"
     ] == [theirs]
-    assert ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"], "contactEmail": "t@example.com"}))[
-        "leases"
-    ] == []
+    assert (
+        ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"], "contactEmail": "t@example.com"}))["leases"]
+        == []
+    )
     assert ok(await client.get(f"{C}/leases", params={"contactEmail": "free@example.com"})) == {
-        "leases": [], "nextCursor": None
+        "leases": [],
+        "nextCursor": None,
     }
     assert ok(await client.get(f"{C}/leases", params={"agentId": unknown_id("agent")})) == {
-        "leases": [], "nextCursor": None
+        "leases": [],
+        "nextCursor": None,
     }
 
     # A released lease leaves the agent's list.
     ok(await client.delete(f"{C}/lease/{mine[0]['id']}"))
     left = ok(await client.get(f"{C}/leases", params={"agentId": sdr["id"]}))["leases"]
-    assert {l["id"] for l in left} == {mine[1]["id"], mine[2]["id"]}
+    assert {lease["id"] for lease in left} == {mine[1]["id"], mine[2]["id"]}
 
 
 async def test_list_leases_paginates(client, sdr):
@@ -612,9 +631,9 @@ async def test_list_leases_paginates(client, sdr):
         if cursor is None:
             break
     assert sizes == [2, 2, 1]
-    assert len({l["id"] for l in seen}) == 5
-    assert sorted(seen, key=lambda l: l["id"]) == sorted(leases, key=lambda l: l["id"])
-    order = [(ms(l["acquiredAt"]), l["id"]) for l in seen]
+    assert len({lease["id"] for lease in seen}) == 5
+    assert sorted(seen, key=lambda lease: lease["id"]) == sorted(leases, key=lambda lease: lease["id"])
+    order = [(ms(lease["acquiredAt"]), lease["id"]) for lease in seen]
     assert order == sorted(order, reverse=True)
 
 
@@ -658,8 +677,12 @@ async def test_send_check_lease_conflict_names_the_holder(client, sdr, retention
     assert await send_check(client, retention["id"]) == {
         "allowed": False,
         "reason": "lease_conflict",
-        "leaseHolder": {"agentId": sdr["id"], "agentName": "sdr-1", "intent": "outreach",
-                        "expiresAt": lease["expiresAt"]},
+        "leaseHolder": {
+            "agentId": sdr["id"],
+            "agentName": "sdr-1",
+            "intent": "outreach",
+            "expiresAt": lease["expiresAt"],
+        },
     }
 
 
@@ -676,7 +699,8 @@ async def test_send_check_unknown_agent(client, sdr):
     await acquire(client, sdr["id"], CONTACT)
     assert await send_check(client, unknown_id("agent")) == {"allowed": False, "reason": "agent_not_found"}
     assert await send_check(client, unknown_id("agent"), contact="free@example.com") == {
-        "allowed": False, "reason": "agent_not_found"
+        "allowed": False,
+        "reason": "agent_not_found",
     }
 
 
@@ -684,28 +708,37 @@ async def test_send_check_stale_fencing_token(client, redis_client, keys, sdr, r
     old = await acquire(client, sdr["id"], CONTACT, intent="outreach")
     # A wrong token from the holder itself.
     assert await send_check(client, sdr["id"], fencingToken=old["fencingToken"] + 1) == {
-        "allowed": False, "reason": "stale_fencing_token"
+        "allowed": False,
+        "reason": "stale_fencing_token",
     }
     # A token on a contact nobody holds.
     assert await send_check(client, sdr["id"], contact="free@example.com", fencingToken=old["fencingToken"]) == {
-        "allowed": False, "reason": "stale_fencing_token"
+        "allowed": False,
+        "reason": "stale_fencing_token",
     }
 
     # Takeover: sdr lapses, retention takes the contact, sdr comes back with its old token.
     await make_inactive(redis_client, keys, TENANT, sdr["id"])
     new = await acquire(client, retention["id"], CONTACT, intent="winback")
     ok(await client.post(f"{C}/heartbeat", json={"agentId": sdr["id"]}))
-    holder = {"agentId": retention["id"], "agentName": "retention-1", "intent": "winback",
-              "expiresAt": new["expiresAt"]}
+    holder = {
+        "agentId": retention["id"],
+        "agentName": "retention-1",
+        "intent": "winback",
+        "expiresAt": new["expiresAt"],
+    }
     assert await send_check(client, sdr["id"], fencingToken=old["fencingToken"]) == {
-        "allowed": False, "reason": "stale_fencing_token", "leaseHolder": holder
+        "allowed": False,
+        "reason": "stale_fencing_token",
+        "leaseHolder": holder,
     }
     # Without a token the old holder simply meets the conflict.
     assert await send_check(client, sdr["id"]) == {"allowed": False, "reason": "lease_conflict", "leaseHolder": holder}
     # The new holder: its token passes, the old one does not.
     assert await send_check(client, retention["id"], fencingToken=new["fencingToken"]) == {"allowed": True}
     assert await send_check(client, retention["id"], fencingToken=old["fencingToken"]) == {
-        "allowed": False, "reason": "stale_fencing_token"
+        "allowed": False,
+        "reason": "stale_fencing_token",
     }
 
 

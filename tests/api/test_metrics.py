@@ -25,6 +25,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from concord.server.http.observe import Observe
 from concord.server.metrics import (
     CONTENT_TYPE,
     FORMAT,
@@ -38,7 +39,6 @@ from concord.server.metrics import (
     redis_error_kind,
     render,
 )
-from concord.server.http.observe import Observe
 from tests.support.api import V1
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack, wait_until
 
@@ -334,8 +334,9 @@ async def test_a_killed_worker_is_restarted_and_the_totals_do_not_drop(tmp_path:
             # already in its file (the exact sum above), and the file stays.
             victim = max(served_counts(directory).items(), key=lambda item: item[1])[0]
             os.kill(int(victim.split("-")[0]), signal.SIGKILL)
-            wait_until(lambda: len(list(directory.glob("*.json"))) == 3, timeout=60,
-                       what="uvicorn to restart the worker")
+            wait_until(
+                lambda: len(list(directory.glob("*.json"))) == 3, timeout=60, what="uvicorn to restart the worker"
+            )
             await until_exact(stack, before, sent)
             for _ in range(10):  # whichever worker answers, nothing counted is lost
                 now = requests_by(await scrape(stack))
@@ -389,9 +390,13 @@ def test_domain_counters_take_only_their_declared_values():
     assert samples[("concord_redis_duration_seconds_count", ())] == 2
     assert samples[("concord_redis_duration_seconds_bucket", (("le", "0.0025"),))] == 1
     # A typo at a call site fails at once instead of growing a new series.
-    for wrong in (lambda: metrics.lease("grant"), lambda: metrics.vote("abstain"),
-                  lambda: metrics.consensus("approve"), lambda: metrics.redis(0.1, "weird"),
-                  lambda: metrics.redis_error("WRONGTYPE")):
+    for wrong in (
+        lambda: metrics.lease("grant"),
+        lambda: metrics.vote("abstain"),
+        lambda: metrics.consensus("approve"),
+        lambda: metrics.redis(0.1, "weird"),
+        lambda: metrics.redis_error("WRONGTYPE"),
+    ):
         with pytest.raises(KeyError):
             wrong()
 
@@ -475,7 +480,8 @@ def test_a_snapshot_is_replaced_whole_and_only_when_it_changed(tmp_path: Path):
     exporter.write()  # a new file replaces the old one (os.replace): never a half-written one
     assert exporter.path.stat().st_ino != first
     assert msgspec.json.decode(exporter.path.read_bytes(), type=Snapshot).families["concord_votes_total"] == {
-        'vote="approve"': 1, 'vote="reject"': 0,
+        'vote="approve"': 1,
+        'vote="reject"': 0,
     }
     assert [p.name for p in tmp_path.iterdir()] == [exporter.path.name]
 

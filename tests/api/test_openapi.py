@@ -36,15 +36,15 @@ import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from concord.protocol import schemas as s
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
 from concord.server.app import create_app, routes
-from concord.server.settings import Settings, parse_rate_limits
 from concord.server.errors import ERRORS
-from concord.server.store.keys import Keys
 from concord.server.http.openapi import document
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
+from concord.server.settings import Settings, parse_rate_limits
 from concord.server.store import Store
-from tests.support.api import OTHER_TENANT, TENANT, V1, C, make_inactive, unknown_id
+from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, OTHER_API_KEY, running
+from tests.support.api import OTHER_TENANT, TENANT, V1, C, make_inactive, unknown_id
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"
@@ -123,8 +123,10 @@ async def test_openapi_json_is_served_without_a_key(anonymous_client, client):
 
 def test_document_is_valid_openapi_3_1(doc):
     """The OAI's OpenAPI 3.1 schema (2022-10-07, bundled with schemathesis) accepts it."""
-    errors = [f"{error.instance_path}: {error.message}" for error in
-              jsonschema_rs.Draft202012Validator(OPENAPI_31).iter_errors(doc)]
+    errors = [
+        f"{error.instance_path}: {error.message}"
+        for error in jsonschema_rs.Draft202012Validator(OPENAPI_31).iter_errors(doc)
+    ]
     assert not errors, errors
     # ... and it is a real check: a broken document is refused.
     broken = copy.deepcopy(doc)
@@ -224,7 +226,8 @@ def test_every_success_answer_is_documented_with_its_struct(doc):
         for status, kind in e.answers.items():
             content = responses[str(status)]["content"]
             assert set(content) == {"application/json"} | ({"text/event-stream"} if e.event_stream else set()), (
-                e.name, status
+                e.name,
+                status,
             )
             want = {"type": "object"} if kind == dict[str, Any] else {"$ref": REF.format(name=kind.__name__)}
             assert content["application/json"]["schema"] == want, (e.name, status)
@@ -333,8 +336,13 @@ class Conformance:
         return responses[str(status)]
 
     async def call(
-        self, http: httpx.AsyncClient, method: str, template: str | None, ids: dict[str, str] | None = None,
-        status: int | None = None, **kwargs: Any,
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        template: str | None,
+        ids: dict[str, str] | None = None,
+        status: int | None = None,
+        **kwargs: Any,
     ) -> Any:
         path = concrete(template, ids or {}) if template is not None else kwargs.pop("path")
         response = await http.request(method, path + kwargs.pop("query", ""), **kwargs)
@@ -361,8 +369,13 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "POST", f"{C}/heartbeat", status=200, json=a)
 
     lease_path = f"{C}/lease"
-    lease = await call(client, "POST", lease_path, status=201,
-                       json={**a, "contactEmail": " Alice@Example.com", "intent": "outbound", "durationMinutes": 10})
+    lease = await call(
+        client,
+        "POST",
+        lease_path,
+        status=201,
+        json={**a, "contactEmail": " Alice@Example.com", "intent": "outbound", "durationMinutes": 10},
+    )
     again = await call(client, "POST", lease_path, status=200, json={**a, "contactEmail": "alice@example.com"})
     assert again["id"] == lease["id"]
     ids = {**a, "leaseId": lease["id"]}
@@ -371,24 +384,41 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "GET", f"{C}/leases", status=200, query=f"?agentId={sdr['id']}&contactEmail=alice@example.com")
 
     send_check = f"{C}/send-check"
-    allowed = await call(client, "POST", send_check, status=200,
-                         json={**a, "contactEmail": "alice@example.com", "fencingToken": lease["fencingToken"]})
+    allowed = await call(
+        client,
+        "POST",
+        send_check,
+        status=200,
+        json={**a, "contactEmail": "alice@example.com", "fencingToken": lease["fencingToken"]},
+    )
     assert allowed == {"allowed": True}
     conflict = await call(client, "POST", send_check, status=200, json={**b, "contactEmail": "alice@example.com"})
     assert conflict["reason"] == "lease_conflict" and conflict["leaseHolder"]["agentId"] == sdr["id"]
-    stale = await call(client, "POST", send_check, status=200,
-                       json={**b, "contactEmail": "alice@example.com", "fencingToken": 1})
+    stale = await call(
+        client, "POST", send_check, status=200, json={**b, "contactEmail": "alice@example.com", "fencingToken": 1}
+    )
     assert stale["reason"] == "stale_fencing_token"
 
     consensus_path = f"{C}/consensus"
-    request = {"requestingAgentId": sdr["id"], "action": "send-discount", "contactEmail": "alice@example.com",
-               "reason": "asked twice", "timeoutMinutes": 30}
+    request = {
+        "requestingAgentId": sdr["id"],
+        "action": "send-discount",
+        "contactEmail": "alice@example.com",
+        "reason": "asked twice",
+        "timeoutMinutes": 30,
+    }
     cons = await call(client, "POST", consensus_path, status=201, json=request, headers={"Idempotency-Key": "k-1"})
     replay = await call(client, "POST", consensus_path, status=201, json=request, headers={"Idempotency-Key": "k-1"})
     assert replay["id"] == cons["id"]
     c = {"consensusId": cons["id"]}
-    voted = await call(client, "POST", f"{consensus_path}/{{consensusId}}/vote", c, status=200,
-                       json={**b, "vote": "approve", "reason": "fine"})
+    voted = await call(
+        client,
+        "POST",
+        f"{consensus_path}/{{consensusId}}/vote",
+        c,
+        status=200,
+        json={**b, "vote": "approve", "reason": "fine"},
+    )
     assert voted["votes"][0]["agentId"] == peer["id"]
     await call(client, "GET", f"{consensus_path}/{{consensusId}}", c, status=200)
     await call(client, "GET", consensus_path, status=200, query="?status=pending")
@@ -433,7 +463,11 @@ async def provoke_every_error_code(
 
 
 async def _provoke(
-    client: httpx.AsyncClient, settings: Settings, redis_client: Any, keys: Keys, conformance: Conformance,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    redis_client: Any,
+    keys: Keys,
+    conformance: Conformance,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     call = conformance.call
@@ -469,13 +503,26 @@ async def _provoke(
     await make_inactive(redis_client, keys, TENANT, late["id"])
     await call(client, "POST", lease_path, status=409, json={"agentId": late["id"], "contactEmail": "bob@example.com"})
     await call(client, "POST", register, status=413, content=b'{"agentName": "x"}' + b" " * 65536, headers=JSON)
-    await call(client, "POST", register, status=415, content=b'{"agentName": "x"}',
-               headers={"Content-Type": "text/plain"})
+    await call(
+        client, "POST", register, status=415, content=b'{"agentName": "x"}', headers={"Content-Type": "text/plain"}
+    )
     await call(client, "POST", register, status=422, json={"agentName": "x", "bogus": 1})
-    await call(client, "POST", consensus_path, status=201, headers={"Idempotency-Key": "once"},
-               json={"requestingAgentId": requester["id"], "action": "a"})
-    await call(client, "POST", consensus_path, status=422, headers={"Idempotency-Key": "once"},
-               json={"requestingAgentId": requester["id"], "action": "b"})
+    await call(
+        client,
+        "POST",
+        consensus_path,
+        status=201,
+        headers={"Idempotency-Key": "once"},
+        json={"requestingAgentId": requester["id"], "action": "a"},
+    )
+    await call(
+        client,
+        "POST",
+        consensus_path,
+        status=422,
+        headers={"Idempotency-Key": "once"},
+        json={"requestingAgentId": requester["id"], "action": "b"},
+    )
     # A key of the wrong type where the register script writes: Redis refuses.
     await redis_client.set(keys.agents(OTHER_TENANT), "not a zset")
     async with app_client(settings, redis_client, OTHER_API_KEY) as other:
@@ -490,6 +537,7 @@ async def _provoke(
     down.connected = False
     async with app_client(settings, fakeredis.aioredis.FakeRedis(server=down, decode_responses=True)) as offline:
         await call(offline, "GET", agents, status=503)
+
     # A bug.
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")

@@ -37,15 +37,15 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from concord.server.app import create_app
-from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
 from concord.server.errors import ConcordError
-from concord.server.store.keys import Keys, agent_id_for
+from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
 from concord.server.store import Reply, Store
-from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
-from tests.conftest import API_KEY, OTHER_API_KEY, running
-from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
+from concord.server.store.keys import Keys, agent_id_for
 from tests.cli.test_serve_and_keys import concord
+from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.lua.test_scripts import dump
+from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
+from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
 from tests.system.test_security import security_report
 
 AGENTS = f"{V1}/agents"
@@ -56,8 +56,11 @@ ROUNDING_MS = 1
 
 
 def http(app, api_key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://concord.test",
-                             headers={"Authorization": f"Bearer {api_key}"})
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://concord.test",
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
 
 
 @asynccontextmanager
@@ -72,8 +75,11 @@ async def deployment(
         key_prefix=prefix,
         rate_limits=parse_rate_limits(limits),
     )
-    async with running(create_app(settings, redis_client)) as app, http(app, API_KEY) as a, \
-            http(app, OTHER_API_KEY) as b:
+    async with (
+        running(create_app(settings, redis_client)) as app,
+        http(app, API_KEY) as a,
+        http(app, OTHER_API_KEY) as b,
+    ):
         yield a, b
 
 
@@ -246,10 +252,12 @@ async def test_unset_means_no_limit_and_no_rate_keys(redis_client, prefix, keys)
 
 def test_rate_limits_parse_as_documented():
     assert parse_rate_limits("tenant=1000/s,agent=20/s:40") == {
-        "tenant": RateLimit(1000.0, 1000), "agent": RateLimit(20.0, 40),
+        "tenant": RateLimit(1000.0, 1000),
+        "agent": RateLimit(20.0, 40),
     }
     assert parse_rate_limits(" tenant=60/m , agent=7200/h:5 ") == {
-        "tenant": RateLimit(1.0, 60), "agent": RateLimit(2.0, 5),
+        "tenant": RateLimit(1.0, 60),
+        "agent": RateLimit(2.0, 5),
     }
     assert parse_rate_limits("agent=1/h") == {"agent": RateLimit(1 / 3600, 1)}
 
@@ -282,9 +290,21 @@ async def test_every_accepted_limit_can_be_kept(redis_client, prefix, keys, limi
 
 
 BAD_LIMITS = [
-    "garbage", "tenant", "tenant=10", "tenant=10/d", "tenant=10/second", "user=10/s", "tenant=0/s",
-    "tenant=10/s:0", "tenant=-1/s", "tenant=1.5/s", "tenant=10/s:", "tenant = 10/s", "tenant=10/s,tenant=5/s",
-    "tenant=10/s;agent=5/s", "tenant=10/s:20:30",
+    "garbage",
+    "tenant",
+    "tenant=10",
+    "tenant=10/d",
+    "tenant=10/second",
+    "user=10/s",
+    "tenant=0/s",
+    "tenant=10/s:0",
+    "tenant=-1/s",
+    "tenant=1.5/s",
+    "tenant=10/s:",
+    "tenant = 10/s",
+    "tenant=10/s,tenant=5/s",
+    "tenant=10/s;agent=5/s",
+    "tenant=10/s:20:30",
 ]
 
 
@@ -311,8 +331,11 @@ def limited_stack(real_redis_url: str, tmp_path_factory: pytest.TempPathFactory)
     (real_redis_url only decides whether a real Redis may be used.)"""
     settings = {"CONCORD_API_KEYS": f"{PROC_TENANT}:{PROC_KEY}", "CONCORD_RATE_LIMITS": PROC_LIMITS}
     with running_stack(tmp_path_factory.mktemp("rate-limits"), settings, workers=WORKERS) as stack:
-        wait_until(lambda: stack.service.log_text().count("Application startup complete") >= WORKERS,
-                   timeout=30, what=f"{WORKERS} workers started")
+        wait_until(
+            lambda: stack.service.log_text().count("Application startup complete") >= WORKERS,
+            timeout=30,
+            what=f"{WORKERS} workers started",
+        )
         yield stack
 
 

@@ -53,11 +53,15 @@ class Setup:
 @contextmanager
 def one_redis_with_a_replica(work: Path) -> Iterator[tuple[str, list[int]]]:
     master = RedisServer(work / "master").start()
-    replica = RedisServer(work / "replica", "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port))
+    replica = RedisServer(
+        work / "replica", "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)
+    )
     try:
         replica.start()
         with master.client() as client:
-            wait_until(lambda: "online" in str(client.info("replication").get("slave0")), timeout=30, what="the replica")
+            wait_until(
+                lambda: "online" in str(client.info("replication").get("slave0")), timeout=30, what="the replica"
+            )
         yield master.url, [master.process.pid, replica.process.pid]
     finally:
         replica.kill()
@@ -75,7 +79,12 @@ def cluster_of_six(work: Path) -> Iterator[tuple[str, list[int]]]:
 
 
 def measure(setup: Setup, op: str, seconds: int, tag: str) -> load.Result:
-    args: dict[str, object] = {"key": setup.tenant.api_key, "tag": tag, "expect": BY_KEY[op].expect, **setup.tenant.files()}
+    args: dict[str, object] = {
+        "key": setup.tenant.api_key,
+        "tag": tag,
+        "expect": BY_KEY[op].expect,
+        **setup.tenant.files(),
+    }
     if BY_KEY[op].marker:
         args["marker"] = BY_KEY[op].marker
     if op == "vote":
@@ -165,23 +174,28 @@ def render(o: argparse.Namespace, setups: list[Setup], rows: list) -> str:
             for op, baseline, results in rows
         ]
 
-    return "\n".join([
-        "# Performance: one Redis or a Redis Cluster, with and without `CONCORD_MIN_REPLICAS`",
-        "",
-        f"Written by `tests/bench/deployments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; see its docstring "
-        "for the method. Each setup is `concord serve --workers 1`; wrk with 2 threads and 64 connections, "
-        f"{o.seconds} s per measured run after a 1 s warm-up, the same scripts and data as "
-        f"`tests/bench/run.py` ({o.agents:,} agents). The ratio is the setup's req/s over the mean of the two "
-        "baseline runs (first and last) of that operation. Every Redis process shares the machine's cores.",
-        "",
-        *machine(),
-        "",
-        *table(lambda r, base: f"{r.rps:,.0f} req/s, p99 {r.p99_ms:.1f} ms (**{r.rps / base:.2f}**)"),
-        "",
-        "Redis CPU (cores busy, all the setup's Redis processes) in the same runs:",
-        "",
-        *table(lambda r, _: f"{r.cores['redis']:.2f}"),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "# Performance: one Redis or a Redis Cluster, with and without `CONCORD_MIN_REPLICAS`",
+                "",
+                f"Written by `tests/bench/deployments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; see its docstring "
+                "for the method. Each setup is `concord serve --workers 1`; wrk with 2 threads and 64 connections, "
+                f"{o.seconds} s per measured run after a 1 s warm-up, the same scripts and data as "
+                f"`tests/bench/run.py` ({o.agents:,} agents). The ratio is the setup's req/s over the mean of the two "
+                "baseline runs (first and last) of that operation. Every Redis process shares the machine's cores.",
+                "",
+                *machine(),
+                "",
+                *table(lambda r, base: f"{r.rps:,.0f} req/s, p99 {r.p99_ms:.1f} ms (**{r.rps / base:.2f}**)"),
+                "",
+                "Redis CPU (cores busy, all the setup's Redis processes) in the same runs:",
+                "",
+                *table(lambda r, _: f"{r.cores['redis']:.2f}"),
+            ]
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 
-from concord.server.store.keys import Keys
 from concord.server.store import Store
+from concord.server.store.keys import Keys
 
 T = TypeVar("T")
 
@@ -78,9 +78,7 @@ async def each(items: Iterable[T], call: Callable[[T], Awaitable[Any]], limit: i
     return results
 
 
-def with_store(
-    redis_url: str, work: Callable[[Store, redis.asyncio.Redis], Awaitable[T]], cluster: bool = False
-) -> T:
+def with_store(redis_url: str, work: Callable[[Store, redis.asyncio.Redis], Awaitable[T]], cluster: bool = False) -> T:
     """Run ``work(store, client)`` on a fresh client of at most CONCURRENCY connections
     (per node, with ``cluster``: ``redis_url`` names a node of a Redis Cluster)."""
 

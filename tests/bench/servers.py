@@ -73,7 +73,13 @@ class FloorProcess(ServiceProcess):
     @property
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "tests.bench.floor", "--port", str(self.port), "--settings", json.dumps(self.settings)
+            sys.executable,
+            "-m",
+            "tests.bench.floor",
+            "--port",
+            str(self.port),
+            "--settings",
+            json.dumps(self.settings),
         ]
 
 

@@ -19,7 +19,7 @@ import redis
 
 from concord.cli import main
 from concord.server.store.keys import agent_tag
-from tests.support.api import AGENT_ID, C, CONS_ID, LEASE_ID, V1, unknown_id
+from tests.support.api import AGENT_ID, CONS_ID, LEASE_ID, V1, C, unknown_id
 from tests.support.helpers import Stack, concord_env, free_port, running_stack
 
 TENANT, API_KEY = "acme", "acme-cli-key-0123456789"
@@ -92,8 +92,9 @@ def unique(name: str) -> str:
 
 def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
     env = settings_of(stack)
-    sdr = answer(concord("agents", "register", unique("sdr"), "--role", "sdr", "--metadata", '{"team": "emea"}',
-                         settings=env))
+    sdr = answer(
+        concord("agents", "register", unique("sdr"), "--role", "sdr", "--metadata", '{"team": "emea"}', settings=env)
+    )
     assert AGENT_ID.fullmatch(sdr["id"]) and sdr["tenantId"] == TENANT and sdr["status"] == "active", sdr
     assert sdr["agentRole"] == "sdr" and sdr["metadata"] == {"team": "emea"}, sdr
     ret = answer(concord("agents", "register", unique("retention"), settings=env))
@@ -104,19 +105,44 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
     assert answer(concord("agents", "show", ret["id"], settings=env))["agentName"] == ret["agentName"]
 
     contact = f"{unique('alice')}@example.com"
-    lease = answer(concord("lease", "acquire", "--agent", sdr["id"], "--contact", f" {contact.upper()}",
-                           "--duration", str(LEASE_SECONDS), "--intent", "outbound_sales", settings=env))
+    lease = answer(
+        concord(
+            "lease",
+            "acquire",
+            "--agent",
+            sdr["id"],
+            "--contact",
+            f" {contact.upper()}",
+            "--duration",
+            str(LEASE_SECONDS),
+            "--intent",
+            "outbound_sales",
+            settings=env,
+        )
+    )
     assert LEASE_ID.fullmatch(lease["id"]) and lease["agentId"] == sdr["id"], lease
     assert lease["contactEmail"] == contact and lease["intent"] == "outbound_sales", lease
 
-    conflict = failure(concord("lease", "acquire", "--agent", ret["id"], "--contact", contact, settings=env),
-                       "lease_conflict")
+    conflict = failure(
+        concord("lease", "acquire", "--agent", ret["id"], "--contact", contact, settings=env), "lease_conflict"
+    )
     assert conflict["status"] == 409 and conflict["leaseHolder"]["agentId"] == sdr["id"], conflict
 
     refused = answer(concord("lease", "check", "--agent", ret["id"], "--contact", contact, settings=env), 3)
     assert refused["allowed"] is False and refused["reason"] == "lease_conflict", refused
-    allowed = answer(concord("lease", "check", "--agent", sdr["id"], "--contact", contact,
-                             "--fencing-token", str(lease["fencingToken"]), settings=env))
+    allowed = answer(
+        concord(
+            "lease",
+            "check",
+            "--agent",
+            sdr["id"],
+            "--contact",
+            contact,
+            "--fencing-token",
+            str(lease["fencingToken"]),
+            settings=env,
+        )
+    )
     assert allowed == {"allowed": True}
 
     renewed = answer(concord("lease", "renew", lease["id"], "--agent", sdr["id"], "--duration", "900", settings=env))
@@ -132,16 +158,41 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
 
     # Every other active agent of the tenant is eligible: here only `ret`, unless other
     # tests of the module ran first; then as many new voters again make a majority.
-    request = answer(concord("consensus", "request", "--agent", sdr["id"], "--action", "send_pricing_override",
-                             "--contact", contact, "--reason", "asked for custom pricing", "--timeout", "3600",
-                             settings=env))
+    request = answer(
+        concord(
+            "consensus",
+            "request",
+            "--agent",
+            sdr["id"],
+            "--action",
+            "send_pricing_override",
+            "--contact",
+            contact,
+            "--reason",
+            "asked for custom pricing",
+            "--timeout",
+            "3600",
+            settings=env,
+        )
+    )
     assert CONS_ID.fullmatch(request["id"]) and request["status"] == "pending", request
     assert request["contactEmail"] == contact and request["reason"] == "asked for custom pricing", request
     eligible = request["tally"]["eligible"]
     voters = [ret] + [answer(concord("agents", "register", unique("voter"), settings=env)) for _ in range(eligible - 1)]
     for voter in voters:
-        voted = answer(concord("consensus", "vote", request["id"], "approve", "--agent", voter["id"],
-                               "--reason", "qualified", settings=env))
+        voted = answer(
+            concord(
+                "consensus",
+                "vote",
+                request["id"],
+                "approve",
+                "--agent",
+                voter["id"],
+                "--reason",
+                "qualified",
+                settings=env,
+            )
+        )
         if voted["status"] != "pending":
             break
     assert voted["status"] == "approved" and voted["tally"]["approve"] == voted["tally"]["needed"], voted
@@ -149,8 +200,9 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
     assert shown["status"] == "approved" and shown["votes"][0]["reason"] == "qualified", shown
     assert answer(concord("consensus", "wait", request["id"], "--timeout", "5", settings=env))["status"] == "approved"
 
-    closed = failure(concord("consensus", "vote", request["id"], "reject", "--agent", ret["id"], settings=env),
-                     "already_voted")
+    closed = failure(
+        concord("consensus", "vote", request["id"], "reject", "--agent", ret["id"], settings=env), "already_voted"
+    )
     assert closed["status"] == 409 and closed["vote"] == "approve", closed
 
 
@@ -194,22 +246,25 @@ def test_a_validation_error_of_the_api_is_its_problem_on_stderr(stack: Stack):
 
 
 def test_a_wrong_api_key_is_the_unauthorized_problem(stack: Stack):
-    problem = failure(concord("agents", "list", settings={**settings_of(stack), "CONCORD_API_KEY": "wrong-key-123"}),
-                      "unauthorized")
+    problem = failure(
+        concord("agents", "list", settings={**settings_of(stack), "CONCORD_API_KEY": "wrong-key-123"}), "unauthorized"
+    )
     assert problem["status"] == 401, problem
 
 
 @pytest.mark.parametrize("variable, value", [("CONCORD_API_KEY", ""), ("CONCORD_URL", "localhost:8080")])
 def test_a_missing_or_malformed_setting_is_refused_naming_the_variable(stack: Stack, variable: str, value: str):
-    problem = failure(concord("agents", "list", settings={**settings_of(stack), variable: value}), "not_configured",
-                      status=2)
+    problem = failure(
+        concord("agents", "list", settings={**settings_of(stack), variable: value}), "not_configured", status=2
+    )
     assert variable in problem["detail"], problem
 
 
 def test_an_unreachable_service_is_the_unreachable_problem_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}"
-    problem = failure(concord("agents", "list", settings={"CONCORD_URL": url, "CONCORD_API_KEY": API_KEY}),
-                      "unreachable")
+    problem = failure(
+        concord("agents", "list", settings={"CONCORD_URL": url, "CONCORD_API_KEY": API_KEY}), "unreachable"
+    )
     assert problem["url"] == url and url in problem["detail"], problem
 
 
@@ -304,8 +359,9 @@ def scene(stack: Stack) -> dict[str, Any]:
         holder = http.post(f"{V1}/register", json={"agentName": unique("holder"), "agentRole": "sdr"}).json()
         voter = http.post(f"{V1}/register", json={"agentName": unique("voter")}).json()
         contact = f"{unique('carol')}@example.com"
-        lease = http.post(f"{C}/lease", json={"agentId": holder["id"], "contactEmail": contact,
-                                              "durationSeconds": LEASE_SECONDS}).json()
+        lease = http.post(
+            f"{C}/lease", json={"agentId": holder["id"], "contactEmail": contact, "durationSeconds": LEASE_SECONDS}
+        ).json()
         request = http.post(f"{C}/consensus", json={"requestingAgentId": holder["id"], "action": "refund"}).json()
         http.post(f"{C}/consensus/{request['id']}/vote", json={"agentId": voter["id"], "vote": "approve"})
         shown = http.get(f"{C}/consensus/{request['id']}").json()
@@ -318,12 +374,16 @@ def test_inspect_a_contact_shows_its_lease_and_holder(stack: Stack, r: redis.Red
     assert report["view"] == "contact" and report["contact"] == scene["contact"], report
     lease, agent, heartbeat, registry = report["keys"]
     assert [entry["key"] for entry in report["keys"]] == [
-        k.lease(QUIET, scene["contact"]), k.agent(QUIET, holder), k.heartbeats(QUIET),
+        k.lease(QUIET, scene["contact"]),
+        k.agent(QUIET, holder),
+        k.heartbeats(QUIET),
         k.lease_registry(QUIET, agent_tag(holder)),
     ]
     check_against_redis(r, lease, "string", expires=True)
     assert lease["ttlMs"] <= LEASE_SECONDS * 1000 and lease["value"].split("|")[:2] == [
-        holder.removeprefix("agent_"), str(scene["lease"]["fencingToken"])], lease
+        holder.removeprefix("agent_"),
+        str(scene["lease"]["fencingToken"]),
+    ], lease
     check_against_redis(r, agent, "hash")
     assert agent["value"]["agentName"] == scene["holder"]["agentName"], agent
     check_against_redis(r, heartbeat, "zset")
@@ -332,8 +392,9 @@ def test_inspect_a_contact_shows_its_lease_and_holder(stack: Stack, r: redis.Red
     assert registry["value"][str(scene["lease"]["fencingToken"])].endswith(f":{scene['contact']}"), registry
 
     free = inspect(stack, "--contact", "nobody@example.com")
-    assert free["keys"] == [{"key": k.lease(QUIET, "nobody@example.com"), "type": "none", "ttlMs": None,
-                             "value": None}], free
+    assert free["keys"] == [
+        {"key": k.lease(QUIET, "nobody@example.com"), "type": "none", "ttlMs": None, "value": None}
+    ], free
 
 
 def test_inspect_an_agent_shows_its_hash_heartbeat_and_leases(stack: Stack, r: redis.Redis, scene: dict[str, Any]):
@@ -341,8 +402,12 @@ def test_inspect_an_agent_shows_its_hash_heartbeat_and_leases(stack: Stack, r: r
     report = inspect(stack, "--agent", holder)
     assert report["view"] == "agent" and report["agent"] == holder, report
     assert [entry["key"] for entry in report["keys"]] == [
-        k.agent(QUIET, holder), k.heartbeats(QUIET), k.agents(QUIET), k.lease_registry(QUIET, agent_tag(holder)),
-        k.lease(QUIET, scene["contact"]), k.rate_bucket(QUIET, holder),
+        k.agent(QUIET, holder),
+        k.heartbeats(QUIET),
+        k.agents(QUIET),
+        k.lease_registry(QUIET, agent_tag(holder)),
+        k.lease(QUIET, scene["contact"]),
+        k.rate_bucket(QUIET, holder),
     ]
     agent, heartbeat, registered, registry, lease, bucket = report["keys"]
     check_against_redis(r, agent, "hash")
@@ -361,15 +426,18 @@ def test_inspect_a_consensus_request_shows_its_votes_and_lists(stack: Stack, r: 
     assert report["view"] == "consensus" and report["consensus"] == consensus["id"], report
     lists = ["all", "pending", "approved", "rejected", "expired"]
     assert [entry["key"] for entry in report["keys"]] == [
-        k.consensus(QUIET, consensus["id"]), k.votes(QUIET, consensus["id"]),
-        *(k.consensus_list(QUIET, status) for status in lists), k.consensus_due(QUIET),
+        k.consensus(QUIET, consensus["id"]),
+        k.votes(QUIET, consensus["id"]),
+        *(k.consensus_list(QUIET, status) for status in lists),
+        k.consensus_due(QUIET),
     ]
     request, votes, *memberships = report["keys"]
     check_against_redis(r, request, "hash", expires=True)  # kept for 7 days once decided
     check_against_redis(r, votes, "hash", expires=True)
     assert request["value"]["status"] == "approved", request
     assert list(votes["value"]) == [scene["voter"]["id"]] and votes["value"][scene["voter"]["id"]].startswith(
-        "approve|"), votes
+        "approve|"
+    ), votes
     for entry in memberships:
         check_against_redis(r, entry, r.type(entry["key"]))
     held = {entry["key"] for entry in memberships if entry["score"] is not None}
@@ -380,9 +448,14 @@ def test_inspect_a_tenant_gives_an_overview(stack: Stack, r: redis.Redis, scene:
     k = stack.keys
     report = inspect(stack)
     assert report["view"] == "overview", report
-    expected = [k.heartbeats(QUIET), k.agents(QUIET), k.fence(QUIET),
-                *(k.consensus_list(QUIET, s) for s in ["all", "pending", "approved", "rejected", "expired"]),
-                k.consensus_due(QUIET), k.rate_bucket(QUIET)]
+    expected = [
+        k.heartbeats(QUIET),
+        k.agents(QUIET),
+        k.fence(QUIET),
+        *(k.consensus_list(QUIET, s) for s in ["all", "pending", "approved", "rejected", "expired"]),
+        k.consensus_due(QUIET),
+        k.rate_bucket(QUIET),
+    ]
     events = getattr(k, "events", None)
     if events is not None:
         expected.append(events(QUIET))
@@ -400,7 +473,8 @@ def test_inspect_a_tenant_gives_an_overview(stack: Stack, r: redis.Redis, scene:
         stream = report["keys"][-1]
         assert stream["type"] == "stream" and stream["value"]["length"] == r.xlen(events(QUIET)), stream
         assert [item["id"] for item in stream["value"]["newest"]] == [
-            entry_id for entry_id, _ in r.xrevrange(events(QUIET), count=5)], stream
+            entry_id for entry_id, _ in r.xrevrange(events(QUIET), count=5)
+        ], stream
 
 
 def test_inspect_needs_a_redis_url():

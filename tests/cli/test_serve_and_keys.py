@@ -215,11 +215,14 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
             r = register(proc.url, api_key, "sdr")
             assert r.status_code == 201 and r.json()["tenantId"] == "initech", r.text
             # The stored key is initech's: its agents are not acme's.
-            assert httpx.get(
-                f"{proc.url}{V1}/agents/{r.json()['id']}",
-                headers={"Authorization": "Bearer acme-key-0123456789"},
-                timeout=10,
-            ).status_code == 404
+            assert (
+                httpx.get(
+                    f"{proc.url}{V1}/agents/{r.json()['id']}",
+                    headers={"Authorization": "Bearer acme-key-0123456789"},
+                    timeout=10,
+                ).status_code
+                == 404
+            )
 
             revoked = concord("keys", "revoke", api_key, settings=settings)
             assert revoked.returncode == 0, revoked.stderr

@@ -34,7 +34,7 @@ import httpx
 import pytest
 from redis.cluster import key_slot
 
-from tests.support.api import C, V1
+from tests.support.api import V1, C
 from tests.support.cluster import REDIS_CLI, Cluster, Node, redis_cluster
 from tests.support.helpers import HANG_SECONDS, ServiceProcess, eventually, service
 from tests.support.reports import FaultRecord, fault_record
@@ -137,7 +137,10 @@ class Load:
     def granted(self, tenants: set[str] | None = None, after: float = 0.0) -> list[Answer]:
         return [
             a for a in self.answers
-            if a.status == 201 and a.agent == "holder" and a.received > after and (tenants is None or a.tenant in tenants)
+            if a.status == 201
+            and a.agent == "holder"
+            and a.received > after
+            and (tenants is None or a.tenant in tenants)
         ]  # fmt: skip
 
     async def check(self, record: FaultRecord, fault_at: float, faulted: set[str]) -> None:
@@ -253,7 +256,9 @@ async def until_answered(load: Load, count: int, tenants: set[str], after: float
     await eventually(enough, timeout=RECOVERY_TIMEOUT, what=f"{count} answers", every=0.05)
 
 
-@pytest.mark.parametrize("min_replicas", [pytest.param(0, id="async-replication"), pytest.param(1, id="min-replicas-1")])
+@pytest.mark.parametrize(
+    "min_replicas", [pytest.param(0, id="async-replication"), pytest.param(1, id="min-replicas-1")]
+)
 async def test_a_master_killed_while_its_replica_lags(tmp_path: Path, min_replicas: int):
     """The replica stops (SIGSTOP) and its master drops the link to it, the load goes
     on, then the master dies and the replica, resumed, takes over with what it had. Without
@@ -265,7 +270,10 @@ async def test_a_master_killed_while_its_replica_lags(tmp_path: Path, min_replic
     with (
         redis_cluster(tmp_path / "cluster") as cluster,
         concord_on(cluster, tmp_path, tenants, min_replicas) as proc,
-        fault_record(f"cluster failover, replica lagging, CONCORD_MIN_REPLICAS={min_replicas}", "SIGSTOP a replica, cut its link, SIGKILL its master") as record,
+        fault_record(
+            f"cluster failover, replica lagging, CONCORD_MIN_REPLICAS={min_replicas}",
+            "SIGSTOP a replica, cut its link, SIGKILL its master",
+        ) as record,
     ):
         master, faulted = victim(cluster, tenants)
         (replica,) = cluster.replicas_of(master)
@@ -352,9 +360,13 @@ async def test_slots_resharded_under_load(tmp_path: Path):
                         assert cluster.master_of_slot(key_slot(tenant.encode())).node_id == there.node_id
                 await until_granted(load, AFTER, set(moving), after=time.monotonic())
             with cluster.node(target.node_id if rounds % 2 else source.node_id).client() as owner:
-                keys = sum(owner.execute_command("CLUSTER", "COUNTKEYSINSLOT", s) for s in range(first, first + moved_slots))
+                keys = sum(
+                    owner.execute_command("CLUSTER", "COUNTKEYSINSLOT", s) for s in range(first, first + moved_slots)
+                )
             followed = await eventually(lambda: _followed(proc), timeout=HANG_SECONDS, what="redirections in /metrics")
-            record.extra.update(rounds=rounds, keys_moved_each_round=keys, reshard_s=[round(s, 3) for s in spent], redirections=followed)
+            record.extra.update(
+                rounds=rounds, keys_moved_each_round=keys, reshard_s=[round(s, 3) for s in spent], redirections=followed
+            )
             await load.check(record, started, set(moving))
             assert record.losses == 0 and record.double_grants == 0
             assert record.max_503_seconds is None, "a request answered 503 while slots moved"

@@ -25,9 +25,9 @@ import redis.asyncio
 from concord.server.app import create_app
 from concord.server.settings import ConfigError, Settings, key_digest
 from concord.server.store.keys import Keys
-from tests.support.api import C, V1, ok, problem
-from tests.support.cluster import redis_cluster
 from tests.conftest import API_KEY, TENANT, running
+from tests.support.api import V1, C, ok, problem
+from tests.support.cluster import redis_cluster
 from tests.support.helpers import RedisServer, redis_server, wait_until
 
 pytestmark = pytest.mark.real

@@ -14,7 +14,7 @@ import redis.asyncio
 
 from concord.server.settings import ConfigError, Settings
 from concord.server.store import Store
-from tests.support.api import C, V1, acquire, ok, problem, register, request_consensus, unknown_id
+from tests.support.api import V1, C, acquire, ok, problem, register, request_consensus, unknown_id
 from tests.support.cluster import Cluster
 from tests.support.helpers import HANG_SECONDS, ServiceProcess, service
 
@@ -29,8 +29,11 @@ def test_cluster_mode_is_a_setting(value: str, expected: bool):
 
 @pytest.mark.parametrize(
     "env",
-    [{"CONCORD_REDIS_CLUSTER": "true"}, {"CONCORD_REDIS_CLUSTER": "true", "CONCORD_REDIS_URL": "unix:///r.sock"},
-     {"CONCORD_REDIS_CLUSTER": "maybe", "CONCORD_REDIS_URL": "redis://node-1:6379"}],
+    [
+        {"CONCORD_REDIS_CLUSTER": "true"},
+        {"CONCORD_REDIS_CLUSTER": "true", "CONCORD_REDIS_URL": "unix:///r.sock"},
+        {"CONCORD_REDIS_CLUSTER": "maybe", "CONCORD_REDIS_URL": "redis://node-1:6379"},
+    ],
 )
 def test_cluster_mode_needs_a_node_to_start_from(env: dict[str, str]):
     with pytest.raises(ConfigError, match="CONCORD_REDIS_CLUSTER"):

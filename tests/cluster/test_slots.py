@@ -20,13 +20,12 @@ import fakeredis.aioredis
 import pytest
 import redis
 
-from concord.server.store import scripts
-from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
-from concord.server.errors import ConcordError
-from concord.server.store.keys import Keys, agent_id_for, agent_tag, new_id
 from concord.protocol.schemas import ConsensusStatus, normalize_email
-from concord.server.store import Store
-from tests.support.cluster import Cluster, cluster  # noqa: F401  (cluster: the session's fixture)
+from concord.server.errors import ConcordError
+from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
+from concord.server.store import Store, scripts
+from concord.server.store.keys import Keys, agent_id_for, agent_tag, new_id
+from tests.support.cluster import Cluster
 
 # Tenant ids at the edges of 1-64 of A-Z a-z 0-9 _ -: one character, the longest,
 # only punctuation, ones that read as numbers, and two that differ only in case.

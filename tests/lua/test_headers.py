@@ -15,9 +15,9 @@ import re
 
 import pytest
 
+from concord.server.store import Reply, Store
 from concord.server.store.keys import Keys
 from concord.server.store.scripts import LIB, Source, lib_text, sources
-from concord.server.store import Reply, Store
 
 TENANT = "acme"
 SCRIPTS = {name: source for name, source in sources().items() if name != LIB}
@@ -178,10 +178,13 @@ def test_lib_reads_keys_only_in_consensus_keys_and_never_argv():
     text = body(LIB_SOURCE)
     outside = _CONSENSUS_KEYS_DEF.sub("", text)
     assert not _INDEX.search(outside) and not _UNPACK.search(outside)
-    assert consensus_key_fields() == {i: f for i, f in enumerate(
-        ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due", "events"),
-        start=1,
-    )}
+    assert consensus_key_fields() == {
+        i: f
+        for i, f in enumerate(
+            ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due", "events"),
+            start=1,
+        )
+    }
 
 
 def test_the_consensus_scripts_declare_the_keys_consensus_keys_reads():
@@ -206,7 +209,7 @@ def test_first_lines_name_the_inputs_and_the_body_never_indexes_them_again(name)
         if not match:
             break
         prologue.append(match)
-    rest = "\n".join(lines[len(prologue):])
+    rest = "\n".join(lines[len(prologue) :])
     assert not _INDEX.search(rest) and not _UNPACK.search(rest) and not _CONSENSUS_KEYS_CALL.search(rest), (
         f"lua/{name}.lua reads KEYS/ARGV after its first lines"
     )
@@ -297,7 +300,7 @@ def test_no_script_builds_a_key_name(name):
     for call in calls:
         if call.group(1).upper() == "TIME":  # takes no key
             continue
-        rest = text[call.end():]
+        rest = text[call.end() :]
         assert rest.lstrip().startswith(","), f"lua/{name}.lua: {call.group(0)} without a key"
         key = first_argument(rest, rest.index(",") + 1)
         assert re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[A-Za-z_]\w*\])?", key), (
@@ -311,7 +314,8 @@ def test_no_script_builds_a_key_name(name):
 # Scripts whose header requires at least one input: a call can have too few of them.
 # (rate_limit takes any number of buckets, each with two ARGV, so no count is wrong.)
 with_required_inputs = pytest.mark.parametrize(
-    "name", sorted(n for n, src in SCRIPTS.items() if len(src.keys) > src.variadic_keys or len(src.args) > src.variadic_args)
+    "name",
+    sorted(n for n, src in SCRIPTS.items() if len(src.keys) > src.variadic_keys or len(src.args) > src.variadic_args),
 )
 
 

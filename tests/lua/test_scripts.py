@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from concord.protocol.schemas import UUID
 from concord.server.errors import ConcordError
+from concord.server.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
 from concord.server.store.keys import agent_id_for, agent_tag, new_id, parse_lease_id
 from concord.server.store.keys import lease_id as lease_id_of
-from concord.protocol.schemas import UUID
-from concord.server.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
 from tests.support.helpers import eventually, snapshot
 
 TENANT = "acme"
@@ -118,8 +118,13 @@ async def registry_contacts(store: Store, agent_id: str) -> list[str]:
 async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
     k = store.keys
     return await store.scripts.agent_remove(
-        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), registry(store, agent_id),
-              k.events(TENANT)]
+        keys=[
+            k.agent(TENANT, agent_id),
+            k.agents(TENANT),
+            k.heartbeats(TENANT),
+            registry(store, agent_id),
+            k.events(TENANT),
+        ]
         + [k.lease(TENANT, c) for c in contacts],
         args=[agent_id, EVENTS_MAX, *contacts],
     )
@@ -158,7 +163,7 @@ def lease_of(reply: list) -> dict[str, str]:
 def lease_string(lease: dict[str, str]) -> str:
     """What the lease key holds: "<agent uuid without agent_>|<token>|<acquiredAt>|<agentName>|<intent>"."""
     assert lease["agentId"].startswith("agent_")
-    uuid_part = lease["agentId"][len("agent_"):]
+    uuid_part = lease["agentId"][len("agent_") :]
     return f"{uuid_part}|{lease['fencingToken']}|{lease['acquiredAt']}|{lease['agentName']}|{lease['intent']}"
 
 
@@ -230,8 +235,20 @@ async def request(
     consensus_id = consensus_id or new_id("cons")
     return await store.scripts.consensus_request(
         keys=consensus_keys(store, consensus_id),
-        args=[consensus_id, requester, action, contact, reason, timeout_ms, store.window_ms, RETENTION_MS, MAX_AGE_MS,
-              "", IDEMPOTENCY_MS, EVENTS_MAX],
+        args=[
+            consensus_id,
+            requester,
+            action,
+            contact,
+            reason,
+            timeout_ms,
+            store.window_ms,
+            RETENTION_MS,
+            MAX_AGE_MS,
+            "",
+            IDEMPOTENCY_MS,
+            EVENTS_MAX,
+        ],
     )
 
 
@@ -404,8 +421,13 @@ async def test_remove_deletes_the_agent_its_live_leases_and_its_registry(store, 
     # And a lease of a's that has expired: its entry outlived it (no lease key is left).
     await redis_client.hset(registry(store, a), "1000", "1000:gone@example.com")
     contacts = await registry_contacts(store, a)
-    assert contacts == ["four@example.com", "gone@example.com", "one@example.com", "three@example.com",
-                        "two@example.com"]
+    assert contacts == [
+        "four@example.com",
+        "gone@example.com",
+        "one@example.com",
+        "three@example.com",
+        "two@example.com",
+    ]
     for stale in (earlier, first_four, second_four):
         assert await redis_client.hget(registry(store, a), stale["fencingToken"]) is not None
     b_registry = await redis_client.hgetall(registry(store, b))
@@ -513,12 +535,24 @@ async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
     assert await redis_client.get(k.fence(TENANT)) == lease["fencingToken"]
     # Nothing else (no lease-id pointer, no per-agent index) but the grant's event.
     assert set(await dump(redis_client, prefix)) == {
-        k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), lease_key, registry(store, agent_id),
-        k.fence(TENANT), k.events(TENANT),
+        k.agent(TENANT, agent_id),
+        k.agents(TENANT),
+        k.heartbeats(TENANT),
+        lease_key,
+        registry(store, agent_id),
+        k.fence(TENANT),
+        k.events(TENANT),
     }
-    (_, last), = await redis_client.xrevrange(k.events(TENANT), count=1)
-    assert last == {"type": "lease.acquired", "agentId": agent_id, "agentName": "sdr", "contactEmail": CONTACT,
-                    "fencingToken": str(token), "expiresAt": str(expires), "intent": "outreach"}
+    ((_, last),) = await redis_client.xrevrange(k.events(TENANT), count=1)
+    assert last == {
+        "type": "lease.acquired",
+        "agentId": agent_id,
+        "agentName": "sdr",
+        "contactEmail": CONTACT,
+        "fencingToken": str(token),
+        "expiresAt": str(expires),
+        "intent": "outreach",
+    }
 
 
 async def test_acquire_keeps_an_intent_holding_the_separator(store, redis_client):
@@ -758,7 +792,9 @@ async def test_renew_moves_the_expiry_and_keeps_id_and_token(store, redis_client
     after, _ = await clock(redis_client)
     assert reply[0] == Reply.OK
     renewed = lease_of(reply)
-    assert {f: v for f, v in renewed.items() if f != "expiresAt"} == {f: v for f, v in lease.items() if f != "expiresAt"}
+    assert {f: v for f, v in renewed.items() if f != "expiresAt"} == {
+        f: v for f, v in lease.items() if f != "expiresAt"
+    }
     expires = int(renewed["expiresAt"])
     assert before + 10 * MINUTE_MS <= expires <= after + 10 * MINUTE_MS
     await assert_stored(store, renewed)
@@ -1001,7 +1037,11 @@ async def test_send_check_with_a_token_that_is_not_the_current_one_is_stale(stor
     assert await send_check(store, a, token=stale) == [Reply.STALE_FENCING_TOKEN]
     # Another agent with the holder's very token: stale, and the active holder is named.
     assert await send_check(store, b, token=lease["fencingToken"]) == [
-        Reply.STALE_FENCING_TOKEN, a, "sdr", "outreach", int(lease["expiresAt"]),
+        Reply.STALE_FENCING_TOKEN,
+        a,
+        "sdr",
+        "outreach",
+        int(lease["expiresAt"]),
     ]
     # A token for a contact nobody holds.
     assert await send_check(store, a, "free@example.com", token=lease["fencingToken"]) == [Reply.STALE_FENCING_TOKEN]
@@ -1139,7 +1179,7 @@ async def test_vote_approves_once_approvals_reach_a_majority_of_the_eligible(sto
     requester = await new_agent(store, "sdr")
     peers = [await new_agent(store, f"peer{i}") for i in range(4)]
     consensus_id = await opened(store, requester)
-    created = int((await redis_client.hget(k.consensus(TENANT, consensus_id), "createdAt")))
+    created = int(await redis_client.hget(k.consensus(TENANT, consensus_id), "createdAt"))
 
     # eligible 4 -> needed floor(4/2)+1 = 3
     assert cons(await vote(store, consensus_id, peers[0], "approve")).tally == (1, 0, 4, 3)

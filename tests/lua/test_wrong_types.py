@@ -32,13 +32,13 @@ from redis.exceptions import ResponseError
 
 import concord.server.store as store_module
 from concord.server.settings import RateLimit, key_digest
+from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, parse_lease_id
 from concord.server.store.scripts import LIB, sources
-from concord.server.store import Store
-from tests.support.api import C, V1, problem
+from tests.lua.test_headers import checked_types, header_types
+from tests.support.api import V1, C, problem
 from tests.support.helpers import Stack, running_stack, snapshot
 from tests.support.reports import FaultRecord, fault_record
-from tests.lua.test_headers import checked_types, header_types
 
 TENANT = "acme"
 HELD, FREE = "held@example.com", "free@example.com"
@@ -98,7 +98,9 @@ async def build_world(store: Store) -> World:
     pending = _value(await store.request_consensus(TENANT, sdr, "offer", None, None, 3_600_000)).id
     overdue = _value(await store.request_consensus(TENANT, sdr, "late", None, None, 3_600_000)).id
     seconds, micros = await store.redis.time()
-    await store.redis.hset(store.keys.consensus(TENANT, overdue), "expiresAt", str(seconds * 1000 + micros // 1000 - 1000))
+    await store.redis.hset(
+        store.keys.consensus(TENANT, overdue), "expiresAt", str(seconds * 1000 + micros // 1000 - 1000)
+    )
     await store.take_token(TENANT, sdr, LIMITS)
     return World(sdr, peer, third, lease.id, pending, overdue)
 
@@ -135,8 +137,13 @@ class Case:
 
 
 def consensus_cases(script: str, op: Op, cons: Callable[[World], str]) -> list[Case]:
-    lists = [("all_key", "all"), ("pending_key", "pending"), ("approved_key", "approved"),
-             ("rejected_key", "rejected"), ("expired_key", "expired")]
+    lists = [
+        ("all_key", "all"),
+        ("pending_key", "pending"),
+        ("approved_key", "approved"),
+        ("rejected_key", "rejected"),
+        ("expired_key", "expired"),
+    ]
     return [
         Case(script, "cons_key", "hash", lambda k, w: k.consensus(TENANT, cons(w)), op),
         Case(script, "votes_key", "hash", lambda k, w: k.votes(TENANT, cons(w)), op),
@@ -163,8 +170,15 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
     """agent_remove with the keys the Store passes (it reads the registry itself first)."""
     k = store.keys
     return store.scripts.agent_remove(
-        [k.agent(TENANT, w.sdr), k.agents(TENANT), k.heartbeats(TENANT), registry_of(k, w.sdr), k.events(TENANT),
-         k.lease(TENANT, ALSO), k.lease(TENANT, HELD)],
+        [
+            k.agent(TENANT, w.sdr),
+            k.agents(TENANT),
+            k.heartbeats(TENANT),
+            registry_of(k, w.sdr),
+            k.events(TENANT),
+            k.lease(TENANT, ALSO),
+            k.lease(TENANT, HELD),
+        ],
         [w.sdr, store.events_max, ALSO, HELD],
     )
 
@@ -222,12 +236,23 @@ def take_token(store: Store, w: World) -> Awaitable[Any]:
 
 
 CASES = [
-    Case("agent_register", "agent_key", "hash", lambda k, w: k.agent(TENANT, agent_id_for(TENANT, "newbie")), register_newbie),
+    Case(
+        "agent_register",
+        "agent_key",
+        "hash",
+        lambda k, w: k.agent(TENANT, agent_id_for(TENANT, "newbie")),
+        register_newbie,
+    ),
     Case("agent_register", "agents_key", "zset", lambda k, w: k.agents(TENANT), register_newbie),
     Case("agent_register", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), register_newbie),
     Case("agent_register", "events_key", "stream", events_key, register_newbie),
-    Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT),
-         lambda s, w: s.heartbeat(TENANT, w.sdr)),
+    Case(
+        "agent_heartbeat",
+        "heartbeats_key",
+        "zset",
+        lambda k, w: k.heartbeats(TENANT),
+        lambda s, w: s.heartbeat(TENANT, w.sdr),
+    ),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
@@ -255,8 +280,13 @@ CASES = [
     Case("lease_release", "events_key", "stream", events_key, release_held),
     Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held_directly, "script"),
     *consensus_cases("consensus_request", request_new, lambda w: FIXED_CONS),
-    Case("consensus_request", "idempotency_key", "hash",
-         lambda k, w: k.idempotency(TENANT, key_digest(IDEMPOTENCY_KEY)), request_new),
+    Case(
+        "consensus_request",
+        "idempotency_key",
+        "hash",
+        lambda k, w: k.idempotency(TENANT, key_digest(IDEMPOTENCY_KEY)),
+        request_new,
+    ),
     *consensus_cases("consensus_vote", vote_pending, lambda w: w.pending),
     Case("consensus_vote", "voter_key", "hash", lambda k, w: k.agent(TENANT, w.peer), vote_pending),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),
@@ -273,12 +303,18 @@ def figures() -> Iterator[Counter]:
     """Counts over the module's Store cases, reported once at its end."""
     seen: Counter = Counter()
     yield seen
-    record = FaultRecord("wrong-type-key-store", "a key of another type planted under every key of every writing "
-                         "script; the operation run through the Store")
+    record = FaultRecord(
+        "wrong-type-key-store",
+        "a key of another type planted under every key of every writing script; the operation run through the Store",
+    )
     record.trials = seen["cases"]
     record.losses = seen["half_written"]
-    record.extra = {"fakeredis": seen["fakeredis"], "redis": seen["redis"], "refused": seen["refused"],
-                    "half_written": seen["half_written"]}
+    record.extra = {
+        "fakeredis": seen["fakeredis"],
+        "redis": seen["redis"],
+        "refused": seen["refused"],
+        "half_written": seen["half_written"],
+    }
     record.write("passed" if seen["cases"] == seen["refused"] and not seen["half_written"] else "failed")
 
 
@@ -289,7 +325,10 @@ def test_every_key_of_every_writing_script_has_a_case():
     """A script that gains a key (or a new writing script) needs a case here."""
     covered = {(case.script, case.key) for case in CASES}
     declared = {
-        (name, key) for name, source in sources().items() if name != LIB and name not in READ_ONLY for key in source.keys
+        (name, key)
+        for name, source in sources().items()
+        if name != LIB and name not in READ_ONLY
+        for key in source.keys
     }
     assert declared - covered == set(), f"keys without a wrong-type case: {sorted(declared - covered)}"
     assert covered - declared == set(), f"cases for keys no header declares: {sorted(covered - declared)}"
@@ -320,8 +359,9 @@ async def test_a_key_of_the_wrong_type_is_refused_before_anything_is_written(
     figures["half_written"] += after != before
 
     assert "WRONGTYPE" in str(refused.value), refused.value
-    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
-                             if before.get(k) != after.get(k)}
+    assert after == before, {
+        k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+    }
     assert after[key][0] == PLANTED[case.kind]
 
 
@@ -369,48 +409,124 @@ def _peer_lease(w: HttpWorld) -> tuple[str, str, dict | None]:
 
 
 HTTP_CASES = [
-    HttpCase("register: agent hash", "hash", lambda k, t, w: k.agent(t, w.sdr["id"]),
-             lambda w: ("POST", f"{V1}/register", {"agentName": "sdr"}, None, None), _peer_lease),
-    HttpCase("register: agents zset", "zset", lambda k, t, w: k.agents(t),
-             lambda w: ("POST", f"{V1}/register", {"agentName": "newbie"}, None, None), _heartbeat),
-    HttpCase("heartbeat: heartbeats zset", "zset", lambda k, t, w: k.heartbeats(t),
-             lambda w: ("POST", f"{C}/heartbeat", {"agentId": w.sdr["id"]}, None, None),
-             lambda w: ("GET", _lease(w), None)),
-    HttpCase("deregister: lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
-             lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None), _peer_lease),
-    HttpCase("deregister: held lease", "string", lambda k, t, w: k.lease(t, "held@example.com"),
-             lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None), _peer_lease),
-    HttpCase("acquire: lease string", "string", lambda k, t, w: k.lease(t, "free@example.com"),
-             lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
-             _peer_lease),
-    HttpCase("acquire: fence", "string", lambda k, t, w: k.fence(t),
-             lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
-             _heartbeat),
-    HttpCase("acquire: agent's lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
-             lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
-             _peer_lease),
-    HttpCase("renew: lease registry", "hash", lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
-             lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None), _peer_lease),
-    HttpCase("renew: lease string", "string", lambda k, t, w: k.lease(t, "held@example.com"),
-             lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None), _peer_lease),
-    HttpCase("release: lease string", "string", lambda k, t, w: k.lease(t, "held@example.com"),
-             lambda w: ("DELETE", _lease(w), None, {"agentId": w.sdr["id"]}, None), _peer_lease),
-    HttpCase("request: pending list", "zset", lambda k, t, w: k.consensus_list(t, "pending"),
-             lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"}, None, None),
-             _peer_lease),
-    HttpCase("request: idempotency record", "hash", lambda k, t, w: k.idempotency(t, key_digest("again-1")),
-             lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"}, None,
-                        {"Idempotency-Key": "again-1"}),
-             lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"})),
-    HttpCase("vote: votes hash", "hash", lambda k, t, w: k.votes(t, w.consensus["id"]),
-             lambda w: ("POST", f"{_cons(w)}/vote", {"agentId": w.peer["id"], "vote": "approve"}, None, None),
-             lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.peer["id"], "action": "other"})),
-    HttpCase("vote: voter's agent hash", "hash", lambda k, t, w: k.agent(t, w.peer["id"]),
-             lambda w: ("POST", f"{_cons(w)}/vote", {"agentId": w.peer["id"], "vote": "approve"}, None, None),
-             lambda w: ("GET", _cons(w), None)),
-    HttpCase("read: consensus hash", "hash", lambda k, t, w: k.consensus(t, w.consensus["id"]),
-             lambda w: ("GET", _cons(w), None, None, None),
-             lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.peer["id"], "action": "other"})),
+    HttpCase(
+        "register: agent hash",
+        "hash",
+        lambda k, t, w: k.agent(t, w.sdr["id"]),
+        lambda w: ("POST", f"{V1}/register", {"agentName": "sdr"}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "register: agents zset",
+        "zset",
+        lambda k, t, w: k.agents(t),
+        lambda w: ("POST", f"{V1}/register", {"agentName": "newbie"}, None, None),
+        _heartbeat,
+    ),
+    HttpCase(
+        "heartbeat: heartbeats zset",
+        "zset",
+        lambda k, t, w: k.heartbeats(t),
+        lambda w: ("POST", f"{C}/heartbeat", {"agentId": w.sdr["id"]}, None, None),
+        lambda w: ("GET", _lease(w), None),
+    ),
+    HttpCase(
+        "deregister: lease registry",
+        "hash",
+        lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
+        lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "deregister: held lease",
+        "string",
+        lambda k, t, w: k.lease(t, "held@example.com"),
+        lambda w: ("DELETE", f"{V1}/agents/{w.sdr['id']}", None, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "acquire: lease string",
+        "string",
+        lambda k, t, w: k.lease(t, "free@example.com"),
+        lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "acquire: fence",
+        "string",
+        lambda k, t, w: k.fence(t),
+        lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
+        _heartbeat,
+    ),
+    HttpCase(
+        "acquire: agent's lease registry",
+        "hash",
+        lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
+        lambda w: ("POST", f"{C}/lease", {"agentId": w.sdr["id"], "contactEmail": "free@example.com"}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "renew: lease registry",
+        "hash",
+        lambda k, t, w: k.lease_registry(t, agent_tag(w.sdr["id"])),
+        lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "renew: lease string",
+        "string",
+        lambda k, t, w: k.lease(t, "held@example.com"),
+        lambda w: ("POST", f"{_lease(w)}/renew", {"agentId": w.sdr["id"]}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "release: lease string",
+        "string",
+        lambda k, t, w: k.lease(t, "held@example.com"),
+        lambda w: ("DELETE", _lease(w), None, {"agentId": w.sdr["id"]}, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "request: pending list",
+        "zset",
+        lambda k, t, w: k.consensus_list(t, "pending"),
+        lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"}, None, None),
+        _peer_lease,
+    ),
+    HttpCase(
+        "request: idempotency record",
+        "hash",
+        lambda k, t, w: k.idempotency(t, key_digest("again-1")),
+        lambda w: (
+            "POST",
+            f"{C}/consensus",
+            {"requestingAgentId": w.sdr["id"], "action": "discount"},
+            None,
+            {"Idempotency-Key": "again-1"},
+        ),
+        lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.sdr["id"], "action": "discount"}),
+    ),
+    HttpCase(
+        "vote: votes hash",
+        "hash",
+        lambda k, t, w: k.votes(t, w.consensus["id"]),
+        lambda w: ("POST", f"{_cons(w)}/vote", {"agentId": w.peer["id"], "vote": "approve"}, None, None),
+        lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.peer["id"], "action": "other"}),
+    ),
+    HttpCase(
+        "vote: voter's agent hash",
+        "hash",
+        lambda k, t, w: k.agent(t, w.peer["id"]),
+        lambda w: ("POST", f"{_cons(w)}/vote", {"agentId": w.peer["id"], "vote": "approve"}, None, None),
+        lambda w: ("GET", _cons(w), None),
+    ),
+    HttpCase(
+        "read: consensus hash",
+        "hash",
+        lambda k, t, w: k.consensus(t, w.consensus["id"]),
+        lambda w: ("GET", _cons(w), None, None, None),
+        lambda w: ("POST", f"{C}/consensus", {"requestingAgentId": w.peer["id"], "action": "other"}),
+    ),
 ]
 assert len(HTTP_CASES) <= len(HTTP_TENANTS)
 
@@ -431,8 +547,13 @@ def sync_dump(db: redis.Redis, prefix: str) -> dict[str, tuple[str, Any, int]]:
     state = {}
     for key in db.scan_iter(match=f"{prefix}:*", count=1000):
         kind = db.type(key)
-        value = {"hash": db.hgetall, "zset": lambda k: db.zrange(k, 0, -1, withscores=True), "string": db.get,
-                 "list": lambda k: db.lrange(k, 0, -1), "stream": db.xrange}[kind](key)
+        value = {
+            "hash": db.hgetall,
+            "zset": lambda k: db.zrange(k, 0, -1, withscores=True),
+            "string": db.get,
+            "list": lambda k: db.lrange(k, 0, -1),
+            "stream": db.xrange,
+        }[kind](key)
         state[key] = (kind, value, db.pexpiretime(key))
     return state
 
@@ -458,8 +579,10 @@ def http_stack(real_redis_url: str, tmp_path: Path) -> Iterator[Stack]:
 @pytest.mark.real
 async def test_a_key_of_the_wrong_type_is_a_store_error_over_http_and_other_keys_still_work(http_stack: Stack):
     stack, db = http_stack, http_stack.redis.client()
-    with fault_record("wrong-type-key-http", "a key of another type planted where each kind of change "
-                      "writes; the request sent to concord serve") as record:
+    with fault_record(
+        "wrong-type-key-http",
+        "a key of another type planted where each kind of change writes; the request sent to concord serve",
+    ) as record:
         try:
             async with stack.service.client(HTTP_KEYS[CALM]) as calm:
                 calm_agent = (await calm.post(f"{V1}/register", json={"agentName": "calm"})).json()
@@ -484,8 +607,9 @@ async def test_a_key_of_the_wrong_type_is_a_store_error_over_http_and_other_keys
                         method, path, body = case.bystander(world)
                         other = await client.request(method, path, json=body)
                         assert 200 <= other.status_code < 300, (case.name, other.status_code, other.text)
-                        fine = await calm.post(f"{C}/lease", json={"agentId": calm_agent["id"],
-                                                                   "contactEmail": f"{tenant}@example.com"})
+                        fine = await calm.post(
+                            f"{C}/lease", json={"agentId": calm_agent["id"], "contactEmail": f"{tenant}@example.com"}
+                        )
                         assert fine.status_code == 201, (case.name, fine.text)
                         record.acknowledged += 2
         finally:

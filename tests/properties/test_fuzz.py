@@ -58,9 +58,9 @@ from schemathesis.specs.openapi.checks import (
 
 from concord.server.app import create_app
 from concord.server.settings import Settings, key_digest
+from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT
 from tests.support.api import V1, C
 from tests.support.reports import append_report
-from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT
 
 # How much fuzzing each backend gets (quoted in the docs): cases per operation and
 # generation mode, so each operation gets MAX_EXAMPLES_PER_MODE * len(MODES) cases.
@@ -93,8 +93,12 @@ CONTACTS = ["alice@example.com", "Bob@Example.org ", "c{x}*?@example.net"]
 TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AGENT_FIELDS = ("agentId", "requestingAgentId")
 # Pairs of fields of which a request may give one, not both (alias or unit).
-EXCLUSIVE = [("agentName", "name"), ("agentRole", "role"), ("durationMinutes", "durationSeconds"),
-             ("timeoutMinutes", "timeoutSeconds")]
+EXCLUSIVE = [
+    ("agentName", "name"),
+    ("agentRole", "role"),
+    ("durationMinutes", "durationSeconds"),
+    ("timeoutMinutes", "timeoutSeconds"),
+]
 AT_LEAST_ONE = {"/v1/agent/coordination/leases": ("agentId", "contactEmail")}
 ID_KINDS = {"agentId": "agents", "leaseId": "leases", "consensusId": "consensus"}
 
@@ -260,9 +264,7 @@ def test_fuzz_every_operation_against_the_document(fuzz_app):
     config = schemathesis.Config.from_dict({"generation": {"with-security-parameters": False}})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     operations = [result.ok() for result in schema.get_all_operations()]
-    documented = {
-        f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for method in item
-    }
+    documented = {f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for method in item}
     run = Run(backend, [op.label for op in operations])
     assert set(run.operations) == documented - NOT_FUZZED, "every operation of the document is fuzzed"
 

@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api import C, V1, ms
-from tests.support.helpers import HANG_SECONDS, ServiceProcess, running_stack, service
 from tests.properties.history import DEFAULT_TOLERANCE_MS, Conflict, Extension, Grant, History, Release, check
+from tests.support.api import V1, C, ms
+from tests.support.helpers import HANG_SECONDS, ServiceProcess, running_stack, service
 
 # --- the checker on hand-made histories ------------------------------------------
 
@@ -434,9 +434,7 @@ async def contend(urls: list[str], seed: int = SEED) -> tuple[Contention, float]
 
 @pytest.mark.real
 @pytest.mark.timeout(900)
-async def test_contention_history_has_no_violation(
-    real_redis_url: str, tmp_path: Path
-):
+async def test_contention_history_has_no_violation(real_redis_url: str, tmp_path: Path):
     """(real_redis_url only decides whether a real Redis may be used: skip, or fail if
     required. The run starts a private redis-server of its own.)"""
     # Access logs off: at hundreds of requests a second they would cost the 2 cores.

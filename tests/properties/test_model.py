@@ -63,11 +63,11 @@ from concord.server.app import create_app
 from concord.server.settings import Settings, key_digest
 from concord.server.store.keys import Keys, agent_tag
 from concord.server.store.keys import lease_id as lease_id_of
-from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
 from tests.conftest import API_KEY, TENANT, running
+from tests.properties.model import WINDOW_MS, Consensus, Lease, Model, Outcome, normalize
+from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
 from tests.support.cluster import Cluster
 from tests.support.helpers import eventually
-from tests.properties.model import WINDOW_MS, Consensus, Lease, Model, Outcome, normalize
 
 # How much random testing each backend gets in CI (quoted in docs/reliability.md).
 MAX_EXAMPLES = 200  # operation sequences per backend
@@ -424,8 +424,14 @@ class ConcordMachine(RuleBasedStateMachine):
             return self.model.leases[data.draw(st.sampled_from(sorted(self.model.leases)), label="live")].id
         return any_id
 
-    @rule(lease_id=leases, live=st.booleans(), by_holder=st.booleans(), other=names, duration=lease_durations,
-          data=st.data())
+    @rule(
+        lease_id=leases,
+        live=st.booleans(),
+        by_holder=st.booleans(),
+        other=names,
+        duration=lease_durations,
+        data=st.data(),
+    )
     def renew(
         self, lease_id: str, live: bool, by_holder: bool, other: str, duration: dict[str, int], data: st.DataObject
     ) -> None:
@@ -441,8 +447,13 @@ class ConcordMachine(RuleBasedStateMachine):
             same(body, self.model.lease_body(lease), "renew")
         self.seen(f"renew:{outcome.code or 'ok'}")
 
-    @rule(lease_id=leases, live=st.booleans(), who=st.sampled_from(["anyone", "holder", "other"]), other=names,
-          data=st.data())
+    @rule(
+        lease_id=leases,
+        live=st.booleans(),
+        who=st.sampled_from(["anyone", "holder", "other"]),
+        other=names,
+        data=st.data(),
+    )
     def release(self, lease_id: str, live: bool, who: str, other: str, data: st.DataObject) -> None:
         lease_id = self._lease_id(lease_id, live, data)
         agent_id = {"anyone": None, "holder": self.model.granted_to[lease_id], "other": self.model.agent_id(other)}[who]
@@ -560,9 +571,13 @@ class ConcordMachine(RuleBasedStateMachine):
         created = ms(body["createdAt"])
         expires = created + duration_ms(timeout, 60 * 60_000)
         c = Consensus(
-            id=body["id"], requester=agent_id, action="send_pricing_override",
-            contact=normalize(spelling) if spelling is not None else None, reason=reason or None,
-            created_at=iso(created), expires_at=iso(expires),
+            id=body["id"],
+            requester=agent_id,
+            action="send_pricing_override",
+            contact=normalize(spelling) if spelling is not None else None,
+            reason=reason or None,
+            created_at=iso(created),
+            expires_at=iso(expires),
         )
         self.model.consensus[c.id] = c
         self.check_consensus(c, body)
@@ -719,8 +734,8 @@ class ConcordMachine(RuleBasedStateMachine):
             pipe.hgetall(k.votes(TENANT, c.id))
             pipe.hmget(k.consensus(TENANT, c.id), "status", "resolvedAt", "eligible", "needed")
         replies = self.run(pipe.execute())
-        lease_strings, replies = pairs(replies[: 2 * len(CONTACTS)]), replies[2 * len(CONTACTS):]
-        registries, replies = pairs(replies[: 2 * len(agent_ids)]), replies[2 * len(agent_ids):]
+        lease_strings, replies = pairs(replies[: 2 * len(CONTACTS)]), replies[2 * len(CONTACTS) :]
+        registries, replies = pairs(replies[: 2 * len(agent_ids)]), replies[2 * len(agent_ids) :]
         (fence, heartbeats), replies = replies[:2], replies[2:]
         self.one_holder_per_contact(lease_strings)
         self.registries_hold_the_live_leases(dict(zip(agent_ids, registries)))

@@ -24,7 +24,6 @@ import pytest
 import redis
 
 import concord.client.sync as sdk
-from concord.protocol import schemas as s
 from concord.client.sync import (
     AgentInactive,
     AgentNotFound,
@@ -45,6 +44,7 @@ from concord.client.sync import (
     Unreachable,
     ValidationError,
 )
+from concord.protocol import schemas as s
 from concord.server.errors import ERRORS
 from concord.server.store.keys import agent_id_for
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
@@ -269,7 +269,10 @@ def test_a_held_contact_raises_lease_conflict_with_its_holder(client: Concord):
     assert (conflict.status, conflict.code, conflict.contact) == (409, "lease_conflict", email)
     assert isinstance(conflict.holder, s.LeaseHolder)
     assert (conflict.holder.agent_id, conflict.holder.agent_name, conflict.holder.intent) == (
-        holder.id, holder.info.agent_name, "renewal")
+        holder.id,
+        holder.info.agent_name,
+        "renewal",
+    )
 
 
 def test_lease_is_renewed_in_the_background(client: Concord):
@@ -359,11 +362,17 @@ def test_consensus_votes_and_wait_returns_the_decision(stack: Stack):
     with Concord(stack.service.url, key) as concord:
         requester, first, second = (concord.register(unique(n)) for n in ("sdr", "retention", "support"))
         email = contact()
-        request = requester.request_consensus("send_pricing_override", contact=email, reason="custom pricing",
-                                              timeout=timedelta(hours=1))
+        request = requester.request_consensus(
+            "send_pricing_override", contact=email, reason="custom pricing", timeout=timedelta(hours=1)
+        )
         info = request.info
         assert (info.status, info.tenant_id, info.contact_email, info.tally.eligible, info.tally.needed) == (
-            "pending", tenant, email, 2, 2)
+            "pending",
+            tenant,
+            email,
+            2,
+            2,
+        )
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(request.wait, 30)
             assert first.vote(request, "approve", reason="qualified").tally.approve == 1
@@ -516,17 +525,33 @@ AT = "2026-11-23T10:00:00.000Z"
 HEARTBEAT = {"agentId": AGENT_ID, "status": "active", "lastHeartbeat": AT, "activeUntil": AT}
 RELEASED = {"id": LEASE_ID, "released": True, "releasedAt": AT}
 LEASE = {
-    "id": LEASE_ID, "tenantId": TENANT, "agentId": AGENT_ID, "agentName": "sdr", "contactEmail": "a@example.com",
-    "intent": None, "acquiredAt": AT, "expiresAt": AT, "fencingToken": 7, "conflict": False,
+    "id": LEASE_ID,
+    "tenantId": TENANT,
+    "agentId": AGENT_ID,
+    "agentName": "sdr",
+    "contactEmail": "a@example.com",
+    "intent": None,
+    "acquiredAt": AT,
+    "expiresAt": AT,
+    "fencingToken": 7,
+    "conflict": False,
 }
 
 
 def consensus(status: str = "pending") -> dict[str, Any]:
     return {
-        "id": CONS_ID, "tenantId": TENANT, "requestingAgentId": AGENT_ID, "action": "refund", "contactEmail": None,
-        "reason": None, "status": status, "createdAt": AT, "expiresAt": AT,
+        "id": CONS_ID,
+        "tenantId": TENANT,
+        "requestingAgentId": AGENT_ID,
+        "action": "refund",
+        "contactEmail": None,
+        "reason": None,
+        "status": status,
+        "createdAt": AT,
+        "expiresAt": AT,
         "resolvedAt": None if status == "pending" else AT,
-        "tally": {"approve": 0, "reject": 0, "eligible": 2, "needed": 2}, "votes": [],
+        "tally": {"approve": 0, "reject": 0, "eligible": 2, "needed": 2},
+        "votes": [],
     }
 
 
@@ -586,8 +611,9 @@ def test_release_and_remove_are_not_retried_after_503():
 
 def test_release_is_retried_only_when_nothing_can_have_happened():
     # A connection that could not be opened never carried the request; a 429 refused it before any work.
-    concord, script = scripted(httpx.ConnectError("refused"), problem("rate_limited", retryAfterMs=0),
-                               httpx.Response(200, json=RELEASED))
+    concord, script = scripted(
+        httpx.ConnectError("refused"), problem("rate_limited", retryAfterMs=0), httpx.Response(200, json=RELEASED)
+    )
     assert concord.release_lease(LEASE_ID).released
     assert len(script.requests) == 3
     concord, script = scripted(httpx.ReadError("dropped"), httpx.Response(200, json=RELEASED))
@@ -609,8 +635,9 @@ def test_retries_stop_after_max_retries_and_on_final_answers():
     with pytest.raises(RateLimited) as caught:  # a wait that long is the caller's to decide
         concord.heartbeat(AGENT_ID)
     assert caught.value.retry_after == 120 and len(script.requests) == 1
-    concord, script = scripted(httpx.ReadTimeout("slow"), httpx.Response(502, text="<html>bad gateway</html>"),
-                               httpx.Response(200, json=LEASE))
+    concord, script = scripted(
+        httpx.ReadTimeout("slow"), httpx.Response(502, text="<html>bad gateway</html>"), httpx.Response(200, json=LEASE)
+    )
     assert concord.get_lease(LEASE_ID).fencing_token == 7
     assert len(script.requests) == 3
 
@@ -691,8 +718,11 @@ def test_an_injected_http_client_is_used_and_left_open():
 
 
 def test_wait_long_polls_until_the_decision():
-    concord, script = scripted(httpx.Response(200, json=consensus()), httpx.Response(200, json=consensus()),
-                               httpx.Response(200, json=consensus("approved")))
+    concord, script = scripted(
+        httpx.Response(200, json=consensus()),
+        httpx.Response(200, json=consensus()),
+        httpx.Response(200, json=consensus("approved")),
+    )
     assert concord.consensus(CONS_ID).wait().status == "approved"
     assert [request.url.params["waitSeconds"] for request in script.requests] == ["60", "60", "60"]
     concord, script = scripted(httpx.Response(200, json=consensus("expired")))
@@ -705,8 +735,12 @@ def test_wait_long_polls_until_the_decision():
 
 def test_lease_renewal_outlasts_transient_failures():
     concord, script = scripted(
-        httpx.Response(201, json=LEASE), UNAVAILABLE, httpx.ConnectError("refused"), httpx.Response(200, json=LEASE),
-        httpx.Response(200, json=RELEASED), max_retries=0,
+        httpx.Response(201, json=LEASE),
+        UNAVAILABLE,
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json=LEASE),
+        httpx.Response(200, json=RELEASED),
+        max_retries=0,
     )
     agent = concord.agent(AGENT_ID)
     # Renewal is due after 2 s; the two retries wait 0.2 and 0.4 s, well inside the 3 s.
@@ -741,7 +775,7 @@ def frame(event_id: str, kind: str = "lease.acquired", **extra: Any) -> bytes:
 def test_sse_parser_splits_lines_only_at_cr_and_lf():
     parser = sdk._SSE(None)
     text = b"retry: 1500\n\n: keepalive\r\n" + frame("1-0", reason="line\u2028separator").replace(b"\n", b"\r\n")
-    chunks = [text[i:i + 7] for i in range(0, len(text), 7)]  # CRLF pairs split across chunks too
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]  # CRLF pairs split across chunks too
     events = [event for chunk in chunks for event in parser.feed(chunk)]
     assert [(e.id, e.type, e.reason) for e in events] == [("1-0", "lease.acquired", "line\u2028separator")]
     assert (parser.last_id, parser.retry) == ("1-0", 1.5)

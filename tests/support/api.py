@@ -111,9 +111,7 @@ async def acquire(
 async def request_consensus(
     client: httpx.AsyncClient, requester_id: str, action: str = "send-discount", **fields: Any
 ) -> dict[str, Any]:
-    response = await client.post(
-        f"{C}/consensus", json={"requestingAgentId": requester_id, "action": action, **fields}
-    )
+    response = await client.post(f"{C}/consensus", json={"requestingAgentId": requester_id, "action": action, **fields})
     assert response.status_code == 201, response.text
     return response.json()
 

@@ -123,7 +123,7 @@ class Node:
 
     @property
     def role(self) -> str:
-        """"master" or "replica" (ROLE), or "down" for a node whose process is gone."""
+        """ "master" or "replica" (ROLE), or "down" for a node whose process is gone."""
         if not self.alive:
             return "down"
         with self.client() as client:
@@ -281,8 +281,10 @@ class Cluster:
                 if len(serving) != self.expected_masters or served != SLOTS:
                     return False
                 # A master whose old replica took over has none until that node restarts.
-                if everyone_up and self.replicas_per_master and any(
-                    not any(r.master_id == m.node_id and not r.failing for r in view.values()) for m in serving
+                if (
+                    everyone_up
+                    and self.replicas_per_master
+                    and any(not any(r.master_id == m.node_id and not r.failing for r in view.values()) for m in serving)
                 ):
                     return False
             return True

@@ -105,8 +105,18 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log"), *self.config],
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.config,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -270,9 +280,7 @@ class Stack:
 
 
 @contextmanager
-def running_stack(
-    directory: Path, settings: dict[str, str], *redis_config: str, workers: int = 1
-) -> Iterator[Stack]:
+def running_stack(directory: Path, settings: dict[str, str], *redis_config: str, workers: int = 1) -> Iterator[Stack]:
     """Start a Stack for the block (``settings`` add to CONCORD_REDIS_URL and
     CONCORD_KEY_PREFIX, which it fills in); everything is stopped afterwards."""
     prefix = f"t{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from concord.server.store.keys import agent_tag, lease_id
-from tests.support.api import C, V1, closed, ms, problem
+from tests.support.api import V1, C, closed, ms, problem
 from tests.support.helpers import Stack, running_stack, wait_until
 
 # --- this module's deployment ----------------------------------------------------
@@ -136,7 +136,9 @@ async def test_exactly_one_winner_per_contact(deployment: Stack):
             | {keys.events(RACE_TENANT)}
         ), everything
         # The stream tells the same story: one grant per contact, the winner's; refusals write nothing.
-        grants = [fields for _, fields in redis.xrange(keys.events(RACE_TENANT)) if fields["type"] != "agent.registered"]
+        grants = [
+            fields for _, fields in redis.xrange(keys.events(RACE_TENANT)) if fields["type"] != "agent.registered"
+        ]
         assert [(g["type"], g["contactEmail"], g["agentId"], int(g["fencingToken"])) for g in grants] == [
             ("lease.acquired", contact, won["agentId"], won["fencingToken"]) for contact, won in winners.items()
         ]

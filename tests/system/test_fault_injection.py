@@ -62,13 +62,12 @@ import redis
 import redis.asyncio
 
 from concord.server.app import connect
-from concord.server.settings import Settings
 from concord.server.errors import ConcordError
+from concord.server.settings import Settings
+from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id
 from concord.server.store.scripts import LIB, lib_text, sources
-from concord.server.store import Store
-from tests.support.api import C, V1, iso, ms, problem
-from tests.support.reports import FaultRecord, fault_record
+from tests.support.api import V1, C, iso, ms, problem
 from tests.support.helpers import (
     RedisServer,
     ServiceProcess,
@@ -78,6 +77,7 @@ from tests.support.helpers import (
     service,
     wait_until,
 )
+from tests.support.reports import FaultRecord, fault_record
 
 pytestmark = pytest.mark.real
 
@@ -119,7 +119,9 @@ class Call:
         return self.body.get("code") if isinstance(self.body, dict) else None
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.subject} -> {self.status} {self.code or ''} in {self.seconds:.2f}s {self.error or ''}"
+        return (
+            f"{self.kind} {self.subject} -> {self.status} {self.code or ''} in {self.seconds:.2f}s {self.error or ''}"
+        )
 
 
 async def send(
@@ -189,7 +191,9 @@ class Load:
         self.stopping = True
         await asyncio.gather(*self.tasks)
 
-    def count(self, kind: str | None = None, *, acked: bool | None = None, since: float | None = None, **subject: Any) -> int:
+    def count(
+        self, kind: str | None = None, *, acked: bool | None = None, since: float | None = None, **subject: Any
+    ) -> int:
         return sum(1 for c in self.matching(kind, acked=acked, since=since, **subject))
 
     def matching(
@@ -263,12 +267,15 @@ async def lease_worker(load: Load, client: httpx.AsyncClient, agent: dict, trial
         short = n % 2 == 0
         contact = f"k{trial}-w{w}-{n}@leases.example.com"
         body = {"agentId": agent["id"], "contactEmail": contact, "durationSeconds": 1 if short else 3600}
-        await load.send(client, "lease", {"trial": trial, "contact": contact, "short": short}, "POST", f"{C}/lease",
-                        json_body=body)
+        await load.send(
+            client, "lease", {"trial": trial, "contact": contact, "short": short}, "POST", f"{C}/lease", json_body=body
+        )
         n += 1
 
 
-async def vote_worker(load: Load, client: httpx.AsyncClient, requester: dict, voters: list[dict], trial: int, w: int) -> None:
+async def vote_worker(
+    load: Load, client: httpx.AsyncClient, requester: dict, voters: list[dict], trial: int, w: int
+) -> None:
     """Open a request, then three of the four eligible voters vote alike: the third
     vote decides it (approved or rejected, alternately)."""
     n = 0
@@ -284,8 +291,14 @@ async def vote_worker(load: Load, client: httpx.AsyncClient, requester: dict, vo
             if load.stopping:
                 break
             subject = {"trial": trial, "consensus": cid, "voter": voter["id"], "vote": choice}
-            cast = await load.send(client, "vote", subject, "POST", f"{C}/consensus/{cid}/vote",
-                                   json_body={"agentId": voter["id"], "vote": choice})
+            cast = await load.send(
+                client,
+                "vote",
+                subject,
+                "POST",
+                f"{C}/consensus/{cid}/vote",
+                json_body={"agentId": voter["id"], "vote": choice},
+            )
             if not cast.acked:
                 break
 
@@ -294,8 +307,9 @@ async def registration_worker(load: Load, client: httpx.AsyncClient, trial: int)
     n = 0
     while not load.stopping:
         name = f"k{trial}-r{n}"
-        await load.send(client, "register", {"trial": trial, "name": name}, "POST", f"{V1}/register",
-                        json_body={"agentName": name})
+        await load.send(
+            client, "register", {"trial": trial, "name": name}, "POST", f"{V1}/register", json_body={"agentName": name}
+        )
         n += 1
 
 
@@ -400,8 +414,14 @@ async def check_votes_survived(client: httpx.AsyncClient, calls: list[Call], fou
         cast = next(v for v in c.body["votes"] if v["agentId"] == voter)
         if cast not in after["votes"]:
             found.losses.append(f"vote {cast} on {cid} is not among {after['votes']}")
-        if c.body["status"] != "pending" and (after["status"], after["resolvedAt"]) != (c.body["status"], c.body["resolvedAt"]):
-            found.flips.append(f"{cid} was {c.body['status']} at {c.body['resolvedAt']}, now {after['status']} at {after['resolvedAt']}")
+        if c.body["status"] != "pending" and (after["status"], after["resolvedAt"]) != (
+            c.body["status"],
+            c.body["resolvedAt"],
+        ):
+            found.flips.append(
+                f"{cid} was {c.body['status']} at {c.body['resolvedAt']}, "
+                f"now {after['status']} at {after['resolvedAt']}"
+            )
 
 
 def check_redis_holds_votes_and_agents(server: RedisServer, keys: Keys, calls: list[Call], found: KillFindings) -> None:
@@ -448,11 +468,14 @@ async def check_still_exclusive(
     """Another agent asking for a contact whose acknowledged lease is alive is refused."""
     alive = [c.body for c in leases if ms(c.body["expiresAt"]) > now_ms + 60_000]
     answers = await bounded(
-        client.post(f"{C}/lease", json={"agentId": rival["id"], "contactEmail": lease["contactEmail"]}) for lease in alive
+        client.post(f"{C}/lease", json={"agentId": rival["id"], "contactEmail": lease["contactEmail"]})
+        for lease in alive
     )
     for lease, r in zip(alive, answers):
         if r.status_code != 409 or r.json()["leaseHolder"]["agentId"] != lease["agentId"]:
-            found.double_grants.append(f"{lease['contactEmail']} held by {lease['agentId']}: rival got {r.status_code} {r.text}")
+            found.double_grants.append(
+                f"{lease['contactEmail']} held by {lease['agentId']}: rival got {r.status_code} {r.text}"
+            )
     return len(alive)
 
 
@@ -461,8 +484,10 @@ async def test_redis_sigkilled_and_restarted_from_its_aof_keeps_every_acknowledg
 ):
     settings = {"CONCORD_API_KEYS": keys_setting(KILL_TENANTS), "CONCORD_REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT)}
     with (
-        fault_record("redis-sigkill-aof-always", "SIGKILL redis-server under load, restart it on its directory "
-                     "with appendonly yes + appendfsync always") as record,
+        fault_record(
+            "redis-sigkill-aof-always",
+            "SIGKILL redis-server under load, restart it on its directory with appendonly yes + appendfsync always",
+        ) as record,
         running_stack(tmp_path, settings, *AOF_ALWAYS) as stack,
     ):
         servers = [stack.redis]
@@ -485,14 +510,19 @@ async def test_redis_sigkilled_and_restarted_from_its_aof_keeps_every_acknowledg
                     async with Load() as load:
                         load.start(
                             *(lease_worker(load, leases_client, holders[w], trial, w) for w in range(LEASE_WORKERS)),
-                            *(vote_worker(load, votes_client, requester, voters, trial, w) for w in range(VOTE_WORKERS)),
+                            *(
+                                vote_worker(load, votes_client, requester, voters, trial, w)
+                                for w in range(VOTE_WORKERS)
+                            ),
                             registration_worker(load, regs_client, trial),
                         )
                         await load.until(
-                            lambda: load.count("lease", acked=True, short=True) >= 6
-                            and load.count("lease", acked=True, short=False) >= 6
-                            and load.count("vote", acked=True) >= 6
-                            and load.count("register", acked=True) >= 5,
+                            lambda: (
+                                load.count("lease", acked=True, short=True) >= 6
+                                and load.count("lease", acked=True, short=False) >= 6
+                                and load.count("vote", acked=True) >= 6
+                                and load.count("register", acked=True) >= 5
+                            ),
                             what="acknowledged leases, votes and registrations before the kill",
                         )
                         killed_at = time.time() * 1000
@@ -500,16 +530,24 @@ async def test_redis_sigkilled_and_restarted_from_its_aof_keeps_every_acknowledg
                         await load.stop()
                     every += load.calls
                     trial_leases = [c for c in load.matching("lease", acked=True)]
-                    short_alive = [ms(c.body["expiresAt"]) for c in trial_leases if c.subject["short"]
-                                   and ms(c.body["expiresAt"]) > killed_at]
+                    short_alive = [
+                        ms(c.body["expiresAt"])
+                        for c in trial_leases
+                        if c.subject["short"] and ms(c.body["expiresAt"]) > killed_at
+                    ]
                     expired_while_down += len(short_alive)
                     # Stay down until the short leases alive at the kill have expired (by the wall clock
                     # of this host, which is Redis's clock too).
-                    wait_until(functools.partial(past, max(short_alive, default=0)), timeout=5,
-                               what="the short leases to expire")
+                    wait_until(
+                        functools.partial(past, max(short_alive, default=0)),
+                        timeout=5,
+                        what="the short leases to expire",
+                    )
 
                     servers.append(RedisServer(stack.redis.directory, *AOF_ALWAYS, port=stack.redis.port).start())
-                    await eventually(lambda: service_ready(leases_client), timeout=15, what="the service to reach Redis")
+                    await eventually(
+                        lambda: service_ready(leases_client), timeout=15, what="the service to reach Redis"
+                    )
 
                     acked_leases = [c for c in every if c.kind == "lease" and c.acked]
                     await check_leases_survived(servers[-1], stack.keys, clients, acked_leases, found)
@@ -534,8 +572,9 @@ async def test_redis_sigkilled_and_restarted_from_its_aof_keeps_every_acknowledg
                         "acknowledged_leases": acked["lease"],
                         "acknowledged_votes": acked["vote"],
                         "acknowledged_requests": acked["consensus"],
-                        "acknowledged_decisions": sum(c.acked and c.kind == "vote" and c.body["status"] != "pending"
-                                                      for c in every),
+                        "acknowledged_decisions": sum(
+                            c.acked and c.kind == "vote" and c.body["status"] != "pending" for c in every
+                        ),
                         "acknowledged_registrations": acked["register"],
                         "unacknowledged_in_flight": sum(not c.acked for c in every),
                         "leases_expired_while_down": expired_while_down,
@@ -593,7 +632,9 @@ async def test_after_an_empty_restart_a_live_lease_is_lost_but_its_holder_is_fen
                     tokens.append(lease["fencingToken"])
 
                     servers[-1].kill()
-                    fresh = RedisServer(stack.redis.directory / f"empty-{trial}", *NO_PERSISTENCE, port=stack.redis.port)
+                    fresh = RedisServer(
+                        stack.redis.directory / f"empty-{trial}", *NO_PERSISTENCE, port=stack.redis.port
+                    )
                     servers.append(fresh.start())
                     await eventually(lambda: service_ready(client), timeout=15, what="the service to reach Redis")
 
@@ -605,8 +646,10 @@ async def test_after_an_empty_restart_a_live_lease_is_lost_but_its_holder_is_fen
                     record.losses += 1
 
                     # The contact looks free, but the old holder may not send with its old token...
-                    check = await client.post(f"{C}/send-check", json={"agentId": holder["id"], "contactEmail": contact,
-                                                                         "fencingToken": lease["fencingToken"]})
+                    check = await client.post(
+                        f"{C}/send-check",
+                        json={"agentId": holder["id"], "contactEmail": contact, "fencingToken": lease["fencingToken"]},
+                    )
                     assert check.json() == {"allowed": False, "reason": "stale_fencing_token"}, check.text
                     refused += 1
                     # ...and another agent takes the contact while the lost lease would still run.
@@ -616,8 +659,10 @@ async def test_after_an_empty_restart_a_live_lease_is_lost_but_its_holder_is_fen
                     record.double_grants += 1
                     regressions += taken.json()["fencingToken"] <= max(tokens)
                     tokens.append(taken.json()["fencingToken"])
-                    check = await client.post(f"{C}/send-check", json={"agentId": holder["id"], "contactEmail": contact,
-                                                                         "fencingToken": lease["fencingToken"]})
+                    check = await client.post(
+                        f"{C}/send-check",
+                        json={"agentId": holder["id"], "contactEmail": contact, "fencingToken": lease["fencingToken"]},
+                    )
                     body = check.json()
                     assert body["allowed"] is False and body["reason"] == "stale_fencing_token", body
                     assert body["leaseHolder"]["agentId"] == other["id"], body
@@ -666,24 +711,39 @@ async def open_request(load: Load, client: httpx.AsyncClient, chair: dict, actio
     """A consensus request with an Idempotency-Key of its own, as a careful client sends it."""
     body = consensus_body(chair, action)
     subject = {"action": action, "body": body, "key": f"idem-{action}", "worker": worker}
-    return await load.send(client, "consensus", subject, "POST", f"{C}/consensus", json_body=body,
-                           headers={"Idempotency-Key": subject["key"]})
+    return await load.send(
+        client,
+        "consensus",
+        subject,
+        "POST",
+        f"{C}/consensus",
+        json_body=body,
+        headers={"Idempotency-Key": subject["key"]},
+    )
 
 
 async def cast_vote(load: Load, client: httpx.AsyncClient, cid: str, voter: dict, vote: str, worker: str) -> Call:
     subject = {"consensus": cid, "voter": voter["id"], "vote": vote, "worker": worker}
-    return await load.send(client, "vote", subject, "POST", f"{C}/consensus/{cid}/vote",
-                           json_body={"agentId": voter["id"], "vote": vote})
+    return await load.send(
+        client, "vote", subject, "POST", f"{C}/consensus/{cid}/vote", json_body={"agentId": voter["id"], "vote": vote}
+    )
 
 
 def register_call(load: Load, client: httpx.AsyncClient, name: str, worker: str) -> Awaitable[Call]:
-    return load.send(client, "register", {"name": name, "worker": worker}, "POST", f"{V1}/register",
-                     json_body={"agentName": name})
+    return load.send(
+        client, "register", {"name": name, "worker": worker}, "POST", f"{V1}/register", json_body={"agentName": name}
+    )
 
 
 def lease_call(load: Load, client: httpx.AsyncClient, agent: dict, contact: str, worker: str) -> Awaitable[Call]:
-    return load.send(client, "lease", {"contact": contact, "agent": agent["id"], "worker": worker}, "POST",
-                     f"{C}/lease", json_body={"agentId": agent["id"], "contactEmail": contact, "durationSeconds": 600})
+    return load.send(
+        client,
+        "lease",
+        {"contact": contact, "agent": agent["id"], "worker": worker},
+        "POST",
+        f"{C}/lease",
+        json_body={"agentId": agent["id"], "contactEmail": contact, "durationSeconds": 600},
+    )
 
 
 async def stall_registrations(load: Load, client: httpx.AsyncClient, w: int) -> None:
@@ -709,10 +769,14 @@ async def stall_consensus(load: Load, client: httpx.AsyncClient, chair: dict, vo
         opened = await open_request(load, client, chair, f"bg-{n}", "consensus")
         n += 1
         if opened.acked:
-            await asyncio.gather(*(
-                cast_vote(load, client, opened.body["id"], voter, "approve" if i % 2 == 0 else "reject", "consensus")
-                for i, voter in enumerate(voters[:10])
-            ))
+            await asyncio.gather(
+                *(
+                    cast_vote(
+                        load, client, opened.body["id"], voter, "approve" if i % 2 == 0 else "reject", "consensus"
+                    )
+                    for i, voter in enumerate(voters[:10])
+                )
+            )
 
 
 def consensus_in_redis(server: RedisServer, keys: Keys) -> dict[str, dict[str, str]]:
@@ -744,7 +808,10 @@ async def retry_harmlessly(
         if r.status_code != (200 if applied else 201) or r.json()["id"] != agent_id:
             return f"{call}: retry {r.status_code} {r.text}, before {before.status_code}", applied
         if applied and r.json()["registeredAt"] != before.json()["registeredAt"]:
-            return f"{call}: registeredAt moved from {before.json()['registeredAt']} to {r.json()['registeredAt']}", applied
+            return (
+                f"{call}: registeredAt moved from {before.json()['registeredAt']} to {r.json()['registeredAt']}",
+                applied,
+            )
     elif call.kind == "heartbeat":
         applied = False  # a heartbeat leaves no trace to tell; it is an upsert of one score
         r = await clients[STALL].post(f"{C}/heartbeat", json={"agentId": s["agent"]})
@@ -781,9 +848,11 @@ async def retry_harmlessly(
         if applied:  # the holder's own lease comes back, same id and token
             holder, token = before.split("|", 2)[:2]
             held = (f"agent_{holder}", lease_id(f"agent_{holder}", int(token)), token)
-            if holder != s["agent"].removeprefix("agent_") or r.status_code != 200 or (
-                r.json()["agentId"], r.json()["id"], str(r.json()["fencingToken"])
-            ) != held:
+            if (
+                holder != s["agent"].removeprefix("agent_")
+                or r.status_code != 200
+                or (r.json()["agentId"], r.json()["id"], str(r.json()["fencingToken"])) != held
+            ):
                 return f"{call}: retry {r.status_code} {r.text}, lease before {before}", applied
         elif r.status_code != 201:
             return f"{call}: retry {r.status_code} {r.text}", applied
@@ -911,7 +980,9 @@ async def test_a_stalled_redis_answers_503_promptly_and_applies_nothing_twice(
     assert server.process is not None
     prefix = f"t{os.urandom(6).hex()}"
     keys = Keys(prefix)
-    with fault_record(f"redis-stall-{stall.replace(' ', '-').lower()}", f"{STALLS[stall]}, under concurrent load") as record:
+    with fault_record(
+        f"redis-stall-{stall.replace(' ', '-').lower()}", f"{STALLS[stall]}, under concurrent load"
+    ) as record:
         async with FaultyProxy(server.port) as proxy:
             redis_url = proxy.url if stall == "replies held" else server.url
             settings = {
@@ -954,8 +1025,10 @@ async def stall_under_load(
             stall_leases(load, regs_client, leaser),
             stall_consensus(load, stall_client, chair, voters),
         )
-        await load.until(lambda: load.count("consensus", acked=True) >= 3 and load.count("vote", acked=True) >= 10,
-                         what="load before the stall")
+        await load.until(
+            lambda: load.count("consensus", acked=True) >= 3 and load.count("vote", acked=True) >= 10,
+            what="load before the stall",
+        )
 
         sleeper: asyncio.Future | None = None
         sleeping = server.client(socket_timeout=30)
@@ -972,9 +1045,21 @@ async def stall_under_load(
             # A burst of every kind of change, all at once, while Redis is known to be stalled.
             recent = [c.body["id"] for c in load.matching("consensus", acked=True)][-4:]
             burst = await asyncio.gather(
-                *(register_call(load, regs_client, name, "burst") for name in [*POOL, *(f"burst-{i}" for i in range(4))]),
-                *(load.send(stall_client, "heartbeat", {"agent": a["id"], "worker": "burst"}, "POST", f"{C}/heartbeat",
-                            json_body={"agentId": a["id"]}) for a in (chair, voters[0])),
+                *(
+                    register_call(load, regs_client, name, "burst")
+                    for name in [*POOL, *(f"burst-{i}" for i in range(4))]
+                ),
+                *(
+                    load.send(
+                        stall_client,
+                        "heartbeat",
+                        {"agent": a["id"], "worker": "burst"},
+                        "POST",
+                        f"{C}/heartbeat",
+                        json_body={"agentId": a["id"]},
+                    )
+                    for a in (chair, voters[0])
+                ),
                 *(cast_vote(load, stall_client, cid, voters[10], "approve", "burst") for cid in recent),
                 *(cast_vote(load, stall_client, cid, voters[11], "reject", "burst") for cid in recent),
                 *(open_request(load, stall_client, chair, f"burst-{i}", "burst") for i in range(4)),
@@ -982,8 +1067,10 @@ async def stall_under_load(
             )
             if sleeper is None:
                 # The background load meets the stall too; then it ends.
-                await load.until(lambda: all(load.count(worker=w, since=stalled_at, acked=False) for w in workers),
-                                 what="every background worker to meet the stall")
+                await load.until(
+                    lambda: all(load.count(worker=w, since=stalled_at, acked=False) for w in workers),
+                    what="every background worker to meet the stall",
+                )
             else:
                 await sleeper  # DEBUG SLEEP ends by itself
         finally:
@@ -994,8 +1081,10 @@ async def stall_under_load(
                 await asyncio.gather(sleeper, return_exceptions=True)
             sleeping.close()
         resumed = time.monotonic()
-        await load.until(lambda: all(load.count(worker=w, since=resumed, acked=True) for w in workers),
-                         what="every background worker to succeed again")
+        await load.until(
+            lambda: all(load.count(worker=w, since=resumed, acked=True) for w in workers),
+            what="every background worker to succeed again",
+        )
         await load.stop()
 
         calls = load.calls
@@ -1025,9 +1114,11 @@ async def stall_under_load(
                     f"{held_until}:{c.subject['contact']}"
                 ):
                     losses.append(f"lease {c.body} is {held!r} until {held_until}, registry {entries}")
-                twice += [f"lease {c.body['id']}: registry entry {token} -> {entry} for the same contact"
-                          for token, entry in entries.items()
-                          if entry.partition(":")[2] == c.subject["contact"] and token != str(c.body["fencingToken"])]
+                twice += [
+                    f"lease {c.body['id']}: registry entry {token} -> {entry} for the same contact"
+                    for token, entry in entries.items()
+                    if entry.partition(":")[2] == c.subject["contact"] and token != str(c.body["fencingToken"])
+                ]
         finally:
             db.close()
         listed = (await regs_client.get(f"{V1}/agents", params={"limit": "1000"})).json()["agents"]
@@ -1038,13 +1129,20 @@ async def stall_under_load(
             first_registered.setdefault(c.body["agentName"], c.body["registeredAt"])
         losses += [f"agent {name}" for name in first_registered if name not in names]
         twice += [f"agent {name} x{n}" for name, n in names.items() if n > 1]
-        twice += [f"agent {a['agentName']} re-created at {a['registeredAt']}" for a in listed
-                  if a["agentName"] in first_registered and a["registeredAt"] != first_registered[a["agentName"]]]
+        twice += [
+            f"agent {a['agentName']} re-created at {a['registeredAt']}"
+            for a in listed
+            if a["agentName"] in first_registered and a["registeredAt"] != first_registered[a["agentName"]]
+        ]
 
         requests = consensus_in_redis(server, keys)
         attempts = load.count("consensus")
-        twice += [f"request {action} x{n}" for action, n in Counter(h["action"] for h in requests.values()).items() if n > 1]
-        losses += [f"request {c.body['id']}" for c in load.matching("consensus", acked=True) if c.body["id"] not in requests]
+        twice += [
+            f"request {action} x{n}" for action, n in Counter(h["action"] for h in requests.values()).items() if n > 1
+        ]
+        losses += [
+            f"request {c.body['id']}" for c in load.matching("consensus", acked=True) if c.body["id"] not in requests
+        ]
         assert len(requests) <= attempts, (len(requests), attempts)
 
         attempted = {(c.subject["consensus"], c.subject["voter"]): c.subject["vote"] for c in load.matching("vote")}
@@ -1059,8 +1157,11 @@ async def stall_under_load(
                 duplicate_votes.append(f"{cid}: {tally} {after['votes']}")
             if after["status"] != "pending":
                 flips.append(f"{cid} became {after['status']}, which no vote allows")
-            twice += [f"vote {v} on {cid} was never sent" for v in after["votes"]
-                      if attempted.get((cid, v["agentId"])) != v["vote"]]
+            twice += [
+                f"vote {v} on {cid} was never sent"
+                for v in after["votes"]
+                if attempted.get((cid, v["agentId"])) != v["vote"]
+            ]
         for c in load.matching("vote", acked=True):
             cast = next(v for v in c.body["votes"] if v["agentId"] == c.subject["voter"])
             if cast not in now[c.subject["consensus"]]["votes"]:
@@ -1068,8 +1169,13 @@ async def stall_under_load(
 
         # Each request that answered 503, sent again now: harmless, applied before or not.
         unanswered: dict[tuple, Call] = {}
-        what = {"register": ("name",), "heartbeat": ("agent",), "vote": ("consensus", "voter"),
-                "consensus": ("action",), "lease": ("contact",)}
+        what = {
+            "register": ("name",),
+            "heartbeat": ("agent",),
+            "vote": ("consensus", "voter"),
+            "consensus": ("action",),
+            "lease": ("contact",),
+        }
         for c in calls:
             if c.status == 503:
                 unanswered.setdefault((c.kind, *(c.subject[k] for k in what[c.kind])), c)
@@ -1126,8 +1232,10 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
     keys = Keys(prefix)
     db = stall_redis.client()
     reruns, answers = 0, {}
-    with fault_record("lost-reply-script-rerun", "a proxy cuts the connection after a script ran, before its "
-                      "reply; the service retries the call") as record:
+    with fault_record(
+        "lost-reply-script-rerun",
+        "a proxy cuts the connection after a script ran, before its reply; the service retries the call",
+    ) as record:
         async with FaultyProxy(stall_redis.port) as proxy:
             for name, source in sources().items():  # loaded already, as in a running service
                 if name != LIB:
@@ -1135,6 +1243,7 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
             client = connect(Settings(redis_url=proxy.url, redis_timeout_seconds=REDIS_TIMEOUT))
             store = Store(client, keys, 300)
             try:
+
                 async def lost_once(operation: Callable[[], Awaitable[Any]]) -> Any:
                     """Run ``operation`` (one script call) with its first reply lost."""
                     nonlocal reruns
@@ -1162,10 +1271,15 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert db.zscore(keys.heartbeats(LOST), sdr.id) == ms(beat.last_heartbeat)
 
                 # A grant: one lease, one token taken from the fence.
-                lease, created = await lost_once(lambda: store.acquire(LOST, sdr.id, "alice@example.com", None, 600_000))
+                lease, created = await lost_once(
+                    lambda: store.acquire(LOST, sdr.id, "alice@example.com", None, 600_000)
+                )
                 answers["acquire"] = "extended" if not created else "granted"
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
-                lease_key, registry = keys.lease(LOST, "alice@example.com"), keys.lease_registry(LOST, agent_tag(sdr.id))
+                lease_key, registry = (
+                    keys.lease(LOST, "alice@example.com"),
+                    keys.lease_registry(LOST, agent_tag(sdr.id)),
+                )
                 holder, token = db.get(lease_key).split("|", 2)[:2]
                 assert (f"agent_{holder}", token) == (sdr.id, str(lease.fencing_token))
                 assert lease.id == lease_id(sdr.id, lease.fencing_token)
@@ -1181,7 +1295,9 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
 
                 # A consensus request: one request, in each of its lists once.
                 peers = [first(await store.register(LOST, f"peer-{i}", None, None)) for i in range(3)]
-                request = first(await lost_once(lambda: store.request_consensus(LOST, sdr.id, "offer", None, None, 3_600_000)))
+                request = first(
+                    await lost_once(lambda: store.request_consensus(LOST, sdr.id, "offer", None, None, 3_600_000))
+                )
                 assert count("consensus:cons_*") == 1
                 for listed in ("all", "pending"):
                     assert db.zrange(keys.consensus_list(LOST, listed), 0, -1) == [request.id]
@@ -1241,35 +1357,76 @@ class Grant:
         return self.lease["fencingToken"]
 
 
-async def fleet_agent(load: Load, client: httpx.AsyncClient, agent: dict, i: int, process: int, cid: str,
-                      dead: set[int], grants: list[Grant]) -> None:
+async def fleet_agent(
+    load: Load,
+    client: httpx.AsyncClient,
+    agent: dict,
+    i: int,
+    process: int,
+    cid: str,
+    dead: set[int],
+    grants: list[Grant],
+) -> None:
     """Vote once, then contend for the hot contacts: take one, renew it, check
     with its token, release it, take another."""
     rng = random.Random(i)
     vote = "approve" if i < APPROVERS else "reject"
-    await load.send(client, "vote", {"agent": agent["id"], "vote": vote}, "POST", f"{C}/consensus/{cid}/vote",
-                    json_body={"agentId": agent["id"], "vote": vote}, process=process)
+    await load.send(
+        client,
+        "vote",
+        {"agent": agent["id"], "vote": vote},
+        "POST",
+        f"{C}/consensus/{cid}/vote",
+        json_body={"agentId": agent["id"], "vote": vote},
+        process=process,
+    )
     while not load.stopping and process not in dead:
         contact = rng.choice(HOT_CONTACTS)
-        asked = await load.send(client, "lease", {"agent": agent["id"], "contact": contact}, "POST", f"{C}/lease",
-                                json_body={"agentId": agent["id"], "contactEmail": contact, "durationSeconds": 5},
-                                process=process)
+        asked = await load.send(
+            client,
+            "lease",
+            {"agent": agent["id"], "contact": contact},
+            "POST",
+            f"{C}/lease",
+            json_body={"agentId": agent["id"], "contactEmail": contact, "durationSeconds": 5},
+            process=process,
+        )
         if asked.status != 201:
             continue
         grant = Grant(asked.body, process, asked.started, asked.ended, ms(asked.body["expiresAt"]))
         grants.append(grant)
         lease_url = f"{C}/lease/{grant.lease['id']}"
-        renewed = await load.send(client, "renew", {"agent": agent["id"]}, "POST", f"{lease_url}/renew",
-                                  json_body={"agentId": agent["id"], "durationSeconds": 5}, process=process)
+        renewed = await load.send(
+            client,
+            "renew",
+            {"agent": agent["id"]},
+            "POST",
+            f"{lease_url}/renew",
+            json_body={"agentId": agent["id"], "durationSeconds": 5},
+            process=process,
+        )
         if renewed.status == 200:
             grant.end_ms = ms(renewed.body["expiresAt"])
         elif renewed.status is None:
             grant.end_ms = None
-        await load.send(client, "send-check", {"agent": agent["id"], "contact": contact}, "POST", f"{C}/send-check",
-                        json_body={"agentId": agent["id"], "contactEmail": contact, "fencingToken": grant.token},
-                        process=process)
-        released = await load.send(client, "release", {"agent": agent["id"]}, "DELETE", lease_url,
-                                   params={"agentId": agent["id"]}, process=process)
+        await load.send(
+            client,
+            "send-check",
+            {"agent": agent["id"], "contact": contact},
+            "POST",
+            f"{C}/send-check",
+            json_body={"agentId": agent["id"], "contactEmail": contact, "fencingToken": grant.token},
+            process=process,
+        )
+        released = await load.send(
+            client,
+            "release",
+            {"agent": agent["id"]},
+            "DELETE",
+            lease_url,
+            params={"agentId": agent["id"]},
+            process=process,
+        )
         if released.status == 200 and grant.end_ms is not None:
             grant.end_ms = ms(released.body["releasedAt"])
         elif released.status is None:
@@ -1332,8 +1489,10 @@ def test_the_grant_checkers_catch_overlaps_and_tokens_out_of_order():
 async def test_one_of_three_service_processes_sigkilled_under_load(real_redis_url: str, tmp_path: Path):
     settings = {"CONCORD_API_KEYS": f"{FLEET}:{FLEET_KEY}", "CONCORD_REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT)}
     with (
-        fault_record("service-process-sigkill", "SIGKILL one of three concord serve processes on one Redis, "
-                     "under lease contention and a vote") as record,
+        fault_record(
+            "service-process-sigkill",
+            "SIGKILL one of three concord serve processes on one Redis, under lease contention and a vote",
+        ) as record,
         running_stack(tmp_path, settings) as stack,
         ExitStack() as others,
     ):
@@ -1352,10 +1511,16 @@ async def test_one_of_three_service_processes_sigkilled_under_load(real_redis_ur
             dead: set[int] = set()
             grants: list[Grant] = []
             async with Load() as load:
-                load.start(*(fleet_agent(load, clients[i % PROCESSES], a, i, i % PROCESSES, cid, dead, grants)
-                             for i, a in enumerate(agents)))
-                await load.until(lambda: len(grants) >= 40 and len({g.process for g in grants}) == PROCESSES,
-                                 what="grants on every process before the kill")
+                load.start(
+                    *(
+                        fleet_agent(load, clients[i % PROCESSES], a, i, i % PROCESSES, cid, dead, grants)
+                        for i, a in enumerate(agents)
+                    )
+                )
+                await load.until(
+                    lambda: len(grants) >= 40 and len({g.process for g in grants}) == PROCESSES,
+                    what="grants on every process before the kill",
+                )
                 victim = procs[0].process
                 assert victim is not None
                 os.killpg(victim.pid, signal.SIGKILL)
@@ -1363,9 +1528,14 @@ async def test_one_of_three_service_processes_sigkilled_under_load(real_redis_ur
                 dead.add(0)
                 killed = time.monotonic()
                 await load.until(
-                    lambda: sum(g.sent > killed for g in grants) >= 40
-                    and all(load.count(since=killed, acked=True, agent=a["id"]) for i, a in enumerate(agents)
-                            if i % PROCESSES),
+                    lambda: (
+                        sum(g.sent > killed for g in grants) >= 40
+                        and all(
+                            load.count(since=killed, acked=True, agent=a["id"])
+                            for i, a in enumerate(agents)
+                            if i % PROCESSES
+                        )
+                    ),
                     what="every agent of the surviving processes to be served after the kill",
                 )
                 await load.stop()
@@ -1376,9 +1546,15 @@ async def test_one_of_three_service_processes_sigkilled_under_load(real_redis_ur
             assert read.status_code == 200, read.text
             final = read.json()
             voters = [v["agentId"] for v in final["votes"]]
-            duplicate_votes = len(voters) - len(set(voters)) + abs(final["tally"]["approve"] + final["tally"]["reject"] - len(voters))
-            flips = [str(c) for c in load.matching("vote", acked=True)
-                     if c.body["status"] != "pending" and (c.body["status"], c.body["resolvedAt"]) != (final["status"], final["resolvedAt"])]
+            duplicate_votes = (
+                len(voters) - len(set(voters)) + abs(final["tally"]["approve"] + final["tally"]["reject"] - len(voters))
+            )
+            flips = [
+                str(c)
+                for c in load.matching("vote", acked=True)
+                if c.body["status"] != "pending"
+                and (c.body["status"], c.body["resolvedAt"]) != (final["status"], final["resolvedAt"])
+            ]
             double = overlapping_grants(grants)
             disorder = tokens_out_of_order(grants)
             holders = await bounded(clients[1].get(f"{C}/leases", params={"contactEmail": c}) for c in HOT_CONTACTS)
@@ -1422,8 +1598,10 @@ async def test_a_holder_that_stalls_past_its_lease_is_fenced_out(real_redis_url:
     whose heartbeats lapse: test_liveness.py::test_a_lapsed_agent_loses_its_vote_and_its_lease.)"""
     settings = {"CONCORD_API_KEYS": f"{STALE}:{STALE_KEY}", "CONCORD_REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT)}
     with (
-        fault_record("holder-stalls-past-lease", "the holder does nothing while its 1 s lease expires; "
-                     "another agent takes the contact") as record,
+        fault_record(
+            "holder-stalls-past-lease",
+            "the holder does nothing while its 1 s lease expires; another agent takes the contact",
+        ) as record,
         running_stack(tmp_path, settings) as stack,
     ):
         async with stack.service.client(STALE_KEY) as client:
@@ -1452,27 +1630,44 @@ async def test_a_holder_that_stalls_past_its_lease_is_fenced_out(real_redis_url:
                 # The sleeper wakes: still an active agent, but its token is stale.
                 woke = (await client.get(f"{V1}/agents/{sleeper['id']}")).json()
                 assert woke["status"] == "active", woke
-                check = await client.post(f"{C}/send-check", json={
-                    "agentId": sleeper["id"], "contactEmail": contact, "fencingToken": old["fencingToken"]})
+                check = await client.post(
+                    f"{C}/send-check",
+                    json={"agentId": sleeper["id"], "contactEmail": contact, "fencingToken": old["fencingToken"]},
+                )
                 assert check.status_code == 200, check.text
                 body = check.json()
                 assert body["allowed"] is False and body["reason"] == "stale_fencing_token", body
-                assert body["leaseHolder"] == {"agentId": taker["id"], "agentName": taker["agentName"],
-                                               "intent": None, "expiresAt": new["expiresAt"]}, body
+                assert body["leaseHolder"] == {
+                    "agentId": taker["id"],
+                    "agentName": taker["agentName"],
+                    "intent": None,
+                    "expiresAt": new["expiresAt"],
+                }, body
                 if body["allowed"]:
                     record.double_grants += 1
                 # Without a token it meets the conflict; its old lease cannot be renewed or released.
                 plain = await client.post(f"{C}/send-check", json={"agentId": sleeper["id"], "contactEmail": contact})
                 assert plain.json()["reason"] == "lease_conflict", plain.text
-                problem(await client.post(f"{C}/lease/{old['id']}/renew", json={"agentId": sleeper["id"]}),
-                        404, "lease_not_found")
-                problem(await client.delete(f"{C}/lease/{old['id']}", params={"agentId": sleeper["id"]}),
-                        404, "lease_not_found")
-                again = problem(await client.post(f"{C}/lease", json={"agentId": sleeper["id"], "contactEmail": contact}),
-                                409, "lease_conflict")
+                problem(
+                    await client.post(f"{C}/lease/{old['id']}/renew", json={"agentId": sleeper["id"]}),
+                    404,
+                    "lease_not_found",
+                )
+                problem(
+                    await client.delete(f"{C}/lease/{old['id']}", params={"agentId": sleeper["id"]}),
+                    404,
+                    "lease_not_found",
+                )
+                again = problem(
+                    await client.post(f"{C}/lease", json={"agentId": sleeper["id"], "contactEmail": contact}),
+                    409,
+                    "lease_conflict",
+                )
                 assert again["leaseHolder"]["agentId"] == taker["id"], again
-                mine = await client.post(f"{C}/send-check", json={
-                    "agentId": taker["id"], "contactEmail": contact, "fencingToken": new["fencingToken"]})
+                mine = await client.post(
+                    f"{C}/send-check",
+                    json={"agentId": taker["id"], "contactEmail": contact, "fencingToken": new["fencingToken"]},
+                )
                 assert mine.json() == {"allowed": True}, mine.text
                 record.extra["stale_tokens_refused"] = record.extra.get("stale_tokens_refused", 0) + 1
 

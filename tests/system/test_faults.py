@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import C, V1, problem
+from tests.support.api import V1, C, problem
 from tests.support.helpers import Stack, eventually, redis_server, running_stack
 
 pytestmark = pytest.mark.real

@@ -53,11 +53,11 @@ def test_walkthrough_gives_the_documented_answers(tmp_path: Path):
     try:
         key = wait_until(lambda: re.search(r"for tenant 'demo': (\S+)", log.read_text()), what="the demo key")[1]
         script, expects = walkthrough()
-        script = script.replace("export CONCORD=http://127.0.0.1:8080 KEY=ck_...", f"export CONCORD={service.url} KEY={key}")
-        script = script.replace("/tmp/lease.json", str(tmp_path / "lease.json"))
-        run = subprocess.run(
-            ["bash", "-c", "set -euo pipefail\n" + script], capture_output=True, text=True, timeout=60
+        script = script.replace(
+            "export CONCORD=http://127.0.0.1:8080 KEY=ck_...", f"export CONCORD={service.url} KEY={key}"
         )
+        script = script.replace("/tmp/lease.json", str(tmp_path / "lease.json"))
+        run = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert_printed(run.stdout, expects)
     finally:
@@ -75,8 +75,9 @@ def test_the_agent_examples_coordinate_three_agents_with_the_sdk_and_the_cli(tmp
         key = wait_until(lambda: re.search(r"for tenant 'demo': (\S+)", log.read_text()), what="the demo key")[1]
         env = {**os.environ, "CONCORD_URL": service.url, "CONCORD_API_KEY": key}
         (tmp_path / "agents.py").write_text(program)
-        sdk = subprocess.run([sys.executable, "agents.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=60)
+        sdk = subprocess.run(
+            [sys.executable, "agents.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
         assert sdk.returncode == 0, sdk.stderr
         assert_printed(sdk.stdout, expects[:3])
 
@@ -85,8 +86,14 @@ def test_the_agent_examples_coordinate_three_agents_with_the_sdk_and_the_cli(tmp
         concord = Path(sys.executable).parent / "concord"  # the command `pip install` made, as .venv/bin/concord
         shell = shell.replace(export, f"export CONCORD_URL={service.url} CONCORD_API_KEY={key}")
         shell = shell.replace(".venv/bin/concord", str(concord))
-        cli = subprocess.run(["bash", "-c", "set -euo pipefail\n" + shell], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + shell],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 0, cli.stderr
         assert_printed(cli.stdout, expects[3:])
     finally:

@@ -49,18 +49,18 @@ import pytest
 import redis as redis_py
 import redis.asyncio
 
-from concord.server.http.routes import ENDPOINTS
-from concord.server.http.auth import CACHE_SECONDS, Authenticator
-from concord.server.settings import Settings, key_digest, parse_api_keys
 from concord.server.errors import ConcordError
-from concord.server.store.keys import Keys
+from concord.server.http.auth import CACHE_SECONDS, Authenticator
+from concord.server.http.routes import ENDPOINTS
+from concord.server.settings import Settings, key_digest, parse_api_keys
 from concord.server.store import Store
+from concord.server.store.keys import Keys
+from tests.cli.test_serve_and_keys import concord, everything_in
+from tests.conftest import API_KEY, OTHER_API_KEY, TENANT
 from tests.support.api import V1, C, problem
 from tests.support.cluster import Cluster
-from tests.conftest import API_KEY, OTHER_API_KEY, TENANT
 from tests.support.helpers import RedisServer, ServiceProcess, eventually, redis_server, service
 from tests.support.reports import append_report, redis_version
-from tests.cli.test_serve_and_keys import concord, everything_in
 
 REPORT_ENV = "CONCORD_SECURITY_REPORT"
 
@@ -141,8 +141,13 @@ async def test_keys_are_looked_up_by_digest_and_held_only_as_digests():
     assert looked_up == []  # a configured key never reaches the store
     assert await auth.tenant("Bearer stored-key-0123456789") == "initech"
     assert looked_up == [key_digest("stored-key-0123456789")]
-    for wrong in ("static-key-012345678", "static-key-0123456789x", "STATIC-KEY-0123456789",
-                  key_digest("static-key-0123456789"), "stored-key-0123456788"):
+    for wrong in (
+        "static-key-012345678",
+        "static-key-0123456789x",
+        "STATIC-KEY-0123456789",
+        key_digest("static-key-0123456789"),
+        "stored-key-0123456788",
+    ):
         with pytest.raises(ConcordError) as refused:
             await auth.tenant(f"Bearer {wrong}")
         assert refused.value.code == "unauthorized" and wrong not in refused.value.detail
@@ -171,7 +176,7 @@ async def test_keys_close_to_a_real_key_are_refused(asgi_app, redis_client, keys
             key[:3] + secrets.token_urlsafe(64)[: len(key) - 3],  # same prefix, same length
             key[:-1] + flip(key[-1]),
             flip(key[0]) + key[1:],
-            key[:middle] + flip(key[middle]) + key[middle + 1:],
+            key[:middle] + flip(key[middle]) + key[middle + 1 :],
             key.swapcase(),
             key[:-1],
             key + "A",
@@ -205,14 +210,20 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
         stored_key = created.stdout.strip()
         with service({**settings, "CONCORD_API_KEYS": f"acme:{static_key}"}, tmp_path / "concord.log") as proc:
             for api_key, tenant in ((static_key, "acme"), (stored_key, "initech")):
-                agent = httpx.post(f"{proc.url}{V1}/register", json={"agentName": "sdr"}, headers=bearer(api_key),
-                                   timeout=10)
+                agent = httpx.post(
+                    f"{proc.url}{V1}/register", json={"agentName": "sdr"}, headers=bearer(api_key), timeout=10
+                )
                 assert agent.status_code == 201 and agent.json()["tenantId"] == tenant, agent.text
-                beat = httpx.post(f"{proc.url}{C}/heartbeat", json={"agentId": agent.json()["id"]},
-                                  headers=bearer(api_key), timeout=10)
+                beat = httpx.post(
+                    f"{proc.url}{C}/heartbeat",
+                    json={"agentId": agent.json()["id"]},
+                    headers=bearer(api_key),
+                    timeout=10,
+                )
                 assert beat.status_code == 200, beat.text
-                problem(httpx.get(f"{proc.url}{AGENTS}", headers=bearer(api_key + "x"), timeout=10), 401,
-                        "unauthorized")
+                problem(
+                    httpx.get(f"{proc.url}{AGENTS}", headers=bearer(api_key + "x"), timeout=10), 401, "unauthorized"
+                )
             log = proc.log_text()
 
     client = private_redis.client()
@@ -221,8 +232,11 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
         assert client.hgetall(Keys(prefix).api_keys()) == {key_digest(stored_key): "initech"}
     finally:
         client.close()
-    never = {"the stored key": stored_key, "the configured key": static_key,
-             "the configured key's digest": key_digest(static_key)}
+    never = {
+        "the stored key": stored_key,
+        "the configured key": static_key,
+        "the configured key's digest": key_digest(static_key),
+    }
     for what, secret in never.items():
         assert not [item for item in at_rest if secret in item], f"{what} is in Redis"
         assert not [c for c in monitor.commands if secret in c], f"{what} was sent to Redis"
@@ -252,8 +266,9 @@ async def test_a_revoked_key_is_refused_by_every_instance_within_the_cache_secon
     The time to the first 401 on each instance is reported, not asserted.
     """
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
-    doomed, kept = (concord("keys", "create", "--tenant", "initech", settings=settings).stdout.strip()
-                    for _ in range(2))
+    doomed, kept = (
+        concord("keys", "create", "--tenant", "initech", settings=settings).stdout.strip() for _ in range(2)
+    )
     assert doomed and kept
     with service(settings, tmp_path / "one.log") as one, service(settings, tmp_path / "two.log") as two:
         instances = (one, two)
@@ -388,8 +403,9 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
     covered: set[tuple[str, str]] = set()
     async with proc.client(api_key) as c:
 
-        async def call(method: str, path: str, status: int, body: Any = None, params: Any = None,
-                       headers: Any = None, **ids: str) -> Any:
+        async def call(
+            method: str, path: str, status: int, body: Any = None, params: Any = None, headers: Any = None, **ids: str
+        ) -> Any:
             response = await c.request(method, path.format(**ids), json=body, params=params, headers=headers)
             assert response.status_code == status, (method, path, response.text)
             covered.add((method, path))
@@ -412,11 +428,13 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         assert (await call("POST", f"{C}/lease", 200, {"agentId": sdr, **alice}))["id"] == lease["id"]
         refused = await call("POST", f"{C}/send-check", 200, {"agentId": ret, **alice})
         assert refused["allowed"] is False and refused["reason"] == "lease_conflict"
-        allowed = await call("POST", f"{C}/send-check", 200,
-                             {"agentId": sdr, "fencingToken": lease["fencingToken"], **alice})
+        allowed = await call(
+            "POST", f"{C}/send-check", 200, {"agentId": sdr, "fencingToken": lease["fencingToken"], **alice}
+        )
         assert allowed == {"allowed": True}
-        await call("POST", f"{C}/lease/{{leaseId}}/renew", 200, {"agentId": sdr, "durationMinutes": 10},
-                   leaseId=lease["id"])
+        await call(
+            "POST", f"{C}/lease/{{leaseId}}/renew", 200, {"agentId": sdr, "durationMinutes": 10}, leaseId=lease["id"]
+        )
         await call("GET", f"{C}/lease/{{leaseId}}", 200, leaseId=lease["id"])
         listed = await call("GET", f"{C}/leases", 200, params={"agentId": sdr})
         assert [x["id"] for x in listed["leases"]] == [lease["id"]]
@@ -426,10 +444,20 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         once = {"Idempotency-Key": "walkthrough-1"}
         consensus = await call("POST", f"{C}/consensus", 201, ask, headers=once)
         assert await call("POST", f"{C}/consensus", 201, ask, headers=once) == consensus
-        await call("POST", f"{C}/consensus/{{consensusId}}/vote", 200, {"agentId": ret, "vote": "approve"},
-                   consensusId=consensus["id"])
-        decided = await call("POST", f"{C}/consensus/{{consensusId}}/vote", 200,
-                             {"agentId": sup, "vote": "approve"}, consensusId=consensus["id"])
+        await call(
+            "POST",
+            f"{C}/consensus/{{consensusId}}/vote",
+            200,
+            {"agentId": ret, "vote": "approve"},
+            consensusId=consensus["id"],
+        )
+        decided = await call(
+            "POST",
+            f"{C}/consensus/{{consensusId}}/vote",
+            200,
+            {"agentId": sup, "vote": "approve"},
+            consensusId=consensus["id"],
+        )
         assert decided["status"] == "approved"
         await call("GET", f"{C}/consensus/{{consensusId}}", 200, consensusId=consensus["id"])
         approved = await call("GET", f"{C}/consensus", 200, params={"status": "approved"})
@@ -448,8 +476,9 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
                     break
         covered.add(("GET", f"{C}/events"))
         later = await call("POST", f"{C}/consensus", 201, {"requestingAgentId": sdr, "action": "later"})
-        waited = await call("GET", f"{C}/consensus/{{consensusId}}", 200, params={"waitSeconds": 1},
-                            consensusId=later["id"])
+        waited = await call(
+            "GET", f"{C}/consensus/{{consensusId}}", 200, params={"waitSeconds": 1}, consensusId=later["id"]
+        )
         assert waited["status"] == "pending"
         removed = await call("DELETE", f"{V1}/agents/{{agentId}}", 200, agentId=sup)
         assert removed["releasedLeases"] == 1
@@ -461,8 +490,11 @@ def test_every_script_command_is_on_the_acl_list():
     must be on the line; and the document's count and table match the line."""
     tokens = acl_line("acl-setuser", "concord", "pw")
     allowed = commands_of(tokens)
-    called = {name.lower() for path in LUA_DIR.glob("*.lua")
-              for name in re.findall(r"redis\.p?call\(\s*'(\w+)'", path.read_text(encoding="utf-8"))}
+    called = {
+        name.lower()
+        for path in LUA_DIR.glob("*.lua")
+        for name in re.findall(r"redis\.p?call\(\s*'(\w+)'", path.read_text(encoding="utf-8"))
+    }
     assert called, "no redis.call found in lua/"
     assert called <= allowed, f"scripts call commands the ACL user may not run: {sorted(called - allowed)}"
     text = ACL_DOC.read_text(encoding="utf-8")
@@ -486,8 +518,9 @@ async def test_acl_user_runs_every_endpoint(private_redis: RedisServer, tmp_path
         tokens = acl_line("acl-setuser", prefix, password)
         assert admin.execute_command(*tokens) in ("OK", b"OK", True)
         admin_settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": prefix}
-        api_key, spare = (concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout.strip()
-                          for _ in range(2))
+        api_key, spare = (
+            concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout.strip() for _ in range(2)
+        )
         assert api_key and spare
         admin.acl_log_reset()
         admin.config_resetstat()
@@ -579,8 +612,10 @@ def test_acl_user_cannot_leave_its_prefix(private_redis: RedisServer):
             ("HGETALL of another deployment's API keys", lambda: user.hgetall("other:apikeys")),
             ("a key that only starts like the prefix", lambda: user.get(f"{prefix}x:probe")),
             ("the prefix without its colon", lambda: user.get(prefix)),
-            ("EVALSHA with a key outside the prefix",
-             lambda: user.evalsha(user.script_load("return redis.call('GET', KEYS[1])"), 1, "other:key")),
+            (
+                "EVALSHA with a key outside the prefix",
+                lambda: user.evalsha(user.script_load("return redis.call('GET', KEYS[1])"), 1, "other:key"),
+            ),
         ]
         off_the_list: list[tuple[str, Any]] = [
             ("KEYS", lambda: user.keys("*")),
@@ -624,11 +659,15 @@ def test_acl_user_without_config_get(private_redis: RedisServer, tmp_path: Path)
     admin = private_redis.client()
     try:
         admin.execute_command(*tokens)
-        settings = {"CONCORD_REDIS_URL": url_for(private_redis, USER, password), "CONCORD_KEY_PREFIX": prefix,
-                    "CONCORD_API_KEYS": f"acme:{API_KEY}"}
+        settings = {
+            "CONCORD_REDIS_URL": url_for(private_redis, USER, password),
+            "CONCORD_KEY_PREFIX": prefix,
+            "CONCORD_API_KEYS": f"acme:{API_KEY}",
+        }
         with service(settings, tmp_path / "concord.log") as proc:
-            agent = httpx.post(f"{proc.url}{V1}/register", json={"agentName": "sdr"}, headers=bearer(API_KEY),
-                               timeout=10)
+            agent = httpx.post(
+                f"{proc.url}{V1}/register", json={"agentName": "sdr"}, headers=bearer(API_KEY), timeout=10
+            )
             assert agent.status_code == 201, agent.text
             log = proc.log_text()
         warnings = [line for line in log.splitlines() if "Cannot read maxmemory-policy" in line]
@@ -648,20 +687,24 @@ async def test_strict_acl_keeps_api_keys_read_only(private_redis: RedisServer, t
     prefix = "concord"
     password, admin_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     admin = private_redis.client()
-    keys_user = redis_py.Redis(port=private_redis.port, username=ADMIN, password=admin_password,
-                               decode_responses=True)
+    keys_user = redis_py.Redis(port=private_redis.port, username=ADMIN, password=admin_password, decode_responses=True)
     try:
         admin.execute_command(*acl_line("acl-setuser-strict", prefix, password))
         admin.execute_command(*acl_line("acl-setuser-admin", prefix, password, admin_password))
-        keys_settings = {"CONCORD_REDIS_URL": url_for(private_redis, ADMIN, admin_password),
-                         "CONCORD_KEY_PREFIX": prefix}
+        keys_settings = {
+            "CONCORD_REDIS_URL": url_for(private_redis, ADMIN, admin_password),
+            "CONCORD_KEY_PREFIX": prefix,
+        }
         created = concord("keys", "create", "--tenant", "acme", settings=keys_settings)
         assert created.returncode == 0, created.stderr
         api_key = created.stdout.strip()
         admin.acl_log_reset()
 
-        settings = {"CONCORD_REDIS_URL": url_for(private_redis, USER, password), "CONCORD_KEY_PREFIX": prefix,
-                    "CONCORD_RATE_LIMITS": "tenant=1000/m,agent=100/m"}
+        settings = {
+            "CONCORD_REDIS_URL": url_for(private_redis, USER, password),
+            "CONCORD_KEY_PREFIX": prefix,
+            "CONCORD_RATE_LIMITS": "tenant=1000/m,agent=100/m",
+        }
         with service(settings, tmp_path / "concord.log") as proc:
             assert await walkthrough(proc, api_key) == {(e.method, e.path) for e in ENDPOINTS}
         assert acl_denials(admin) == []

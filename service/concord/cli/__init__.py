@@ -130,8 +130,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from concord.server.app import connect
-    from concord.server.store.keys import Keys
     from concord.server.store import Store
+    from concord.server.store.keys import Keys
 
     if settings.redis_url is None:
         print(

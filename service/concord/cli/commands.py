@@ -108,14 +108,14 @@ def _json_object(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"team\": \"emea\"}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f'expected a JSON object such as \'{{"team": "emea"}}\', got {text!r}')
     return value
 
 
 def _contact(text: str) -> str:
     """The contact as keys carry it (trimmed, lower-cased: schemas.normalize_email)."""
-    from concord.server.errors import ConcordError
     from concord.protocol.schemas import normalize_email
+    from concord.server.errors import ConcordError
 
     try:
         return normalize_email(text)
@@ -138,138 +138,255 @@ def add_commands(root: argparse.ArgumentParser, commands: argparse._SubParsersAc
     root.epilog = (root.epilog or "") + TOP_EXAMPLES
 
     def group(name: str, help: str, examples: str) -> argparse._SubParsersAction:
-        parser = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                                     epilog=_examples(examples), formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=_examples(examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
-    def leaf(parent: argparse._SubParsersAction, name: str, help: str, examples: str,
-             call: Callable[..., Any], exit_status: Callable[[Any], int] | None = None) -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                                   epilog=_examples(examples), formatter_class=argparse.RawDescriptionHelpFormatter)
+    def leaf(
+        parent: argparse._SubParsersAction,
+        name: str,
+        help: str,
+        examples: str,
+        call: Callable[..., Any],
+        exit_status: Callable[[Any], int] | None = None,
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=_examples(examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         parser.set_defaults(call=call, exit_status=exit_status or (lambda _: EXIT_OK))
         return parser
 
     # agents
-    agents = group("agents", "register agents, send heartbeats, list, show and remove agents", """
+    agents = group(
+        "agents",
+        "register agents, send heartbeats, list, show and remove agents",
+        """
         concord agents register sdr-agent --role sdr --metadata '{"team": "emea"}'
         concord agents heartbeat agent_46cd8872-c53e-5977-9394-138a578fb9ee
         concord agents list --status active
         concord agents show agent_46cd8872-c53e-5977-9394-138a578fb9ee
-        concord agents remove agent_46cd8872-c53e-5977-9394-138a578fb9ee""")
-    p = leaf(agents, "register", "register an agent (again: update it); prints the agent", """
+        concord agents remove agent_46cd8872-c53e-5977-9394-138a578fb9ee""",
+    )
+    p = leaf(
+        agents,
+        "register",
+        "register an agent (again: update it); prints the agent",
+        """
         concord agents register sdr-agent --role sdr
         AGENT=$(concord agents register sdr-agent | jq -r .id)""",
-             lambda c, a: c.register(a.name, role=a.role, metadata=a.metadata).info)
+        lambda c, a: c.register(a.name, role=a.role, metadata=a.metadata).info,
+    )
     p.add_argument("name", metavar="NAME", help="agent name: 1-128 of A-Z a-z 0-9 . _ - (the name is its identity)")
-    p.add_argument("--role", help="agent role (a new agent gets \"general\"; omitted keeps the current one)")
+    p.add_argument("--role", help='agent role (a new agent gets "general"; omitted keeps the current one)')
     p.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object of at most 4 KiB")
-    p = leaf(agents, "heartbeat", "record a heartbeat: the agent stays active for the heartbeat window", """
+    p = leaf(
+        agents,
+        "heartbeat",
+        "record a heartbeat: the agent stays active for the heartbeat window",
+        """
         concord agents heartbeat agent_46cd8872-c53e-5977-9394-138a578fb9ee
         while sleep 60; do concord agents heartbeat "$AGENT" >/dev/null; done""",
-             lambda c, a: c.heartbeat(a.agent_id))
+        lambda c, a: c.heartbeat(a.agent_id),
+    )
     p.add_argument("agent_id", metavar="AGENT_ID")
-    p = leaf(agents, "list", "list agents, newest registration first", """
+    p = leaf(
+        agents,
+        "list",
+        "list agents, newest registration first",
+        """
         concord agents list --status inactive --limit 20
         concord agents list --cursor "$(concord agents list --limit 20 | jq -r .nextCursor)\"""",
-             lambda c, a: c.list_agents(status=a.status, limit=a.limit, cursor=a.cursor))
+        lambda c, a: c.list_agents(status=a.status, limit=a.limit, cursor=a.cursor),
+    )
     p.add_argument("--status", choices=("active", "inactive"))
     _page_options(p)
-    p = leaf(agents, "show", "show one agent", """
+    p = leaf(
+        agents,
+        "show",
+        "show one agent",
+        """
         concord agents show agent_46cd8872-c53e-5977-9394-138a578fb9ee | jq -r .status""",
-             lambda c, a: c.get_agent(a.agent_id))
+        lambda c, a: c.get_agent(a.agent_id),
+    )
     p.add_argument("agent_id", metavar="AGENT_ID")
-    p = leaf(agents, "remove", "deregister an agent and release its leases", """
+    p = leaf(
+        agents,
+        "remove",
+        "deregister an agent and release its leases",
+        """
         concord agents remove agent_46cd8872-c53e-5977-9394-138a578fb9ee""",
-             lambda c, a: c.remove_agent(a.agent_id))
+        lambda c, a: c.remove_agent(a.agent_id),
+    )
     p.add_argument("agent_id", metavar="AGENT_ID")
 
     # leases
-    lease = group("lease", "acquire, renew, release, list and check contact leases", """
+    lease = group(
+        "lease",
+        "acquire, renew, release, list and check contact leases",
+        """
         LEASE=$(concord lease acquire --agent "$AGENT" --contact alice@example.com | jq -r .id)
         concord lease check --agent "$AGENT" --contact alice@example.com && send-the-email
         concord lease renew "$LEASE" --agent "$AGENT" --duration 600
-        concord lease release "$LEASE" --agent "$AGENT\"""")
-    p = leaf(lease, "acquire", "take the exclusive lease on a contact (the holder asking again extends it)", """
+        concord lease release "$LEASE" --agent "$AGENT\"""",
+    )
+    p = leaf(
+        lease,
+        "acquire",
+        "take the exclusive lease on a contact (the holder asking again extends it)",
+        """
         concord lease acquire --agent "$AGENT" --contact alice@example.com --duration 600 --intent outbound_sales""",
-             lambda c, a: c.acquire_lease(a.agent, a.contact, duration=a.duration, intent=a.intent))
+        lambda c, a: c.acquire_lease(a.agent, a.contact, duration=a.duration, intent=a.intent),
+    )
     p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the agent that takes the lease")
     p.add_argument("--contact", required=True, metavar="EMAIL", help="the contact (trimmed, lower-cased)")
     p.add_argument("--duration", type=_positive, metavar="SECONDS", help="1-86400 (default 1800)")
     p.add_argument("--intent", metavar="TEXT", help="why, 1-64 characters (shown to agents that conflict)")
-    p = leaf(lease, "renew", "move a lease's expiry to now + duration; its fencing token stays", """
+    p = leaf(
+        lease,
+        "renew",
+        "move a lease's expiry to now + duration; its fencing token stays",
+        """
         concord lease renew "$LEASE" --agent "$AGENT" --duration 600""",
-             lambda c, a: c.renew_lease(a.lease_id, a.agent, duration=a.duration))
+        lambda c, a: c.renew_lease(a.lease_id, a.agent, duration=a.duration),
+    )
     p.add_argument("lease_id", metavar="LEASE_ID")
     p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the holder")
     p.add_argument("--duration", type=_positive, metavar="SECONDS", help="1-86400 (default 1800)")
-    p = leaf(lease, "release", "release a lease: the contact is free again", """
+    p = leaf(
+        lease,
+        "release",
+        "release a lease: the contact is free again",
+        """
         concord lease release "$LEASE" --agent "$AGENT"     # only if $AGENT holds it
         concord lease release "$LEASE"                      # whoever holds it""",
-             lambda c, a: c.release_lease(a.lease_id, agent_id=a.agent))
+        lambda c, a: c.release_lease(a.lease_id, agent_id=a.agent),
+    )
     p.add_argument("lease_id", metavar="LEASE_ID")
     p.add_argument("--agent", metavar="AGENT_ID", help="release only if this agent holds the lease")
-    p = leaf(lease, "show", "show one live lease", """
+    p = leaf(
+        lease,
+        "show",
+        "show one live lease",
+        """
         concord lease show "$LEASE" | jq .expiresAt""",
-             lambda c, a: c.get_lease(a.lease_id))
+        lambda c, a: c.get_lease(a.lease_id),
+    )
     p.add_argument("lease_id", metavar="LEASE_ID")
-    p = leaf(lease, "list", "list live leases of an agent and/or a contact, newest grant first", """
+    p = leaf(
+        lease,
+        "list",
+        "list live leases of an agent and/or a contact, newest grant first",
+        """
         concord lease list --agent "$AGENT"
         concord lease list --contact alice@example.com""",
-             lambda c, a: c.list_leases(agent_id=a.agent, contact=a.contact, limit=a.limit, cursor=a.cursor))
+        lambda c, a: c.list_leases(agent_id=a.agent, contact=a.contact, limit=a.limit, cursor=a.cursor),
+    )
     p.add_argument("--agent", metavar="AGENT_ID")
     p.add_argument("--contact", metavar="EMAIL")
     _page_options(p)
-    p = leaf(lease, "check", "send-check: may this agent email this contact now? exit 0 yes, 3 no", """
+    p = leaf(
+        lease,
+        "check",
+        "send-check: may this agent email this contact now? exit 0 yes, 3 no",
+        """
         concord lease check --agent "$AGENT" --contact alice@example.com --fencing-token "$TOKEN" && send-the-email
         concord lease check --agent "$AGENT" --contact alice@example.com || echo "refused: exit $?\"""",
-             lambda c, a: c.send_check(a.agent, a.contact, fencing_token=a.fencing_token),
-             exit_status=lambda answer: EXIT_OK if answer.allowed else EXIT_REFUSED)
+        lambda c, a: c.send_check(a.agent, a.contact, fencing_token=a.fencing_token),
+        exit_status=lambda answer: EXIT_OK if answer.allowed else EXIT_REFUSED,
+    )
     p.add_argument("--agent", required=True, metavar="AGENT_ID")
     p.add_argument("--contact", required=True, metavar="EMAIL")
     p.add_argument("--fencing-token", type=_positive, metavar="N", help="also refuse unless N is the current token")
 
     # consensus
-    consensus = group("consensus", "ask peers to vote on an action: request, vote, show, list, wait", """
+    consensus = group(
+        "consensus",
+        "ask peers to vote on an action: request, vote, show, list, wait",
+        """
         CONS=$(concord consensus request --agent "$SDR" --action send_pricing_override | jq -r .id)
         concord consensus vote "$CONS" --agent "$RET" approve --reason Qualified
-        concord consensus wait "$CONS" --timeout 300 | jq -e '.status == "approved"' && send-the-offer""")
-    p = leaf(consensus, "request", "ask the tenant's active agents to vote on an action", """
+        concord consensus wait "$CONS" --timeout 300 | jq -e '.status == "approved"' && send-the-offer""",
+    )
+    p = leaf(
+        consensus,
+        "request",
+        "ask the tenant's active agents to vote on an action",
+        """
         concord consensus request --agent "$SDR" --action send_pricing_override \\
             --contact cto@bigcorp.com --reason "Custom pricing asked" --timeout 3600 --idempotency-key job-42""",
-             lambda c, a: c.request_consensus(a.agent, a.action, contact=a.contact, reason=a.reason,
-                                              timeout=a.timeout, idempotency_key=a.idempotency_key).info)
+        lambda c, a: (
+            c.request_consensus(
+                a.agent,
+                a.action,
+                contact=a.contact,
+                reason=a.reason,
+                timeout=a.timeout,
+                idempotency_key=a.idempotency_key,
+            ).info
+        ),
+    )
     p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the requesting agent")
     p.add_argument("--action", required=True, help="what is to be decided, 1-128 characters")
     p.add_argument("--contact", metavar="EMAIL")
     p.add_argument("--reason", metavar="TEXT")
     p.add_argument("--timeout", type=_positive, metavar="SECONDS", help="voting time, up to 7 days (default 3600)")
     p.add_argument("--idempotency-key", metavar="K", help="the same key again answers the first request")
-    p = leaf(consensus, "vote", "cast an agent's vote (the same vote again changes nothing)", """
+    p = leaf(
+        consensus,
+        "vote",
+        "cast an agent's vote (the same vote again changes nothing)",
+        """
         concord consensus vote "$CONS" --agent "$RET" approve
         concord consensus vote "$CONS" --agent "$SUP" reject --reason "Too early\"""",
-             lambda c, a: c.vote(a.consensus_id, a.agent, a.vote, reason=a.reason))
+        lambda c, a: c.vote(a.consensus_id, a.agent, a.vote, reason=a.reason),
+    )
     p.add_argument("consensus_id", metavar="CONSENSUS_ID")
     p.add_argument("vote", choices=("approve", "reject"))
     p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the voter")
     p.add_argument("--reason", metavar="TEXT")
-    p = leaf(consensus, "show", "show a consensus request with its tally and votes", """
+    p = leaf(
+        consensus,
+        "show",
+        "show a consensus request with its tally and votes",
+        """
         concord consensus show "$CONS" | jq .tally""",
-             lambda c, a: c.get_consensus(a.consensus_id))
+        lambda c, a: c.get_consensus(a.consensus_id),
+    )
     p.add_argument("consensus_id", metavar="CONSENSUS_ID")
-    p = leaf(consensus, "list", "list consensus requests, newest first", """
+    p = leaf(
+        consensus,
+        "list",
+        "list consensus requests, newest first",
+        """
         concord consensus list --status pending""",
-             lambda c, a: c.list_consensus(status=a.status, limit=a.limit, cursor=a.cursor))
+        lambda c, a: c.list_consensus(status=a.status, limit=a.limit, cursor=a.cursor),
+    )
     p.add_argument("--status", choices=CONSENSUS_STATUSES)
     _page_options(p)
-    p = leaf(consensus, "wait", "wait until a request is decided (or the timeout passes); prints it", """
+    p = leaf(
+        consensus,
+        "wait",
+        "wait until a request is decided (or the timeout passes); prints it",
+        """
         concord consensus wait "$CONS" --timeout 300 | jq -r .status     # pending if undecided by then""",
-             lambda c, a: c.wait_consensus(a.consensus_id, a.timeout))
+        lambda c, a: c.wait_consensus(a.consensus_id, a.timeout),
+    )
     p.add_argument("consensus_id", metavar="CONSENSUS_ID")
     p.add_argument("--timeout", type=_positive, default=60, metavar="SECONDS", help="default 60")
 
     # inspect
     p = commands.add_parser(
-        "inspect", help="show what Redis holds for a tenant, a contact, an agent or a consensus request",
+        "inspect",
+        help="show what Redis holds for a tenant, a contact, an agent or a consensus request",
         description="Read the keys of one tenant straight from Redis (CONCORD_REDIS_URL, CONCORD_KEY_PREFIX)\n"
         "and print each key's name, type, TTL in ms (null: none) and contents.\n"
         "It only reads, and never scans: every key name comes from the key schema (service/keys.py).",
@@ -312,11 +429,24 @@ def run_command(args: argparse.Namespace) -> int:
         return args.run(args)
     url = os.environ.get("CONCORD_URL") or DEFAULT_URL
     if not _is_http_url(url):
-        return _fail(_problem("not_configured", "CONCORD_URL is malformed",
-                              f"CONCORD_URL={url!r}: expected http://host[:port] or https://host[:port]"), EXIT_USAGE)
+        return _fail(
+            _problem(
+                "not_configured",
+                "CONCORD_URL is malformed",
+                f"CONCORD_URL={url!r}: expected http://host[:port] or https://host[:port]",
+            ),
+            EXIT_USAGE,
+        )
     if not os.environ.get("CONCORD_API_KEY"):
-        return _fail(_problem("not_configured", "No API key", "Set CONCORD_API_KEY to an API key of the tenant "
-                              f"(the service at {url} answers every /v1 request with 401 without one)"), EXIT_USAGE)
+        return _fail(
+            _problem(
+                "not_configured",
+                "No API key",
+                "Set CONCORD_API_KEY to an API key of the tenant "
+                f"(the service at {url} answers every /v1 request with 401 without one)",
+            ),
+            EXIT_USAGE,
+        )
     from concord.client import sync as sdk
 
     try:
@@ -355,19 +485,32 @@ def _inspect(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(_problem("not_configured", "A setting is malformed", str(exc)), EXIT_USAGE)
     if settings.redis_url is None:
-        return _fail(_problem("not_configured", "No Redis to inspect",
-                              "`concord inspect` reads Redis directly: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX "
-                              "if the service uses one) as the service has them"), EXIT_USAGE)
+        return _fail(
+            _problem(
+                "not_configured",
+                "No Redis to inspect",
+                "`concord inspect` reads Redis directly: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX "
+                "if the service uses one) as the service has them",
+            ),
+            EXIT_USAGE,
+        )
     if not TENANT_RE.fullmatch(args.tenant):
-        return _fail(_problem("invalid_argument", "Invalid tenant",
-                              f"--tenant {args.tenant!r}: expected 1-64 of A-Z a-z 0-9 _ -"), EXIT_USAGE)
+        return _fail(
+            _problem(
+                "invalid_argument", "Invalid tenant", f"--tenant {args.tenant!r}: expected 1-64 of A-Z a-z 0-9 _ -"
+            ),
+            EXIT_USAGE,
+        )
     url = _redact(settings.redis_url)
     try:
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5,
-                                      socket_connect_timeout=5)
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+        )
     except ValueError as exc:  # a URL that passed the scheme check but not redis-py's parser
-        return _fail(_problem("not_configured", "CONCORD_REDIS_URL is malformed", f"CONCORD_REDIS_URL={url!r}: {exc}"),
-                     EXIT_USAGE)
+        return _fail(
+            _problem("not_configured", "CONCORD_REDIS_URL is malformed", f"CONCORD_REDIS_URL={url!r}: {exc}"),
+            EXIT_USAGE,
+        )
     try:
         view = Inspector(client, Keys(settings.key_prefix), args.tenant, settings.heartbeat_window_seconds * 1000)
         if args.contact is not None:
@@ -408,8 +551,14 @@ class Inspector:
         self.now_ms = seconds * 1000 + micros // 1000
 
     def _report(self, view: str, entries: list[dict[str, Any]], **selector: str) -> dict[str, Any]:
-        return {"tenant": self.tenant, "prefix": self.keys.prefix, "view": view, **selector,
-                "redisTimeMs": self.now_ms, "keys": entries}
+        return {
+            "tenant": self.tenant,
+            "prefix": self.keys.prefix,
+            "view": view,
+            **selector,
+            "redisTimeMs": self.now_ms,
+            "keys": entries,
+        }
 
     def _head(self, key: str) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)
@@ -428,8 +577,10 @@ class Inspector:
             entry["value"] = self.redis.get(key)
         elif kind == "stream":
             newest = self.redis.xrevrange(key, count=STREAM_TAIL)
-            entry["value"] = {"length": self.redis.xlen(key),
-                              "newest": [{"id": entry_id, "fields": fields} for entry_id, fields in newest]}
+            entry["value"] = {
+                "length": self.redis.xlen(key),
+                "newest": [{"id": entry_id, "fields": fields} for entry_id, fields in newest],
+            }
         else:
             entry["value"] = None
         return entry
@@ -491,8 +642,10 @@ class Inspector:
         entries = [
             self.value(self.keys.consensus(self.tenant, consensus_id)),
             self.value(self.keys.votes(self.tenant, consensus_id)),
-            *(self.member(self.keys.consensus_list(self.tenant, status), consensus_id)
-              for status in ("all", *CONSENSUS_STATUSES)),
+            *(
+                self.member(self.keys.consensus_list(self.tenant, status), consensus_id)
+                for status in ("all", *CONSENSUS_STATUSES)
+            ),
             self.member(self.keys.consensus_due(self.tenant), consensus_id),
         ]
         return self._report("consensus", entries, consensus=consensus_id)

@@ -51,14 +51,42 @@ import msgspec
 from concord.protocol import schemas as s
 
 __all__ = [
-    "AsyncAgentHandle", "AsyncConcord", "AsyncConsensusHandle", "AsyncKeepAlive", "AsyncLeaseHandle",
-    "AgentHandle", "Concord", "ConsensusHandle", "KeepAlive", "LeaseHandle",
-    "ERROR_CLASSES", "ConcordError", "LeaseLost", "Unreachable",
-    "MalformedJson", "Unauthorized", "TenantMismatch", "NotLeaseHolder", "RequesterCannotVote",
-    "EndpointNotFound", "AgentNotFound", "LeaseNotFound", "ConsensusNotFound", "MethodNotAllowed",
-    "AgentInactive", "LeaseConflict", "AlreadyVoted", "ConsensusClosed", "PayloadTooLarge",
-    "UnsupportedMediaType", "ValidationError", "IdempotencyKeyReused", "RateLimited", "InternalError",
-    "StoreError", "StoreUnavailable",
+    "AsyncAgentHandle",
+    "AsyncConcord",
+    "AsyncConsensusHandle",
+    "AsyncKeepAlive",
+    "AsyncLeaseHandle",
+    "AgentHandle",
+    "Concord",
+    "ConsensusHandle",
+    "KeepAlive",
+    "LeaseHandle",
+    "ERROR_CLASSES",
+    "ConcordError",
+    "LeaseLost",
+    "Unreachable",
+    "MalformedJson",
+    "Unauthorized",
+    "TenantMismatch",
+    "NotLeaseHolder",
+    "RequesterCannotVote",
+    "EndpointNotFound",
+    "AgentNotFound",
+    "LeaseNotFound",
+    "ConsensusNotFound",
+    "MethodNotAllowed",
+    "AgentInactive",
+    "LeaseConflict",
+    "AlreadyVoted",
+    "ConsensusClosed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "ValidationError",
+    "IdempotencyKeyReused",
+    "RateLimited",
+    "InternalError",
+    "StoreError",
+    "StoreUnavailable",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -241,8 +269,11 @@ class Unreachable(ConcordError):
         reason = str(exc) or type(exc).__name__
         detail = f"No answer from Concord at {url} ({method}): {type(exc).__name__}: {reason}"
         problem = {
-            "type": "urn:concord:problem:unreachable", "title": "Concord is unreachable", "detail": detail,
-            "code": "unreachable", "url": url,
+            "type": "urn:concord:problem:unreachable",
+            "title": "Concord is unreachable",
+            "detail": detail,
+            "code": "unreachable",
+            "url": url,
         }
         super().__init__(detail, problem=problem)
         self.url = url
@@ -261,8 +292,13 @@ class LeaseLost(ConcordError):
         why = f"it expired while renewals failed ({cause})" if expired else str(cause)
         detail = f"Lease {lease.id} on {lease.contact_email} is lost: {why}"
         problem = {
-            "type": "urn:concord:problem:lease_lost", "title": "Lease lost", "detail": detail, "code": "lease_lost",
-            "leaseId": lease.id, "contactEmail": lease.contact_email, "cause": cause.problem,
+            "type": "urn:concord:problem:lease_lost",
+            "title": "Lease lost",
+            "detail": detail,
+            "code": "lease_lost",
+            "leaseId": lease.id,
+            "contactEmail": lease.contact_email,
+            "cause": cause.problem,
         }
         super().__init__(detail, status=cause.status, problem=problem)
         self.lease_id = lease.id
@@ -275,10 +311,28 @@ class LeaseLost(ConcordError):
 ERROR_CLASSES: dict[str, type[ConcordError]] = {
     cls.code: cls
     for cls in (
-        MalformedJson, Unauthorized, TenantMismatch, NotLeaseHolder, RequesterCannotVote, EndpointNotFound,
-        AgentNotFound, LeaseNotFound, ConsensusNotFound, MethodNotAllowed, AgentInactive, LeaseConflict,
-        AlreadyVoted, ConsensusClosed, PayloadTooLarge, UnsupportedMediaType, ValidationError,
-        IdempotencyKeyReused, RateLimited, InternalError, StoreError, StoreUnavailable,
+        MalformedJson,
+        Unauthorized,
+        TenantMismatch,
+        NotLeaseHolder,
+        RequesterCannotVote,
+        EndpointNotFound,
+        AgentNotFound,
+        LeaseNotFound,
+        ConsensusNotFound,
+        MethodNotAllowed,
+        AgentInactive,
+        LeaseConflict,
+        AlreadyVoted,
+        ConsensusClosed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationError,
+        IdempotencyKeyReused,
+        RateLimited,
+        InternalError,
+        StoreError,
+        StoreUnavailable,
     )
 }
 
@@ -298,7 +352,10 @@ def error_from_response(response: httpx.Response) -> ConcordError:
         problem = {"title": response.reason_phrase, "status": status, "detail": detail, "code": "unexpected_response"}
     code = problem["code"]
     return ERROR_CLASSES.get(code, ConcordError)(
-        str(problem.get("detail") or problem.get("title") or code), code=code, status=status, problem=problem,
+        str(problem.get("detail") or problem.get("title") or code),
+        code=code,
+        status=status,
+        problem=problem,
         retry_after=_retry_after(response, problem),
     )
 
@@ -413,8 +470,9 @@ class _Wire:
 
     @staticmethod
     def acquire_lease(agent_id: str, contact: str, duration: Duration | None, intent: str | None) -> _Call:
-        body = _fields(agentId=agent_id, contactEmail=contact, intent=intent,
-                       durationSeconds=whole_seconds(duration, "duration"))
+        body = _fields(
+            agentId=agent_id, contactEmail=contact, intent=intent, durationSeconds=whole_seconds(duration, "duration")
+        )
         return _Call("POST", f"{C}/lease", _LEASE, body)
 
     @staticmethod
@@ -442,11 +500,20 @@ class _Wire:
 
     @staticmethod
     def request_consensus(
-        agent_id: str, action: str, contact: str | None, reason: str | None, timeout: Duration | None,
+        agent_id: str,
+        action: str,
+        contact: str | None,
+        reason: str | None,
+        timeout: Duration | None,
         idempotency_key: str | None,
     ) -> _Call:
-        body = _fields(requestingAgentId=agent_id, action=action, contactEmail=contact, reason=reason,
-                       timeoutSeconds=whole_seconds(timeout, "timeout"))
+        body = _fields(
+            requestingAgentId=agent_id,
+            action=action,
+            contactEmail=contact,
+            reason=reason,
+            timeoutSeconds=whole_seconds(timeout, "timeout"),
+        )
         # The key makes the request safe to repeat: it is fixed here, once per call,
         # so every retry of this call carries the same one.
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
@@ -460,8 +527,13 @@ class _Wire:
     @staticmethod
     def get_consensus(consensus_id: str, wait: Duration | None) -> _Call:
         seconds = whole_seconds(wait, "wait")
-        return _Call("GET", f"{C}/consensus/{_id(consensus_id)}", _CONSENSUS,
-                     params=_fields(waitSeconds=seconds), wait=seconds or 0.0)
+        return _Call(
+            "GET",
+            f"{C}/consensus/{_id(consensus_id)}",
+            _CONSENSUS,
+            params=_fields(waitSeconds=seconds),
+            wait=seconds or 0.0,
+        )
 
     @staticmethod
     def list_consensus(status: str | None, limit: int | None, cursor: str | None) -> _Call:
@@ -514,7 +586,13 @@ class _ClientBase:
     _TRANSPORT: type[httpx.BaseTransport] | type[httpx.AsyncBaseTransport]
 
     def __init__(
-        self, url: str | None, api_key: str | None, http: Any, timeout: float, max_retries: int, backoff: float,
+        self,
+        url: str | None,
+        api_key: str | None,
+        http: Any,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
         stream_timeout: float,
     ) -> None:
         if max_retries < 0:
@@ -548,7 +626,10 @@ class _ClientBase:
     def _request(self, call: _Call) -> dict[str, Any]:
         """The keyword arguments of httpx's ``request`` for ``call``."""
         options: dict[str, Any] = {
-            "method": call.method, "url": self.url + call.path, "params": call.params, "headers": self._headers(call),
+            "method": call.method,
+            "url": self.url + call.path,
+            "params": call.params,
+            "headers": self._headers(call),
         }
         if call.body is not None:
             options["content"] = _encode(call.body)
@@ -666,7 +747,7 @@ class _SSE:
             if match.group() == b"\r" and match.end() == len(self._buffer):
                 break  # maybe the first half of a CRLF split across chunks
             line = self._buffer[: match.start()].decode("utf-8", "replace")
-            self._buffer = self._buffer[match.end():]
+            self._buffer = self._buffer[match.end() :]
             event = self._line(line)
             if event is not None:
                 events.append(event)
@@ -792,7 +873,12 @@ class _LeaseHandleBase(_Tracked):
     renewal found refused for good sets ``lost``, and renewing ends."""
 
     def __init__(
-        self, client: Any, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        self,
+        client: Any,
+        agent_id: str,
+        contact: str,
+        duration: Duration | None,
+        intent: str | None,
         owners: tuple[set[Any], ...],
     ) -> None:
         super().__init__(owners)
@@ -986,7 +1072,10 @@ class Concord(_ClientBase):
         return self._run(_Wire.get_lease(lease_id))
 
     def list_leases(
-        self, agent_id: str | None = None, contact: str | None = None, limit: int | None = None,
+        self,
+        agent_id: str | None = None,
+        contact: str | None = None,
+        limit: int | None = None,
         cursor: str | None = None,
     ) -> s.LeaseList:
         """Leases of an agent and/or of a contact (give at least one), newest grant first."""
@@ -999,8 +1088,13 @@ class Concord(_ClientBase):
     # consensus
 
     def request_consensus(
-        self, agent_id: str, action: str, contact: str | None = None, reason: str | None = None,
-        timeout: Duration | None = None, idempotency_key: str | None = None,
+        self,
+        agent_id: str,
+        action: str,
+        contact: str | None = None,
+        reason: str | None = None,
+        timeout: Duration | None = None,
+        idempotency_key: str | None = None,
     ) -> ConsensusHandle:
         """Ask the active peers to approve ``action`` within ``timeout`` (default 1
         hour). Sent with an Idempotency-Key (a new uuid4 unless given), the same on
@@ -1039,8 +1133,12 @@ class Concord(_ClientBase):
     # events
 
     def events(
-        self, after: str | int | None = None, limit: int | None = None, types: str | list[str] | None = None,
-        agent_id: str | None = None, contact: str | None = None,
+        self,
+        after: str | int | None = None,
+        limit: int | None = None,
+        types: str | list[str] | None = None,
+        agent_id: str | None = None,
+        contact: str | None = None,
     ) -> s.EventPage:
         """One page of the tenant's events, oldest first: ``events``, ``next_after``
         (pass it as ``after`` for the next page) and ``has_more``. ``after`` 0 (the
@@ -1049,7 +1147,10 @@ class Concord(_ClientBase):
         return self._run(_Wire.events(after, limit, types, agent_id, contact))
 
     def stream_events(
-        self, last_event_id: str | None = None, types: str | list[str] | None = None, agent_id: str | None = None,
+        self,
+        last_event_id: str | None = None,
+        types: str | list[str] | None = None,
+        agent_id: str | None = None,
         contact: str | None = None,
     ) -> Iterator[s.Event]:
         """The tenant's events as they happen (Server-Sent Events), as schemas.Event,
@@ -1102,7 +1203,11 @@ class AgentHandle(_AgentHandleBase):
         return self.client.send_check(self.id, contact, fencing_token)
 
     def request_consensus(
-        self, action: str, contact: str | None = None, reason: str | None = None, timeout: Duration | None = None,
+        self,
+        action: str,
+        contact: str | None = None,
+        reason: str | None = None,
+        timeout: Duration | None = None,
         idempotency_key: str | None = None,
     ) -> ConsensusHandle:
         return self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
@@ -1191,7 +1296,12 @@ class LeaseHandle(_LeaseHandleBase):
     client: Concord
 
     def __init__(
-        self, client: Concord, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        self,
+        client: Concord,
+        agent_id: str,
+        contact: str,
+        duration: Duration | None,
+        intent: str | None,
         owners: tuple[set[Any], ...],
     ) -> None:
         super().__init__(client, agent_id, contact, duration, intent, owners)
@@ -1354,7 +1464,10 @@ class AsyncConcord(_ClientBase):
         return await self._run(_Wire.get_lease(lease_id))
 
     async def list_leases(
-        self, agent_id: str | None = None, contact: str | None = None, limit: int | None = None,
+        self,
+        agent_id: str | None = None,
+        contact: str | None = None,
+        limit: int | None = None,
         cursor: str | None = None,
     ) -> s.LeaseList:
         return await self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
@@ -1363,8 +1476,13 @@ class AsyncConcord(_ClientBase):
         return await self._run(_Wire.send_check(agent_id, contact, fencing_token))
 
     async def request_consensus(
-        self, agent_id: str, action: str, contact: str | None = None, reason: str | None = None,
-        timeout: Duration | None = None, idempotency_key: str | None = None,
+        self,
+        agent_id: str,
+        action: str,
+        contact: str | None = None,
+        reason: str | None = None,
+        timeout: Duration | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncConsensusHandle:
         call = _Wire.request_consensus(agent_id, action, contact, reason, timeout, idempotency_key)
         return AsyncConsensusHandle(self, await self._run(call))
@@ -1372,9 +1490,7 @@ class AsyncConcord(_ClientBase):
     def consensus(self, consensus_id: str) -> AsyncConsensusHandle:
         return AsyncConsensusHandle(self, consensus_id)
 
-    async def vote(
-        self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None
-    ) -> s.Consensus:
+    async def vote(self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
         return await self._run(_Wire.vote(consensus_id, agent_id, vote, reason))
 
     async def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> s.Consensus:
@@ -1393,13 +1509,20 @@ class AsyncConcord(_ClientBase):
         return consensus
 
     async def events(
-        self, after: str | int | None = None, limit: int | None = None, types: str | list[str] | None = None,
-        agent_id: str | None = None, contact: str | None = None,
+        self,
+        after: str | int | None = None,
+        limit: int | None = None,
+        types: str | list[str] | None = None,
+        agent_id: str | None = None,
+        contact: str | None = None,
     ) -> s.EventPage:
         return await self._run(_Wire.events(after, limit, types, agent_id, contact))
 
     async def stream_events(
-        self, last_event_id: str | None = None, types: str | list[str] | None = None, agent_id: str | None = None,
+        self,
+        last_event_id: str | None = None,
+        types: str | list[str] | None = None,
+        agent_id: str | None = None,
         contact: str | None = None,
     ) -> AsyncIterator[s.Event]:
         """As Concord.stream_events. Close it when done (``contextlib.aclosing``), so
@@ -1448,7 +1571,11 @@ class AsyncAgentHandle(_AgentHandleBase):
         return await self.client.send_check(self.id, contact, fencing_token)
 
     async def request_consensus(
-        self, action: str, contact: str | None = None, reason: str | None = None, timeout: Duration | None = None,
+        self,
+        action: str,
+        contact: str | None = None,
+        reason: str | None = None,
+        timeout: Duration | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncConsensusHandle:
         return await self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
@@ -1532,7 +1659,12 @@ class AsyncLeaseHandle(_LeaseHandleBase):
     client: AsyncConcord
 
     def __init__(
-        self, client: AsyncConcord, agent_id: str, contact: str, duration: Duration | None, intent: str | None,
+        self,
+        client: AsyncConcord,
+        agent_id: str,
+        contact: str,
+        duration: Duration | None,
+        intent: str | None,
         owners: tuple[set[Any], ...],
     ) -> None:
         super().__init__(client, agent_id, contact, duration, intent, owners)

@@ -374,5 +374,7 @@ def metadata_json(metadata: dict[str, Any] | None) -> bytes | None:
         return None
     encoded = msgspec.json.encode(metadata)
     if len(encoded) > METADATA_MAX_BYTES:
-        raise invalid(f"Expected metadata of at most {METADATA_MAX_BYTES} bytes as JSON, got {len(encoded)}", "$.metadata")
+        raise invalid(
+            f"Expected metadata of at most {METADATA_MAX_BYTES} bytes as JSON, got {len(encoded)}", "$.metadata"
+        )
     return encoded

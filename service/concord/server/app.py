@@ -21,16 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from concord.server.errors import ConcordError, error_response, problem
 from concord.server.http import routes as api
 from concord.server.http.auth import Authenticator
+from concord.server.http.deadlines import Deadlines
+from concord.server.http.observe import Observe
+from concord.server.metrics import METRICS, Exporter
 from concord.server.redis.cluster import ConcordCluster
 from concord.server.settings import Settings
-from concord.server.http.deadlines import Deadlines
-from concord.server.errors import ConcordError, error_response, problem
-from concord.server.store.keys import Keys
-from concord.server.metrics import METRICS, Exporter
-from concord.server.http.observe import Observe
 from concord.server.store import Store
+from concord.server.store.keys import Keys
 
 log = logging.getLogger("concord")
 

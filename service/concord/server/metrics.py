@@ -79,24 +79,33 @@ REQUESTS = Family(
     "concord_http_requests_total", "counter", "HTTP requests answered, by route template, method and status."
 )
 REQUEST_SECONDS = Family(
-    "concord_http_request_duration_seconds", "histogram",
-    "Time from receiving an HTTP request to its last byte sent, by route template and method.", REQUEST_BUCKETS,
+    "concord_http_request_duration_seconds",
+    "histogram",
+    "Time from receiving an HTTP request to its last byte sent, by route template and method.",
+    REQUEST_BUCKETS,
 )
 LEASES = Family(
     "concord_lease_operations_total", "counter", "Lease operations that succeeded or conflicted, by outcome."
 )
 VOTES_CAST = Family("concord_votes_total", "counter", "Consensus votes recorded, by vote.")
 CONSENSUS_REQUESTS = Family("concord_consensus_requests_total", "counter", "Consensus requests created.")
-CONSENSUS_DECISIONS = Family(
-    "concord_consensus_decisions_total", "counter", "Consensus requests closed, by outcome."
-)
+CONSENSUS_DECISIONS = Family("concord_consensus_decisions_total", "counter", "Consensus requests closed, by outcome.")
 REDIS_ERRORS = Family("concord_redis_errors_total", "counter", "Failed Redis round trips, by kind of error.")
 REDIS_SECONDS = Family(
-    "concord_redis_duration_seconds", "histogram", "Time of one Redis round trip (a pipelined batch of script calls).",
+    "concord_redis_duration_seconds",
+    "histogram",
+    "Time of one Redis round trip (a pipelined batch of script calls).",
     REDIS_BUCKETS,
 )
 FAMILIES = (
-    REQUESTS, REQUEST_SECONDS, LEASES, VOTES_CAST, CONSENSUS_REQUESTS, CONSENSUS_DECISIONS, REDIS_ERRORS, REDIS_SECONDS,
+    REQUESTS,
+    REQUEST_SECONDS,
+    LEASES,
+    VOTES_CAST,
+    CONSENSUS_REQUESTS,
+    CONSENSUS_DECISIONS,
+    REDIS_ERRORS,
+    REDIS_SECONDS,
 )
 
 # One family's series: rendered label text (`route="/x",method="GET"`) -> a count,
@@ -117,8 +126,16 @@ def _histogram(buckets: tuple[float, ...]) -> list[int | float]:
 class Metrics:
     """The counters of one process. Call only from its event loop's thread."""
 
-    __slots__ = ("requests", "request_seconds", "leases", "votes", "consensus_requests", "decisions",
-                 "redis_errors", "redis_seconds")
+    __slots__ = (
+        "requests",
+        "request_seconds",
+        "leases",
+        "votes",
+        "consensus_requests",
+        "decisions",
+        "redis_errors",
+        "redis_seconds",
+    )
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -152,7 +169,7 @@ class Metrics:
         self.votes[vote] += 1
 
     def consensus(self, event: str) -> None:
-        """"requested" when a consensus request is created, else one of CONSENSUS_OUTCOMES when it closes."""
+        """ "requested" when a consensus request is created, else one of CONSENSUS_OUTCOMES when it closes."""
         if event == "requested":
             self.consensus_requests += 1
         else:
@@ -238,8 +255,9 @@ class Exporter:
             os.replace(temporary, path)
         except OSError as exc:
             if not self._failing:
-                log.warning("Cannot write the metrics snapshot %s: %s; /metrics misses this worker's latest counts",
-                            path, exc)
+                log.warning(
+                    "Cannot write the metrics snapshot %s: %s; /metrics misses this worker's latest counts", path, exc
+                )
             self._failing = True
             return
         self._written, self._failing = data, False

@@ -81,9 +81,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         prefix = env.get("CONCORD_KEY_PREFIX", "concord")
         if not PREFIX_RE.fullmatch(prefix):
-            raise ConfigError(
-                f"CONCORD_KEY_PREFIX={prefix!r}: expected 1-64 of A-Z a-z 0-9 _ . : - (no braces)"
-            )
+            raise ConfigError(f"CONCORD_KEY_PREFIX={prefix!r}: expected 1-64 of A-Z a-z 0-9 _ . : - (no braces)")
         log_level = env.get("CONCORD_LOG_LEVEL", "info").lower()
         if log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"CONCORD_LOG_LEVEL={log_level!r}: expected debug, info, warning or error")

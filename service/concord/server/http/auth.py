@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from concord.server.settings import key_digest
 from concord.server.errors import ConcordError
+from concord.server.settings import key_digest
 
 CACHE_SECONDS = 1.0
 CACHE_MAX = 10_000

@@ -98,8 +98,15 @@ class Observe:
     def _json(self, scope: Scope, route: str, status: int, seconds: float) -> bytes:
         client = scope.get("client")
         line = AccessLine(
-            self._now(), scope["method"], route, _path(scope), status, round(seconds * 1000, 3),
-            scope.get("concord.tenant"), scope.get("concord.agent"), client[0] if client else None,
+            self._now(),
+            scope["method"],
+            route,
+            _path(scope),
+            status,
+            round(seconds * 1000, 3),
+            scope.get("concord.tenant"),
+            scope.get("concord.agent"),
+            client[0] if client else None,
         )
         return _encode(line) + b"\n"
 
@@ -148,6 +155,6 @@ def stdout_writer() -> Callable[[bytes], None]:
     def write(line: bytes) -> None:
         view = memoryview(line)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
     return write

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 
 from concord.protocol import schemas as s
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
 from concord.server.errors import ERRORS
+from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"
@@ -114,8 +114,11 @@ def _responses(e: Endpoint) -> dict[str, Any]:
         responses[str(status)] = {"description": e.summary, "content": {"application/json": {"schema": schema}}}
         if e.event_stream:
             responses[str(status)]["content"]["text/event-stream"] = {
-                "schema": {"type": "string", "description": "Server-Sent Events: `id:` the event id, `event:` its "
-                           f"type, `data:` the event as JSON ({REF.format(name=s.Event.__name__)})"}
+                "schema": {
+                    "type": "string",
+                    "description": "Server-Sent Events: `id:` the event id, `event:` its "
+                    f"type, `data:` the event as JSON ({REF.format(name=s.Event.__name__)})",
+                }
             }
         if e.answer_headers:
             responses[str(status)]["headers"] = _headers(e.answer_headers)

@@ -28,8 +28,8 @@ from starlette.types import Receive, Scope, Send
 
 from concord.protocol import schemas as s
 from concord.server.errors import ConcordError, agent_not_found, consensus_not_found, invalid, lease_not_found, problem
-from concord.server.store.feed import EVENT_TYPES, FAMILIES, STREAM_ID, EventFilter, Listener, event, id_key
 from concord.server.store import Store
+from concord.server.store.feed import EVENT_TYPES, FAMILIES, STREAM_ID, EventFilter, Listener, event, id_key
 
 log = logging.getLogger("concord")
 T = TypeVar("T")
@@ -48,9 +48,7 @@ BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # The request headers an endpoint reads (Call.headers holds these, lower-cased).
-READ_HEADERS = frozenset(
-    {b"authorization", b"content-type", b"content-length", b"idempotency-key", b"last-event-id"}
-)
+READ_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"idempotency-key", b"last-event-id"})
 _NO_QUERY = s.TenantQuery()
 
 
@@ -181,7 +179,12 @@ async def healthz(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", "/readyz", "Redis answers", answers={200: s.Status}, query=None, authenticated=False,
+    "GET",
+    "/readyz",
+    "Redis answers",
+    answers={200: s.Status},
+    query=None,
+    authenticated=False,
     own_errors=("store_unavailable",),
 )
 async def readyz(c: Call) -> Answer | Response:
@@ -194,7 +197,11 @@ async def readyz(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", "/openapi.json", "This API as OpenAPI 3.1", answers={200: dict[str, Any]}, query=None,
+    "GET",
+    "/openapi.json",
+    "This API as OpenAPI 3.1",
+    answers={200: dict[str, Any]},
+    query=None,
     authenticated=False,
 )
 async def openapi(c: Call) -> Answer | Response:
@@ -207,8 +214,11 @@ async def openapi(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{V1}/register", "Register an agent, or update the agent of that name",
-    answers={201: s.Agent, 200: s.Agent}, body=s.RegisterBody,
+    "POST",
+    f"{V1}/register",
+    "Register an agent, or update the agent of that name",
+    answers={201: s.Agent, 200: s.Agent},
+    body=s.RegisterBody,
 )
 async def register(c: Call) -> Answer | Response:
     body: s.RegisterBody = c.body
@@ -238,8 +248,14 @@ async def remove_agent(c: Call) -> Answer | Response:
     return respond(await c.store.remove_agent(c.tenant, c.ids["agentId"]))
 
 
-@endpoint("POST", f"{C}/heartbeat", "Record that an agent is alive", answers={200: s.Heartbeat}, body=s.HeartbeatBody,
-          own_errors=("agent_not_found",))
+@endpoint(
+    "POST",
+    f"{C}/heartbeat",
+    "Record that an agent is alive",
+    answers={200: s.Heartbeat},
+    body=s.HeartbeatBody,
+    own_errors=("agent_not_found",),
+)
 async def heartbeat(c: Call) -> Answer | Response:
     return respond(await c.store.heartbeat(c.tenant, c.body.agent_id))
 
@@ -248,8 +264,11 @@ async def heartbeat(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{C}/lease", "Lease a contact: granted, extended for its holder, or refused",
-    answers={201: s.Lease, 200: s.Lease}, body=s.LeaseBody,
+    "POST",
+    f"{C}/lease",
+    "Lease a contact: granted, extended for its holder, or refused",
+    answers={201: s.Lease, 200: s.Lease},
+    body=s.LeaseBody,
     own_errors=("agent_not_found", "agent_inactive", "lease_conflict"),
 )
 async def acquire_lease(c: Call) -> Answer | Response:
@@ -260,16 +279,24 @@ async def acquire_lease(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{C}/lease/{{leaseId}}/renew", "Move a lease's expiry; the fencing token stays",
-    answers={200: s.Lease}, body=s.RenewBody, own_errors=("not_lease_holder", "agent_inactive"),
+    "POST",
+    f"{C}/lease/{{leaseId}}/renew",
+    "Move a lease's expiry; the fencing token stays",
+    answers={200: s.Lease},
+    body=s.RenewBody,
+    own_errors=("not_lease_holder", "agent_inactive"),
 )
 async def renew_lease(c: Call) -> Answer | Response:
     return respond(await c.store.renew(c.tenant, c.ids["leaseId"], c.body.agent_id, _lease_duration(c.body)))
 
 
 @endpoint(
-    "DELETE", f"{C}/lease/{{leaseId}}", "Release a lease before it expires",
-    answers={200: s.Released}, query=s.ReleaseQuery, own_errors=("not_lease_holder",),
+    "DELETE",
+    f"{C}/lease/{{leaseId}}",
+    "Release a lease before it expires",
+    answers={200: s.Released},
+    query=s.ReleaseQuery,
+    own_errors=("not_lease_holder",),
 )
 async def release_lease(c: Call) -> Answer | Response:
     return respond(await c.store.release(c.tenant, c.ids["leaseId"], c.query.agent_id))
@@ -281,8 +308,11 @@ async def get_lease(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", f"{C}/leases", "List the leases of an agent and/or a contact, newest first",
-    answers={200: s.LeaseList}, query=s.LeaseListQuery,
+    "GET",
+    f"{C}/leases",
+    "List the leases of an agent and/or a contact, newest first",
+    answers={200: s.LeaseList},
+    query=s.LeaseListQuery,
 )
 async def list_leases(c: Call) -> Answer | Response:
     q: s.LeaseListQuery = c.query
@@ -293,7 +323,10 @@ async def list_leases(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{C}/send-check", "May this agent email this contact now?", answers={200: s.SendCheck},
+    "POST",
+    f"{C}/send-check",
+    "May this agent email this contact now?",
+    answers={200: s.SendCheck},
     body=s.SendCheckBody,
 )
 async def send_check(c: Call) -> Answer | Response:
@@ -306,8 +339,12 @@ async def send_check(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{C}/consensus", "Ask the active peers to approve an action", answers={201: s.Consensus},
-    body=s.ConsensusBody, own_errors=("agent_not_found", "agent_inactive", "idempotency_key_reused"),
+    "POST",
+    f"{C}/consensus",
+    "Ask the active peers to approve an action",
+    answers={201: s.Consensus},
+    body=s.ConsensusBody,
+    own_errors=("agent_not_found", "agent_inactive", "idempotency_key_reused"),
     request_headers={
         "Idempotency-Key": "1-255 printable ASCII characters. The same key with the same request within 24 hours "
         "answers the first answer again; with another request it is 422 idempotency_key_reused."
@@ -330,7 +367,10 @@ async def request_consensus(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "POST", f"{C}/consensus/{{consensusId}}/vote", "Vote on a consensus request", answers={200: s.Consensus},
+    "POST",
+    f"{C}/consensus/{{consensusId}}/vote",
+    "Vote on a consensus request",
+    answers={200: s.Consensus},
     body=s.VoteBody,
     own_errors=("agent_not_found", "requester_cannot_vote", "already_voted", "consensus_closed", "agent_inactive"),
 )
@@ -340,8 +380,11 @@ async def vote(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", f"{C}/consensus/{{consensusId}}", "Read a consensus request; with waitSeconds, wait for its decision",
-    answers={200: s.Consensus}, query=s.ConsensusReadQuery,
+    "GET",
+    f"{C}/consensus/{{consensusId}}",
+    "Read a consensus request; with waitSeconds, wait for its decision",
+    answers={200: s.Consensus},
+    query=s.ConsensusReadQuery,
 )
 async def get_consensus(c: Call) -> Answer | Response:
     consensus = await c.store.get_consensus(c.tenant, c.ids["consensusId"])
@@ -351,7 +394,10 @@ async def get_consensus(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", f"{C}/consensus", "List consensus requests, newest first", answers={200: s.ConsensusList},
+    "GET",
+    f"{C}/consensus",
+    "List consensus requests, newest first",
+    answers={200: s.ConsensusList},
     query=s.ConsensusListQuery,
 )
 async def list_consensus(c: Call) -> Answer | Response:
@@ -363,8 +409,12 @@ async def list_consensus(c: Call) -> Answer | Response:
 
 
 @endpoint(
-    "GET", f"{C}/events", "The tenant's events: a live Server-Sent Event stream, or with after/limit a JSON page",
-    answers={200: s.EventPage}, query=s.EventsQuery, event_stream=True,
+    "GET",
+    f"{C}/events",
+    "The tenant's events: a live Server-Sent Event stream, or with after/limit a JSON page",
+    answers={200: s.EventPage},
+    query=s.EventsQuery,
+    event_stream=True,
     request_headers={
         "Last-Event-ID": "The stream resumes after this event id (`0`: from the oldest event kept). Without it, "
         "the stream starts with the next event. Ignored by a JSON page."

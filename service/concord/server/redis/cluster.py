@@ -20,6 +20,7 @@ Every script is safe to run twice, so following a redirection never applies a
 change twice. A connection error fails the call (the request answers 503) and has
 the slot map learnt again in the background, once for all the calls that failed.
 """
+
 from __future__ import annotations
 
 import asyncio

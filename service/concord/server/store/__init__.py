@@ -20,13 +20,6 @@ from typing import Any, TypeVar
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from concord.server.settings import RateLimit, key_digest
-from concord.server.errors import ConcordError, StoreUnavailable, agent_not_found, consensus_not_found, invalid, lease_not_found
-from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
-from concord.server.store.feed import EventFeed, EventFilter, event
-from concord.server.metrics import METRICS
-from concord.server.store.scripts import Scripts
-from concord.server.redis.batcher import Replication
 from concord.protocol.schemas import (
     MAX_CONSENSUS_TIMEOUT_S,
     Agent,
@@ -46,6 +39,20 @@ from concord.protocol.schemas import (
     Vote,
     iso,
 )
+from concord.server.errors import (
+    ConcordError,
+    StoreUnavailable,
+    agent_not_found,
+    consensus_not_found,
+    invalid,
+    lease_not_found,
+)
+from concord.server.metrics import METRICS
+from concord.server.redis.batcher import Replication
+from concord.server.settings import RateLimit, key_digest
+from concord.server.store.feed import EventFeed, EventFilter, event
+from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id, new_id, parse_lease_id
+from concord.server.store.scripts import Scripts
 
 T = TypeVar("T")
 
@@ -110,9 +117,7 @@ class Store:
 
     # --- agents --------------------------------------------------------------
 
-    async def register(
-        self, tenant: str, name: str, role: str | None, metadata: bytes | None
-    ) -> tuple[Agent, bool]:
+    async def register(self, tenant: str, name: str, role: str | None, metadata: bytes | None) -> tuple[Agent, bool]:
         """Upsert the agent of ``name``; True when it was created."""
         k, agent_id = self.keys, agent_id_for(tenant, name)
         reply = await self.scripts.agent_register(
@@ -139,8 +144,7 @@ class Store:
             pipe.zmscore(self.keys.heartbeats(tenant), ids)
             *hashes, lasts, now = await self._with_time(pipe, tenant)
             agents = (
-                self._agent(tenant, fields, _int(last), now) if fields else None
-                for fields, last in zip(hashes, lasts)
+                self._agent(tenant, fields, _int(last), now) if fields else None for fields, last in zip(hashes, lasts)
             )
             return [a if a and status in (None, a.status) else None for a in agents]
 
@@ -272,7 +276,11 @@ class Store:
             contacts = sorted({entry.partition(":")[2] for entry in entries})
         # Tokens grow in grant order: newest grant first is highest token first.
         found = sorted(
-            (lease for lease in await self._read_leases(tenant, contacts) if lease and agent_id in (None, lease.agent_id)),
+            (
+                lease
+                for lease in await self._read_leases(tenant, contacts)
+                if lease and agent_id in (None, lease.agent_id)
+            ),
             key=lambda lease: lease.fencing_token,
             reverse=True,
         )
@@ -415,7 +423,9 @@ class Store:
         await self._expire_due(tenant)
 
         async def load(ids: list[str]) -> list[Consensus | None]:
-            found = (_consensus(tenant, r) if Reply(r[0]) is Reply.OK else None for r in await self._read_many(tenant, ids))
+            found = (
+                _consensus(tenant, r) if Reply(r[0]) is Reply.OK else None for r in await self._read_many(tenant, ids)
+            )
             # Reading can decide a request: it then belongs to another list.
             return [c if c and status in (None, c.status) else None for c in found]
 
@@ -609,9 +619,7 @@ class Store:
             batch = await self.redis.zrange(
                 key, top, "-inf", desc=True, byscore=True, offset=offset, num=count, withscores=True
             )
-            found += [
-                (int(score), member) for member, score in batch if after is None or (int(score), member) < after
-            ]
+            found += [(int(score), member) for member, score in batch if after is None or (int(score), member) < after]
             if len(batch) < count:
                 break
             offset += count
@@ -643,8 +651,6 @@ def _int(value: Any) -> int | None:
 def _ms(redis_time: tuple[int, int]) -> int:
     seconds, micros = redis_time
     return int(seconds) * 1000 + int(micros) // 1000
-
-
 
 
 def _lease(tenant: str, contact: str, reply: list[Any]) -> Lease:

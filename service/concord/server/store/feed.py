@@ -25,9 +25,9 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from concord.protocol.schemas import Event, iso
 from concord.server.redis.cluster import SlotMap
 from concord.server.store.keys import Keys, lease_id
-from concord.protocol.schemas import Event, iso
 
 log = logging.getLogger("concord")
 

@@ -65,7 +65,7 @@ def agent_id_for(tenant: str, agent_name: str) -> str:
 def agent_tag(agent_id: str) -> str:
     """The first 64 bits of an agent's uuid, as 16 hex digits: the agent's part of its
     lease ids, and the name of its lease registry."""
-    return agent_id[len("agent_"):].replace("-", "")[:16]
+    return agent_id[len("agent_") :].replace("-", "")[:16]
 
 
 def lease_id(agent_id: str, fencing_token: int) -> str:
@@ -80,7 +80,7 @@ def lease_id(agent_id: str, fencing_token: int) -> str:
 
 def parse_lease_id(lease_id: str) -> tuple[str, int]:
     """(agent tag, fencing token) of a lease id of the right shape."""
-    h = lease_id[len("lease_"):].replace("-", "")
+    h = lease_id[len("lease_") :].replace("-", "")
     return h[:16], int(h[16:], 16)
 
 

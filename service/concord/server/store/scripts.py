@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-from concord.server.redis.cluster import ClusterCaller, SlotMap
 from concord.server.redis.batcher import Batcher, Replication
+from concord.server.redis.cluster import ClusterCaller, SlotMap
 
 # "KEYS[3] lease_key ..." or "ARGV[2..] contacts ..." in a script's header.
 _DECLARATION = re.compile(r"^\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)", re.MULTILINE)
@@ -69,7 +69,11 @@ def _parse(name: str, text: str) -> Source:
 @cache
 def sources() -> dict[str, Source]:
     """Every script of lua/ except the shared lib, by name."""
-    return {path.name[:-4]: _parse(path.name[:-4], path.read_text(encoding="utf-8")) for path in sorted(LUA.iterdir(), key=lambda p: p.name) if path.name.endswith(".lua")}
+    return {
+        path.name[:-4]: _parse(path.name[:-4], path.read_text(encoding="utf-8"))
+        for path in sorted(LUA.iterdir(), key=lambda p: p.name)
+        if path.name.endswith(".lua")
+    }
 
 
 @cache
