@@ -116,7 +116,7 @@ def prefix() -> str:
 )
 async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
     """An async client on a fresh fakeredis, on the session's real Redis, or on the
-    session's 3-master, 3-replica Redis Cluster (tests/cluster.py)."""
+    session's 3-master, 3-replica Redis Cluster (tests/support/cluster.py)."""
     if request.param == "fakeredis":
         client = fakeredis.aioredis.FakeRedis(decode_responses=True)
     elif request.param == "redis":

@@ -1,4 +1,4 @@
-"""Access logs (service/observe.py): one line per request on stdout, JSON by
+"""Access logs (server/http/observe.py): one line per request on stdout, JSON by
 default, plain text or none with CONCORD_ACCESS_LOG; read from the log of a real
 `concord serve`. In process: the exact fields and the quoting of each format.
 """
@@ -150,7 +150,7 @@ async def test_lines_of_several_workers_never_interleave(redis: RedisServer, tmp
 
 
 async def _acting(request):
-    # What api.py does once it knows them.
+    # What the endpoint machinery (http/endpoint.py) does once it knows them.
     request.scope["concord.tenant"] = "acme"
     request.scope["concord.agent"] = request.path_params["agent"]
     return Response(status_code=204)

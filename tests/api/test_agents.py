@@ -25,6 +25,7 @@ from tests.support.api import (
     problem,
     redis_ms,
     register,
+    unknown,
     unknown_id,
 )
 from tests.support.helpers import eventually
@@ -199,10 +200,11 @@ async def test_register_refuses_bad_agent_names(client, name):
 
 async def test_a_trailing_newline_is_not_allowed_in_names_roles_or_ids(client):
     r"""Python's ``$`` also matches before a final newline; the patterns refuse it
-    (schemas.whole), so "trail\n", "sdr\n" and "agent_<uuid>\n" are all 422."""
+    (protocol.types.whole), so "trail\n" and "sdr\n" are 422; an id with a newline names no agent: 404."""
     invalid(await client.post(f"{V1}/register", json={"agentName": "trail\n"}), "$.agentName")
     invalid(await client.post(f"{V1}/register", json={"agentName": "ok", "agentRole": "sdr\n"}), "$.agentRole")
-    invalid(await client.post(f"{C}/heartbeat", json={"agentId": unknown_id("agent") + "\n"}), "$.agentId")
+    trailing = unknown_id("agent") + "\n"
+    unknown(await client.post(f"{C}/heartbeat", json={"agentId": trailing}), "agent", trailing)
     assert (await list_agents(client))["agents"] == []
 
 
@@ -495,7 +497,6 @@ async def test_heartbeat_unknown_agent_is_404(client, redis_client, keys):
     "payload, field",
     [
         ({}, "$.agentId"),
-        ({"agentId": "sdr-1"}, "$.agentId"),
         ({"agentId": 12}, "$.agentId"),
         ({"agentId": unknown_id("agent"), "status": "active"}, "$.status"),
     ],

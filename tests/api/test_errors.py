@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from concord.server.app import routes
+from concord.server.http.routes import routes
 from concord.server.store import Store
 from tests.conftest import API_KEY
 from tests.support.api import (
@@ -59,7 +59,7 @@ async def world(client):
 
 def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None]]:
     """(method, concrete path, valid JSON body or None) for every /v1 route of
-    service.app.routes, with real ids from ``world`` or well-formed unknown ones."""
+    concord.server.http.routes.routes, with real ids from ``world`` or well-formed unknown ones."""
     ids = {
         "agentId": world["agent"]["id"] if world else unknown_id("agent"),
         "leaseId": world["lease"]["id"] if world else unknown_id("lease"),
@@ -93,7 +93,7 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
 
 
 def test_every_v1_route_is_exercised():
-    """The tables below follow service.app.routes: a new route joins them by itself."""
+    """The tables below follow concord.server.http.routes.routes: a new route joins them by itself."""
     calls = every_v1_call()
     assert len(calls) == len([r for r in routes if r.path.startswith("/v1/")])
     assert {m for m, _, _ in calls} == {"GET", "POST", "DELETE"}
@@ -159,7 +159,7 @@ async def test_bearer_scheme_is_case_insensitive(asgi_app):
 
 async def test_a_key_stored_in_redis_authenticates(asgi_app, redis_client, keys, client):
     """Keys made by `concord keys create` live in Redis (as SHA-256) and work like configured ones."""
-    stored_key = await Store(redis_client, keys).create_api_key(TENANT)
+    stored_key = await Store(redis_client, keys).apikeys.create(TENANT)
     agent = await register(client, "sdr-1")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=asgi_app),
@@ -320,7 +320,7 @@ async def test_body_that_is_not_declared_json_is_415(client, content_type):
             continue
         response = await client.request(method, path, content=json.dumps(body).encode(), headers=headers)
         got = problem(response, 415, "unsupported_media_type")
-        assert (content_type or "none").split(";")[0] in got["detail"]
+        assert (content_type.split(";")[0] if content_type else "no Content-Type") in got["detail"]
 
 
 @pytest.mark.parametrize(
@@ -395,7 +395,7 @@ async def test_unknown_fields_are_422_naming_the_field_on_every_route(client):
         else:
             sep = "&" if "?" in path else "?"
             got = invalid(await client.request(method, f"{path}{sep}verbose=1"), "$.verbose")
-        assert "unknown field" in got["detail"], (method, path, got)
+        assert "unknown" in got["detail"] and "tenantId" in got["detail"], (method, path, got)  # and what is known
 
 
 @pytest.mark.parametrize(
@@ -472,7 +472,7 @@ async def test_wrong_types_are_422_not_coerced(client, path, body, field):
         for k, v in body.items()
     }
     got = invalid(await client.post(path, json=body), field)
-    assert "Expected" in got["detail"]
+    assert "a whole number" in got["detail"] or "got " in got["detail"], got  # the rule, or what came instead
 
 
 async def test_vote_and_renew_bodies_are_typed_too(client, world):

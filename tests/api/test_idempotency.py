@@ -1,5 +1,5 @@
 """Retrying safely: the Idempotency-Key of POST /consensus, and the endpoints that
-are idempotent by nature (README, "Retrying safely").
+are idempotent by nature (docs/api.md, "Retrying safely").
 
 On fakeredis and on a real Redis (and, for the race, across `concord serve`
 worker processes):

@@ -2,7 +2,7 @@
 
 Tenant A (acme, the ``client`` fixture) has agents, a lease, a pending consensus
 request with a vote and a decided one. Tenant B (globex, ``other_client``) then
-tries each route of service.app.routes with A's real ids and data, one cell per
+tries each route of concord.server.http.routes.routes with A's real ids and data, one cell per
 test. In every cell:
 
 * A's ids answer exactly as ids that never existed would (same status, same body
@@ -15,7 +15,7 @@ test. In every cell:
 test_every_route_has_cells checks the table covers every /v1 route.
 
 Beside these hand-written cells, cells are GENERATED from the route table itself
-(service.app.routes, each route running an Endpoint of service.api.ENDPOINTS), so
+(concord.server.http.routes.routes, each route running an Endpoint of concord.server.http.endpoint.ENDPOINTS), so
 an endpoint added later is covered without anyone remembering to: for every
 authenticated endpoint, a request built from its declaration (path ids, body and
 query structs) with A's ids in every id-shaped field must answer exactly as the
@@ -45,9 +45,11 @@ import msgspec
 import pytest
 from starlette.routing import Route
 
-from concord.protocol import schemas
-from concord.server.app import create_app, routes
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint, respond
+from concord import protocol as schemas
+from concord.server.app import create_app
+from concord.server.http.decoding import PATH_IDS
+from concord.server.http.endpoint import ENDPOINTS, Endpoint, respond
+from concord.server.http.routes import routes
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.support.api import (
     OTHER_TENANT,
@@ -527,7 +529,7 @@ CELL_PARAMS = [
 
 
 def test_every_route_has_cells():
-    """Every /v1 route and method of service.app.routes has isolation cells, a
+    """Every /v1 route and method of concord.server.http.routes.routes has isolation cells, a
     tenantId-of-A cell among them."""
     declared = {(m, r.path) for r in routes if r.path.startswith("/v1/") for m in r.methods - {"HEAD"}}
     assert set(CELLS) == declared
@@ -628,12 +630,12 @@ NAMED_HEADERS: dict[str, Callable[[World], str]] = {
     "Last-Event-ID": lambda w: "0",
 }
 _ID_PATTERN = re.compile(r"\^(agent|lease|cons)_")
-# The kind of id of each path parameter, read from the pattern the API checks it with.
-PATH_KINDS = {name: pattern.pattern.split("_", 1)[0] for name, (pattern, _) in PATH_IDS.items()}
+# The id prefix of each path parameter, as the API checks it.
+PATH_KINDS = {name: schemas.ID_PREFIXES[kind] for name, kind in PATH_IDS.items()}
 
 
 def endpoint_of(route: Route) -> Endpoint:
-    """The Endpoint a route runs: app.py routes each one as an ASGI app of its own."""
+    """The Endpoint a route runs: the router runs each one as an ASGI app of its own."""
     endpoint = route.endpoint
     assert isinstance(endpoint, Endpoint), route
     return endpoint
@@ -672,7 +674,8 @@ def _id_kind(t: msgspec.inspect.Type) -> str | None:
         members = [m for m in t.types if not isinstance(m, msgspec.inspect.NoneType)]
         return _id_kind(members[0]) if len(members) == 1 else None
     if isinstance(t, msgspec.inspect.Metadata):
-        return _id_kind(t.type)
+        kind = (t.extra or {}).get("id_kind")  # protocol.types: an id checked for its shape once decoded
+        return schemas.ID_PREFIXES[kind] if kind else _id_kind(t.type)
     if isinstance(t, msgspec.inspect.StrType) and t.pattern:
         found = _ID_PATTERN.match(t.pattern)
         return found[1] if found else None
@@ -849,7 +852,7 @@ async def test_the_generated_cells_catch_an_endpoint_that_ignores_the_tenant(set
     says is caught by its generated cell, with nothing written for it."""
 
     async def leaky(c):
-        return respond(await c.store.list_agents(TENANT, None, 100, None))
+        return respond(await c.store.agents.page(TENANT, None, 100, None))
 
     endpoint = Endpoint("GET", f"{V1}/agents/{{agentId}}/peers", "Peers of an agent", leaky, {200: schemas.AgentList})
     route = Route(endpoint.path, endpoint, methods=[endpoint.method])

@@ -390,7 +390,6 @@ async def test_lease_duration_limits_are_inclusive(client, redis_client, keys, s
     "payload, field",
     [
         ({"contactEmail": CONTACT}, "$.agentId"),
-        ({"agentId": "AGENT"}, "$.agentId"),
         ({"agentId": None}, "$.agentId"),
         ({"agentId": "SELF"}, "$.contactEmail"),
         ({"agentId": "SELF", "contactEmail": 5}, "$.contactEmail"),
@@ -565,7 +564,7 @@ async def test_release_unknown_lease_is_404(client, lease_id):
     problem(await client.delete(f"{C}/lease/{lease_id}"), 404, "lease_not_found")
 
 
-@pytest.mark.parametrize("params, field", [({"agentId": "x"}, "$.agentId"), ({"force": "1"}, "$.force")])
+@pytest.mark.parametrize("params, field", [({"force": "1"}, "$.force")])
 async def test_release_refuses_bad_query(client, sdr, params, field):
     lease = await acquire(client, sdr["id"], CONTACT)
     invalid(await client.delete(f"{C}/lease/{lease['id']}", params=params), field)
@@ -642,7 +641,6 @@ async def test_list_leases_paginates(client, sdr):
     [
         ({}, "$.agentId"),
         ({"limit": "5"}, "$.agentId"),
-        ({"agentId": "sdr-1"}, "$.agentId"),
         ({"contactEmail": "not-an-email"}, "$.contactEmail"),
         ({"contactEmail": "a@example.com", "limit": "0"}, "$.limit"),
         ({"contactEmail": "a@example.com", "limit": "1001"}, "$.limit"),

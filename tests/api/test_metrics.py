@@ -1,7 +1,7 @@
 """GET /metrics: exact sums over the workers of `concord serve --workers 2`, counters
 that never go down (a SIGKILLed and restarted worker included), a strictly parsed
 exposition; and, without processes, the counting, merging and rendering of
-service/metrics.py and the middleware's labels (service/observe.py).
+server/metrics.py and the middleware's labels (server/http/observe.py).
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ async def test_a_killed_worker_is_restarted_and_the_totals_do_not_drop(tmp_path:
     assert not directory.exists(), "the private metrics directory outlives `concord serve`"
 
 
-# --- service/metrics.py without processes ----------------------------------------
+# --- server/metrics.py without processes ----------------------------------------
 
 
 def test_a_request_is_counted_by_route_method_status_and_latency_bucket():

@@ -1,11 +1,11 @@
 """GET /openapi.json: an OpenAPI 3.1 document generated from the endpoint
-declarations (service.api.ENDPOINTS) and the msgspec structs that decode requests
+declarations (concord.server.http.endpoint.ENDPOINTS) and the msgspec structs that decode requests
 and encode answers, checked against the code from both sides.
 
 * It is valid: the OpenAPI 3.1 schema (the OAI's, as shipped by schemathesis)
   accepts it, every component schema is valid JSON Schema 2020-12 (meta-schema),
   every ``$ref`` resolves and every schema compiles.
-* It is complete: every route of service.app.routes with its method, every path
+* It is complete: every route of concord.server.http.routes.routes with its method, every path
   and query parameter and request body of every declaration, every success
   answer, and every error code under its status.
 * It cannot drift: its component schemas are exactly msgspec's schemas of the
@@ -35,13 +35,15 @@ import msgspec
 import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from concord.protocol import schemas as s
-from concord.server.app import create_app, routes
-from concord.server.errors import ERRORS
+from concord import protocol as s
+from concord.protocol import ERRORS, ID_PATTERNS
+from concord.server.app import create_app
+from concord.server.http.decoding import PATH_IDS
+from concord.server.http.endpoint import ENDPOINTS, Endpoint
 from concord.server.http.openapi import document
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
+from concord.server.http.routes import routes
 from concord.server.settings import Settings, parse_rate_limits
-from concord.server.store import Store
+from concord.server.store.agents import Agents
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.support.api import OTHER_TENANT, TENANT, V1, C, make_inactive, unknown_id
@@ -57,7 +59,7 @@ STANDARD_HEADERS = {"content-type", "content-length"}
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
     """The document as the service builds it (the HTTP tests check it is what it serves)."""
-    return json.loads(document())
+    return json.loads(document(tuple(ENDPOINTS)))
 
 
 def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -116,7 +118,7 @@ async def test_openapi_json_is_served_without_a_key(anonymous_client, client):
     served = response.json()
     assert served["openapi"].startswith("3.1."), served["openapi"]
     assert served["info"]["title"] == "Concord" and served["info"]["version"]
-    assert served == json.loads(document())
+    assert served == json.loads(document(tuple(ENDPOINTS)))
     # A key changes nothing, and the document is the same each time.
     assert (await client.get("/openapi.json")).content == response.content
 
@@ -182,7 +184,7 @@ def test_operation_ids_are_unique_and_path_templates_have_their_parameters(doc):
 
 
 def test_every_route_is_documented_with_its_method(doc):
-    """Both ways: each route and method of service.app.routes is an operation, and
+    """Both ways: each route and method of concord.server.http.routes.routes is an operation, and
     each operation is served. (Starlette also answers HEAD for every GET route; as
     the GET without a body, it is left out of the document.)"""
     served = {(method, route.path) for route in routes for method in route.methods - {"HEAD"}}
@@ -201,7 +203,7 @@ def test_every_parameter_and_body_of_each_declaration_is_documented(doc):
         for name in e.ids:
             parameter = parameters[(name, "path")]
             assert parameter["required"] is True
-            assert parameter["schema"] == {"type": "string", "pattern": f"^{PATH_IDS[name][0].pattern}$"}
+            assert parameter["schema"] == {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"}
         if e.query is not None:
             for f in msgspec.structs.fields(e.query):
                 expected.add((f.encode_name, "query"))
@@ -542,7 +544,7 @@ async def _provoke(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Store, "get_agent", broken)
+    monkeypatch.setattr(Agents, "get", broken)
     await call(client, "GET", one_agent, r, status=500)
 
 
@@ -554,7 +556,7 @@ async def test_problem_bodies_of_every_error_code_fit_problem(settings, redis_cl
 
 async def test_every_header_the_service_sends_is_documented(client, settings, redis_client, doc, monkeypatch):
     """A header an answer carries beyond Content-Type and Content-Length is part of
-    the API (README: a replayed consensus request answers `Idempotent-Replayed: true`),
+    the API (docs/api.md: a replayed consensus request answers `Idempotent-Replayed: true`),
     so the document names it under that answer."""
     conformance = Conformance(doc)
     await exercise_every_success_answer(client, conformance)

@@ -39,8 +39,9 @@ from redis.exceptions import ResponseError
 from concord.server.app import create_app
 from concord.server.errors import ConcordError
 from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
-from concord.server.store import Reply, Store
+from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for
+from concord.server.store.replies import Reply
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.lua.test_scripts import dump
@@ -265,10 +266,10 @@ def test_rate_limits_parse_as_documented():
 @pytest.mark.parametrize("limits", ["tenant=1/h:100000000000", "agent=1/s:100000000000000"])
 async def test_every_accepted_limit_can_be_kept(redis_client, prefix, keys, limits):
     """A CONCORD_RATE_LIMITS that `concord` accepts must work: either it is refused at
-    start naming the variable (as the README promises for a malformed value), or
+    start naming the variable (as docs/configuration.md promises for a malformed value), or
     requests are served under it.
 
-    FAILS today: parse_rate_limits (service/config.py) puts no upper bound on BURST,
+    FAILS today: parse_rate_limits (server/settings.py) puts no upper bound on BURST,
     and lua/rate_limit.lua sets the bucket's expiry to ceil(burst / rate) ms. When
     that is 1e17 ms or more (here 1e11 tokens at 1/h, or 1e14 at 1/s), Lua passes it
     to PEXPIRE in exponent form ("3.6e+20"), Redis answers "value is not an integer
@@ -374,7 +375,7 @@ async def test_a_burst_of_concurrent_requests_is_served_not_refused(real_redis_u
     case here. (A burst is what rate limits are for; they cannot help if the
     process refuses the burst before the bucket is even asked.)
 
-    FAILS today: service/app.py connect() builds its client with Redis.from_url and
+    FAILS today: server/redis/connect.py connect() builds its client with Redis.from_url and
     no pool size, and redis-py 8's asyncio ConnectionPool defaults to
     max_connections=100 and raises MaxConnectionsError (a ConnectionError) at once
     when all are in use, which the app answers as 503. A BlockingConnectionPool
@@ -465,12 +466,12 @@ async def test_script_refuses_a_bucket_of_the_wrong_type_writing_nothing(store, 
 async def test_store_take_token_raises_rate_limited(store, redis_client, keys):
     limits = parse_rate_limits("tenant=1/h,agent=1/h")
     x = agent_id_for(TENANT, "x")
-    await store.take_token(TENANT, x, limits)
+    await store.limits.take_token(TENANT, x, limits)
     with pytest.raises(ConcordError) as refused:
-        await store.take_token(TENANT, None, limits)
+        await store.limits.take_token(TENANT, None, limits)
     assert refused.value.code == "rate_limited"
     assert 3_500_000 < refused.value.extra["retryAfterMs"] <= 3_600_000 + ROUNDING_MS
-    assert await store.take_token(TENANT, None, {}) is None  # no limits: no script, no key
+    assert await store.limits.take_token(TENANT, None, {}) is None  # no limits: no script, no key
     assert sorted([k async for k in redis_client.scan_iter(match=f"{keys.prefix}:*")]) == sorted(
         [keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, x)]
     )

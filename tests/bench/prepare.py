@@ -108,7 +108,7 @@ async def register(store: Store, tenant: str, names: list[str]) -> list[str]:
     """Register every name (role "sdr"); their agent ids, in order."""
 
     async def one(name: str) -> str:
-        agent, _ = await store.register(tenant, name, "sdr", None)
+        agent, _ = await store.agents.register(tenant, name, "sdr", None)
         return agent.id
 
     return await each(names, one)
@@ -132,11 +132,11 @@ def hot_path(redis_url: str, tenant: Tenant, cluster: bool = False) -> None:
     async def work(store: Store, _: Any) -> None:
         async def lease(i: int) -> list[Any]:
             contact = f"renew-{i:06d}@bench.example"
-            granted, _ = await store.acquire(tenant.name, ids[i], contact, "outbound_sales", LONG_MS)
+            granted, _ = await store.leases.acquire(tenant.name, ids[i], contact, "outbound_sales", LONG_MS)
             return [granted.id, ids[i], contact, granted.fencing_token]
 
         write_rows(tenant.file("leases.txt"), await each(range(len(ids)), lease))
-        await store.acquire(tenant.name, ids[0], CONTENDED_CONTACT, "outbound_sales", LONG_MS)
+        await store.leases.acquire(tenant.name, ids[0], CONTENDED_CONTACT, "outbound_sales", LONG_MS)
         write_rows(tenant.file("contenders.txt"), ([agent_id] for agent_id in ids[1:]))
         reads = await open_requests(store, tenant.name, ids, READ_REQUESTS)
 
@@ -144,7 +144,9 @@ def hot_path(redis_url: str, tenant: Tenant, cluster: bool = False) -> None:
             consensus_id, requester = reads[index]
             for j in range(VOTES_PER_REQUEST // 2):
                 voter = ids[(requester + 1 + j) % len(ids)]
-                await store.vote(tenant.name, consensus_id, voter, "approve" if j % 2 == 0 else "reject", None)
+                await store.consensus.vote(
+                    tenant.name, consensus_id, voter, "approve" if j % 2 == 0 else "reject", None
+                )
 
         await each(range(len(reads)), votes)
         write_rows(tenant.file("reads.txt"), ([consensus_id] for consensus_id, _ in reads))
@@ -158,7 +160,7 @@ async def open_requests(store: Store, tenant: str, ids: list[str], count: int) -
 
     async def one(index: int) -> tuple[str, int]:
         requester = index % len(ids)
-        consensus, _ = await store.request_consensus(
+        consensus, _ = await store.consensus.request(
             tenant, ids[requester], "send_pricing_override", None, None, LONG_MS
         )
         return consensus.id, requester
@@ -201,7 +203,9 @@ def lease_memory(redis_url: str, agent_count: int, per_agent: int) -> LeaseMemor
 
         async def lease(n: int) -> None:
             # A contact address of ordinary length (24 characters).
-            await store.acquire("memory", ids[n // per_agent], f"lead-{n:07d}@example.com", "outbound_sales", LONG_MS)
+            await store.leases.acquire(
+                "memory", ids[n // per_agent], f"lead-{n:07d}@example.com", "outbound_sales", LONG_MS
+            )
 
         before = (await client.info("memory"))["used_memory"]
         await each(range(agent_count * per_agent), lease)

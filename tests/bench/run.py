@@ -377,8 +377,9 @@ class Bench:
                 "the whole run) and no rate limits."
             ),
             (
-                f"- **Data**, made beforehand through `service.store.Store` (at most {prepare.CONCURRENCY} calls in "
-                f"flight): a tenant of {o.agents:,} registered agents, for every operation. **register** re-registers "
+                "- **Data**, made beforehand through `concord.server.store.Store` "
+                f"(at most {prepare.CONCURRENCY} calls in flight): a tenant of {o.agents:,} registered agents, "
+                "for every operation. **register** re-registers "
                 "their names in turn (200, an update); **heartbeat** beats for them in turn; **lease acquire, fresh** "
                 "asks for a contact never seen before on every request (201); **contended** asks, for each agent in "
                 "turn, for one contact the first agent holds (409 `lease_conflict`); **renew** and **send-check** use "

@@ -1,9 +1,9 @@
 """The servers the benchmark measures, and what they cost in CPU.
 
-`concord serve` runs as tests/helpers.ServiceProcess runs it (`python -m
-service.cli serve`, the console script's entry point). The floor gets exactly the
+`concord serve` runs as tests/support/helpers.ServiceProcess runs it (`python -m
+concord serve`, the console script's entry point). The floor gets exactly the
 keyword arguments `concord serve` hands to uvicorn: uvicorn_settings() runs the
-real command with uvicorn.Config replaced by a recorder, so whatever cli.py passes
+real command with uvicorn.Config replaced by a recorder, so whatever the CLI passes
 (workers, loop, http, log level, backlog, ...) the floor is served the same way.
 """
 

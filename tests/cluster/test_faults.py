@@ -12,7 +12,7 @@ What must hold, every time:
   counted): with CONCORD_MIN_REPLICAS=1 none may be lost.
 
 Each run's figures (how long the 503s lasted, acknowledged grants, losses) go to
-stdout (``pytest -s``) and to CONCORD_FAULT_REPORT (tests/reports.py); README
+stdout (``pytest -s``) and to CONCORD_FAULT_REPORT (tests/support/reports.py); docs/scaling.md
 "Scaling out" and docs/reliability.md quote them. Timing is never asserted, only
 waited for with a deadline.
 """

@@ -23,6 +23,7 @@ import redis
 import redis.asyncio
 
 from concord.server.app import create_app
+from concord.server.redis.batcher import Replication
 from concord.server.settings import ConfigError, Settings, key_digest
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, TENANT, running
@@ -38,7 +39,7 @@ def test_min_replicas_is_a_setting(value: str, expected: int):
     settings = Settings.from_env({"CONCORD_REDIS_URL": "redis://r:6379", "CONCORD_MIN_REPLICAS": value})
     assert settings.min_replicas == expected
     # WAIT gives the replicas half the Redis deadline; the other half is the write's.
-    assert settings.replication.timeout_ms == 1000
+    assert Replication.within(settings.min_replicas, settings.redis_timeout_seconds).timeout_ms == 1000
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio
 
 from concord.server.settings import ConfigError, Settings
-from concord.server.store import Store
+from concord.server.store.agents import Agents
 from tests.support.api import V1, C, acquire, ok, problem, register, request_consensus, unknown_id
 from tests.support.cluster import Cluster
 from tests.support.helpers import HANG_SECONDS, ServiceProcess, service
@@ -114,5 +114,5 @@ async def _our_own_bug(self, tenant: str, agent_id: str):
 async def test_redis_pys_own_failures_are_503_and_ours_500(
     client, monkeypatch: pytest.MonkeyPatch, broken, status: int, code: str
 ):
-    monkeypatch.setattr(Store, "get_agent", broken)
+    monkeypatch.setattr(Agents, "get", broken)
     problem(await client.get(f"{V1}/agents/{unknown_id('agent')}"), status, code)

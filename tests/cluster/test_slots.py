@@ -20,8 +20,7 @@ import fakeredis.aioredis
 import pytest
 import redis
 
-from concord.protocol.schemas import ConsensusStatus, normalize_email
-from concord.server.errors import ConcordError
+from concord.protocol import ConsensusStatus, FieldError, normalize_email
 from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
 from concord.server.store import Store, scripts
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, new_id
@@ -97,7 +96,7 @@ def test_the_adversarial_inputs_are_ones_the_service_accepts():
     assert max(len(c.partition("@")[0]) for c in normalized) == 64
     # A colon never reaches a key through a contact: it is not an address character.
     for contact in ("x:y@example.com", "{a}:b@example.com"):
-        with pytest.raises(ConcordError):
+        with pytest.raises(FieldError):
             normalize_email(contact)
 
 
@@ -146,24 +145,24 @@ async def run_scenario(tenant: str, keys: Keys) -> None:
     store = Store(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), keys)
     try:
         contacts = [normalize_email(c) for c in ("{x}@example.com", "a}{b@example.com", "}" * 64 + "@example.com")]
-        (alice, _), (bob, _), (carol, _) = [await store.register(tenant, name, None, None) for name in "abc"]
+        (alice, _), (bob, _), (carol, _) = [await store.agents.register(tenant, name, None, None) for name in "abc"]
         for agent in (alice, bob, carol):
-            await store.heartbeat(tenant, agent.id)
-        held, spare, third = [await store.acquire(tenant, alice.id, c, "outreach", 60_000) for c in contacts]
-        await store.renew(tenant, held[0].id, alice.id, 120_000)
-        await store.send_check(tenant, alice.id, contacts[0], held[0].fencing_token)
-        await store.send_check(tenant, bob.id, contacts[0], None)  # refused: alice holds it
-        await store.release(tenant, spare[0].id, alice.id)
+            await store.agents.heartbeat(tenant, agent.id)
+        held, spare, third = [await store.leases.acquire(tenant, alice.id, c, "outreach", 60_000) for c in contacts]
+        await store.leases.renew(tenant, held[0].id, alice.id, 120_000)
+        await store.leases.send_check(tenant, alice.id, contacts[0], held[0].fencing_token)
+        await store.leases.send_check(tenant, bob.id, contacts[0], None)  # refused: alice holds it
+        await store.leases.release(tenant, spare[0].id, alice.id)
         ask = (tenant, alice.id, "send", contacts[0], "{why}", 60_000)
-        request, _ = await store.request_consensus(*ask, idempotency_key="{retry}:1")
-        _, replayed = await store.request_consensus(*ask, idempotency_key="{retry}:1")
+        request, _ = await store.consensus.request(*ask, idempotency_key="{retry}:1")
+        _, replayed = await store.consensus.request(*ask, idempotency_key="{retry}:1")
         assert replayed
-        await store.vote(tenant, request.id, bob.id, "approve", None)
-        await store.get_consensus(tenant, request.id)
-        await store.list_consensus(tenant, None, 10, None)  # consensus_read in a pipeline
-        await store.take_token(tenant, carol.id, LIMITS)
-        await store.take_token(tenant, None, LIMITS)
-        removed = await store.remove_agent(tenant, alice.id)  # still holding two leases
+        await store.consensus.vote(tenant, request.id, bob.id, "approve", None)
+        await store.consensus.get(tenant, request.id)
+        await store.consensus.page(tenant, None, 10, None)  # consensus_read in a pipeline
+        await store.limits.take_token(tenant, carol.id, LIMITS)
+        await store.limits.take_token(tenant, None, LIMITS)
+        removed = await store.agents.remove(tenant, alice.id)  # still holding two leases
         assert removed.released_leases == 2 and third[0].contact_email == contacts[2]
     finally:
         await store.redis.aclose()

@@ -1,6 +1,6 @@
 """The Lua scripts keep the promises of their headers and of the house style.
 
-Static checks over lua/*.lua (as service.scripts.sources() parsed them): every
+Static checks over lua/*.lua (as concord.server.store.scripts.sources() parsed them): every
 KEYS/ARGV a script reads is declared in its header and every declared input is
 read; the first lines name the inputs; the replies a header lists are the replies
 the body can give; no script scans or builds a key name. Then two live checks:
@@ -15,9 +15,10 @@ import re
 
 import pytest
 
-from concord.server.store import Reply, Store
+from concord.server.store import Store
 from concord.server.store.keys import Keys
-from concord.server.store.scripts import LIB, Source, lib_text, sources
+from concord.server.store.replies import Reply
+from concord.server.store.scripts import LIB, Scripts, Source, lib_text, sources
 
 TENANT = "acme"
 SCRIPTS = {name: source for name, source in sources().items() if name != LIB}
@@ -354,7 +355,7 @@ def test_every_script_declares_its_inputs():
 @pytest.mark.real
 async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
     store = Store(real_client, keys, 300)
-    agent, created = await store.register(TENANT, "sdr", None, None)
+    agent, created = await store.agents.register(TENANT, "sdr", None, None)
     assert created
     sha = hashlib.sha1((lib_text() + "\n" + SCRIPTS["agent_register"].text).encode()).hexdigest()
     assert await real_client.script_exists(sha) == [True]
@@ -362,8 +363,31 @@ async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
     await real_client.script_flush()
     assert await real_client.script_exists(sha) == [False]
 
-    again, created = await store.register(TENANT, "sdr", "retention", None)
+    again, created = await store.agents.register(TENANT, "sdr", "retention", None)
     assert not created
     assert again.id == agent.id and again.agent_role == "retention"
     assert await real_client.script_exists(sha) == [True]
     assert await real_client.hget(keys.agent(TENANT, agent.id), "agentRole") == "retention"
+
+
+def test_every_script_is_declared_as_an_attribute_of_scripts():
+    """``scripts.lease_acquire`` is lua/lease_acquire.lua: each file has its attribute,
+    each attribute its file, so a reader (and an editor) can follow one to the other."""
+    assert set(Scripts.__annotations__) == set(SCRIPTS)
+
+
+def test_a_script_without_its_attribute_stops_the_service_at_start(monkeypatch, redis_client):
+    monkeypatch.setitem(sources(), "lease_steal", sources()["lease_release"])
+    with pytest.raises(RuntimeError, match="lua/lease_steal.lua is not declared as an attribute of Scripts"):
+        Scripts(redis_client)
+
+
+async def test_load_puts_every_script_into_redis_before_the_first_call(redis_client, keys):
+    """On a cluster, into every master: redis-py answers SCRIPT EXISTS for all of them."""
+    store = Store(redis_client, keys, 300)
+    await redis_client.script_flush()
+    shas = [hashlib.sha1(script.text.encode()).hexdigest() for script in store.scripts.all()]
+    assert await redis_client.script_exists(*shas) == [False] * len(shas)
+    await store.scripts.load()
+    assert len(shas) == len(SCRIPTS) and await redis_client.script_exists(*shas) == [True] * len(shas)
+    await store.aclose()

@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from concord.protocol.schemas import UUID
+from concord.protocol import UUID
 from concord.server.errors import ConcordError
-from concord.server.store import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS, Reply, Store
+from concord.server.store import Store
+from concord.server.store.consensus import IDEMPOTENCY_MS, MAX_CONSENSUS_TIMEOUT_MS, RETENTION_MS
 from concord.server.store.keys import agent_id_for, agent_tag, new_id, parse_lease_id
 from concord.server.store.keys import lease_id as lease_id_of
+from concord.server.store.replies import Reply
 from tests.support.helpers import eventually, snapshot
 
 TENANT = "acme"
@@ -50,7 +52,7 @@ def second_run_event(store: Store, once: dict, twice: dict) -> dict[str, str]:
     """Take the event stream out of two dumps, taken after one run and after a second
     one, and return the one event the second run added. A second run leaves the state
     of one run, but the stream records it for what it is: an update of the agent, an
-    extension of the lease (README "Retries")."""
+    extension of the lease (docs/api.md, "Retrying safely")."""
     key = store.keys.events(TENANT)
     (_, before, _), (_, after, _) = once.pop(key), twice.pop(key)
     assert after[:-1] == before, (before, after)
@@ -143,7 +145,7 @@ async def acquire(
             k.fence(TENANT),
             k.events(TENANT),
         ],
-        args=[agent_id, contact, intent, duration_ms, store.window_ms, EVENTS_MAX],
+        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX],
     )
 
 
@@ -191,7 +193,7 @@ async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTA
     tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_renew(
         keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        args=[token, agent_id, contact, duration_ms, store.window_ms, EVENTS_MAX],
+        args=[token, agent_id, contact, duration_ms, store.ctx.window_ms, EVENTS_MAX],
     )
 
 
@@ -207,7 +209,7 @@ async def release(store: Store, lease_id: str, contact: str = CONTACT, agent_id:
 async def send_check(store: Store, agent_id: str, contact: str = CONTACT, token: str = "") -> list:
     k = store.keys
     return await store.scripts.lease_send_check(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact)], args=[agent_id, token, store.window_ms]
+        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact)], args=[agent_id, token, store.ctx.window_ms]
     )
 
 
@@ -242,7 +244,7 @@ async def request(
             contact,
             reason,
             timeout_ms,
-            store.window_ms,
+            store.ctx.window_ms,
             RETENTION_MS,
             MAX_AGE_MS,
             "",
@@ -262,13 +264,13 @@ async def opened(store: Store, requester: str, **kwargs: Any) -> str:
 async def vote(store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "") -> list:
     return await store.scripts.consensus_vote(
         keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id)],
-        args=[agent_id, choice, reason, store.window_ms, RETENTION_MS, EVENTS_MAX],
+        args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX],
     )
 
 
 async def read(store: Store, consensus_id: str) -> list:
     return await store.scripts.consensus_read(
-        keys=consensus_keys(store, consensus_id), args=[consensus_id, store.window_ms, RETENTION_MS, EVENTS_MAX]
+        keys=consensus_keys(store, consensus_id), args=[consensus_id, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX]
     )
 
 
@@ -563,7 +565,7 @@ async def test_acquire_keeps_an_intent_holding_the_separator(store, redis_client
     assert lease["intent"] == "a|b||c"
     await assert_stored(store, lease)
     # A read of the stored lease (the store's) gives it back whole.
-    assert (await store.get_lease(TENANT, lease["id"])).intent == "a|b||c"
+    assert (await store.leases.get(TENANT, lease["id"])).intent == "a|b||c"
 
 
 async def test_acquire_again_by_the_holder_extends_it_in_one_call(store, redis_client):
@@ -647,11 +649,11 @@ async def test_acquire_takes_over_the_lease_of_an_inactive_holder(store, redis_c
     # a's registry keeps its entry, now stale; reads check it against the lease and ignore it.
     assert await redis_client.hgetall(registry(store, a)) == {old["fencingToken"]: f"{old['expiresAt']}:{CONTACT}"}
     with pytest.raises(ConcordError) as gone:
-        await store.get_lease(TENANT, old["id"])
+        await store.leases.get(TENANT, old["id"])
     assert gone.value.code == "lease_not_found"
-    assert (await store.list_leases(TENANT, a, None, 10, None)).leases == []
-    assert [lease.id for lease in (await store.list_leases(TENANT, b, None, 10, None)).leases] == [new["id"]]
-    assert [lease.id for lease in (await store.list_leases(TENANT, None, CONTACT, 10, None)).leases] == [new["id"]]
+    assert (await store.leases.page(TENANT, a, None, 10, None)).leases == []
+    assert [lease.id for lease in (await store.leases.page(TENANT, b, None, 10, None)).leases] == [new["id"]]
+    assert [lease.id for lease in (await store.leases.page(TENANT, None, CONTACT, 10, None)).leases] == [new["id"]]
 
 
 async def test_acquire_by_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
@@ -977,7 +979,7 @@ async def test_a_granted_lease_is_found_by_its_id(store, redis_client):
     assert (tag, token) == (agent_tag(agent_id), int(lease["fencingToken"]))
     entry = await redis_client.hget(store.keys.lease_registry(TENANT, tag), str(token))
     assert entry == f"{lease['expiresAt']}:{CONTACT}"
-    found = await store.get_lease(TENANT, lease["id"])
+    found = await store.leases.get(TENANT, lease["id"])
     assert (found.id, found.agent_id, found.fencing_token, found.intent) == (lease["id"], agent_id, token, "outreach")
 
 

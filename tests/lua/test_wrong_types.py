@@ -30,7 +30,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-import concord.server.store as store_module
+import concord.server.store.consensus as store_module
 from concord.server.settings import RateLimit, key_digest
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, parse_lease_id
@@ -92,16 +92,18 @@ def _value(result: Any) -> Any:
 
 
 async def build_world(store: Store) -> World:
-    sdr, peer, third = [_value(await store.register(TENANT, name, None, None)).id for name in ("sdr", "peer", "third")]
-    await store.acquire(TENANT, sdr, ALSO, None, 600_000)
-    lease = _value(await store.acquire(TENANT, sdr, HELD, "outreach", 600_000))
-    pending = _value(await store.request_consensus(TENANT, sdr, "offer", None, None, 3_600_000)).id
-    overdue = _value(await store.request_consensus(TENANT, sdr, "late", None, None, 3_600_000)).id
+    sdr, peer, third = [
+        _value(await store.agents.register(TENANT, name, None, None)).id for name in ("sdr", "peer", "third")
+    ]
+    await store.leases.acquire(TENANT, sdr, ALSO, None, 600_000)
+    lease = _value(await store.leases.acquire(TENANT, sdr, HELD, "outreach", 600_000))
+    pending = _value(await store.consensus.request(TENANT, sdr, "offer", None, None, 3_600_000)).id
+    overdue = _value(await store.consensus.request(TENANT, sdr, "late", None, None, 3_600_000)).id
     seconds, micros = await store.redis.time()
     await store.redis.hset(
         store.keys.consensus(TENANT, overdue), "expiresAt", str(seconds * 1000 + micros // 1000 - 1000)
     )
-    await store.take_token(TENANT, sdr, LIMITS)
+    await store.limits.take_token(TENANT, sdr, LIMITS)
     return World(sdr, peer, third, lease.id, pending, overdue)
 
 
@@ -159,11 +161,11 @@ def events_key(k: Keys, w: World) -> str:
 
 
 def register_newbie(store: Store, w: World) -> Awaitable[Any]:
-    return store.register(TENANT, "newbie", None, None)
+    return store.agents.register(TENANT, "newbie", None, None)
 
 
 def remove_sdr(store: Store, w: World) -> Awaitable[Any]:
-    return store.remove_agent(TENANT, w.sdr)
+    return store.agents.remove(TENANT, w.sdr)
 
 
 def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -179,21 +181,21 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
             k.lease(TENANT, ALSO),
             k.lease(TENANT, HELD),
         ],
-        [w.sdr, store.events_max, ALSO, HELD],
+        [w.sdr, store.ctx.events_max, ALSO, HELD],
     )
 
 
 def acquire_free(store: Store, w: World) -> Awaitable[Any]:
-    return store.acquire(TENANT, w.sdr, FREE, None, 600_000)
+    return store.leases.acquire(TENANT, w.sdr, FREE, None, 600_000)
 
 
 def acquire_held_again(store: Store, w: World) -> Awaitable[Any]:
     """The holder asking again: the extension rewrites the lease and its registry entry."""
-    return store.acquire(TENANT, w.sdr, HELD, None, 600_000)
+    return store.leases.acquire(TENANT, w.sdr, HELD, None, 600_000)
 
 
 def renew_held(store: Store, w: World) -> Awaitable[Any]:
-    return store.renew(TENANT, w.lease_id, w.sdr, 600_000)
+    return store.leases.renew(TENANT, w.lease_id, w.sdr, 600_000)
 
 
 def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -202,12 +204,12 @@ def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
     tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_renew(
         [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        [token, w.sdr, HELD, 600_000, store.window_ms, store.events_max],
+        [token, w.sdr, HELD, 600_000, store.ctx.window_ms, store.ctx.events_max],
     )
 
 
 def release_held(store: Store, w: World) -> Awaitable[Any]:
-    return store.release(TENANT, w.lease_id, w.sdr)
+    return store.leases.release(TENANT, w.lease_id, w.sdr)
 
 
 def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -215,24 +217,25 @@ def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
     k = store.keys
     tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_release(
-        [k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)], [token, w.sdr, HELD, store.events_max]
+        [k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)],
+        [token, w.sdr, HELD, store.ctx.events_max],
     )
 
 
 def request_new(store: Store, w: World) -> Awaitable[Any]:
-    return store.request_consensus(TENANT, w.sdr, "discount", None, None, 3_600_000, IDEMPOTENCY_KEY)
+    return store.consensus.request(TENANT, w.sdr, "discount", None, None, 3_600_000, IDEMPOTENCY_KEY)
 
 
 def vote_pending(store: Store, w: World) -> Awaitable[Any]:
-    return store.vote(TENANT, w.pending, w.peer, "approve", None)
+    return store.consensus.vote(TENANT, w.pending, w.peer, "approve", None)
 
 
 def read_overdue(store: Store, w: World) -> Awaitable[Any]:
-    return store.get_consensus(TENANT, w.overdue)
+    return store.consensus.get(TENANT, w.overdue)
 
 
 def take_token(store: Store, w: World) -> Awaitable[Any]:
-    return store.take_token(TENANT, w.sdr, LIMITS)
+    return store.limits.take_token(TENANT, w.sdr, LIMITS)
 
 
 CASES = [
@@ -251,7 +254,7 @@ CASES = [
         "heartbeats_key",
         "zset",
         lambda k, w: k.heartbeats(TENANT),
-        lambda s, w: s.heartbeat(TENANT, w.sdr),
+        lambda s, w: s.agents.heartbeat(TENANT, w.sdr),
     ),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),

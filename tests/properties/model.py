@@ -1,7 +1,7 @@
 """A reference model of Concord's documented semantics, in plain Python.
 
-tests/test_model.py drives the service through random operation sequences and
-checks every answer against this model. The model knows the rules (README "How it
+tests/properties/test_model.py drives the service through random operation sequences and
+checks every answer against this model. The model knows the rules (docs/api.md "How it
 behaves", DESIGN-NOTES) but not the values the service makes up (ids, times,
 token values): the test reads those from the service's first answer that carries
 them ("learns" them) and from then on holds the service to them.

@@ -1,4 +1,4 @@
-"""The history checker (tests/history.py), and the contention run it judges.
+"""The history checker (tests/properties/history.py), and the contention run it judges.
 
 First the checker on small hand-made histories: a clean one passes, and every kind
 of violation is found (a checker that cannot fail proves nothing). Then the run:

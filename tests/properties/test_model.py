@@ -1,9 +1,9 @@
 """Model-based test: random operation sequences through the HTTP API, each answer
-checked against the reference model in tests/model.py.
+checked against the reference model in tests/properties/model.py.
 
 A Hypothesis RuleBasedStateMachine drives the app in process (httpx ASGITransport,
 the app's real lifespan) on fakeredis, on the session's real Redis and on its 3+3
-Redis Cluster (tests/cluster.py), through
+Redis Cluster (tests/support/cluster.py), through
 register (and re-register), heartbeat, removing an agent, acquire (free, own,
 contended, takeover), renew, release (with and without agentId), reading and
 listing leases, send-check (with and without fencing tokens, current and stale),

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 import concord.client.sync as sdk
+from concord import protocol as s
 from concord.client.sync import (
     AgentInactive,
     AgentNotFound,
@@ -44,8 +45,7 @@ from concord.client.sync import (
     Unreachable,
     ValidationError,
 )
-from concord.protocol import schemas as s
-from concord.server.errors import ERRORS
+from concord.protocol import ERRORS
 from concord.server.store.keys import agent_id_for
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
 

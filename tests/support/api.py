@@ -1,4 +1,4 @@
-"""Small helpers shared by the HTTP API tests (test_api_*.py, test_isolation.py).
+"""Small helpers shared by the HTTP API tests (tests/api/, and the system and property tests).
 
 They drive the API the way a client would and check what every answer of a kind
 has in common (problem+json shape, id and time formats); each test still asserts
@@ -76,11 +76,31 @@ def closed(response: httpx.Response, consensus_status: str) -> dict[str, Any]:
 
 
 def invalid(response: httpx.Response, field: str) -> dict[str, Any]:
-    """A 422 validation_error naming ``field`` (a JSON path such as ``$.durationMinutes``)
-    both in its detail and in its ``field`` member."""
+    """A 422 validation_error whose ``field`` member is ``field`` (a JSON path such as
+    ``$.durationMinutes``, or ``header Idempotency-Key``) and whose detail starts by
+    naming it in words ("durationMinutes: ...", "query parameter limit: ...") and
+    says the rule without a regex or a library's message."""
     body = problem(response, 422, "validation_error", field=field)
-    assert f"`{field}`" in body["detail"], body
+    name = "body" if field == "$" else field.removeprefix("$.")
+    assert body["detail"].startswith((f"{name}: ", f"query parameter {name}: ")), body
+    assert not any(internal in body["detail"] for internal in WORDS_ONLY), body
     assert set(body) == PROBLEM_MEMBERS | {"field"}, body
+    return body
+
+
+# What a refusal must never show: a regex, or msgspec's own phrasing.
+WORDS_ONLY = ("regex", "(?!", "[A-Za-z", "\\x", "Expected `", "- at `", "Object contains", "Object missing")
+
+
+def unknown(response: httpx.Response, kind: str, value: str, tenant: str = TENANT) -> dict[str, Any]:
+    """The 404 of an id that names nothing (``kind`` agent, lease or consensus):
+    the same for a well-formed unknown id as for one of another shape, naming the
+    id and the tenant, and saying what to do next."""
+    code = {"agent": "agent_not_found", "lease": "lease_not_found", "consensus": "consensus_not_found"}[kind]
+    body = problem(response, 404, code)
+    quoted = value[:80] if value[:80].isprintable() else repr(value[:80])  # an unprintable id is quoted
+    assert quoted in body["detail"] and f"in tenant {tenant}" in body["detail"], body
+    assert "POST /v1/agent/" in body["detail"], body  # where to make one
     return body
 
 

@@ -9,7 +9,7 @@ cluster of its own, so the next test finds every slot served.
 
 Without a redis-server or redis-cli binary (or with a Redis older than 7, which has
 no ``cluster-port``), a test needing the cluster skips, or fails when
-CONCORD_TEST_REQUIRE_REDIS=1 (tests/helpers.unavailable).
+CONCORD_TEST_REQUIRE_REDIS=1 (tests/support/helpers.unavailable).
 """
 
 from __future__ import annotations

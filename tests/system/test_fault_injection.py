@@ -12,7 +12,7 @@ test asserts on them, so a failing run reports what it saw.
    registration acknowledged (a 2xx received) is there afterwards, through the API
    and in Redis, with its expiry unchanged; a lease whose expiry passed while Redis
    was down is gone; an acknowledged lease still refuses another agent.
-2. Redis restarted empty: tests/test_liveness.py
+2. Redis restarted empty: tests/api/test_liveness.py
    (test_fencing_tokens_keep_growing_across_a_redis_restart_that_lost_the_data)
    shows tokens keep growing; here, what that means for a live lease's holder:
    the lease is gone, another agent may take the contact, and the old holder's
@@ -33,8 +33,8 @@ test asserts on them, so a failing run reports what it saw.
    contact and the stalled holder's token is stale at send-check. (The variant
    where the holder's heartbeats lapse is test_liveness.py's
    test_a_lapsed_agent_loses_its_vote_and_its_lease.)
-6. Keys of the wrong type: tests/test_wrong_types.py.
-7. An evicting maxmemory-policy: tests/test_faults.py (a warning at start-up).
+6. Keys of the wrong type: tests/lua/test_wrong_types.py.
+7. An evicting maxmemory-policy: tests/system/test_faults.py (a warning at start-up).
 
 No test sleeps to wait: each polls for its condition with a deadline. Timing is
 asserted only as "did not hang" (STALL_BOUND), never finely.
@@ -61,8 +61,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from concord.server.app import connect
 from concord.server.errors import ConcordError
+from concord.server.redis.connect import connect
 from concord.server.settings import Settings
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, lease_id
@@ -607,7 +607,7 @@ async def test_after_an_empty_restart_a_live_lease_is_lost_but_its_holder_is_fen
     real_redis_url: str, tmp_path: Path
 ):
     """What an empty restart means for a live lease (not promised to survive; the
-    README says so): the lease and its agents are gone and another agent may take
+    docs/api.md says so): the lease and its agents are gone and another agent may take
     the contact at once, but the old holder's token stays refused, before and after
     that new grant. That tokens keep growing across the restart is
     test_liveness.py::test_fencing_tokens_keep_growing_across_a_redis_restart_that_lost_the_data."""
@@ -1262,17 +1262,17 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                     return sum(1 for _ in db.scan_iter(match=f"{keys.tenant(LOST)}:{pattern}", count=1000))
 
                 # Registration: one agent, created once.
-                sdr, created = await lost_once(lambda: store.register(LOST, "sdr", None, None))
+                sdr, created = await lost_once(lambda: store.agents.register(LOST, "sdr", None, None))
                 answers["register"] = "updated" if not created else "created"
                 assert db.zcard(keys.agents(LOST)) == 1 and db.zcard(keys.heartbeats(LOST)) == 1
                 assert db.hget(keys.agent(LOST, sdr.id), "registeredAt") == str(ms(sdr.registered_at))
 
-                beat = await lost_once(lambda: store.heartbeat(LOST, sdr.id))
+                beat = await lost_once(lambda: store.agents.heartbeat(LOST, sdr.id))
                 assert db.zscore(keys.heartbeats(LOST), sdr.id) == ms(beat.last_heartbeat)
 
                 # A grant: one lease, one token taken from the fence.
                 lease, created = await lost_once(
-                    lambda: store.acquire(LOST, sdr.id, "alice@example.com", None, 600_000)
+                    lambda: store.leases.acquire(LOST, sdr.id, "alice@example.com", None, 600_000)
                 )
                 answers["acquire"] = "extended" if not created else "granted"
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
@@ -1287,16 +1287,16 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(lease.expires_at)}:alice@example.com"}
                 assert count("lease:*") == 1 and count("leases:*") == 1
 
-                renewed = await lost_once(lambda: store.renew(LOST, lease.id, sdr.id, 900_000))
+                renewed = await lost_once(lambda: store.leases.renew(LOST, lease.id, sdr.id, 900_000))
                 assert (renewed.id, renewed.fencing_token) == (lease.id, lease.fencing_token)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
                 assert db.pexpiretime(lease_key) == ms(renewed.expires_at)
                 assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(renewed.expires_at)}:alice@example.com"}
 
                 # A consensus request: one request, in each of its lists once.
-                peers = [first(await store.register(LOST, f"peer-{i}", None, None)) for i in range(3)]
+                peers = [first(await store.agents.register(LOST, f"peer-{i}", None, None)) for i in range(3)]
                 request = first(
-                    await lost_once(lambda: store.request_consensus(LOST, sdr.id, "offer", None, None, 3_600_000))
+                    await lost_once(lambda: store.consensus.request(LOST, sdr.id, "offer", None, None, 3_600_000))
                 )
                 assert count("consensus:cons_*") == 1
                 for listed in ("all", "pending"):
@@ -1304,23 +1304,23 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert db.zrange(keys.consensus_due(LOST), 0, -1) == [request.id]
 
                 # Votes: each counted once; the deciding one decides once.
-                voted = await lost_once(lambda: store.vote(LOST, request.id, peers[0].id, "approve", None))
+                voted = await lost_once(lambda: store.consensus.vote(LOST, request.id, peers[0].id, "approve", None))
                 assert (voted.status, voted.tally.approve, len(voted.votes)) == ("pending", 1, 1)
                 assert db.hlen(keys.votes(LOST, request.id)) == 1
-                decided = await lost_once(lambda: store.vote(LOST, request.id, peers[1].id, "approve", None))
+                decided = await lost_once(lambda: store.consensus.vote(LOST, request.id, peers[1].id, "approve", None))
                 assert (decided.status, decided.tally.approve, len(decided.votes)) == ("approved", 2, 2), decided
                 assert db.hlen(keys.votes(LOST, request.id)) == 2
                 assert db.zrange(keys.consensus_list(LOST, "approved"), 0, -1) == [request.id]
                 assert db.zcard(keys.consensus_list(LOST, "pending")) == 0
-                read = await store.get_consensus(LOST, request.id)
+                read = await store.consensus.get(LOST, request.id)
                 assert (read.status, read.resolved_at, read.votes) == ("approved", decided.resolved_at, decided.votes)
 
                 # Release and deregistration: done once; the second run finds nothing to do.
-                released = await lost_once(lambda: store.release(LOST, lease.id, sdr.id))
+                released = await lost_once(lambda: store.leases.release(LOST, lease.id, sdr.id))
                 answers["release"] = getattr(released, "code", "released")
                 assert not db.exists(lease_key, registry)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
-                removed = await lost_once(lambda: store.remove_agent(LOST, peers[2].id))
+                removed = await lost_once(lambda: store.agents.remove(LOST, peers[2].id))
                 answers["remove"] = getattr(removed, "code", "removed")
                 assert not db.exists(keys.agent(LOST, peers[2].id))
                 assert db.zscore(keys.agents(LOST), peers[2].id) is None

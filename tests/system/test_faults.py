@@ -10,7 +10,7 @@ start-up.
 The fault-injection suite with figures (Redis SIGKILLed and restarted from its
 AOF, restarted empty, stalled under concurrent load with nothing applied twice,
 a service process SIGKILLed, a holder stalled past its lease) is
-tests/test_fault_injection.py; keys of the wrong type are tests/test_wrong_types.py.
+tests/system/test_fault_injection.py; keys of the wrong type are tests/lua/test_wrong_types.py.
 """
 
 from __future__ import annotations

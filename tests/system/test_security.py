@@ -51,7 +51,7 @@ import redis.asyncio
 
 from concord.server.errors import ConcordError
 from concord.server.http.auth import CACHE_SECONDS, Authenticator
-from concord.server.http.routes import ENDPOINTS
+from concord.server.http.endpoint import ENDPOINTS
 from concord.server.settings import Settings, key_digest, parse_api_keys
 from concord.server.store import Store
 from concord.server.store.keys import Keys
@@ -68,7 +68,7 @@ REPORT_ENV = "CONCORD_SECURITY_REPORT"
 def security_report(summary: str, record: dict[str, Any]) -> None:
     """Print ``summary`` as one line (seen with `pytest -s`) and append ``record``
     as one JSON line to the file named by CONCORD_SECURITY_REPORT, if it is set
-    (tests/reports.py, as the fault suites do with theirs)."""
+    (tests/support/reports.py, as the fault suites do with theirs)."""
     print(f"\n[security] {summary}", flush=True)
     append_report(REPORT_ENV, {**record, "redis": redis_version()})
 
@@ -164,7 +164,7 @@ async def test_keys_close_to_a_real_key_are_refused(asgi_app, redis_client, keys
     """Keys of the same length and prefix as a real one, one character off, a
     prefix or an extension of it, or its SHA-256 (what Redis holds) are all 401:
     being found by digest, a key either is one or is not, however close it comes."""
-    stored = await Store(redis_client, keys).create_api_key(TENANT)
+    stored = await Store(redis_client, keys).apikeys.create(TENANT)
     assert stored.startswith("ck_")
 
     def near(key: str) -> list[str]:

@@ -129,7 +129,7 @@ def _log_config(level: str) -> dict:
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from concord.server.app import connect
+    from concord.server.redis.connect import connect
     from concord.server.store import Store
     from concord.server.store.keys import Keys
 
@@ -147,16 +147,16 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     try:
         store = Store(client, Keys(settings.key_prefix), settings.heartbeat_window_seconds)
         if args.key_command == "create":
-            print(await store.create_api_key(args.tenant))
+            print(await store.apikeys.create(args.tenant))
             print(f"Created an API key for tenant {args.tenant!r}. It is shown only now.", file=sys.stderr)
         elif args.key_command == "revoke":
-            tenant = await store.revoke_api_key(args.key)
+            tenant = await store.apikeys.revoke(args.key)
             if tenant is None:
                 print("concord: no such key", file=sys.stderr)
                 return 1
             print(f"Revoked a key of tenant {tenant!r}.", file=sys.stderr)
         else:
-            for digest, tenant in sorted((await store.api_keys()).items(), key=lambda item: (item[1], item[0])):
+            for digest, tenant in sorted((await store.apikeys.all()).items(), key=lambda item: (item[1], item[0])):
                 print(f"{digest}  {tenant}")
     except RedisError as exc:
         print(f"concord: Redis at CONCORD_REDIS_URL failed: {exc}", file=sys.stderr)

@@ -113,13 +113,12 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _contact(text: str) -> str:
-    """The contact as keys carry it (trimmed, lower-cased: schemas.normalize_email)."""
-    from concord.protocol.schemas import normalize_email
-    from concord.server.errors import ConcordError
+    """The contact as keys carry it (trimmed, lower-cased: protocol.normalize_email)."""
+    from concord.protocol import FieldError, normalize_email
 
     try:
         return normalize_email(text)
-    except ConcordError:
+    except FieldError:
         raise argparse.ArgumentTypeError(f"expected an email address (local@domain.tld, ASCII), got {text!r}") from None
 
 

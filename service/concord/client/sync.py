@@ -48,7 +48,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from concord.protocol import schemas as s
+from concord import protocol as s
 
 __all__ = [
     "AsyncAgentHandle",

@@ -1,47 +1,34 @@
-"""The application: routes, exception handlers, and the lifespan that builds the
-Redis client and the Store and hands them to requests as typed state."""
+"""The application: the route table, the exception handlers, and the lifespan that
+builds the Redis client and the Store and hands them to requests as typed state."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
 import redis.exceptions as rx
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import Redis, RedisCluster
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
-from concord.server.errors import ConcordError, error_response, problem
-from concord.server.http import routes as api
+from concord.protocol import routes as paths
 from concord.server.http.auth import Authenticator
 from concord.server.http.deadlines import Deadlines
 from concord.server.http.observe import Observe
+from concord.server.http.problems import exception_handlers
+from concord.server.http.routes import routes
 from concord.server.metrics import METRICS, Exporter
-from concord.server.redis.cluster import ConcordCluster
+from concord.server.redis.batcher import Replication
+from concord.server.redis.connect import connect
 from concord.server.settings import Settings
 from concord.server.store import Store
 from concord.server.store.keys import Keys
 
 log = logging.getLogger("concord")
-
-# Every endpoint is declared in api.py; the route table is made from those declarations.
-# Starlette tries routes in order, so the calls agents make on every send and every
-# beat come first (no two routes match the same request, so order changes nothing else).
-HOT = ("heartbeat", "send_check", "acquire_lease", "vote", "get_consensus", "renew_lease", "register")
-routes = [
-    Route(e.path, e, methods=[e.method], name=e.name)
-    for e in sorted(api.ENDPOINTS, key=lambda e: HOT.index(e.name) if e.name in HOT else len(HOT))
-]
 
 
 class State(TypedDict):
@@ -51,52 +38,12 @@ class State(TypedDict):
     deadlines: Deadlines
 
 
-def connect(settings: Settings) -> Redis:
-    """A Redis client for the settings: the configured server, or the embedded store."""
-    if settings.redis_url is None:
-        from fakeredis.aioredis import FakeRedis
-
-        return FakeRedis(decode_responses=True)
-    timeout = settings.redis_timeout_seconds
-    if settings.redis_cluster:
-        # redis-py's cluster client: it learns the slot map from the node named,
-        # routes each command by its key's slot, and follows MOVED/ASK and
-        # failovers itself. Every script's keys share their tenant's slot.
-        return ConcordCluster.from_url(
-            settings.redis_url,
-            # On MOVED, note the slot's new owner, never close every connection to
-            # learn the whole map again (by default every fifth MOVED does): closing
-            # connections under running commands fails them (cluster.py, _inside_redis_py).
-            reinitialize_steps=0,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=settings.redis_max_connections,
-        )
-    # A blocking pool: a request finding every connection busy waits for one (its
-    # deadline still bounds the wait) instead of failing at once as the default
-    # pool does when it is full.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=timeout,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # One quick retry after a dropped connection; the request deadline bounds the rest.
-        # Every script is safe to run twice, so a retry never applies a change twice.
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)
-
-
 def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Starlette:
     """The ASGI app. Tests pass ``settings`` and a ``redis`` client of their own;
     ``concord serve`` passes neither, so both come from the environment."""
     settings = settings or Settings.from_env()
     # Counts go to this process's METRICS; with several workers, the exporter's
-    # snapshot files let /metrics answer for all of them (service/metrics.py).
+    # snapshot files let /metrics answer for all of them (server/metrics.py).
     exporter = Exporter(METRICS, settings.metrics_dir)
 
     @asynccontextmanager
@@ -108,12 +55,12 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             settings.heartbeat_window_seconds,
             settings.redis_timeout_seconds,
             settings.events_max_length,
-            settings.replication,
+            Replication.within(settings.min_replicas, settings.redis_timeout_seconds),
         )
         if settings.redis_url is None and redis is None:
             await _start_embedded(settings, store)
         elif redis is None:
-            await _check_redis(client, settings.redis_url)
+            await _check_redis(settings, store)
         if redis is None:  # serving (tests bring their own client, and their own garbage)
             # Everything built so far lives as long as the process: moved out of the
             # collector's sight, it is not scanned again by every full collection,
@@ -125,7 +72,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                 yield {
                     "settings": settings,
                     "store": store,
-                    "auth": Authenticator(settings.api_keys, store.tenant_of_key),
+                    "auth": Authenticator(settings.api_keys, store.apikeys.tenant_of),
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:
@@ -133,13 +80,17 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             if redis is None:
                 await client.aclose()
 
-    return Starlette(
+    app = Starlette(
         # /metrics is for the scraper, not an API operation: no key, not in ENDPOINTS or the OpenAPI document.
-        routes=[*routes, Route("/metrics", exporter.endpoint, methods=["GET"], name="metrics")],
+        routes=[*routes, Route(paths.METRICS, exporter.endpoint, methods=["GET"], name="metrics")],
         exception_handlers=exception_handlers,
         middleware=[Middleware(Observe, metrics=METRICS, access_log=settings.access_log)],
         lifespan=lifespan,
     )
+    # A path with a trailing slash is not redirected (an empty 307 helps no client):
+    # it is a not_found problem that names the path without the slash (http/problems.py).
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _start_embedded(settings: Settings, store: Store) -> None:
@@ -147,20 +98,32 @@ async def _start_embedded(settings: Settings, store: Store) -> None:
         "Concord is running on its embedded in-memory store (CONCORD_REDIS_URL is unset): "
         "state lives in this process only and is gone when it stops"
     )
+    await store.scripts.load()
     if not settings.api_keys:
-        api_key = await store.create_api_key("demo")
+        api_key = await store.apikeys.create("demo")
         log.warning("No API key is configured: created one for tenant 'demo': %s", api_key)
 
 
-async def _check_redis(client: Redis, url: str | None) -> None:
-    """Warn when Redis may evict leases, and start even if Redis is not up yet:
-    /readyz says 503 until it answers, and requests work as soon as it does."""
+async def _check_redis(settings: Settings, store: Store) -> None:
+    """Load the scripts, warn when Redis may evict leases or when no API key can
+    authenticate anyone, and start even if Redis is not up yet: /readyz says 503
+    until it answers, and requests work as soon as it does."""
+    client = store.redis
     try:
         if isinstance(client, RedisCluster):
             # Learn the slot map before the first requests: redis-py's cluster client
             # lets concurrent first commands on a fresh client race on one connection
             # (AttributeError on `writelines`), and none come before this.
             await client.initialize()
+        # Loaded now, the first calls find their scripts (a NOSCRIPT then would be
+        # counted as a Redis error on /metrics, with nothing wrong).
+        await store.scripts.load()
+        if not settings.api_keys and not await store.apikeys.any():
+            log.warning(
+                "No API key is configured or stored in Redis, so every /v1 request answers 401. Create one with "
+                "`concord keys create --tenant <tenant>` (with this CONCORD_REDIS_URL and CONCORD_KEY_PREFIX), or "
+                "set CONCORD_API_KEYS=<tenant>:<key> and restart"
+            )
         config = await client.config_get("maxmemory-policy")
     except (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException) as exc:
         log.warning("Redis does not answer yet (%s); /readyz answers 503 until it does", exc)
@@ -175,86 +138,3 @@ async def _check_redis(client: Redis, url: str | None) -> None:
             "lease looks like a free contact. Set maxmemory-policy noeviction.",
             policy,
         )
-
-
-# --- exception handlers: every error leaves as problem+json --------------------
-
-
-async def _concord_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ConcordError)
-    return error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        return problem(
-            "method_not_allowed", f"{request.method} is not allowed on {request.url.path}", headers=exc.headers
-        )
-    return problem("not_found", f"No endpoint {request.url.path}")
-
-
-async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("Redis unavailable on %s %s: %r", request.method, request.url.path, exc)
-    return problem("store_unavailable", "Redis did not answer in time; nothing is known to have changed. Retry.")
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    log.error("Redis refused %s %s: %s", request.method, request.url.path, exc)
-    return problem("store_error", "Redis refused the operation; see the service log")
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    if _inside_redis_py(exc):
-        return await _store_unavailable(request, exc)
-    log.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem("internal_error", "Unexpected error; see the service log")
-
-
-REDIS_PY = os.path.dirname(rx.__file__) + os.sep
-CONCORD = os.path.dirname(os.path.dirname(__file__)) + os.sep  # the concord package
-
-
-def _inside_redis_py(exc: Exception) -> bool:
-    """An AttributeError, TypeError or RuntimeError raised while redis-py ran: after
-    the last frame of Concord's own code, a frame of redis-py's. Its asyncio cluster
-    client closes connections under running commands when the cluster's topology
-    changes (a failover, a resharding), and a command then fails on the closed
-    connection: ``'NoneType' object has no attribute 'writelines'``, or uvloop's
-    "the handler is closed" (redis/redis-py#3835 is another of the kind). Such a
-    request met a failing Redis: a 503, safe to retry, like any other."""
-    if not isinstance(exc, (AttributeError, TypeError, RuntimeError)):
-        return False
-    in_redis_py = False
-    frame = exc.__traceback__
-    while frame is not None:
-        filename = frame.tb_frame.f_code.co_filename
-        if filename.startswith(CONCORD):
-            in_redis_py = False
-        elif filename.startswith(REDIS_PY):
-            in_redis_py = True
-        frame = frame.tb_next
-    return in_redis_py
-
-
-exception_handlers = {
-    ConcordError: _concord_error,
-    HTTPException: _http_error,
-    TimeoutError: _store_unavailable,  # the request deadline (deadlines.py)
-    rx.ConnectionError: _store_unavailable,
-    rx.TimeoutError: _store_unavailable,
-    rx.ReadOnlyError: _store_unavailable,  # a replica during failover
-    # A cluster between owners of a slot: failing over, resharding, or not yet learnt.
-    rx.ClusterError: _store_unavailable,  # also CLUSTERDOWN, MASTERDOWN
-    rx.TryAgainError: _store_unavailable,
-    rx.AskError: _store_unavailable,  # also MOVED, once redirections ran out
-    rx.RedisClusterException: _store_unavailable,  # also a slot no node serves
-    rx.OutOfMemoryError: _store_unavailable,
-    rx.ResponseError: _store_error,
-    # Answered here rather than by Starlette's last-resort handler (Exception), which
-    # re-raises after answering: a 503 of redis-py's is no crash to log as one.
-    AttributeError: _internal_error,
-    TypeError: _internal_error,
-    RuntimeError: _internal_error,
-    Exception: _internal_error,
-}

@@ -1,46 +1,16 @@
-"""Error codes, the one exception the service raises, and problem+json rendering.
+"""The one exception the service raises, and the errors it raises most.
 
-Every error leaves the service as an RFC 9457 problem document
-``{type, title, status, detail, code}`` plus the members named for its code
-(``leaseHolder``, ``status``, ``field``...). ``code`` is the stable part that
-clients branch on; the README's Errors table lists them all.
+A ``ConcordError`` carries a stable code of protocol.ERRORS, a detail that says
+what happened and what to do next, and the extra problem members of its code
+(``leaseHolder``, ``field``...). The store raises them, the HTTP layer renders
+them (http/problems.py); no HTTP type is needed to raise one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-from starlette.responses import Response
-
-# code -> (HTTP status, title). The README's Errors table is this table in prose; keep them in step.
-ERRORS: dict[str, tuple[int, str]] = {
-    "malformed_json": (400, "The body is not valid JSON"),
-    "unauthorized": (401, "Missing or unknown API key"),
-    "tenant_mismatch": (403, "tenantId differs from the API key's tenant"),
-    "not_lease_holder": (403, "Only the lease holder may do this"),
-    "requester_cannot_vote": (403, "The requester cannot vote on its own request"),
-    "not_found": (404, "No such endpoint"),
-    "agent_not_found": (404, "Agent not found"),
-    "lease_not_found": (404, "Lease not found"),
-    "consensus_not_found": (404, "Consensus request not found"),
-    "method_not_allowed": (405, "Method not allowed on this endpoint"),
-    "agent_inactive": (409, "Agent is inactive"),
-    "lease_conflict": (409, "Contact is leased by another agent"),
-    "already_voted": (409, "Agent already voted otherwise"),
-    "consensus_closed": (409, "Consensus request is no longer pending"),
-    "payload_too_large": (413, "Request body too large"),
-    "unsupported_media_type": (415, "Unsupported media type"),
-    "validation_error": (422, "Invalid request"),
-    "idempotency_key_reused": (422, "Idempotency-Key reused for a different request"),
-    "rate_limited": (429, "Too many requests"),
-    "internal_error": (500, "Internal error"),
-    "store_error": (500, "The store rejected the operation"),
-    "store_unavailable": (503, "The store is unavailable"),
-}
-
-PROBLEM_JSON = "application/problem+json"
-_encode = msgspec.json.Encoder().encode
+from concord.protocol import ERRORS, routes
 
 
 class ConcordError(Exception):
@@ -73,41 +43,40 @@ class NotReplicated(StoreUnavailable):
         )
 
 
-_STANDARD = frozenset({"type", "title", "status", "detail", "code"})
+def agent_not_found(agent_id: str, tenant: str) -> ConcordError:
+    return ConcordError(
+        "agent_not_found", f"No agent {agent_id} in tenant {tenant}: register it first with POST {routes.REGISTER}"
+    )
 
 
-def problem(code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    status, title = ERRORS[code]
-    if not _STANDARD.isdisjoint(extra):
-        raise ValueError(f"problem members {sorted(_STANDARD & extra.keys())} are reserved")
-    body = {"type": f"urn:concord:problem:{code}", "title": title, "status": status, "detail": detail, "code": code}
-    body.update(extra)
-    headers = dict(headers or {})
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="concord"'
-    elif status == 503:
-        headers["Retry-After"] = "1"
-    elif status == 429:
-        headers["Retry-After"] = str(max(1, -(-int(extra.get("retryAfterMs", 1000)) // 1000)))
-    return Response(_encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+def lease_not_found(lease_id: str, tenant: str) -> ConcordError:
+    return ConcordError(
+        "lease_not_found",
+        f"No live lease {lease_id} in tenant {tenant}: it expired, was released or was taken over "
+        f"(or never existed); acquire the contact again with POST {routes.LEASE}",
+    )
 
 
-def error_response(exc: ConcordError) -> Response:
-    return problem(exc.code, exc.detail, **exc.extra)
+def consensus_not_found(consensus_id: str, tenant: str) -> ConcordError:
+    return ConcordError(
+        "consensus_not_found",
+        f"No consensus request {consensus_id} in tenant {tenant} (a decided request is kept 7 days); "
+        f"ask for a new one with POST {routes.CONSENSUS}",
+    )
 
 
-def agent_not_found(agent_id: str) -> ConcordError:
-    return ConcordError("agent_not_found", f"No agent {agent_id} in this tenant")
+# An id's kind (protocol.UnknownId.kind) -> the 404 of an id of that kind that names nothing.
+NOT_FOUND = {"agent": agent_not_found, "lease": lease_not_found, "consensus": consensus_not_found}
 
 
-def lease_not_found(lease_id: str) -> ConcordError:
-    return ConcordError("lease_not_found", f"No live lease {lease_id}: it expired, was released, or was taken over")
+def shown(value: str, limit: int = 80) -> str:
+    """A caller's value as a message may quote it: at most ``limit`` characters, and
+    quoted (as a Python literal) if it holds anything unprintable."""
+    value = value if len(value) <= limit else f"{value[:limit]}…"
+    return value if value.isprintable() else repr(value)
 
 
-def consensus_not_found(consensus_id: str) -> ConcordError:
-    return ConcordError("consensus_not_found", f"No consensus request {consensus_id} in this tenant")
-
-
-def invalid(detail: str, field: str) -> ConcordError:
-    """A 422 naming the field by its JSON path, as msgspec's own messages do."""
-    return ConcordError("validation_error", f"{detail} - at `{field}`", field=field)
+def invalid(where: str, rule: str, field: str) -> ConcordError:
+    """A 422 saying, in words, what ``where`` (a field, query parameter or header)
+    must be; ``field`` is its JSON path (``$.durationMinutes``) or ``header <Name>``."""
+    return ConcordError("validation_error", f"{where}: {rule}", field=field)

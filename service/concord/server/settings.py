@@ -1,6 +1,6 @@
 """Settings, read once from the environment (every variable is CONCORD_*).
 
-The README's configuration table documents each of them; keep the two in step.
+docs/configuration.md documents each of them; keep the two in step.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from concord.server.redis.batcher import Replication
 
 TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.
@@ -69,13 +67,6 @@ class Settings:
     events_max_length: int = 10_000
     # A state change is answered only once this many replicas hold it (WAIT); 0: at once.
     min_replicas: int = 0
-
-    @property
-    def replication(self) -> Replication:
-        """WAIT for ``min_replicas``, for half the Redis deadline: the other half is
-        left for the request's own Redis work, so a late WAIT answers NotReplicated
-        rather than the deadline's plainer 503."""
-        return Replication(self.min_replicas, max(int(self.redis_timeout_seconds * 500), 1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

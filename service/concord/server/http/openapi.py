@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, built from the endpoint declarations of api.py and
+"""The OpenAPI 3.1 document, built from the endpoint declarations of routes.py and
 the msgspec structs that decode requests and encode answers.
 
 Nothing here is written by hand per endpoint: a new endpoint, field or error code
@@ -14,9 +14,10 @@ from typing import Any
 
 import msgspec
 
-from concord.protocol import schemas as s
-from concord.server.errors import ERRORS
-from concord.server.http.routes import ENDPOINTS, PATH_IDS, Endpoint
+from concord import protocol as s
+from concord.protocol import ERRORS, ID_PATTERNS
+from concord.server.http.decoding import PATH_IDS
+from concord.server.http.endpoint import Endpoint
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"
@@ -29,18 +30,18 @@ ANSWER_HEADERS = {
 
 
 @cache
-def document() -> bytes:
-    """The document as JSON, built once."""
-    return msgspec.json.encode(build())
+def document(endpoints: tuple[Endpoint, ...]) -> bytes:
+    """The document of ``endpoints`` as JSON, built once."""
+    return msgspec.json.encode(build(endpoints))
 
 
-def build() -> dict[str, Any]:
+def build(endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
     types = {s.Problem, s.Event}
-    for e in ENDPOINTS:
+    for e in endpoints:
         types.update(t for t in (e.body, e.query, *e.answers.values()) if t is not None)
     (_, components) = msgspec.json.schema_components(sorted(types, key=str), ref_template=REF)
     paths: dict[str, dict[str, Any]] = defaultdict(dict)
-    for e in ENDPOINTS:
+    for e in endpoints:
         paths[e.path][e.method.lower()] = _operation(e, components)
     return {
         "openapi": "3.1.0",
@@ -79,7 +80,7 @@ def _path_parameters(e: Endpoint) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": "An id of another shape, or of another tenant, answers 404",
-            "schema": {"type": "string", "pattern": f"^{PATH_IDS[name][0].pattern}$"},
+            "schema": {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"},
         }
         for name in e.ids
     ]

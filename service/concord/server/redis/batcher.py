@@ -61,6 +61,13 @@ class Replication:
     replicas: int = 0
     timeout_ms: int = 0
 
+    @classmethod
+    def within(cls, replicas: int, deadline_seconds: float) -> Replication:
+        """WAIT for ``replicas`` (CONCORD_MIN_REPLICAS), for half the request's Redis
+        deadline: the other half is left for the request's own Redis work, so a late
+        WAIT answers NotReplicated rather than the deadline's plainer 503."""
+        return cls(replicas, max(int(deadline_seconds * 500), 1))
+
     def wait_command(self) -> tuple[Any, ...] | None:
         return ("WAIT", self.replicas, self.timeout_ms) if self.replicas else None
 

@@ -6,7 +6,7 @@ connections of the node's pool (the command can then meet MOVED instead), and it
 cannot send WAIT on the connection that made the write, which is the only one WAIT
 waits for. So script calls take their own path here, on redis-py's slot map and
 node connections. A call goes to the master of its slot through that master's
-own Batcher (wire.py), which pipelines concurrent calls and ends a batch of
+own Batcher (batcher.py), which pipelines concurrent calls and ends a batch of
 state changes with WAIT, as on one server; the reply decides what comes next:
 
 - MOVED (the slot has a new owner: a resharding, a failover): note the owner, go there;

@@ -1,23 +1,16 @@
-"""Events: what the scripts append to each tenant's Redis Stream, and how it is read.
+"""The live fan-out of a tenant's events to the readers of one worker: Server-Sent
+Event streams and consensus long polls (http/streaming.py).
 
-Every script that changes state appends its event to ``keys.events(tenant)`` in the
-same script (lua/lib.lua ``emit``), so a change and its event are one atomic step.
-The stream entry id (``<ms>-<seq>``, Redis's clock) is the event's id: ids only
-grow, so a reader that remembers the last id it saw misses nothing when it comes
-back, as long as the stream (capped at CONCORD_EVENTS_MAX_LENGTH) still holds it.
-
-``EventFeed`` fans a tenant's new events out to the live readers of one worker
-(Server-Sent Event streams, consensus long polls): one reader task per tenant with
-listeners, blocking on XREAD on a connection of its own, so a thousand listeners
-cost Redis one blocked connection per worker, not a thousand polls.
+One reader task per tenant with listeners blocks on XREAD on a connection of its
+own, so a thousand listeners cost Redis one blocked connection per worker, not a
+thousand polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,75 +18,10 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from concord.protocol.schemas import Event, iso
 from concord.server.redis.cluster import SlotMap
-from concord.server.store.keys import Keys, lease_id
+from concord.server.store.keys import Keys
 
 log = logging.getLogger("concord")
-
-# Every event type; a family ("lease") selects all of its types in a filter.
-EVENT_TYPES = (
-    "agent.registered",
-    "agent.removed",
-    "lease.acquired",
-    "lease.renewed",
-    "lease.released",
-    "lease.taken_over",
-    "consensus.requested",
-    "consensus.voted",
-    "consensus.resolved",
-    "consensus.expired",
-)
-FAMILIES = frozenset(t.partition(".")[0] for t in EVENT_TYPES)
-# A stream id as a client may give it: "<ms>-<seq>", "<ms>", or "0" for the start.
-STREAM_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
-_INTS = frozenset({"fencingToken", "previousFencingToken", "releasedLeases", "approve", "reject", "eligible", "needed"})
-_ATTRS = dict(zip(Event.__struct_encode_fields__, Event.__struct_fields__))
-
-
-def event(tenant: str, entry_id: str, fields: Iterable[str] | dict[str, str]) -> Event:
-    """The API's Event for one stream entry (its fields flat, or as a dict)."""
-    pairs = fields.items() if isinstance(fields, dict) else zip(*[iter(fields)] * 2)
-    values: dict[str, Any] = {}
-    for name, value in pairs:
-        if value == "" or name not in _ATTRS:
-            continue  # '' is "none" (a consensus without a contact); unknown fields are from a newer version
-        if name in _INTS:
-            values[_ATTRS[name]] = int(value)
-        elif name == "expiresAt":
-            values["expires_at"] = iso(value)
-        elif name == "created":
-            values["created"] = value == "1"
-        else:
-            values[_ATTRS[name]] = value
-    if values.get("type", "").startswith("lease.") and "fencing_token" in values:
-        values["lease_id"] = lease_id(values["agent_id"], values["fencing_token"])
-    if "previous_fencing_token" in values:
-        values["previous_lease_id"] = lease_id(values["previous_agent_id"], values["previous_fencing_token"])
-    values["at"] = iso(int(entry_id.partition("-")[0]))
-    return Event(id=entry_id, tenant_id=tenant, **values)
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events a reader wants: types (exact or a family), and an agent or a contact."""
-
-    types: frozenset[str] = frozenset()
-    agent_id: str | None = None
-    contact: str | None = None
-
-    def __call__(self, e: Event) -> bool:
-        if self.types and e.type not in self.types and e.type.partition(".")[0] not in self.types:
-            return False
-        if self.agent_id is not None and self.agent_id not in (e.agent_id, e.previous_agent_id):
-            return False
-        return self.contact is None or e.contact_email == self.contact
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable (ms, seq)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def entries(reply: Any) -> list[tuple[str, list[str]]]:

@@ -96,6 +96,11 @@ class Script:
         self._send = send
         self._durable = source.name not in NOT_WAITED
 
+    @property
+    def text(self) -> str:
+        """What is sent to Redis: lib.lua, then the script."""
+        return self._script.script
+
     def __call__(self, keys: list[str], args: list[Any], client: Any = None):
         if not _arity_ok(len(keys), self._n_keys, self._variadic_keys) or not _arity_ok(
             len(args), self._n_args, self._variadic_args
@@ -116,11 +121,24 @@ def _arity_ok(given: int, declared: int, variadic: bool) -> bool:
 
 
 class Scripts:
-    """The scripts registered with one client, as attributes: ``scripts.lease_acquire``."""
+    """The scripts of lua/, registered with one client, one attribute each:
+    ``scripts.lease_acquire`` runs lua/lease_acquire.lua."""
+
+    agent_register: Script
+    agent_heartbeat: Script
+    agent_remove: Script
+    lease_acquire: Script
+    lease_renew: Script
+    lease_release: Script
+    lease_send_check: Script
+    consensus_request: Script
+    consensus_vote: Script
+    consensus_read: Script
+    rate_limit: Script
 
     def __init__(self, client: Redis, timeout: float | None = None, replication: Replication = Replication()) -> None:
         # On a cluster each call goes to the master of its keys' slot and follows
-        # the cluster's redirections itself (cluster.py); the batcher speaks to one server.
+        # the cluster's redirections itself (redis/cluster.py); the batcher speaks to one server.
         self.slots: SlotMap | None = None
         self._cluster: ClusterCaller | None = None
         if isinstance(client, RedisCluster):
@@ -129,15 +147,34 @@ class Scripts:
             send = self._cluster.call
         else:
             send = Batcher(client, timeout, replication=replication).call
-        for name, source in sources().items():
-            if name != LIB:
-                setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), send))
+        self._client = client
+        missing = sorted(set(sources()) - {LIB} - set(Scripts.__annotations__))
+        if missing:  # a script nobody can call: declare it above
+            raise RuntimeError(f"lua/{missing[0]}.lua is not declared as an attribute of Scripts")
+        for name in Scripts.__annotations__:
+            source = sources()[name]
+            setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), send))
+
+    def all(self) -> list[Script]:
+        """Every script, in the order declared."""
+        return [getattr(self, name) for name in Scripts.__annotations__]
+
+    async def load(self) -> None:
+        """Load every script into Redis now (on a cluster: into every master), so the
+        first calls find them: a first call would otherwise meet NOSCRIPT, which is
+        counted as a Redis error although nothing is wrong."""
+        texts = [script.text for script in self.all()]
+        if isinstance(self._client, RedisCluster):
+            for text in texts:  # redis-py sends SCRIPT LOAD to every primary
+                await self._client.script_load(text)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for text in texts:
+            pipe.script_load(text)
+        await pipe.execute()
 
     async def aclose(self) -> None:
         """Close the connections the scripts' own path made (on a cluster); those
         of the client close with it."""
         if self._cluster is not None:
             await self._cluster.aclose()
-
-    def __getattr__(self, name: str) -> Script:  # for type checkers; real attributes win
-        raise AttributeError(f"no script lua/{name}.lua")

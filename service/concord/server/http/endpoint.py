@@ -1,0 +1,183 @@
+"""The endpoint machinery: what every request goes through before and after its
+handler.
+
+Each endpoint is declared once, in routes.py, with ``@endpoint(METHOD, PATH,
+...)``: its body and query Structs, its answers and its error codes. That
+declaration is what runs (``Endpoint.__call__``: the API key gives the tenant,
+at most 64 KiB of JSON is read, body and query are decoded by prebuilt msgspec
+decoders, path ids are checked, rate limits apply, and the handler's Redis work
+runs under the configured deadline so a stalled Redis answers 503 rather than
+hanging), what the router routes, and what openapi.py describes, so the three
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from concord import protocol as p
+from concord.server.http.decoding import PATH_IDS, decode_body, decode_query, path_id, read_body
+
+if TYPE_CHECKING:
+    from concord.server.store import Store
+
+_encode = msgspec.json.Encoder().encode
+# Error codes by what an endpoint does; each endpoint adds its own.
+AUTH_ERRORS = ("unauthorized", "tenant_mismatch", "validation_error", "rate_limited")
+BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
+STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
+# A body or query field naming an agent: an id of another shape answers its 404.
+AGENT_FIELDS = frozenset({"agentId", "requestingAgentId"})
+NOT_FOUND_CODES = {"agent": "agent_not_found", "lease": "lease_not_found", "consensus": "consensus_not_found"}
+# The request headers an endpoint reads (Call.headers holds these, lower-cased).
+READ_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"idempotency-key", b"last-event-id"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One decoded request, as a handler receives it."""
+
+    store: Store
+    tenant: str
+    body: Any
+    query: Any
+    ids: dict[str, str]
+    headers: dict[str, str]  # the READ_HEADERS present, by lower-cased name
+    deadline: float  # seconds the Redis work may take
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+Handler = Callable[[Call], Awaitable[Answer | Response]]
+
+
+@dataclass(eq=False)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    answers: dict[int, Any]  # success status -> response type
+    body: type[p.Input] | None = None
+    query: type[p.Input] | None = p.TenantQuery
+    own_errors: tuple[str, ...] = ()
+    authenticated: bool = True
+    request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
+    answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
+    event_stream: bool = False  # also answers 200 as text/event-stream
+    decoder: msgspec.json.Decoder | None = field(init=False)
+    ids: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decoder = msgspec.json.Decoder(self.body) if self.body is not None else None
+        self.ids = tuple(re.findall(r"{(\w+)}", self.path))
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """Every problem code this endpoint can answer with."""
+        if not self.authenticated:
+            return self.own_errors
+        found = [NOT_FOUND_CODES[PATH_IDS[name]] for name in self.ids]
+        for kind in (self.body, self.query):
+            names = {f.encode_name for f in msgspec.structs.fields(kind)} if kind is not None else set()
+            if names & AGENT_FIELDS:
+                found.append("agent_not_found")
+        own = tuple(dict.fromkeys(c for c in (*found, *self.own_errors)))
+        return AUTH_ERRORS + (BODY_ERRORS if self.body else ()) + own + STORE_ERRORS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The endpoint as a bare ASGI app under Starlette's router and exception
+        handlers: no Request or Response object on the way, for the hot path.
+
+        The Redis work runs under the deadline (CONCORD_REDIS_TIMEOUT_SECONDS), so a
+        stalled Redis answers 503 in time; reading the body does not count."""
+        state = scope["state"]
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS
+        }
+        store, deadlines = state["store"], state["deadlines"]
+        if not self.authenticated:
+            call = Call(store, "", None, None, {}, headers, deadlines.seconds)
+        else:
+            auth, authorization = state["auth"], headers.get("authorization")
+            tenant = auth.known(authorization)
+            if tenant is None:  # a key stored in Redis, not looked up in the last second
+                tenant = await deadlines.run(auth.tenant(authorization))
+            scope["concord.tenant"] = tenant  # for the access line (observe.py)
+            query = decode_query(scope, self.query, tenant) if self.query else None
+            body = None
+            if self.decoder is not None:
+                body = decode_body(self.decoder, await read_body(headers, receive), tenant)
+            ids = {name: path_id(scope, name, tenant) for name in self.ids}
+            call = Call(store, tenant, body, query, ids, headers, deadlines.seconds)
+            scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
+        answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
+        if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
+            await answer(scope, receive, send)
+            return
+        await send_answer(send, answer)
+
+    async def _work(self, call: Call, limits: Any) -> Answer | Response:
+        """The request's Redis work: its rate limits, then its handler."""
+        if limits and call.tenant:
+            await call.store.limits.take_token(call.tenant, acting_agent(call.body), limits)
+        return await self.handler(call)
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(
+    method: str, path: str, summary: str, *, answers: dict[int, Any], **options: Any
+) -> Callable[[Handler], Endpoint]:
+    """Declare the decorated handler as the endpoint ``method path``."""
+
+    def declare(handler: Handler) -> Endpoint:
+        declared = Endpoint(method, path, summary, handler, answers, **options)
+        ENDPOINTS.append(declared)
+        return declared
+
+    return declare
+
+
+def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    extra = tuple((name.lower().encode(), text.encode()) for name, text in (headers or {}).items())
+    return Answer(status, _encode(value), extra)
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer.body)).encode()),
+                *answer.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def acting_agent(body: Any) -> str | None:
+    """The agent a request acts for, for its rate limit: agentId, or requestingAgentId."""
+    return getattr(body, "agent_id", None) or getattr(body, "requesting_agent_id", None)

@@ -1,0 +1,152 @@
+"""Contact leases: acquire (grant, extend or refuse), renew, release, read, list,
+and the send-check that an email pipeline asks before each send."""
+
+from __future__ import annotations
+
+from concord.protocol import Lease, LeaseList, Released, SendCheck
+from concord.server.errors import lease_not_found
+from concord.server.metrics import METRICS
+from concord.server.store.context import Context
+from concord.server.store.keys import agent_tag, parse_lease_id
+from concord.server.store.paging import decode_cursor, encode_cursor
+from concord.server.store.replies import Reply, holder, iso, lease, refused
+
+# Send-check answers a refusal as a value: the reason it gives for each code.
+SEND_CHECK_REASONS = {
+    Reply.AGENT_NOT_FOUND: "agent_not_found",
+    Reply.AGENT_INACTIVE: "agent_inactive",
+    Reply.LEASE_CONFLICT: "lease_conflict",
+    Reply.STALE_FENCING_TOKEN: "stale_fencing_token",
+}
+
+
+class Leases:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def acquire(
+        self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int
+    ) -> tuple[Lease, bool]:
+        """Grant, extend or refuse the lease on ``contact``; True when newly granted.
+        The holder asking again gets its own lease back (same id and token), extended."""
+        ctx = self.ctx
+        k = ctx.keys
+        reply = await ctx.scripts.lease_acquire(
+            [
+                k.agent(tenant, agent_id),
+                k.heartbeats(tenant),
+                k.lease(tenant, contact),
+                k.lease_registry(tenant, agent_tag(agent_id)),
+                k.fence(tenant),
+                k.events(tenant),
+            ],
+            [agent_id, contact, intent or "", duration_ms, ctx.window_ms, ctx.events_max],
+        )
+        code = Reply(reply[0])
+        if code < 0:
+            if code is Reply.LEASE_CONFLICT:
+                METRICS.lease("conflict")
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, contact=contact, window_ms=ctx.window_ms)
+        METRICS.lease("extended" if code is Reply.OK else "takeover" if reply[7] else "granted")
+        return lease(tenant, contact, reply[:7]), code is Reply.CREATED
+
+    async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int) -> Lease:
+        """Move the lease's expiry to now + ``duration_ms``; only its holder may, while active."""
+        tag, token, contact = await self._find(tenant, lease_id)
+        ctx = self.ctx
+        k = ctx.keys
+        reply = await ctx.scripts.lease_renew(
+            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
+            [token, agent_id, contact, duration_ms, ctx.window_ms, ctx.events_max],
+        )
+        code = Reply(reply[0])
+        if code < 0:
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, lease_id=lease_id, window_ms=ctx.window_ms)
+        METRICS.lease("renewed")
+        return lease(tenant, contact, reply)
+
+    async def release(self, tenant: str, lease_id: str, agent_id: str | None) -> Released:
+        """Release the lease; with ``agent_id``, only if that agent holds it."""
+        tag, token, contact = await self._find(tenant, lease_id)
+        ctx = self.ctx
+        k = ctx.keys
+        reply = await ctx.scripts.lease_release(
+            [k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
+            [token, agent_id or "", contact, ctx.events_max],
+        )
+        code = Reply(reply[0])
+        if code < 0:
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, lease_id=lease_id)
+        METRICS.lease("released")
+        return Released(id=lease_id, released_at=iso(reply[1]))
+
+    async def get(self, tenant: str, lease_id: str) -> Lease:
+        _, token, contact = await self._find(tenant, lease_id)
+        found = (await self._read(tenant, [contact]))[0]
+        if found is None or found.fencing_token != token:
+            raise lease_not_found(lease_id, tenant)
+        return found
+
+    async def page(
+        self, tenant: str, agent_id: str | None, contact: str | None, limit: int, cursor: str | None
+    ) -> LeaseList:
+        """Leases of one agent (read through its registry: costs what that agent holds,
+        not what the tenant holds) and/or of one contact, newest grant first."""
+        if contact is not None:
+            contacts = [contact]
+        else:
+            entries = await self.ctx.redis.hvals(self.ctx.keys.lease_registry(tenant, agent_tag(agent_id or "")))
+            contacts = sorted({entry.partition(":")[2] for entry in entries})
+        # Tokens grow in grant order: newest grant first is highest token first.
+        found = sorted(
+            (held for held in await self._read(tenant, contacts) if held and agent_id in (None, held.agent_id)),
+            key=lambda held: held.fencing_token,
+            reverse=True,
+        )
+        if cursor is not None:
+            after, _ = decode_cursor(cursor)
+            found = [held for held in found if held.fencing_token < after]
+        leases = found[:limit]
+        next_cursor = encode_cursor(leases[-1].fencing_token, "") if len(found) > limit else None
+        return LeaseList(leases=leases, next_cursor=next_cursor)
+
+    async def send_check(self, tenant: str, agent_id: str, contact: str, fencing_token: int | None) -> SendCheck:
+        """May ``agent_id`` email ``contact`` now? Refusals are answers, not errors."""
+        ctx = self.ctx
+        reply = await ctx.scripts.lease_send_check(
+            [ctx.keys.heartbeats(tenant), ctx.keys.lease(tenant, contact)],
+            [agent_id, fencing_token or "", ctx.window_ms],
+        )
+        code = Reply(reply[0])
+        if code is Reply.OK:
+            return SendCheck(allowed=True)
+        return SendCheck(
+            allowed=False,
+            reason=SEND_CHECK_REASONS[code],
+            lease_holder=holder(reply) if len(reply) > 1 else None,
+        )
+
+    async def _find(self, tenant: str, lease_id: str) -> tuple[str, int, str]:
+        """(agent tag, fencing token, contact) of a lease id, from its holder's registry."""
+        tag, token = parse_lease_id(lease_id)
+        entry = await self.ctx.redis.hget(self.ctx.keys.lease_registry(tenant, tag), str(token))
+        if entry is None:
+            raise lease_not_found(lease_id, tenant)
+        return tag, token, entry.partition(":")[2]
+
+    async def _read(self, tenant: str, contacts: list[str]) -> list[Lease | None]:
+        """The live lease of each contact, or None: its key and its absolute expiry."""
+        keys = self.ctx.keys
+        pipe = self.ctx.redis.pipeline(transaction=False)
+        for contact in contacts:
+            pipe.get(keys.lease(tenant, contact))
+            pipe.pexpiretime(keys.lease(tenant, contact))
+        answers = await pipe.execute()
+        found: list[Lease | None] = []
+        for contact, value, expires_at in zip(contacts, answers[::2], answers[1::2]):
+            if value is None or expires_at < 0:
+                found.append(None)
+                continue
+            uuid, token, acquired, name, intent = value.split("|", 4)
+            found.append(lease(tenant, contact, [0, f"agent_{uuid}", name, intent, acquired, expires_at, token]))
+        return found

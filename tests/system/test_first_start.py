@@ -1,0 +1,97 @@
+"""What a newcomer sees when `concord serve` starts for the first time.
+
+On a fresh Redis (and on the embedded store) the first requests of every kind
+meet their scripts already loaded, so /metrics shows no Redis errors: loading
+the scripts is not an error. A Redis-backed service with no API key configured
+or stored says, at start-up, how to make one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.test_metrics import parse_exposition
+from tests.support.api import V1, C
+from tests.support.helpers import HANG_SECONDS, redis_server, service, wait_until
+
+KEY = "first-start-key-0123456789"
+
+
+async def exercise(url: str, key: str) -> None:
+    """One request of every kind that runs a script, as a first day would."""
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=HANG_SECONDS) as c:
+        sdr = (await c.post(f"{V1}/register", json={"agentName": "sdr"})).json()
+        peer = (await c.post(f"{V1}/register", json={"agentName": "peer"})).json()
+        assert (await c.post(f"{C}/heartbeat", json={"agentId": sdr["id"]})).status_code == 200
+        lease = (await c.post(f"{C}/lease", json={"agentId": sdr["id"], "contactEmail": "a@example.com"})).json()
+        assert (await c.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]})).status_code == 200
+        check = {"agentId": sdr["id"], "contactEmail": "a@example.com"}
+        assert (await c.post(f"{C}/send-check", json=check)).json() == {"allowed": True}
+        asked = (await c.post(f"{C}/consensus", json={"requestingAgentId": sdr["id"], "action": "discount"})).json()
+        assert (
+            await c.post(f"{C}/consensus/{asked['id']}/vote", json={"agentId": peer["id"], "vote": "approve"})
+        ).status_code == 200
+        assert (await c.get(f"{C}/consensus/{asked['id']}")).status_code == 200
+        assert (await c.get(f"{C}/consensus")).status_code == 200
+        assert (await c.delete(f"{C}/lease/{lease['id']}")).status_code == 200
+        assert (await c.delete(f"{V1}/agents/{peer['id']}")).status_code == 200
+
+
+async def redis_errors(url: str) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=HANG_SECONDS) as client:
+        samples = parse_exposition((await client.get(f"{url}/metrics")).text)
+    return {
+        dict(labels)["kind"]: value for (name, labels), value in samples.items() if name == "concord_redis_errors_total"
+    }
+
+
+@pytest.mark.real
+async def test_a_fresh_redis_shows_no_redis_errors_after_the_first_requests(tmp_path: Path):
+    with redis_server(tmp_path / "redis") as redis:
+        settings = {
+            "CONCORD_REDIS_URL": redis.url,
+            "CONCORD_API_KEYS": f"acme:{KEY}",
+            "CONCORD_RATE_LIMITS": "tenant=1000/s",
+        }
+        with service(settings, tmp_path / "concord.log") as proc:
+            await exercise(proc.url, KEY)
+            errors = await redis_errors(proc.url)
+    assert errors and set(errors.values()) == {0}, errors
+
+
+async def test_the_embedded_store_shows_no_redis_errors_after_the_first_requests(tmp_path: Path):
+    log = tmp_path / "concord.log"
+    with service({}, log) as proc:
+        key = wait_until(lambda: _demo_key(log), what="the demo key")
+        await exercise(proc.url, key)
+        errors = await redis_errors(proc.url)
+    assert errors and set(errors.values()) == {0}, errors
+
+
+def _demo_key(log: Path) -> str | None:
+    marker = "for tenant 'demo': "
+    text = log.read_text()
+    return text.split(marker, 1)[1].split()[0] if marker in text else None
+
+
+@pytest.mark.real
+def test_a_redis_backed_service_without_keys_says_how_to_make_one(tmp_path: Path):
+    with redis_server(tmp_path / "redis") as redis:
+        with service({"CONCORD_REDIS_URL": redis.url}, tmp_path / "concord.log") as proc:
+            response = httpx.get(f"{proc.url}{V1}/agents", timeout=HANG_SECONDS)
+            assert response.status_code == 401
+            log = proc.log_text()
+    assert "No API key is configured or stored in Redis" in log
+    assert "concord keys create --tenant <tenant>" in log and "CONCORD_API_KEYS=<tenant>:<key>" in log
+
+
+@pytest.mark.real
+def test_a_service_with_a_stored_key_says_nothing_of_keys(tmp_path: Path):
+    with redis_server(tmp_path / "redis") as redis:
+        redis.client().hset("concord:apikeys", "0" * 64, "acme")
+        with service({"CONCORD_REDIS_URL": redis.url}, tmp_path / "concord.log") as proc:
+            log = proc.log_text()
+    assert "No API key" not in log
