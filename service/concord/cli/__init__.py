@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key", help="the API key, or its sha256 hex as `concord keys list` shows it")
     key_commands.add_parser("list", help="list the sha256 and tenant of every stored key")
 
-    from concord.cli.commands import add_commands, is_ours, run_command  # agents, lease, consensus, inspect
+    from concord.cli.inspect import add_commands, is_ours, run_command  # agents, lease, consensus, inspect
 
     add_commands(parser, commands)
     args = parser.parse_args(argv)
