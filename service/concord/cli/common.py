@@ -1,0 +1,215 @@
+"""What every `concord` command shares: its output, its exit statuses, its argument
+types and the way its parsers are built.
+
+The contract scripts rely on (docs/cli.md documents it):
+
+- stdout carries exactly one JSON document on success: the API's answer as the
+  API sends it (or, for `inspect`, the keys read). Compact on one line when
+  stdout is a pipe or a file, indented when it is a terminal.
+- stderr carries exactly one problem JSON document on failure: the API's own
+  problem, or one made here (code ``unreachable``, ``not_configured``,
+  ``invalid_argument``, ``redis_error``) in the same shape.
+- Exit status: 0 done; 1 the API (or Redis) answered an error, or did not answer;
+  2 a usage error (argparse's own, or a missing/malformed setting); 3 `lease
+  check` answered "not allowed" (its JSON is still on stdout).
+
+The API commands (agents, lease, consensus) go through the sync SDK client
+(concord.client.Concord), which reads CONCORD_URL and CONCORD_API_KEY.
+
+This module imports nothing of the server, and nothing beyond the standard library
+at import time: `concord --help` and the client commands load only what they use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+CONSENSUS_STATUSES = ("pending", "approved", "rejected", "expired")
+
+
+# --- output ----------------------------------------------------------------------
+
+
+def emit(document: Any) -> None:
+    """Write one JSON document (a msgspec Struct or plain data) and a newline to stdout."""
+    import msgspec
+
+    data = msgspec.json.encode(document)
+    if sys.stdout.isatty():
+        data = msgspec.json.format(data, indent=2)
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.flush()
+
+
+def fail(problem: dict[str, Any], status: int = EXIT_ERROR) -> int:
+    """Write one problem JSON document to stderr; return the exit status."""
+    sys.stderr.write(json.dumps(problem, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return status
+
+
+def problem(code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A problem made by the command itself, in the API's shape (RFC 9457). It has no
+    ``status``: no HTTP answer stands behind it."""
+    return {"type": f"urn:concord:problem:{code}", "title": title, "detail": detail, "code": code, **extra}
+
+
+def unreachable(what: str, url: str, error: object) -> int:
+    return fail(problem("unreachable", f"{what} is unreachable", f"No answer from {what} at {url}: {error}", url=url))
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, so a problem can name the URL safely."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+# --- argument types (a bad value is argparse's usage error, exit 2) ----------------
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object such as \'{{"team": "emea"}}\', got {text!r}')
+    return value
+
+
+def contact(text: str) -> str:
+    """The contact as keys carry it (trimmed, lower-cased: protocol.normalize_email)."""
+    from concord.protocol import FieldError, normalize_email
+
+    try:
+        return normalize_email(text)
+    except FieldError:
+        raise argparse.ArgumentTypeError(f"expected an email address (local@domain.tld, ASCII), got {text!r}") from None
+
+
+def agent_id(text: str) -> str:
+    if not re.fullmatch(r"agent_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
+        raise argparse.ArgumentTypeError(f"expected an agent id (agent_<uuid>), got {text!r}")
+    return text
+
+
+# --- building parsers --------------------------------------------------------------
+
+Commands = argparse._SubParsersAction
+# A leaf's handler: the parsed arguments in, the exit status out.
+Run = Callable[[argparse.Namespace], int]
+
+
+def examples(text: str) -> str:
+    """An ``examples:`` epilog from an indented block, one command a line (a line
+    starting with ``--`` continues the one before it)."""
+    lines = [line.strip() for line in text.strip("\n").splitlines()]
+    return "examples:\n" + "\n".join(f"  {line}" if not line.startswith("--") else f"      {line}" for line in lines)
+
+
+def command(commands: Commands, name: str, help: str, example_text: str, **options: Any) -> argparse.ArgumentParser:
+    """A command whose description is its help as a sentence, with examples below."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=options.pop("description", help[0].upper() + help[1:] + "."),
+        epilog=examples(example_text),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **options,
+    )
+
+
+def group(commands: Commands, name: str, help: str, example_text: str) -> Commands:
+    """A command group (`concord NAME COMMAND`); its subcommand is required."""
+    parser = command(commands, name, help, example_text)
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def page_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=positive, metavar="N", help="page size, 1-1000 (default 100)")
+    parser.add_argument("--cursor", metavar="C", help="the nextCursor of the previous page")
+
+
+# --- the API commands ----------------------------------------------------------------
+
+
+def api_command(
+    commands: Commands,
+    name: str,
+    help: str,
+    example_text: str,
+    call: Callable[[Any, argparse.Namespace], Any],
+    exit_status: Callable[[Any], int] | None = None,
+) -> argparse.ArgumentParser:
+    """A command that makes one SDK call, ``call(client, args)``, and prints its answer;
+    ``exit_status(answer)`` decides the exit status of an answer (default 0)."""
+    parser = command(commands, name, help, example_text)
+    parser.set_defaults(run=call_api, call=call, exit_status=exit_status or (lambda _: EXIT_OK))
+    return parser
+
+
+def call_api(args: argparse.Namespace) -> int:
+    """Run the SDK call of an api_command; return its exit status."""
+    url = os.environ.get("CONCORD_URL") or DEFAULT_URL
+    if not _is_http_url(url):
+        return fail(
+            problem(
+                "not_configured",
+                "CONCORD_URL is malformed",
+                f"CONCORD_URL={url!r}: expected http://host[:port] or https://host[:port]",
+            ),
+            EXIT_USAGE,
+        )
+    if not os.environ.get("CONCORD_API_KEY"):
+        return fail(
+            problem(
+                "not_configured",
+                "No API key",
+                "Set CONCORD_API_KEY to an API key of the tenant "
+                f"(the service at {url} answers every /v1 request with 401 without one)",
+            ),
+            EXIT_USAGE,
+        )
+    from concord.client import sync as sdk
+
+    try:
+        with sdk.Concord(url=url, api_key=os.environ["CONCORD_API_KEY"]) as concord:
+            answer = args.call(concord, args)
+    except sdk.Unreachable as exc:  # after the SDK's retries
+        return unreachable("Concord", redact(url), exc.__cause__ or exc)
+    except sdk.ConcordError as exc:
+        return fail(exc.problem)
+    except KeyboardInterrupt:  # Ctrl-C, typically during `consensus wait`: no traceback
+        return 130
+    emit(answer)
+    return args.exit_status(answer)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: it raises on a malformed one
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
