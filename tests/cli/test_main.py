@@ -1,0 +1,125 @@
+"""The `concord` command as `pip install concord` (no extra) has it: the client
+commands and `--help` load nothing of the server, and still work when the server's
+dependencies cannot be imported at all.
+
+Each run is a subprocess of a small `-c` program that can refuse the server's
+dependencies (a meta-path finder raising ModuleNotFoundError, as for a package that
+is not installed), runs concord.cli.main, and then writes the names in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.helpers import ServiceProcess, concord_env, service
+
+TENANT, API_KEY = "acme", "acme-main-key-0123456789"
+REPO = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT = 60
+# What `pip install 'concord[server]'` adds (pyproject.toml), as top-level module names.
+SERVER_DEPENDENCIES = ("starlette", "uvicorn", "redis", "fakeredis", "lupa", "uvloop", "httptools", "hiredis")
+
+PROGRAM = """
+import json, sys
+
+refused = frozenset(json.loads(sys.argv[1]))
+
+
+class NotInstalled:
+    # First on sys.meta_path: an import of a refused package fails as if it were not installed.
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in refused:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
+from concord.cli import main
+
+try:
+    status = main(sys.argv[3:])
+except SystemExit as exc:
+    status = exc.code
+with open(sys.argv[2], "w") as loaded:
+    json.dump(sorted(sys.modules), loaded)
+sys.exit(status)
+"""
+
+
+def run_cli(
+    *args: str, refuse: tuple[str, ...] = (), settings: dict[str, str], modules: Path
+) -> subprocess.CompletedProcess[str]:
+    """`concord ARGS` with exactly these CONCORD_* settings, the ``refuse`` packages not
+    importable; the modules it loaded are written to ``modules``."""
+    return subprocess.run(
+        [sys.executable, "-c", PROGRAM, json.dumps(refuse), str(modules), *args],
+        cwd=REPO,
+        env=concord_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def server_modules(modules: Path) -> list[str]:
+    """The loaded modules that belong to the server or its dependencies."""
+    loaded = json.loads(modules.read_text())
+    return [
+        name
+        for name in loaded
+        if name.partition(".")[0] in SERVER_DEPENDENCIES
+        or name == "concord.server"
+        or name.startswith("concord.server.")
+    ]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A `concord serve` on its embedded store (a process of its own, with every dependency)."""
+    directory = tmp_path_factory.mktemp("main")
+    with service({"CONCORD_API_KEYS": f"{TENANT}:{API_KEY}"}, directory / "concord.log") as proc:
+        yield proc
+
+
+def client_settings(api: ServiceProcess) -> dict[str, str]:
+    return {"CONCORD_URL": api.url, "CONCORD_API_KEY": API_KEY}
+
+
+# Each client command once, in the order a script would run them; {agent} and {contact} are filled in.
+CLIENT_COMMANDS = [
+    (["--help"], 0),
+    (["agents", "--help"], 0),
+    (["agents", "register", "{name}"], 0),
+    (["agents", "heartbeat", "{agent}"], 0),
+    (["agents", "list"], 0),
+    (["lease", "acquire", "--agent", "{agent}", "--contact", "{contact}"], 0),
+    (["lease", "check", "--agent", "{agent}", "--contact", "{contact}"], 0),
+    (["lease", "list", "--contact", "{contact}"], 0),
+    (["consensus", "request", "--agent", "{agent}", "--action", "pause", "--timeout", "60"], 0),
+    (["consensus", "list"], 0),
+    (["agents", "show", "agent_00000000-0000-0000-0000-000000000000"], 1),  # a problem answer
+]
+
+
+@pytest.mark.parametrize("refuse", [(), SERVER_DEPENDENCIES], ids=["with-the-server-installed", "without-it"])
+def test_client_commands_import_nothing_of_the_server(api: ServiceProcess, tmp_path: Path, refuse: tuple[str, ...]):
+    """With every dependency installed, nothing of the server is loaded; with the
+    server's dependencies refused, every client command still works."""
+    env = client_settings(api)
+    name = f"imports-{uuid.uuid4().hex[:8]}"
+    fill = {"name": name, "agent": "", "contact": f"{name}@example.com"}
+    for args, status in CLIENT_COMMANDS:
+        modules = tmp_path / "modules.json"
+        run = run_cli(*(arg.format(**fill) for arg in args), refuse=refuse, settings=env, modules=modules)
+        assert run.returncode == status, (args, run.returncode, run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr, (args, run.stderr)
+        assert server_modules(modules) == [], args
+        if args[:2] == ["agents", "register"]:
+            fill["agent"] = json.loads(run.stdout)["id"]
