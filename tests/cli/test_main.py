@@ -1,6 +1,6 @@
-"""The `concord` command as `pip install concord` (no extra) has it: the client
-commands and `--help` load nothing of the server, and still work when the server's
-dependencies cannot be imported at all.
+"""`concord` itself (`--version`, no command), and the command as `pip install
+concord` (no extra) has it: the client commands and `--help` load nothing of the
+server, and still work when the server's dependencies cannot be imported at all.
 
 Each run is a subprocess of a small `-c` program that can refuse the server's
 dependencies (a meta-path finder raising ModuleNotFoundError, as for a package that
@@ -14,10 +14,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from concord.cli import main
 from tests.support.helpers import ServiceProcess, concord_env, service
 
 TENANT, API_KEY = "acme", "acme-main-key-0123456789"
@@ -94,7 +96,9 @@ def client_settings(api: ServiceProcess) -> dict[str, str]:
 
 # Each client command once, in the order a script would run them; {agent} and {contact} are filled in.
 CLIENT_COMMANDS = [
+    ([], 0),
     (["--help"], 0),
+    (["--version"], 0),
     (["agents", "--help"], 0),
     (["agents", "register", "{name}"], 0),
     (["agents", "heartbeat", "{agent}"], 0),
@@ -123,3 +127,22 @@ def test_client_commands_import_nothing_of_the_server(api: ServiceProcess, tmp_p
         assert server_modules(modules) == [], args
         if args[:2] == ["agents", "register"]:
             fill["agent"] = json.loads(run.stdout)["id"]
+
+
+# --- concord itself --------------------------------------------------------------------
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"concord {version('concord')}\n"
+
+
+def test_no_command_prints_the_help_on_stdout_and_exits_0(capsys: pytest.CaptureFixture[str]):
+    assert main([]) == 0
+    shown = capsys.readouterr()
+    assert shown.err == "", shown.err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert shown.out == capsys.readouterr().out and shown.out.startswith("usage: concord"), shown.out

@@ -61,11 +61,6 @@ def test_help(args: list[str]):
         assert "--tenant" in run.stdout
 
 
-def test_no_command_is_a_usage_error():
-    run = concord()
-    assert run.returncode == 2 and "usage: concord" in run.stderr, run
-
-
 def test_the_console_script_is_installed():
     script = Path(sys.executable).with_name("concord")
     assert script.is_file(), f"no `concord` next to {sys.executable}: is the package installed (pip install -e .)?"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from concord import __version__
 from concord.cli import agents, consensus, inspect, keys, lease, serve
 
 # The order of `concord --help`.
@@ -43,14 +44,22 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The installed distribution's version (importlib.metadata, read in concord/__init__.py).
+    root.add_argument("--version", action="version", version=f"concord {__version__}")
+    # Not required: plain `concord` is someone finding out what it does, so it answers with the help.
+    commands = root.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         group.add_parser(commands)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run `concord ARGV` (default: sys.argv); return the exit status."""
+    root = parser()
+    args = root.parse_args(argv)
+    if args.command is None:
+        root.print_help()
+        return 0
     return args.run(args)
 
 
