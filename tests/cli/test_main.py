@@ -1,6 +1,7 @@
 """`concord` itself (`--version`, no command), and the command as `pip install
 concord` (no extra) has it: the client commands and `--help` load nothing of the
-server, and still work when the server's dependencies cannot be imported at all.
+server, and still work when the server's dependencies cannot be imported at all;
+the server commands then say in one line what to install.
 
 Each run is a subprocess of a small `-c` program that can refuse the server's
 dependencies (a meta-path finder raising ModuleNotFoundError, as for a package that
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from concord.cli import main
+from concord.cli.common import server_missing
 from tests.support.helpers import ServiceProcess, concord_env, service
 
 TENANT, API_KEY = "acme", "acme-main-key-0123456789"
@@ -127,6 +129,49 @@ def test_client_commands_import_nothing_of_the_server(api: ServiceProcess, tmp_p
         assert server_modules(modules) == [], args
         if args[:2] == ["agents", "register"]:
             fill["agent"] = json.loads(run.stdout)["id"]
+
+
+# --- the server commands without the server ----------------------------------------------
+
+INSTALL = "pip install 'concord[server]'"
+# Settings under which each command would otherwise go on (to a Redis that does not answer).
+NO_REDIS = {"CONCORD_REDIS_URL": "redis://127.0.0.1:9/0"}
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [SERVER_DEPENDENCIES, ("starlette",), ("uvicorn",), ("redis",)],
+    ids=["all", "starlette", "uvicorn", "redis"],
+)
+def test_serve_without_the_server_says_what_to_install_in_one_line(tmp_path: Path, refuse: tuple[str, ...]):
+    run = run_cli("serve", "--port", "9", refuse=refuse, settings={}, modules=tmp_path / "modules.json")
+    assert (run.returncode, run.stdout) == (2, ""), run
+    assert run.stderr == f"concord serve needs the server: {INSTALL}\n", run.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["keys", "list"], ["keys", "create", "--tenant", TENANT], ["inspect", "--tenant", TENANT]]
+)
+@pytest.mark.parametrize("refuse", [SERVER_DEPENDENCIES, ("redis",)], ids=["all", "redis"])
+def test_keys_and_inspect_without_the_server_say_what_to_install_as_their_problem(
+    tmp_path: Path, args: list[str], refuse: tuple[str, ...]
+):
+    run = run_cli(*args, refuse=refuse, settings=NO_REDIS, modules=tmp_path / "modules.json")
+    assert (run.returncode, run.stdout) == (2, ""), run
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    problem = json.loads(run.stderr)
+    assert problem["code"] == "not_installed" and problem["type"] == "urn:concord:problem:not_installed", problem
+    assert problem["detail"].startswith(f"concord {args[0]} needs the server: {INSTALL}"), problem
+
+
+def test_an_import_error_of_our_own_is_not_taken_for_a_missing_extra(capsys: pytest.CaptureFixture[str]):
+    """A broken import inside concord must keep its traceback, not become a wrong hint."""
+    for name in ("concord.server.app", "msgspec", None):
+        error = ImportError("cannot import name 'x'", name=name)
+        with pytest.raises(ImportError) as raised:
+            server_missing("serve", error)
+        assert raised.value is error
+    assert capsys.readouterr().err == ""
 
 
 # --- concord itself --------------------------------------------------------------------

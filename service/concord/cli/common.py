@@ -8,10 +8,11 @@ The contract scripts rely on (docs/cli.md documents it):
   stdout is a pipe or a file, indented when it is a terminal.
 - stderr carries exactly one problem JSON document on failure: the API's own
   problem, or one made here (code ``unreachable``, ``not_configured``,
-  ``invalid_argument``, ``redis_error``) in the same shape.
+  ``not_installed``, ``invalid_argument``, ``redis_error``) in the same shape.
 - Exit status: 0 done; 1 the API (or Redis) answered an error, or did not answer;
-  2 a usage error (argparse's own, or a missing/malformed setting); 3 `lease
-  check` answered "not allowed" (its JSON is still on stdout).
+  2 a usage error (argparse's own, a missing/malformed setting, or a server
+  command without the server extra); 3 `lease check` answered "not allowed" (its
+  JSON is still on stdout).
 
 The API commands (agents, lease, consensus) go through the sync SDK client
 (concord.client.Concord), which reads CONCORD_URL and CONCORD_API_KEY.
@@ -34,6 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 CONSENSUS_STATUSES = ("pending", "approved", "rejected", "expired")
+# Top-level modules that only `pip install 'concord[server]'` brings (pyproject.toml):
+# an ImportError naming one of them means the extra is missing; any other is a bug.
+SERVER_DEPENDENCIES = frozenset(
+    {"redis", "starlette", "uvicorn", "fakeredis", "lupa", "uvloop", "httptools", "hiredis"}
+)
+INSTALL_SERVER = "pip install 'concord[server]'"
 
 
 # --- output ----------------------------------------------------------------------
@@ -73,6 +80,22 @@ def redact(url: str) -> str:
     if not at or ":" not in userinfo:
         return url
     return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+def server_missing(command: str, exc: ImportError, as_problem: bool = True) -> int:
+    """Say in one line on stderr that `concord COMMAND` needs the server extra, as a
+    problem JSON (code ``not_installed``) or, for `serve`, as text; return exit 2.
+
+    Call it from ``except ImportError`` around a server command's imports. An
+    ImportError of anything but a server dependency is re-raised: a bug in our own
+    imports must still show its traceback, not a wrong hint."""
+    if (exc.name or "").partition(".")[0] not in SERVER_DEPENDENCIES:
+        raise exc
+    says = f"concord {command} needs the server: {INSTALL_SERVER}"
+    if not as_problem:
+        print(says, file=sys.stderr)
+        return EXIT_USAGE
+    return fail(problem("not_installed", "The server is not installed", f"{says} ({exc})"), EXIT_USAGE)
 
 
 # --- argument types (a bad value is argparse's usage error, exit 2) ----------------

@@ -24,6 +24,7 @@ from concord.cli.common import (
     fail,
     problem,
     redact,
+    server_missing,
     unreachable,
 )
 
@@ -55,10 +56,13 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
+    try:
+        import redis
 
-    from concord.server.settings import TENANT_RE, ConfigError, Settings
-    from concord.server.store.keys import Keys
+        from concord.server.settings import TENANT_RE, ConfigError, Settings
+        from concord.server.store.keys import Keys
+    except ImportError as exc:
+        return server_missing("inspect", exc)
 
     try:
         settings = Settings.from_env()

@@ -12,7 +12,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from concord.cli.common import Commands
+from concord.cli.common import Commands, server_missing
 
 if TYPE_CHECKING:
     from concord.server.settings import Settings
@@ -32,7 +32,12 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from concord.server.settings import ConfigError, Settings
+    try:
+        import redis  # noqa: F401 (what _keys needs: a missing extra is said here, in one line)
+
+        from concord.server.settings import ConfigError, Settings
+    except ImportError as exc:
+        return server_missing("keys", exc)
 
     try:
         settings = Settings.from_env()

@@ -11,7 +11,7 @@ import copy
 import sys
 from typing import TYPE_CHECKING
 
-from concord.cli.common import Commands
+from concord.cli.common import Commands, server_missing
 
 if TYPE_CHECKING:
     from concord.server.settings import Settings
@@ -28,7 +28,15 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from concord.server.settings import ConfigError, Settings
+    try:
+        # starlette is the app's, imported by each worker: without this, its absence
+        # would be a worker's traceback rather than one line here.
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from concord.server.settings import ConfigError, Settings
+    except ImportError as exc:
+        return server_missing("serve", exc, as_problem=False)
 
     try:
         settings = Settings.from_env()
