@@ -1,16 +1,18 @@
 """The `concord` command, run as a subprocess: `serve` on the embedded store and
 its refusals, settings that are refused naming the variable, and `keys
-create|list|revoke` against a private redis-server with a running service.
+create|list|revoke` against a private redis-server with a running service: one
+JSON document on stdout, or a problem JSON on stderr, and the exit status.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +38,25 @@ def concord(*args: str, settings: dict[str, str] | None = None) -> subprocess.Co
     )
 
 
+def answer(run: subprocess.CompletedProcess[str]) -> Any:
+    """The one JSON document on stdout of a run that succeeded and said nothing on stderr."""
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
+    assert run.stderr == "", run.stderr
+    assert run.stdout.endswith("\n") and run.stdout.count("\n") == 1, run.stdout  # compact: a pipe is no terminal
+    return json.loads(run.stdout)
+
+
+def failure(run: subprocess.CompletedProcess[str], code: str, status: int) -> dict[str, Any]:
+    """The one problem JSON document, on one line of stderr, of a run that failed with ``status``."""
+    assert run.returncode == status, (run.returncode, run.stdout, run.stderr)
+    assert run.stdout == "", run.stdout
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    problem = json.loads(run.stderr)
+    assert problem["code"] == code and problem["type"] == f"urn:concord:problem:{code}", problem
+    assert problem["title"] and problem["detail"], problem
+    return problem
+
+
 def register(base_url: str, api_key: str, name: str) -> httpx.Response:
     return httpx.post(
         f"{base_url}{V1}/register",
@@ -48,7 +69,15 @@ def register(base_url: str, api_key: str, name: str) -> httpx.Response:
 # --- help ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["keys", "--help"], ["keys", "create", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["keys", "--help"],
+        *(["keys", leaf, "--help"] for leaf in ("create", "list", "revoke")),
+    ],
+)
 def test_help(args: list[str]):
     run = concord(*args)
     assert run.returncode == 0, run.stderr
@@ -58,7 +87,10 @@ def test_help(args: list[str]):
     if args[0] == "serve":
         assert all(option in run.stdout for option in ("--host", "--port", "--workers")), run.stdout
     if args[-2:] == ["create", "--help"]:
-        assert "--tenant" in run.stdout
+        assert "--tenant" in run.stdout and "shown only this once" in run.stdout, run.stdout
+    if args[0] == "keys":  # what each prints, and an example that runs it
+        assert "JSON" in run.stdout or '{"' in run.stdout, run.stdout
+        assert f"concord {' '.join(args[:-1])} " in run.stdout.partition("\nexamples:\n")[2], run.stdout
 
 
 def test_the_console_script_is_installed():
@@ -135,18 +167,24 @@ def test_a_malformed_redis_url_is_refused_naming_the_variable():
     assert "Traceback" not in run.stderr, run.stderr
 
 
-def test_keys_need_a_redis():
-    run = concord("keys", "create", "--tenant", "acme")
-    assert run.returncode != 0 and "CONCORD_REDIS_URL" in run.stderr, run
-    assert run.stdout == "", run.stdout
+@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "some-key"]])
+def test_keys_need_a_redis(command: list[str]):
+    problem = failure(concord("keys", *command), "not_configured", status=2)
+    assert "CONCORD_REDIS_URL" in problem["detail"], problem
+
+
+@pytest.mark.parametrize("name, value", [("CONCORD_KEY_PREFIX", "con{cord}"), ("CONCORD_REDIS_URL", "localhost:6379")])
+def test_keys_refuse_a_malformed_setting_naming_the_variable(name: str, value: str):
+    problem = failure(concord("keys", "list", settings={name: value}), "not_configured", status=2)
+    assert name in problem["detail"], problem
 
 
 @pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "some-key"]])
-def test_keys_against_a_redis_that_does_not_answer_fail_in_one_line(command: list[str]):
-    run = concord("keys", *command, settings={"CONCORD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
-    assert run.returncode == 1, run
-    assert "CONCORD_REDIS_URL" in run.stderr and "Traceback" not in run.stderr, run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and run.stdout == "", run
+def test_keys_against_a_redis_that_does_not_answer_are_the_unreachable_problem(command: list[str]):
+    url = f"redis://:secret-password@127.0.0.1:{free_port()}/0"
+    problem = failure(concord("keys", *command, settings={"CONCORD_REDIS_URL": url}), "unreachable", status=1)
+    assert "secret-password" not in json.dumps(problem), problem
+    assert problem["url"].startswith("redis://:***@127.0.0.1:") and problem["url"] in problem["detail"], problem
 
 
 # --- keys stored in Redis ------------------------------------------------------------
@@ -190,19 +228,16 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
     apikeys = Keys(prefix).api_keys()
     client = private_redis.client()
     try:
-        created = concord("keys", "create", "--tenant", "initech", settings=settings)
-        assert created.returncode == 0, created.stderr
-        (api_key,) = created.stdout.split()  # the key, printed once, alone on stdout
-        assert "initech" in created.stderr and api_key not in created.stderr, created.stderr
-        digest = key_digest(api_key)
+        created = answer(concord("keys", "create", "--tenant", "initech", settings=settings))
+        api_key, digest = created["apiKey"], key_digest(created["apiKey"])
+        assert created == {"tenant": "initech", "apiKey": api_key, "sha256": digest}, created
 
         # Redis holds its SHA-256 and nothing that contains the key itself.
         assert client.hgetall(apikeys) == {digest: "initech"}
         assert all(api_key not in item for item in everything_in(client))
 
         listed = concord("keys", "list", settings=settings)
-        assert listed.returncode == 0, listed.stderr
-        assert re.search(rf"^{digest}\s+initech$", listed.stdout, re.MULTILINE), listed.stdout
+        assert answer(listed) == {"keys": [{"sha256": digest, "tenant": "initech"}]}
         assert api_key not in listed.stdout + listed.stderr
 
         static = {**settings, "CONCORD_API_KEYS": "acme:acme-key-0123456789"}
@@ -219,9 +254,8 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
                 == 404
             )
 
-            revoked = concord("keys", "revoke", api_key, settings=settings)
-            assert revoked.returncode == 0, revoked.stderr
-            assert "initech" in revoked.stderr, revoked.stderr
+            revoked = answer(concord("keys", "revoke", api_key, settings=settings))
+            assert revoked == {"revoked": True, "tenant": "initech"}, revoked
             assert client.hgetall(apikeys) == {}
             # The service caches a key's tenant for up to a second.
             wait_until(
@@ -233,35 +267,55 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
             assert register(proc.url, "acme-key-0123456789", "sdr").status_code == 201
 
         again = concord("keys", "revoke", api_key, settings=settings)
-        assert again.returncode != 0 and "no such key" in again.stderr, again
+        missing = failure(again, "key_not_found", status=1)
+        assert prefix in missing["detail"] and api_key not in again.stderr, missing  # a key is never echoed
+        assert answer(concord("keys", "list", settings=settings)) == {"keys": []}
     finally:
         client.close()
 
 
 @pytest.mark.real
-def test_keys_revoke_by_sha256_as_listed(private_redis: RedisServer):
+def test_keys_list_by_tenant_then_sha256_and_revoke_by_sha256_as_listed(private_redis: RedisServer):
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
-    keys = [concord("keys", "create", "--tenant", tenant, settings=settings).stdout.strip() for tenant in ("a", "b")]
-    assert all(keys) and keys[0] != keys[1], keys
-    digests = {key_digest(k) for k in keys}
-    listed = concord("keys", "list", settings=settings).stdout
-    assert {line.split()[0] for line in listed.splitlines()} == digests, listed
+    created = [answer(concord("keys", "create", "--tenant", tenant, settings=settings)) for tenant in "bab"]
+    assert len({c["apiKey"] for c in created}) == 3, created
+    assert all(c["sha256"] == key_digest(c["apiKey"]) for c in created), created
+    listed = answer(concord("keys", "list", settings=settings))["keys"]
+    expected = sorted(
+        ({"sha256": c["sha256"], "tenant": c["tenant"]} for c in created), key=lambda k: (k["tenant"], k["sha256"])
+    )
+    assert listed == expected, listed
 
-    revoked = concord("keys", "revoke", key_digest(keys[0]), settings=settings)
-    assert revoked.returncode == 0, revoked.stderr
-    remaining = concord("keys", "list", settings=settings).stdout
-    assert remaining.split() == [key_digest(keys[1]), "b"], remaining
+    first = listed[0]
+    revoked = answer(concord("keys", "revoke", first["sha256"], settings=settings))
+    assert revoked == {"revoked": True, "tenant": "a"}, revoked
+    assert answer(concord("keys", "list", settings=settings))["keys"] == listed[1:]
 
 
 @pytest.mark.real
 @pytest.mark.parametrize("tenant", ["", "has space", "a" * 65, "brace{d}", "colon:ed", "émile", "dot.ted"])
 def test_keys_create_refuses_an_invalid_tenant(private_redis: RedisServer, tenant: str):
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": "refused"}
-    run = concord("keys", "create", "--tenant", tenant, settings=settings)
-    assert run.returncode != 0, run
-    assert run.stdout == "" and "tenant" in run.stderr and "Traceback" not in run.stderr, run
+    problem = failure(concord("keys", "create", "--tenant", tenant, settings=settings), "invalid_argument", status=2)
+    assert "--tenant" in problem["detail"] and repr(tenant) in problem["detail"], problem
     client = private_redis.client()
     try:
         assert client.dbsize() == 0
     finally:
         client.close()
+
+
+@pytest.mark.real
+def test_keys_a_redis_refuses_are_the_redis_error_problem(private_redis: RedisServer):
+    """A user of the Redis that may not write (ACL) cannot create a key: Redis's own
+    refusal, named, with the password redacted."""
+    admin = private_redis.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">reader-secret", "~*", "+@all", "-hset")
+    finally:
+        admin.close()
+    url = f"redis://reader:reader-secret@127.0.0.1:{private_redis.port}/0"
+    run = concord("keys", "create", "--tenant", "acme", settings={"CONCORD_REDIS_URL": url})
+    problem = failure(run, "redis_error", status=1)
+    assert "no permissions" in problem["detail"] and "reader-secret" not in run.stderr, problem
+    assert problem["url"] == f"redis://reader:***@127.0.0.1:{private_redis.port}/0", problem

@@ -4,11 +4,13 @@ types and the way its parsers are built.
 The contract scripts rely on (docs/cli.md documents it):
 
 - stdout carries exactly one JSON document on success: the API's answer as the
-  API sends it (or, for `inspect`, the keys read). Compact on one line when
-  stdout is a pipe or a file, indented when it is a terminal.
+  API sends it (or, for `inspect` and `keys`, what was read or written). Compact
+  on one line when stdout is a pipe or a file, indented when it is a terminal.
 - stderr carries exactly one problem JSON document on failure: the API's own
   problem, or one made here (code ``unreachable``, ``not_configured``,
-  ``not_installed``, ``invalid_argument``, ``redis_error``) in the same shape.
+  ``not_installed``, ``invalid_argument``, ``redis_error``, ``key_not_found``) in
+  the same shape. (`serve` is the one exception: a server, it says what stops it
+  in one line of text.)
 - Exit status: 0 done; 1 the API (or Redis) answered an error, or did not answer;
   2 a usage error (argparse's own, a missing/malformed setting, or a server
   command without the server extra); 3 `lease check` answered "not allowed" (its
@@ -163,9 +165,9 @@ def command(commands: Commands, name: str, help: str, example_text: str, **optio
     )
 
 
-def group(commands: Commands, name: str, help: str, example_text: str) -> Commands:
+def group(commands: Commands, name: str, help: str, example_text: str, **options: Any) -> Commands:
     """A command group (`concord NAME COMMAND`); its subcommand is required."""
-    parser = command(commands, name, help, example_text)
+    parser = command(commands, name, help, example_text, **options)
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
