@@ -31,8 +31,10 @@ examples:
   concord consensus request --agent agent_46cd... --action send_pricing_override
   CONCORD_REDIS_URL=redis://localhost:6379 concord inspect --tenant acme --contact alice@example.com
 
-Every command prints one JSON document on stdout; errors are problem JSON on stderr.
+Every command prints one JSON document on stdout; errors are problem JSON on stderr
+(`serve` logs, and says what stops it in one line).
 Exit status: 0 done, 1 error answer or service unreachable, 2 usage, 3 `lease check` refused.
+`serve`, `keys` and `inspect` need the server: pip install 'concord[server]'.
 """
 
 

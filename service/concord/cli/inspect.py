@@ -38,7 +38,8 @@ def add_parser(commands: Commands) -> None:
         help="show what Redis holds for a tenant, a contact, an agent or a consensus request",
         description="Read the keys of one tenant straight from Redis (CONCORD_REDIS_URL, CONCORD_KEY_PREFIX)\n"
         "and print each key's name, type, TTL in ms (null: none) and contents.\n"
-        "It only reads, and never scans: every key name comes from the key schema (service/keys.py).",
+        "It only reads, and never scans: every key name comes from the key schema (concord/server/store/keys.py).\n"
+        "Needs the server: pip install 'concord[server]'.",
         epilog=examples("""
         export CONCORD_REDIS_URL=redis://localhost:6379/0
         concord inspect --tenant acme                              # overview: sizes, fence, event stream

@@ -20,7 +20,11 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def add_parser(commands: Commands) -> None:
-    serve = commands.add_parser("serve", help="run the HTTP API", description="Run the HTTP API with uvicorn.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API",
+        description="Run the HTTP API with uvicorn. Needs the server: pip install 'concord[server]'.",
+    )
     serve.set_defaults(run=run)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
