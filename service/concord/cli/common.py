@@ -59,9 +59,9 @@ def emit(document: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(problem: dict[str, Any], status: int = EXIT_ERROR) -> int:
+def fail(document: dict[str, Any], status: int = EXIT_ERROR) -> int:
     """Write one problem JSON document to stderr; return the exit status."""
-    sys.stderr.write(json.dumps(problem, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stderr.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
     return status
 
 
