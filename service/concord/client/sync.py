@@ -36,18 +36,24 @@ import random
 import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
 from types import TracebackType
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 import msgspec
 
 from concord import protocol as s
+from concord.client.calls import (
+    _EVENT,
+    Duration,
+    VoteChoice,
+    _Call,
+    _encode,
+    _long_polls,
+    _Wire,
+    whole_seconds,
+)
 from concord.client.errors import (
     ERROR_CLASSES,
     AgentInactive,
@@ -120,212 +126,15 @@ __all__ = [
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 USER_AGENT = "concord-python"
-V1 = "/v1/agent"
-C = f"{V1}/coordination"
 # The server's lease duration when none is given: the renewal schedule needs it.
 DEFAULT_LEASE_SECONDS = s.DEFAULT_LEASE_MS / 1000
 # A Retry-After longer than this is not waited out inside a call: the error is raised.
 MAX_RETRY_AFTER = 30.0
 MAX_BACKOFF = 5.0
-# The longest long poll the server grants (waitSeconds 1..60).
-MAX_WAIT_SECONDS = 60
 
 log = logging.getLogger("concord.client")
-Duration = int | float | timedelta
-VoteChoice = Literal["approve", "reject"]
 
 # --- the wire: one _Call per operation ---------------------------------------
-
-_encode = msgspec.json.Encoder().encode
-_AGENT = msgspec.json.Decoder(s.Agent)
-_AGENT_LIST = msgspec.json.Decoder(s.AgentList)
-_AGENT_REMOVED = msgspec.json.Decoder(s.AgentRemoved)
-_HEARTBEAT = msgspec.json.Decoder(s.Heartbeat)
-_LEASE = msgspec.json.Decoder(s.Lease)
-_LEASE_LIST = msgspec.json.Decoder(s.LeaseList)
-_RELEASED = msgspec.json.Decoder(s.Released)
-_SEND_CHECK = msgspec.json.Decoder(s.SendCheck)
-_CONSENSUS = msgspec.json.Decoder(s.Consensus)
-_CONSENSUS_LIST = msgspec.json.Decoder(s.ConsensusList)
-_EVENT_PAGE = msgspec.json.Decoder(s.EventPage)
-_EVENT = msgspec.json.Decoder(s.Event)
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One HTTP request of an operation. ``retry``: safe to send again after it may
-    have reached the service. ``wait``: seconds the service may hold it (long poll)."""
-
-    method: str
-    path: str
-    decoder: msgspec.json.Decoder
-    body: dict[str, Any] | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    retry: bool = True
-    wait: float = 0.0
-
-
-def _fields(**values: Any) -> dict[str, Any]:
-    """The members that were given: the API reads a missing field and null alike."""
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def _id(value: str) -> str:
-    """An id as one path segment: a malformed id cannot reach another endpoint."""
-    return quote(str(value), safe="")
-
-
-def seconds(value: Duration, name: str) -> float:
-    """A positive duration given as seconds (int or float) or a timedelta, in seconds."""
-    amount = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(amount, bool) or not isinstance(amount, int | float):
-        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
-    if not 0 < amount < math.inf:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(amount)
-
-
-def whole_seconds(value: Duration | None, name: str) -> int | None:
-    """A duration as the whole seconds the API takes: rounded up, so never shorter
-    than asked, and so at least 1."""
-    return None if value is None else math.ceil(seconds(value, name))
-
-
-def _types(types: str | list[str] | tuple[str, ...] | None) -> str | None:
-    return types if types is None or isinstance(types, str) else ",".join(types)
-
-
-class _Wire:
-    """Each operation as the HTTP call that performs it."""
-
-    @staticmethod
-    def register(name: str, role: str | None, metadata: dict[str, Any] | None) -> _Call:
-        return _Call("POST", f"{V1}/register", _AGENT, _fields(agentName=name, agentRole=role, metadata=metadata))
-
-    @staticmethod
-    def heartbeat(agent_id: str) -> _Call:
-        return _Call("POST", f"{C}/heartbeat", _HEARTBEAT, {"agentId": agent_id})
-
-    @staticmethod
-    def get_agent(agent_id: str) -> _Call:
-        return _Call("GET", f"{V1}/agents/{_id(agent_id)}", _AGENT)
-
-    @staticmethod
-    def list_agents(status: str | None, limit: int | None, cursor: str | None) -> _Call:
-        return _Call("GET", f"{V1}/agents", _AGENT_LIST, params=_fields(status=status, limit=limit, cursor=cursor))
-
-    @staticmethod
-    def remove_agent(agent_id: str) -> _Call:
-        return _Call("DELETE", f"{V1}/agents/{_id(agent_id)}", _AGENT_REMOVED, retry=False)
-
-    @staticmethod
-    def acquire_lease(agent_id: str, contact: str, duration: Duration | None, intent: str | None) -> _Call:
-        body = _fields(
-            agentId=agent_id, contactEmail=contact, intent=intent, durationSeconds=whole_seconds(duration, "duration")
-        )
-        return _Call("POST", f"{C}/lease", _LEASE, body)
-
-    @staticmethod
-    def renew_lease(lease_id: str, agent_id: str, duration: Duration | None) -> _Call:
-        body = _fields(agentId=agent_id, durationSeconds=whole_seconds(duration, "duration"))
-        return _Call("POST", f"{C}/lease/{_id(lease_id)}/renew", _LEASE, body)
-
-    @staticmethod
-    def release_lease(lease_id: str, agent_id: str | None) -> _Call:
-        return _Call("DELETE", f"{C}/lease/{_id(lease_id)}", _RELEASED, params=_fields(agentId=agent_id), retry=False)
-
-    @staticmethod
-    def get_lease(lease_id: str) -> _Call:
-        return _Call("GET", f"{C}/lease/{_id(lease_id)}", _LEASE)
-
-    @staticmethod
-    def list_leases(agent_id: str | None, contact: str | None, limit: int | None, cursor: str | None) -> _Call:
-        params = _fields(agentId=agent_id, contactEmail=contact, limit=limit, cursor=cursor)
-        return _Call("GET", f"{C}/leases", _LEASE_LIST, params=params)
-
-    @staticmethod
-    def send_check(agent_id: str, contact: str, fencing_token: int | None) -> _Call:
-        body = _fields(agentId=agent_id, contactEmail=contact, fencingToken=fencing_token)
-        return _Call("POST", f"{C}/send-check", _SEND_CHECK, body)
-
-    @staticmethod
-    def request_consensus(
-        agent_id: str,
-        action: str,
-        contact: str | None,
-        reason: str | None,
-        timeout: Duration | None,
-        idempotency_key: str | None,
-    ) -> _Call:
-        body = _fields(
-            requestingAgentId=agent_id,
-            action=action,
-            contactEmail=contact,
-            reason=reason,
-            timeoutSeconds=whole_seconds(timeout, "timeout"),
-        )
-        # The key makes the request safe to repeat: it is fixed here, once per call,
-        # so every retry of this call carries the same one.
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        return _Call("POST", f"{C}/consensus", _CONSENSUS, body, headers=headers)
-
-    @staticmethod
-    def vote(consensus_id: str, agent_id: str, vote: str, reason: str | None) -> _Call:
-        body = _fields(agentId=agent_id, vote=vote, reason=reason)
-        return _Call("POST", f"{C}/consensus/{_id(consensus_id)}/vote", _CONSENSUS, body)
-
-    @staticmethod
-    def get_consensus(consensus_id: str, wait: Duration | None) -> _Call:
-        seconds = whole_seconds(wait, "wait")
-        return _Call(
-            "GET",
-            f"{C}/consensus/{_id(consensus_id)}",
-            _CONSENSUS,
-            params=_fields(waitSeconds=seconds),
-            wait=seconds or 0.0,
-        )
-
-    @staticmethod
-    def list_consensus(status: str | None, limit: int | None, cursor: str | None) -> _Call:
-        params = _fields(status=status, limit=limit, cursor=cursor)
-        return _Call("GET", f"{C}/consensus", _CONSENSUS_LIST, params=params)
-
-    @staticmethod
-    def events(
-        after: str | int | None, limit: int | None, types: Any, agent_id: str | None, contact: str | None
-    ) -> _Call:
-        # Without after or limit the endpoint streams instead: a page starts somewhere.
-        after = "0" if after is None and limit is None else after
-        params = _fields(after=after, limit=limit, type=_types(types), agentId=agent_id, contactEmail=contact)
-        return _Call("GET", f"{C}/events", _EVENT_PAGE, params=params)
-
-    @staticmethod
-    def event_stream(types: Any, agent_id: str | None, contact: str | None) -> _Call:
-        params = _fields(type=_types(types), agentId=agent_id, contactEmail=contact)
-        return _Call("GET", f"{C}/events", _EVENT, params=params, headers={"Accept": "text/event-stream"})
-
-
-def _wait_seconds(deadline: float | None) -> int | None:
-    """The next long poll's waitSeconds before ``deadline`` (monotonic; None: no
-    deadline), or None when too little time is left to wait at all."""
-    if deadline is None:
-        return MAX_WAIT_SECONDS
-    left = deadline - time.monotonic()
-    return None if left < 0.5 else min(MAX_WAIT_SECONDS, max(1, round(left)))
-
-
-def _long_polls(timeout: Duration | None) -> Iterator[int | None]:
-    """The ``wait`` of each read of wait_consensus until ``timeout`` passes (None:
-    without end). The first read happens even when no time is left to wait (its
-    wait is then None: a plain read); no read starts after the deadline."""
-    deadline = None if timeout is None else time.monotonic() + seconds(timeout, "timeout")
-    yield _wait_seconds(deadline)
-    while (wait := _wait_seconds(deadline)) is not None:
-        yield wait
-
-
-# --- what the two clients share ----------------------------------------------
 
 
 class _ClientBase:

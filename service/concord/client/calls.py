@@ -1,0 +1,227 @@
+"""Each operation of the API, described once as the HTTP request that performs it.
+
+`_Wire` builds a `_Call` (method, path, body, query, headers, the decoder of the
+answer, and whether it is safe to send again); `Concord` and `AsyncConcord` only
+differ in how they send it. Paths come from `concord.protocol.routes`, the
+constants the server routes on, so the SDK and the server cannot disagree on one.
+Ids are quoted into a single path segment: a malformed id cannot reach another
+endpoint. Durations are given as seconds or timedeltas and sent as the whole
+seconds the API takes, rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+from urllib.parse import quote
+
+import msgspec
+
+from concord import protocol as p
+from concord.protocol import routes
+
+# The longest long poll the server grants (waitSeconds 1..60).
+MAX_WAIT_SECONDS = 60
+
+Duration = int | float | timedelta
+VoteChoice = Literal["approve", "reject"]
+
+
+_encode = msgspec.json.Encoder().encode
+_AGENT = msgspec.json.Decoder(p.Agent)
+_AGENT_LIST = msgspec.json.Decoder(p.AgentList)
+_AGENT_REMOVED = msgspec.json.Decoder(p.AgentRemoved)
+_HEARTBEAT = msgspec.json.Decoder(p.Heartbeat)
+_LEASE = msgspec.json.Decoder(p.Lease)
+_LEASE_LIST = msgspec.json.Decoder(p.LeaseList)
+_RELEASED = msgspec.json.Decoder(p.Released)
+_SEND_CHECK = msgspec.json.Decoder(p.SendCheck)
+_CONSENSUS = msgspec.json.Decoder(p.Consensus)
+_CONSENSUS_LIST = msgspec.json.Decoder(p.ConsensusList)
+_EVENT_PAGE = msgspec.json.Decoder(p.EventPage)
+_EVENT = msgspec.json.Decoder(p.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One HTTP request of an operation. ``retry``: safe to send again after it may
+    have reached the service. ``wait``: seconds the service may hold it (long poll)."""
+
+    method: str
+    path: str
+    decoder: msgspec.json.Decoder
+    body: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    retry: bool = True
+    wait: float = 0.0
+
+
+def _fields(**values: Any) -> dict[str, Any]:
+    """The members that were given: the API reads a missing field and null alike."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _id(value: str) -> str:
+    """An id as one path segment: a malformed id cannot reach another endpoint."""
+    return quote(str(value), safe="")
+
+
+def seconds(value: Duration, name: str) -> float:
+    """A positive duration given as seconds (int or float) or a timedelta, in seconds."""
+    amount = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
+    if not 0 < amount < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(amount)
+
+
+def whole_seconds(value: Duration | None, name: str) -> int | None:
+    """A duration as the whole seconds the API takes: rounded up, so never shorter
+    than asked, and so at least 1."""
+    return None if value is None else math.ceil(seconds(value, name))
+
+
+def _types(types: str | list[str] | tuple[str, ...] | None) -> str | None:
+    return types if types is None or isinstance(types, str) else ",".join(types)
+
+
+class _Wire:
+    """Each operation as the HTTP call that performs it."""
+
+    @staticmethod
+    def register(name: str, role: str | None, metadata: dict[str, Any] | None) -> _Call:
+        return _Call("POST", routes.REGISTER, _AGENT, _fields(agentName=name, agentRole=role, metadata=metadata))
+
+    @staticmethod
+    def heartbeat(agent_id: str) -> _Call:
+        return _Call("POST", routes.HEARTBEAT, _HEARTBEAT, {"agentId": agent_id})
+
+    @staticmethod
+    def get_agent(agent_id: str) -> _Call:
+        return _Call("GET", routes.AGENT.format(agentId=_id(agent_id)), _AGENT)
+
+    @staticmethod
+    def list_agents(status: str | None, limit: int | None, cursor: str | None) -> _Call:
+        return _Call("GET", routes.AGENTS, _AGENT_LIST, params=_fields(status=status, limit=limit, cursor=cursor))
+
+    @staticmethod
+    def remove_agent(agent_id: str) -> _Call:
+        return _Call("DELETE", routes.AGENT.format(agentId=_id(agent_id)), _AGENT_REMOVED, retry=False)
+
+    @staticmethod
+    def acquire_lease(agent_id: str, contact: str, duration: Duration | None, intent: str | None) -> _Call:
+        body = _fields(
+            agentId=agent_id, contactEmail=contact, intent=intent, durationSeconds=whole_seconds(duration, "duration")
+        )
+        return _Call("POST", routes.LEASE, _LEASE, body)
+
+    @staticmethod
+    def renew_lease(lease_id: str, agent_id: str, duration: Duration | None) -> _Call:
+        body = _fields(agentId=agent_id, durationSeconds=whole_seconds(duration, "duration"))
+        return _Call("POST", routes.LEASE_RENEW.format(leaseId=_id(lease_id)), _LEASE, body)
+
+    @staticmethod
+    def release_lease(lease_id: str, agent_id: str | None) -> _Call:
+        return _Call(
+            "DELETE",
+            routes.LEASE_BY_ID.format(leaseId=_id(lease_id)),
+            _RELEASED,
+            params=_fields(agentId=agent_id),
+            retry=False,
+        )
+
+    @staticmethod
+    def get_lease(lease_id: str) -> _Call:
+        return _Call("GET", routes.LEASE_BY_ID.format(leaseId=_id(lease_id)), _LEASE)
+
+    @staticmethod
+    def list_leases(agent_id: str | None, contact: str | None, limit: int | None, cursor: str | None) -> _Call:
+        params = _fields(agentId=agent_id, contactEmail=contact, limit=limit, cursor=cursor)
+        return _Call("GET", routes.LEASES, _LEASE_LIST, params=params)
+
+    @staticmethod
+    def send_check(agent_id: str, contact: str, fencing_token: int | None) -> _Call:
+        body = _fields(agentId=agent_id, contactEmail=contact, fencingToken=fencing_token)
+        return _Call("POST", routes.SEND_CHECK, _SEND_CHECK, body)
+
+    @staticmethod
+    def request_consensus(
+        agent_id: str,
+        action: str,
+        contact: str | None,
+        reason: str | None,
+        timeout: Duration | None,
+        idempotency_key: str | None,
+    ) -> _Call:
+        body = _fields(
+            requestingAgentId=agent_id,
+            action=action,
+            contactEmail=contact,
+            reason=reason,
+            timeoutSeconds=whole_seconds(timeout, "timeout"),
+        )
+        # The key makes the request safe to repeat: it is fixed here, once per call,
+        # so every retry of this call carries the same one.
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return _Call("POST", routes.CONSENSUS, _CONSENSUS, body, headers=headers)
+
+    @staticmethod
+    def vote(consensus_id: str, agent_id: str, vote: str, reason: str | None) -> _Call:
+        body = _fields(agentId=agent_id, vote=vote, reason=reason)
+        return _Call("POST", routes.VOTE.format(consensusId=_id(consensus_id)), _CONSENSUS, body)
+
+    @staticmethod
+    def get_consensus(consensus_id: str, wait: Duration | None) -> _Call:
+        seconds = whole_seconds(wait, "wait")
+        return _Call(
+            "GET",
+            routes.CONSENSUS_BY_ID.format(consensusId=_id(consensus_id)),
+            _CONSENSUS,
+            params=_fields(waitSeconds=seconds),
+            wait=seconds or 0.0,
+        )
+
+    @staticmethod
+    def list_consensus(status: str | None, limit: int | None, cursor: str | None) -> _Call:
+        params = _fields(status=status, limit=limit, cursor=cursor)
+        return _Call("GET", routes.CONSENSUS, _CONSENSUS_LIST, params=params)
+
+    @staticmethod
+    def events(
+        after: str | int | None, limit: int | None, types: Any, agent_id: str | None, contact: str | None
+    ) -> _Call:
+        # Without after or limit the endpoint streams instead: a page starts somewhere.
+        after = "0" if after is None and limit is None else after
+        params = _fields(after=after, limit=limit, type=_types(types), agentId=agent_id, contactEmail=contact)
+        return _Call("GET", routes.EVENTS, _EVENT_PAGE, params=params)
+
+    @staticmethod
+    def event_stream(types: Any, agent_id: str | None, contact: str | None) -> _Call:
+        params = _fields(type=_types(types), agentId=agent_id, contactEmail=contact)
+        return _Call("GET", routes.EVENTS, _EVENT, params=params, headers={"Accept": "text/event-stream"})
+
+
+def _wait_seconds(deadline: float | None) -> int | None:
+    """The next long poll's waitSeconds before ``deadline`` (monotonic; None: no
+    deadline), or None when too little time is left to wait at all."""
+    if deadline is None:
+        return MAX_WAIT_SECONDS
+    left = deadline - time.monotonic()
+    return None if left < 0.5 else min(MAX_WAIT_SECONDS, max(1, round(left)))
+
+
+def _long_polls(timeout: Duration | None) -> Iterator[int | None]:
+    """The ``wait`` of each read of wait_consensus until ``timeout`` passes (None:
+    without end). The first read happens even when no time is left to wait (its
+    wait is then None: a plain read); no read starts after the deadline."""
+    deadline = None if timeout is None else time.monotonic() + seconds(timeout, "timeout")
+    yield _wait_seconds(deadline)
+    while (wait := _wait_seconds(deadline)) is not None:
+        yield wait
