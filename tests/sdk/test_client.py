@@ -25,6 +25,8 @@ import redis
 
 import concord.client.sync as sdk
 from concord import protocol as s
+from concord.client.base import DEFAULT_URL
+from concord.client.sse import _SSE
 from concord.client.sync import (
     AgentInactive,
     AgentNotFound,
@@ -704,7 +706,7 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     assert str(request.url) == "http://from-env.test:9000/v1/agent/coordination/heartbeat"
     assert request.headers["Authorization"] == "Bearer env-key"
     monkeypatch.delenv("CONCORD_URL")
-    assert Concord(http=script.transport).url == sdk.DEFAULT_URL
+    assert Concord(http=script.transport).url == DEFAULT_URL
 
 
 def test_an_injected_http_client_is_used_and_left_open():
@@ -773,7 +775,7 @@ def frame(event_id: str, kind: str = "lease.acquired", **extra: Any) -> bytes:
 
 
 def test_sse_parser_splits_lines_only_at_cr_and_lf():
-    parser = sdk._SSE(None)
+    parser = _SSE(None)
     text = b"retry: 1500\n\n: keepalive\r\n" + frame("1-0", reason="line\u2028separator").replace(b"\n", b"\r\n")
     chunks = [text[i : i + 7] for i in range(0, len(text), 7)]  # CRLF pairs split across chunks too
     events = [event for chunk in chunks for event in parser.feed(chunk)]

@@ -31,9 +31,6 @@ import asyncio
 import itertools
 import logging
 import math
-import os
-import random
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -44,12 +41,11 @@ import httpx
 import msgspec
 
 from concord import protocol as s
+from concord.client.base import MAX_BACKOFF, _ClientBase
 from concord.client.calls import (
-    _EVENT,
     Duration,
     VoteChoice,
     _Call,
-    _encode,
     _long_polls,
     _Wire,
     whole_seconds,
@@ -84,6 +80,7 @@ from concord.client.errors import (
     _transient,
     error_from_response,
 )
+from concord.client.sse import _EventStream
 
 __all__ = [
     "AsyncAgentHandle",
@@ -124,211 +121,10 @@ __all__ = [
     "StoreUnavailable",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-USER_AGENT = "concord-python"
 # The server's lease duration when none is given: the renewal schedule needs it.
 DEFAULT_LEASE_SECONDS = s.DEFAULT_LEASE_MS / 1000
-# A Retry-After longer than this is not waited out inside a call: the error is raised.
-MAX_RETRY_AFTER = 30.0
-MAX_BACKOFF = 5.0
 
 log = logging.getLogger("concord.client")
-
-# --- the wire: one _Call per operation ---------------------------------------
-
-
-class _ClientBase:
-    """What both clients share: configuration, the httpx client, building requests,
-    reading answers, the retry policy and the background work they own. A subclass
-    names its httpx classes (``_HTTP``, ``_TRANSPORT``) and does the sending."""
-
-    _HTTP: type[httpx.Client] | type[httpx.AsyncClient]
-    _TRANSPORT: type[httpx.BaseTransport] | type[httpx.AsyncBaseTransport]
-
-    def __init__(
-        self,
-        url: str | None,
-        api_key: str | None,
-        http: Any,
-        timeout: float,
-        max_retries: int,
-        backoff: float,
-        stream_timeout: float,
-    ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
-        self.url = (url or os.environ.get("CONCORD_URL") or DEFAULT_URL).rstrip("/")
-        self.api_key = api_key if api_key is not None else os.environ.get("CONCORD_API_KEY")
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.stream_timeout = stream_timeout
-        if isinstance(http, self._HTTP):
-            self._http, self._owns_http = http, False
-        elif http is None or isinstance(http, self._TRANSPORT):
-            self._http, self._owns_http = self._HTTP(transport=http, timeout=timeout), True
-        else:
-            raise TypeError(
-                f"http must be an httpx.{self._HTTP.__name__} or an httpx.{self._TRANSPORT.__name__}, "
-                f"got {type(http).__name__}"
-            )
-        # The keep-alives and lease renewals started from this client: closing it stops them.
-        self._background: set[Any] = set()
-
-    def _headers(self, call: _Call) -> dict[str, str]:
-        headers = {"User-Agent": USER_AGENT, **call.headers}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        if call.body is not None:
-            headers["Content-Type"] = "application/json"
-        return headers
-
-    def _request(self, call: _Call) -> dict[str, Any]:
-        """The keyword arguments of httpx's ``request`` for ``call``."""
-        options: dict[str, Any] = {
-            "method": call.method,
-            "url": self.url + call.path,
-            "params": call.params,
-            "headers": self._headers(call),
-        }
-        if call.body is not None:
-            options["content"] = _encode(call.body)
-        if call.wait:  # a long poll: the answer may take that long on top of the usual
-            options["timeout"] = self.timeout + call.wait
-        return options
-
-    def _answer(self, call: _Call, response: httpx.Response) -> Any:
-        if not response.is_success:
-            raise error_from_response(response)
-        try:
-            return call.decoder.decode(response.content)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            detail = f"{call.method} {call.path} answered {response.status_code} with an unexpected body: {exc}"
-            raise ConcordError(detail, code="unexpected_response", status=response.status_code) from exc
-
-    def _error(self, call: _Call, exc: httpx.TransportError | ConcordError) -> ConcordError:
-        """A failure of ``call`` as a ConcordError: no answer at all is Unreachable."""
-        return Unreachable(call.method, self.url + call.path, exc) if isinstance(exc, httpx.TransportError) else exc
-
-    def _retry_delay(self, call: _Call, exc: httpx.TransportError | ConcordError, attempt: int) -> float:
-        """Seconds to wait before sending ``call`` again after its attempt number
-        ``attempt`` (from 0) failed with ``exc``; raises the failure, as a
-        ConcordError, when the call is not to be repeated."""
-        error = self._error(call, exc)
-        if isinstance(error, Unreachable):
-            retry = call.retry or not error.sent
-        elif error.status == 429:
-            retry = True  # the rate limit refused it before any work
-        else:
-            retry = call.retry and error.status in (502, 503, 504)
-        asked = error.retry_after or 0.0
-        if not retry or attempt >= self.max_retries or asked > MAX_RETRY_AFTER:
-            raise error
-        delay = max(self._backoff(attempt), asked)
-        log.info("retrying %s %s in %.2f s after: %s", call.method, call.path, delay, error)
-        return delay
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential, with jitter so that clients refused together do not return together."""
-        return min(MAX_BACKOFF, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
-
-
-class _EventStream:
-    """One subscription to the event stream, across its connections: what each
-    (re)connection sends, and how long to wait before the next. It resumes after
-    the last event seen, and backs off while connections fail in a row."""
-
-    def __init__(self, client: _ClientBase, call: _Call, last_event_id: str | None) -> None:
-        self.client, self.call = client, call
-        self.parser = _SSE(last_event_id)
-        self.failures = 0  # in a row, without an event between them
-
-    def connect(self) -> dict[str, Any]:
-        """The keyword arguments of httpx's ``stream`` for the next connection."""
-        self.parser.reset()
-        options = self.client._request(self.call)
-        if self.parser.last_id is not None:
-            options["headers"]["Last-Event-ID"] = self.parser.last_id
-        options["timeout"] = httpx.Timeout(self.client.timeout, read=self.client.stream_timeout)
-        return options
-
-    def feed(self, chunk: bytes) -> list[s.Event]:
-        events = self.parser.feed(chunk)
-        if events:
-            self.failures = 0
-        return events
-
-    def reconnect_delay(self, exc: httpx.TransportError | ConcordError | None) -> float | None:
-        """Seconds to wait before reconnecting after the connection ended (``exc``
-        None) or failed with ``exc``: the server's ``retry``, and after an error also
-        a backoff growing with the failures in a row and any Retry-After. None when
-        ``exc`` is final (an error answer other than 429 and 5xx): the caller raises it."""
-        if isinstance(exc, httpx.ReadTimeout):
-            return 0.0  # silent past the server's keep-alives: a dead connection, replace it at once
-        delay = self.parser.retry or 0.0
-        if exc is None:
-            return delay
-        error = self.client._error(self.call, exc)
-        if not _transient(error):
-            return None
-        self.failures += 1
-        delay = max(delay, self.client._backoff(min(self.failures - 1, 10)), error.retry_after or 0.0)
-        log.warning("event stream: %s; reconnecting in %.2f s", error, delay)
-        return delay
-
-
-class _SSE:
-    """A Server-Sent Events parser (the WHATWG HTML rules): lines end at CR, LF or
-    CRLF only (not at the other characters str.splitlines breaks at, which JSON
-    strings may hold); ``data`` lines join with newlines and a blank line
-    dispatches them; ``id`` is remembered to resume from; ``retry`` is the
-    reconnection delay; ``:`` starts a comment (the server's keep-alives). The
-    ``event`` line is not needed: the data, a schemas.Event, names its type."""
-
-    _EOL = re.compile(rb"\r\n|\r|\n")
-
-    def __init__(self, last_id: str | None) -> None:
-        self.last_id = last_id
-        self.retry: float | None = None  # the reconnection delay the server asked for
-        self._buffer = b""
-        self._data: list[str] = []
-
-    def reset(self) -> None:
-        """A new connection: an event cut off by the drop is discarded."""
-        self._buffer, self._data = b"", []
-
-    def feed(self, chunk: bytes) -> list[s.Event]:
-        self._buffer += chunk
-        events = []
-        while match := self._EOL.search(self._buffer):
-            if match.group() == b"\r" and match.end() == len(self._buffer):
-                break  # maybe the first half of a CRLF split across chunks
-            line = self._buffer[: match.start()].decode("utf-8", "replace")
-            self._buffer = self._buffer[match.end() :]
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def _line(self, line: str) -> s.Event | None:
-        if not line:
-            data, self._data = self._data, []
-            return _EVENT.decode("\n".join(data)) if data else None
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "id" and "\0" not in value:
-            self.last_id = value
-        elif name == "retry" and value.isdigit():
-            self.retry = int(value) / 1000
-        return None
-
 
 # --- what the sync and async handles share -------------------------------------
 # Each base holds a handle's state and every part that sends nothing; the sync and
