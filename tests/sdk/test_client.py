@@ -23,11 +23,8 @@ import msgspec
 import pytest
 import redis
 
-import concord.client.sync as sdk
-from concord import protocol as s
-from concord.client.base import DEFAULT_URL
-from concord.client.sse import _SSE
-from concord.client.sync import (
+import concord.client as sdk
+from concord import (
     AgentInactive,
     AgentNotFound,
     AlreadyVoted,
@@ -47,6 +44,9 @@ from concord.client.sync import (
     Unreachable,
     ValidationError,
 )
+from concord import protocol as s
+from concord.client.base import DEFAULT_URL
+from concord.client.sse import _SSE
 from concord.protocol import ERRORS
 from concord.server.store.keys import agent_id_for
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until

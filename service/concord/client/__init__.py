@@ -1,4 +1,95 @@
-"""The Python SDK: ``Concord`` (sync) and ``AsyncConcord`` (asyncio)."""
+"""The Python SDK: ``Concord`` (sync, threads) and ``AsyncConcord`` (asyncio, tasks).
 
-from concord.client.sync import *  # noqa: F403
-from concord.client.sync import __all__ as __all__
+It needs httpx and msgspec only, and imports nothing of the server. By role:
+
+    errors.py    ConcordError and one class per error code; Unreachable, LeaseLost
+    calls.py     each operation as the HTTP request that performs it, shared by both clients
+    base.py      what both clients share: configuration, building requests, the retry policy
+    sse.py       the Server-Sent Events parser and the reconnecting subscription
+    handles.py   the state of agent, keep-alive, lease and consensus handles, shared by both
+    sync.py      Concord and its handles;  aio.py  AsyncConcord and its handles
+
+Invariants the clients keep:
+
+- A call is repeated only where repeating is safe (base.py says when).
+- Every error is a `ConcordError`; its class is chosen by the problem's ``code``
+  (`ERROR_CLASSES`), an unknown code gives the base class.
+- Background work (keep-alive heartbeats, lease renewal) belongs to the client and
+  to the agent handle that started it: closing either stops it.
+"""
+
+from concord.client.aio import (
+    AsyncAgentHandle,
+    AsyncConcord,
+    AsyncConsensusHandle,
+    AsyncKeepAlive,
+    AsyncLeaseHandle,
+)
+from concord.client.errors import (
+    ERROR_CLASSES,
+    AgentInactive,
+    AgentNotFound,
+    AlreadyVoted,
+    ConcordError,
+    ConsensusClosed,
+    ConsensusNotFound,
+    EndpointNotFound,
+    IdempotencyKeyReused,
+    InternalError,
+    LeaseConflict,
+    LeaseLost,
+    LeaseNotFound,
+    MalformedJson,
+    MethodNotAllowed,
+    NotLeaseHolder,
+    PayloadTooLarge,
+    RateLimited,
+    RequesterCannotVote,
+    StoreError,
+    StoreUnavailable,
+    TenantMismatch,
+    Unauthorized,
+    Unreachable,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from concord.client.sync import AgentHandle, Concord, ConsensusHandle, KeepAlive, LeaseHandle
+
+__all__ = [
+    "AsyncAgentHandle",
+    "AsyncConcord",
+    "AsyncConsensusHandle",
+    "AsyncKeepAlive",
+    "AsyncLeaseHandle",
+    "AgentHandle",
+    "Concord",
+    "ConsensusHandle",
+    "KeepAlive",
+    "LeaseHandle",
+    "ERROR_CLASSES",
+    "ConcordError",
+    "LeaseLost",
+    "Unreachable",
+    "MalformedJson",
+    "Unauthorized",
+    "TenantMismatch",
+    "NotLeaseHolder",
+    "RequesterCannotVote",
+    "EndpointNotFound",
+    "AgentNotFound",
+    "LeaseNotFound",
+    "ConsensusNotFound",
+    "MethodNotAllowed",
+    "AgentInactive",
+    "LeaseConflict",
+    "AlreadyVoted",
+    "ConsensusClosed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "ValidationError",
+    "IdempotencyKeyReused",
+    "RateLimited",
+    "InternalError",
+    "StoreError",
+    "StoreUnavailable",
+]

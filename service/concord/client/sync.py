@@ -1,80 +1,33 @@
-"""The Python SDK: `Concord` (sync, threads) and `AsyncConcord` (asyncio, tasks).
+"""The synchronous client: `Concord` and its handles; background work (keep-alive
+heartbeats, lease renewal) runs on daemon threads.
 
-Both clients have the same methods and answer with the service's own msgspec
-Structs from service/schemas.py, so the wire format has one definition. Each
-operation is described once, as a `_Call` built by `_Wire` (path, body, decoder and
-whether it is safe to repeat); the two clients only differ in how they send it.
-Likewise each pair of classes (client, agent, keep-alive, lease and consensus
-handles) stands on one base that holds the state and every part that sends
-nothing; the sync and async classes add only the sending, the sleeping and the
-thread or task.
-
-Invariants the clients keep:
-
-- A call is repeated only where repeating is safe (`_Call.retry`): every GET and
-  the operations that are idempotent by nature (register, heartbeat, acquire,
-  renew, send-check, vote), plus a consensus request, which always carries an
-  Idempotency-Key that stays the same on every attempt. Release and deregister are
-  never repeated after they may have reached the service (a repeat answers 404
-  although the first took effect). Two failures prove nothing happened, so any
-  call is repeated after them: a connection that could not be opened, and 429 (the
-  rate limit refuses a request before any work).
-- Every error is a `ConcordError`; its class is chosen by the problem's `code`
-  (`ERROR_CLASSES`), an unknown code gives the base class.
-- Background work (keep-alive heartbeats, lease renewal) belongs to the client and
-  to the agent handle that started it: closing either stops it.
+Every operation is a `_Call` built by `_Wire` (calls.py); this module sends it
+with an httpx.Client, waits between retries with time.sleep, and answers with the
+protocol's msgspec Structs (concord.protocol), so the wire format has one
+definition. aio.py mirrors it for asyncio, name for name and method for method
+(tests/sdk checks that the signatures agree). What the two share, and every part
+that sends nothing, lives in base.py, handles.py, sse.py and errors.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from concord import protocol as s
+from concord import protocol as p
 from concord.client.base import _ClientBase
-from concord.client.calls import (
-    Duration,
-    VoteChoice,
-    _Call,
-    _long_polls,
-    _Wire,
-)
-from concord.client.errors import (
-    ERROR_CLASSES,
-    AgentInactive,
-    AgentNotFound,
-    AlreadyVoted,
-    ConcordError,
-    ConsensusClosed,
-    ConsensusNotFound,
-    EndpointNotFound,
-    IdempotencyKeyReused,
-    InternalError,
-    LeaseConflict,
-    LeaseLost,
-    LeaseNotFound,
-    MalformedJson,
-    MethodNotAllowed,
-    NotLeaseHolder,
-    PayloadTooLarge,
-    RateLimited,
-    RequesterCannotVote,
-    StoreError,
-    StoreUnavailable,
-    TenantMismatch,
-    Unauthorized,
-    Unreachable,
-    UnsupportedMediaType,
-    ValidationError,
-    error_from_response,
-)
+from concord.client.calls import Duration, VoteChoice, _Call, _long_polls, _Wire
+
+# Every error name stays importable from here, where the whole SDK lived before it
+# was split (concord/cli/commands.py still imports Unreachable and ConcordError so).
+from concord.client.errors import *  # noqa: F403
+from concord.client.errors import ConcordError, error_from_response
 from concord.client.handles import (
     _AgentHandleBase,
     _consensus_id,
@@ -85,46 +38,7 @@ from concord.client.handles import (
 )
 from concord.client.sse import _EventStream
 
-__all__ = [
-    "AsyncAgentHandle",
-    "AsyncConcord",
-    "AsyncConsensusHandle",
-    "AsyncKeepAlive",
-    "AsyncLeaseHandle",
-    "AgentHandle",
-    "Concord",
-    "ConsensusHandle",
-    "KeepAlive",
-    "LeaseHandle",
-    "ERROR_CLASSES",
-    "ConcordError",
-    "LeaseLost",
-    "Unreachable",
-    "MalformedJson",
-    "Unauthorized",
-    "TenantMismatch",
-    "NotLeaseHolder",
-    "RequesterCannotVote",
-    "EndpointNotFound",
-    "AgentNotFound",
-    "LeaseNotFound",
-    "ConsensusNotFound",
-    "MethodNotAllowed",
-    "AgentInactive",
-    "LeaseConflict",
-    "AlreadyVoted",
-    "ConsensusClosed",
-    "PayloadTooLarge",
-    "UnsupportedMediaType",
-    "ValidationError",
-    "IdempotencyKeyReused",
-    "RateLimited",
-    "InternalError",
-    "StoreError",
-    "StoreUnavailable",
-]
-
-# --- the sync client ---------------------------------------------------------
+__all__ = ["AgentHandle", "Concord", "ConsensusHandle", "KeepAlive", "LeaseHandle"]
 
 
 class Concord(_ClientBase):
@@ -187,19 +101,19 @@ class Concord(_ClientBase):
         """A handle for an existing agent (no request; ``info`` stays None until ``refresh()``)."""
         return AgentHandle(self, agent_id)
 
-    def heartbeat(self, agent_id: str) -> s.Heartbeat:
+    def heartbeat(self, agent_id: str) -> p.Heartbeat:
         """Record that the agent is alive; it stays active for the liveness window (5 minutes by default)."""
         return self._run(_Wire.heartbeat(agent_id))
 
-    def get_agent(self, agent_id: str) -> s.Agent:
+    def get_agent(self, agent_id: str) -> p.Agent:
         return self._run(_Wire.get_agent(agent_id))
 
     def list_agents(
         self, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> s.AgentList:
+    ) -> p.AgentList:
         return self._run(_Wire.list_agents(status, limit, cursor))
 
-    def remove_agent(self, agent_id: str) -> s.AgentRemoved:
+    def remove_agent(self, agent_id: str) -> p.AgentRemoved:
         """Deregister the agent and release its leases. Never repeated automatically."""
         return self._run(_Wire.remove_agent(agent_id))
 
@@ -207,21 +121,21 @@ class Concord(_ClientBase):
 
     def acquire_lease(
         self, agent_id: str, contact: str, duration: Duration | None = None, intent: str | None = None
-    ) -> s.Lease:
+    ) -> p.Lease:
         """Lease ``contact`` for ``duration`` (default 30 minutes); raises LeaseConflict
         when another active agent holds it. The holder asking again gets its own lease,
         expiry moved, so this is safe to repeat."""
         return self._run(_Wire.acquire_lease(agent_id, contact, duration, intent))
 
-    def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> s.Lease:
+    def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> p.Lease:
         """Move the lease's expiry to now + ``duration``; the fencing token stays."""
         return self._run(_Wire.renew_lease(lease_id, agent_id, duration))
 
-    def release_lease(self, lease_id: str, agent_id: str | None = None) -> s.Released:
+    def release_lease(self, lease_id: str, agent_id: str | None = None) -> p.Released:
         """Release the lease (only its holder may, when ``agent_id`` is given). Never repeated automatically."""
         return self._run(_Wire.release_lease(lease_id, agent_id))
 
-    def get_lease(self, lease_id: str) -> s.Lease:
+    def get_lease(self, lease_id: str) -> p.Lease:
         return self._run(_Wire.get_lease(lease_id))
 
     def list_leases(
@@ -230,11 +144,11 @@ class Concord(_ClientBase):
         contact: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> s.LeaseList:
+    ) -> p.LeaseList:
         """Leases of an agent and/or of a contact (give at least one), newest grant first."""
         return self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
 
-    def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+    def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> p.SendCheck:
         """May the agent email the contact now? Refusals are answers (``allowed`` False), not errors."""
         return self._run(_Wire.send_check(agent_id, contact, fencing_token))
 
@@ -259,21 +173,21 @@ class Concord(_ClientBase):
         """A handle for an existing consensus request (no request until ``refresh()`` or ``wait()``)."""
         return ConsensusHandle(self, consensus_id)
 
-    def vote(self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
+    def vote(self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None) -> p.Consensus:
         """Vote ``approve`` or ``reject``; the same vote again is answered as the first was."""
         return self._run(_Wire.vote(consensus_id, agent_id, vote, reason))
 
-    def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> s.Consensus:
+    def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> p.Consensus:
         """Read a consensus request. With ``wait`` (1-60 s) the service answers as soon
         as it leaves pending, or after ``wait`` with it still pending."""
         return self._run(_Wire.get_consensus(consensus_id, wait))
 
     def list_consensus(
         self, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> s.ConsensusList:
+    ) -> p.ConsensusList:
         return self._run(_Wire.list_consensus(status, limit, cursor))
 
-    def wait_consensus(self, consensus_id: str, timeout: Duration | None = None) -> s.Consensus:
+    def wait_consensus(self, consensus_id: str, timeout: Duration | None = None) -> p.Consensus:
         """The request once it is decided, or as it is (pending) when ``timeout``
         passes; with no timeout, until it is decided or expires. Long polls, never
         busy polling."""
@@ -292,7 +206,7 @@ class Concord(_ClientBase):
         types: str | list[str] | None = None,
         agent_id: str | None = None,
         contact: str | None = None,
-    ) -> s.EventPage:
+    ) -> p.EventPage:
         """One page of the tenant's events, oldest first: ``events``, ``next_after``
         (pass it as ``after`` for the next page) and ``has_more``. ``after`` 0 (the
         default without ``limit``) starts at the oldest event kept. ``types``: event
@@ -305,7 +219,7 @@ class Concord(_ClientBase):
         types: str | list[str] | None = None,
         agent_id: str | None = None,
         contact: str | None = None,
-    ) -> Iterator[s.Event]:
+    ) -> Iterator[p.Event]:
         """The tenant's events as they happen (Server-Sent Events), as schemas.Event,
         without end: from the next event, or after ``last_event_id`` ("0": from the
         oldest kept). After a dropped connection it reconnects and resumes after the
@@ -336,11 +250,11 @@ class AgentHandle(_AgentHandleBase):
     client: Concord
     _background: set[KeepAlive | LeaseHandle]
 
-    def refresh(self) -> s.Agent:
+    def refresh(self) -> p.Agent:
         self.info = self.client.get_agent(self.id)
         return self.info
 
-    def heartbeat(self) -> s.Heartbeat:
+    def heartbeat(self) -> p.Heartbeat:
         return self.client.heartbeat(self.id)
 
     def keep_alive(self, interval: float = 60.0) -> KeepAlive:
@@ -352,7 +266,7 @@ class AgentHandle(_AgentHandleBase):
         """A lease on ``contact``, taken on entering ``with`` (or by ``acquire()``) and renewed until released."""
         return LeaseHandle(self.client, self.id, contact, duration, intent, self._owners())
 
-    def send_check(self, contact: str, fencing_token: int | None = None) -> s.SendCheck:
+    def send_check(self, contact: str, fencing_token: int | None = None) -> p.SendCheck:
         return self.client.send_check(self.id, contact, fencing_token)
 
     def request_consensus(
@@ -365,10 +279,10 @@ class AgentHandle(_AgentHandleBase):
     ) -> ConsensusHandle:
         return self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
 
-    def vote(self, consensus: str | ConsensusHandle, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
+    def vote(self, consensus: str | ConsensusHandle, vote: VoteChoice, reason: str | None = None) -> p.Consensus:
         return self.client.vote(_consensus_id(consensus), self.id, vote, reason)
 
-    def remove(self) -> s.AgentRemoved:
+    def remove(self) -> p.AgentRemoved:
         """Stop this handle's background work, then deregister the agent (its leases are released)."""
         self.close()
         return self.client.remove_agent(self.id)
@@ -461,7 +375,7 @@ class LeaseHandle(_LeaseHandleBase):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> s.Lease:
+    def acquire(self) -> p.Lease:
         """Take the lease and start renewing it."""
         if self._thread is not None:
             raise RuntimeError(f"the lease on {self.contact} is already held")
@@ -485,7 +399,7 @@ class LeaseHandle(_LeaseHandleBase):
             else:
                 plan.renewed(sent)
 
-    def release(self) -> s.Released | None:
+    def release(self) -> p.Released | None:
         """Stop renewing and release the lease (None if it was never acquired)."""
         self._halt()
         if self.lease is not None and self.released is None:
@@ -521,365 +435,11 @@ class ConsensusHandle(_ConsensusHandleBase):
 
     client: Concord
 
-    def refresh(self) -> s.Consensus:
+    def refresh(self) -> p.Consensus:
         self.info = self.client.get_consensus(self.id)
         return self.info
 
-    def wait(self, timeout: Duration | None = None) -> s.Consensus:
+    def wait(self, timeout: Duration | None = None) -> p.Consensus:
         """Block until the request is decided, or ``timeout`` passes (then it is still pending)."""
         self.info = self.client.wait_consensus(self.id, timeout)
-        return self.info
-
-
-# --- the async client --------------------------------------------------------
-
-
-class AsyncConcord(_ClientBase):
-    """The asyncio client: the methods of Concord, as coroutines; background work
-    runs as tasks on the running loop. ``http`` is an httpx.AsyncClient (left open
-    on close) or an httpx async transport."""
-
-    _HTTP, _TRANSPORT = httpx.AsyncClient, httpx.AsyncBaseTransport
-    _http: httpx.AsyncClient
-    _background: set[AsyncKeepAlive | AsyncLeaseHandle]
-
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        *,
-        http: httpx.AsyncClient | httpx.AsyncBaseTransport | None = None,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        backoff: float = 0.1,
-        stream_timeout: float = 60.0,
-    ) -> None:
-        super().__init__(url, api_key, http, timeout, max_retries, backoff, stream_timeout)
-
-    async def aclose(self) -> None:
-        """Stop every keep-alive and lease renewal started from this client, then close its connections."""
-        for worker in list(self._background):
-            await worker._halt()
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncConcord:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _run(self, call: _Call) -> Any:
-        for attempt in itertools.count():
-            try:
-                return self._answer(call, await self._http.request(**self._request(call)))
-            except (httpx.TransportError, ConcordError) as exc:
-                delay = self._retry_delay(call, exc, attempt)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # Each method: as the method of the same name on Concord.
-
-    async def register(
-        self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> AsyncAgentHandle:
-        return AsyncAgentHandle(self, await self._run(_Wire.register(name, role, metadata)))
-
-    def agent(self, agent_id: str) -> AsyncAgentHandle:
-        return AsyncAgentHandle(self, agent_id)
-
-    async def heartbeat(self, agent_id: str) -> s.Heartbeat:
-        return await self._run(_Wire.heartbeat(agent_id))
-
-    async def get_agent(self, agent_id: str) -> s.Agent:
-        return await self._run(_Wire.get_agent(agent_id))
-
-    async def list_agents(
-        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> s.AgentList:
-        return await self._run(_Wire.list_agents(status, limit, cursor))
-
-    async def remove_agent(self, agent_id: str) -> s.AgentRemoved:
-        return await self._run(_Wire.remove_agent(agent_id))
-
-    async def acquire_lease(
-        self, agent_id: str, contact: str, duration: Duration | None = None, intent: str | None = None
-    ) -> s.Lease:
-        return await self._run(_Wire.acquire_lease(agent_id, contact, duration, intent))
-
-    async def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> s.Lease:
-        return await self._run(_Wire.renew_lease(lease_id, agent_id, duration))
-
-    async def release_lease(self, lease_id: str, agent_id: str | None = None) -> s.Released:
-        return await self._run(_Wire.release_lease(lease_id, agent_id))
-
-    async def get_lease(self, lease_id: str) -> s.Lease:
-        return await self._run(_Wire.get_lease(lease_id))
-
-    async def list_leases(
-        self,
-        agent_id: str | None = None,
-        contact: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> s.LeaseList:
-        return await self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
-
-    async def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> s.SendCheck:
-        return await self._run(_Wire.send_check(agent_id, contact, fencing_token))
-
-    async def request_consensus(
-        self,
-        agent_id: str,
-        action: str,
-        contact: str | None = None,
-        reason: str | None = None,
-        timeout: Duration | None = None,
-        idempotency_key: str | None = None,
-    ) -> AsyncConsensusHandle:
-        call = _Wire.request_consensus(agent_id, action, contact, reason, timeout, idempotency_key)
-        return AsyncConsensusHandle(self, await self._run(call))
-
-    def consensus(self, consensus_id: str) -> AsyncConsensusHandle:
-        return AsyncConsensusHandle(self, consensus_id)
-
-    async def vote(self, consensus_id: str, agent_id: str, vote: VoteChoice, reason: str | None = None) -> s.Consensus:
-        return await self._run(_Wire.vote(consensus_id, agent_id, vote, reason))
-
-    async def get_consensus(self, consensus_id: str, wait: Duration | None = None) -> s.Consensus:
-        return await self._run(_Wire.get_consensus(consensus_id, wait))
-
-    async def list_consensus(
-        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> s.ConsensusList:
-        return await self._run(_Wire.list_consensus(status, limit, cursor))
-
-    async def wait_consensus(self, consensus_id: str, timeout: Duration | None = None) -> s.Consensus:
-        for wait in _long_polls(timeout):
-            consensus = await self.get_consensus(consensus_id, wait=wait)
-            if consensus.status != "pending":
-                break
-        return consensus
-
-    async def events(
-        self,
-        after: str | int | None = None,
-        limit: int | None = None,
-        types: str | list[str] | None = None,
-        agent_id: str | None = None,
-        contact: str | None = None,
-    ) -> s.EventPage:
-        return await self._run(_Wire.events(after, limit, types, agent_id, contact))
-
-    async def stream_events(
-        self,
-        last_event_id: str | None = None,
-        types: str | list[str] | None = None,
-        agent_id: str | None = None,
-        contact: str | None = None,
-    ) -> AsyncIterator[s.Event]:
-        """As Concord.stream_events. Close it when done (``contextlib.aclosing``), so
-        the connection closes then rather than when the generator is collected."""
-        stream = _EventStream(self, _Wire.event_stream(types, agent_id, contact), last_event_id)
-        while True:
-            try:
-                async with self._http.stream(**stream.connect()) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        raise error_from_response(response)
-                    async for chunk in response.aiter_bytes():
-                        for event in stream.feed(chunk):
-                            yield event
-                delay = stream.reconnect_delay(None)
-            except (httpx.TransportError, ConcordError) as exc:
-                delay = stream.reconnect_delay(exc)
-                if delay is None:
-                    raise
-            await asyncio.sleep(delay)
-
-
-class AsyncAgentHandle(_AgentHandleBase):
-    """As AgentHandle, for AsyncConcord; ``aclose()`` stops its background tasks."""
-
-    client: AsyncConcord
-    _background: set[AsyncKeepAlive | AsyncLeaseHandle]
-
-    async def refresh(self) -> s.Agent:
-        self.info = await self.client.get_agent(self.id)
-        return self.info
-
-    async def heartbeat(self) -> s.Heartbeat:
-        return await self.client.heartbeat(self.id)
-
-    def keep_alive(self, interval: float = 60.0) -> AsyncKeepAlive:
-        """Heartbeat now and then every ``interval`` seconds in a task on the running
-        loop, until the returned AsyncKeepAlive (also an async context manager), this
-        handle or the client is closed."""
-        return AsyncKeepAlive(self.client, self.id, interval, self._owners())._start()
-
-    def lease(self, contact: str, duration: Duration | None = None, intent: str | None = None) -> AsyncLeaseHandle:
-        return AsyncLeaseHandle(self.client, self.id, contact, duration, intent, self._owners())
-
-    async def send_check(self, contact: str, fencing_token: int | None = None) -> s.SendCheck:
-        return await self.client.send_check(self.id, contact, fencing_token)
-
-    async def request_consensus(
-        self,
-        action: str,
-        contact: str | None = None,
-        reason: str | None = None,
-        timeout: Duration | None = None,
-        idempotency_key: str | None = None,
-    ) -> AsyncConsensusHandle:
-        return await self.client.request_consensus(self.id, action, contact, reason, timeout, idempotency_key)
-
-    async def vote(
-        self, consensus: str | AsyncConsensusHandle, vote: VoteChoice, reason: str | None = None
-    ) -> s.Consensus:
-        return await self.client.vote(_consensus_id(consensus), self.id, vote, reason)
-
-    async def remove(self) -> s.AgentRemoved:
-        await self.aclose()
-        return await self.client.remove_agent(self.id)
-
-    async def aclose(self) -> None:
-        for worker in list(self._background):
-            await worker._halt()
-
-    async def __aenter__(self) -> AsyncAgentHandle:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` and wait for it to end; a crash in it is raised here. The
-    caller's own cancellation still propagates (asyncio.wait does not swallow it)."""
-    if task is None or task is asyncio.current_task():
-        return
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
-
-
-class AsyncKeepAlive(_KeepAliveBase):
-    """As KeepAlive, as a task on the running loop."""
-
-    client: AsyncConcord
-
-    def __init__(self, client: AsyncConcord, agent_id: str, interval: float, owners: tuple[set[Any], ...]) -> None:
-        super().__init__(client, agent_id, interval, owners)
-        self._task: asyncio.Task[None] | None = None
-
-    def _start(self) -> AsyncKeepAlive:
-        self._task = asyncio.get_running_loop().create_task(self._beat(), name=f"concord-keep-alive-{self.agent_id}")
-        self._track()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def _beat(self) -> None:
-        while True:
-            try:
-                self.last, self.error = await self.client.heartbeat(self.agent_id), None
-            except ConcordError as exc:
-                if not self._beat_failed(exc):
-                    return
-            await asyncio.sleep(self.interval)
-
-    async def stop(self) -> None:
-        """Stop heartbeating; returns once the task has ended (a heartbeat in flight is cancelled)."""
-        await self._halt()
-
-    async def _halt(self) -> None:
-        self._untrack()
-        await _cancel(self._task)
-
-    async def __aenter__(self) -> AsyncKeepAlive:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-class AsyncLeaseHandle(_LeaseHandleBase):
-    """As LeaseHandle, renewing in a task: ``async with agent.lease(contact) as lease:``."""
-
-    client: AsyncConcord
-
-    def __init__(
-        self,
-        client: AsyncConcord,
-        agent_id: str,
-        contact: str,
-        duration: Duration | None,
-        intent: str | None,
-        owners: tuple[set[Any], ...],
-    ) -> None:
-        super().__init__(client, agent_id, contact, duration, intent, owners)
-        self._task: asyncio.Task[None] | None = None
-
-    async def acquire(self) -> s.Lease:
-        if self._task is not None:
-            raise RuntimeError(f"the lease on {self.contact} is already held")
-        sent = time.monotonic()
-        lease = await self.client.acquire_lease(self.agent_id, self.contact, self.duration, self.intent)
-        plan = self._acquired(lease, sent)
-        self._task = asyncio.get_running_loop().create_task(self._renew(plan), name=f"concord-lease-{lease.id}")
-        self._track()
-        return lease
-
-    async def _renew(self, plan: _Renewal) -> None:
-        while True:
-            await asyncio.sleep(plan.wait())
-            lease, sent = self._held(), time.monotonic()
-            try:
-                self.lease = await self.client.renew_lease(lease.id, self.agent_id, self.duration)
-            except ConcordError as exc:
-                if self._renewal_failed(lease, exc, plan):
-                    return
-            else:
-                plan.renewed(sent)
-
-    async def release(self) -> s.Released | None:
-        await self._halt()
-        if self.lease is not None and self.released is None:
-            self.released = await self.client.release_lease(self.lease.id, self.agent_id)
-        return self.released
-
-    async def _halt(self) -> None:
-        task, self._task = self._task, None
-        self._untrack()
-        await _cancel(task)
-
-    async def __aenter__(self) -> AsyncLeaseHandle:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        release_error = None
-        try:
-            await self.release()
-        except ConcordError as error:
-            release_error = error
-        self._leave(exc, release_error)
-
-
-class AsyncConsensusHandle(_ConsensusHandleBase):
-    """As ConsensusHandle, for AsyncConcord."""
-
-    client: AsyncConcord
-
-    async def refresh(self) -> s.Consensus:
-        self.info = await self.client.get_consensus(self.id)
-        return self.info
-
-    async def wait(self, timeout: Duration | None = None) -> s.Consensus:
-        self.info = await self.client.wait_consensus(self.id, timeout)
         return self.info
