@@ -1,0 +1,35 @@
+"""The real service of the SDK tests: its tenants and keys, and helpers that give
+each test agents, contacts (and for consensus, a tenant) of its own, so that
+tests sharing one service never see each other's data."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from tests.support.helpers import Stack
+
+TENANT, API_KEY = "acme", "acme-sdk-key-0123456789"
+# Tenants of their own for the consensus tests: a majority counts every active agent of a tenant.
+ISOLATED = {f"solo{i}": f"solo{i}-sdk-key-0123456789" for i in range(8)}
+WINDOW_MS = 300_000
+
+
+def unique(stem: str) -> str:
+    return f"{stem}-{uuid.uuid4().hex[:10]}"
+
+
+def contact() -> str:
+    return f"{unique('c')}@example.com"
+
+
+def solo(stack: Stack, n: int) -> tuple[str, str]:
+    tenant = f"solo{n}"
+    return tenant, ISOLATED[tenant]
+
+
+def make_inactive(r: redis.Redis, stack: Stack, agent_id: str) -> None:
+    """Age the agent's last heartbeat past the window, as if it stopped long ago (no waiting)."""
+    seconds, micros = r.time()
+    r.zadd(stack.keys.heartbeats(TENANT), {agent_id: seconds * 1000 + micros // 1000 - WINDOW_MS - 60_000})
