@@ -14,18 +14,20 @@ import concord.client as sdk
 from concord import (
     AgentInactive,
     AgentNotFound,
+    AsyncConcord,
     Concord,
     ConcordError,
     ConsensusNotFound,
     EndpointNotFound,
     LeaseNotFound,
+    NotConfigured,
     Unauthorized,
     Unreachable,
     ValidationError,
 )
 from concord.protocol import ERRORS
 from tests.sdk.live import API_KEY, contact, make_inactive, unique
-from tests.sdk.scripted import AGENT_ID, problem, scripted
+from tests.sdk.scripted import AGENT_ID, HEARTBEAT, URL, Script, problem, scripted
 from tests.support.helpers import Stack, free_port
 
 
@@ -85,3 +87,46 @@ def test_unknown_codes_and_other_bodies_give_the_base_class():
     with pytest.raises(ConcordError) as caught:
         concord.get_agent(AGENT_ID)
     assert (type(caught.value), caught.value.code, caught.value.status) == (ConcordError, "unexpected_response", 404)
+
+
+# --- no API key ----------------------------------------------------------------
+
+
+def test_without_an_api_key_a_call_says_how_to_set_one_and_sends_nothing(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("CONCORD_API_KEY", raising=False)
+    script = Script(httpx.Response(200, json=HEARTBEAT))
+    with Concord(URL, http=script.transport) as concord:
+        assert concord.api_key is None
+        with pytest.raises(NotConfigured) as caught:
+            concord.heartbeat(AGENT_ID)
+        handle = concord.agent(AGENT_ID)  # a handle sends nothing: it needs no key
+        with pytest.raises(NotConfigured):
+            handle.lease("a@example.com").acquire()
+        with pytest.raises(NotConfigured):
+            next(concord.stream_events())
+    assert script.requests == []
+    error = caught.value
+    assert isinstance(error, ConcordError) and (error.code, error.status) == ("not_configured", None)
+    assert "api_key=... to Concord()" in str(error) and "set CONCORD_API_KEY" in str(error)
+    assert "`concord serve` prints a demo key" in error.detail
+    assert "NotConfigured" in sdk.__all__ and "not_configured" not in sdk.ERROR_CLASSES  # the SDK's own, not an answer
+    assert error.problem == {
+        "type": "urn:concord:problem:not_configured",
+        "title": "No API key",
+        "detail": error.detail,
+        "code": "not_configured",
+    }
+    with Concord(URL, "", http=script.transport) as concord, pytest.raises(NotConfigured):
+        concord.heartbeat(AGENT_ID)  # an empty key is no key
+    assert script.requests == []
+
+
+async def test_async_client_without_an_api_key_says_how_to_set_one(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CONCORD_API_KEY", "")
+    script = Script(httpx.Response(200, json=HEARTBEAT))
+    async with AsyncConcord(URL, http=script.transport) as concord:
+        with pytest.raises(NotConfigured, match=r"pass api_key=\.\.\. to AsyncConcord\(\) or set CONCORD_API_KEY"):
+            await concord.register("sdr")
+        with pytest.raises(NotConfigured):
+            await anext(concord.stream_events())
+    assert script.requests == []

@@ -2,7 +2,7 @@
 
 It needs httpx and msgspec only, and imports nothing of the server. By role:
 
-    errors.py    ConcordError and one class per error code; Unreachable, LeaseLost
+    errors.py    ConcordError and one class per error code; Unreachable, LeaseLost, NotConfigured
     calls.py     each operation as the HTTP request that performs it, shared by both clients
     base.py      what both clients share: configuration, building requests, the retry policy
     sse.py       the Server-Sent Events parser and the reconnecting subscription
@@ -41,6 +41,7 @@ from concord.client.errors import (
     LeaseNotFound,
     MalformedJson,
     MethodNotAllowed,
+    NotConfigured,
     NotLeaseHolder,
     PayloadTooLarge,
     RateLimited,
@@ -70,6 +71,7 @@ __all__ = [
     "ConcordError",
     "LeaseLost",
     "Unreachable",
+    "NotConfigured",
     "MalformedJson",
     "Unauthorized",
     "TenantMismatch",

@@ -68,9 +68,10 @@ class AsyncConcord(_ClientBase):
         await self.aclose()
 
     async def _run(self, call: _Call) -> Any:
+        request = self._request(call)  # the same on every attempt; NotConfigured raises before any
         for attempt in itertools.count():
             try:
-                return self._answer(call, await self._http.request(**self._request(call)))
+                return self._answer(call, await self._http.request(**request))
             except (httpx.TransportError, ConcordError) as exc:
                 delay = self._retry_delay(call, exc, attempt)
             await asyncio.sleep(delay)

@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from concord.client.calls import _Call, _encode
-from concord.client.errors import ConcordError, Unreachable, error_from_response
+from concord.client.errors import ConcordError, NotConfigured, Unreachable, error_from_response
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 USER_AGENT = "concord-python"
@@ -72,15 +72,23 @@ class _ClientBase:
         self._background: set[Any] = set()
 
     def _headers(self, call: _Call) -> dict[str, str]:
-        headers = {"User-Agent": USER_AGENT, **call.headers}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        """The headers of ``call``; raises NotConfigured without an API key, since
+        every call is to /v1, which answers 401 without one: a 401 would not say
+        where a key comes from."""
+        if not self.api_key:
+            raise NotConfigured(
+                f"No API key: pass api_key=... to {type(self).__name__}() or set CONCORD_API_KEY "
+                "(an API key of your tenant; `concord serve` prints a demo key at start-up)",
+                title="No API key",
+            )
+        headers = {"User-Agent": USER_AGENT, **call.headers, "Authorization": f"Bearer {self.api_key}"}
         if call.body is not None:
             headers["Content-Type"] = "application/json"
         return headers
 
     def _request(self, call: _Call) -> dict[str, Any]:
-        """The keyword arguments of httpx's ``request`` for ``call``."""
+        """The keyword arguments of httpx's ``request`` for ``call``; raises
+        NotConfigured when the client cannot send it."""
         options: dict[str, Any] = {
             "method": call.method,
             "url": self.url + call.path,

@@ -3,8 +3,9 @@
 An error answer of the service becomes the class of its problem's ``code``
 (`ERROR_CLASSES`, one class per code of `concord.protocol.ERRORS`); an unknown code
 gives the base class, so a newer service never breaks an older SDK. Three errors
-come from the SDK itself, not from an answer: `Unreachable` (no answer at all)
-and `LeaseLost` (a held lease turned out gone).
+come from the SDK itself, not from an answer: `Unreachable` (no answer at all),
+`LeaseLost` (a held lease turned out gone) and `NotConfigured` (nothing was sent:
+the client has no API key).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "ConcordError",
     "LeaseLost",
     "Unreachable",
+    "NotConfigured",
     "MalformedJson",
     "Unauthorized",
     "TenantMismatch",
@@ -220,6 +222,18 @@ class Unreachable(ConcordError):
         self.url = url
         self.sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
         self.__cause__ = exc
+
+
+class NotConfigured(ConcordError):
+    """The client lacks a setting the call needs (an API key: ``api_key``, else
+    CONCORD_API_KEY), so nothing was sent. Raised before sending, never retried:
+    only a change of configuration makes the call succeed."""
+
+    code = "not_configured"
+
+    def __init__(self, detail: str, title: str = "Not configured") -> None:
+        problem = {"type": "urn:concord:problem:not_configured", "title": title, "detail": detail, "code": self.code}
+        super().__init__(detail, problem=problem)
 
 
 class LeaseLost(ConcordError):

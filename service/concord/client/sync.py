@@ -45,11 +45,12 @@ class Concord(_ClientBase):
     """The synchronous client; background work runs on daemon threads.
 
     ``url`` defaults to CONCORD_URL, then http://127.0.0.1:8080; ``api_key`` to
-    CONCORD_API_KEY. ``http`` is an httpx.Client to send with (it stays open when
-    this client closes) or an httpx transport. ``timeout`` bounds each request in
-    seconds; ``max_retries`` and ``backoff`` (the first delay, in seconds) shape the
-    retries of the calls that are safe to repeat. ``stream_timeout``: an event stream
-    that stays silent this long is reconnected. Safe to share between threads."""
+    CONCORD_API_KEY (without either, a call raises NotConfigured and sends nothing).
+    ``http`` is an httpx.Client to send with (it stays open when this client closes)
+    or an httpx transport. ``timeout`` bounds each request in seconds; ``max_retries``
+    and ``backoff`` (the first delay, in seconds) shape the retries of the calls that
+    are safe to repeat. ``stream_timeout``: an event stream that stays silent this
+    long is reconnected. Safe to share between threads."""
 
     _HTTP, _TRANSPORT = httpx.Client, httpx.BaseTransport
     _http: httpx.Client
@@ -82,9 +83,10 @@ class Concord(_ClientBase):
         self.close()
 
     def _run(self, call: _Call) -> Any:
+        request = self._request(call)  # the same on every attempt; NotConfigured raises before any
         for attempt in itertools.count():
             try:
-                return self._answer(call, self._http.request(**self._request(call)))
+                return self._answer(call, self._http.request(**request))
             except (httpx.TransportError, ConcordError) as exc:
                 delay = self._retry_delay(call, exc, attempt)
             time.sleep(delay)
