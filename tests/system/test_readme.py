@@ -1,10 +1,14 @@
-"""The README's walkthrough and its "Using Concord from an agent" examples, run
-as written against `concord serve`.
+"""The README's promises, checked: its examples run, its quickstart is what CI runs,
+and its links and those of docs/ lead somewhere.
 
-Bash blocks run in one shell against a fresh service on the embedded store (as
-the quickstart starts it), the SDK example as a Python script; every
-`<!-- expect: ... -->` of a section must appear in its output, in order. A README
-that drifts from the service fails here.
+The walkthrough and the "Using Concord from an agent" examples run as written
+against `concord serve`: bash blocks in one shell against a fresh service on the
+embedded store (as the quickstart starts it), the SDK example as a Python script;
+every `<!-- expect: ... -->` of a section must appear in its output, in order. A
+README that drifts from the service fails here.
+
+The quickstart's two commands are fixed lines that other files rely on (.ci/run
+runs the test line verbatim), so they are pinned here too.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ from pathlib import Path
 
 from tests.support.helpers import ServiceProcess, wait_until
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+CI = REPO / ".ci" / "run"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+
+# The quickstart's commands, verbatim: one installs and starts the service on the
+# embedded store, one installs the test tools and runs the tests. CI calls the second.
+SERVE_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e '.[server]' && .venv/bin/concord serve"
+TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"
+# The README is the front door, not the manual: reference material lives in docs/.
+README_MAX_LINES = 300
 
 
 def section(title: str) -> str:
@@ -98,3 +112,76 @@ def test_the_agent_examples_coordinate_three_agents_with_the_sdk_and_the_cli(tmp
         assert_printed(cli.stdout, expects[3:])
     finally:
         service.stop()
+
+
+def quickstart_commands() -> list[str]:
+    """The command lines of the Quickstart's bash blocks (comments and blank lines left out)."""
+    lines = "\n".join(blocks(section("Quickstart"), "bash")).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_quickstart_is_one_command_to_serve_and_one_to_test():
+    assert quickstart_commands() == [SERVE_COMMAND, TEST_COMMAND]
+
+
+def test_the_quickstart_opens_the_readme_and_the_readme_stays_short():
+    text = README.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) < README_MAX_LINES, f"README.md has {len(lines)} lines: move reference material to docs/"
+    first_screen = "\n".join(lines[:60])
+    assert "## Quickstart" in first_screen and SERVE_COMMAND in first_screen, "the quickstart left the first screen"
+
+
+def test_ci_runs_the_readme_test_command_last():
+    """.ci/run's last command is the README's test command, character for character,
+    so "the tests pass" means the same thing in CI and on a fresh clone."""
+    (test_command,) = [line for line in quickstart_commands() if line.endswith("pytest")]
+    commands = [
+        line.strip()
+        for line in CI.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert test_command in commands, f".ci/run does not run the README's test command {test_command!r}"
+    assert commands[-1] == test_command, f".ci/run ends with {commands[-1]!r}, not {test_command!r}"
+
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.MULTILINE)
+
+
+def prose(text: str) -> str:
+    """The Markdown outside code blocks and code spans, where links are links."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+def anchors(path: Path) -> set[str]:
+    """The heading anchors GitHub makes for a Markdown file: lower case, punctuation
+    dropped, spaces as hyphens, a repeated heading numbered -1, -2, ..."""
+    found: set[str] = set()
+    repeats: dict[str, int] = {}
+    for heading in HEADING.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        count = repeats.get(slug, 0)
+        repeats[slug] = count + 1
+        found.add(f"{slug}-{count}" if count else slug)
+    return found
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    assert DOCS, "docs/ has no pages"
+    broken = []
+    for page in [README, *DOCS]:
+        for target in LINK.findall(prose(page.read_text(encoding="utf-8"))):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not ours to check
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(REPO)}: {target}"
+            if not resolved.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+                broken.append(f"{where} (no such heading in {resolved.relative_to(REPO)})")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
