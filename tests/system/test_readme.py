@@ -1,5 +1,6 @@
 """The README's promises, checked: its examples run, its quickstart is what CI runs,
-and its links and those of docs/ lead somewhere.
+its links and those of docs/ lead somewhere, and the reference pages it sends
+readers to miss no error code (docs/errors.md) and no setting (docs/configuration.md).
 
 The walkthrough and the "Using Concord from an agent" examples run as written
 against `concord serve`: bash blocks in one shell against a fresh service on the
@@ -19,7 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import concord.server.settings
 from tests.support.helpers import ServiceProcess, wait_until
+
+try:
+    from concord.protocol.errors import ERRORS  # the wire contract's table of codes
+except ImportError:  # until the package layout of docs/architecture.md lands
+    from concord.server.errors import ERRORS
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -185,3 +192,21 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
             elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
                 broken.append(f"{where} (no such heading in {resolved.relative_to(REPO)})")
     assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_the_error_page_lists_every_code_with_its_status():
+    rows = re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \| ([^|]+) \|", (REPO / "docs/errors.md").read_text(), re.M)
+    documented = {code: status.strip() for codes, status in rows for code in re.findall(r"`([a-z_]+)`", codes)}
+    # code -> (status, title), or an entry with a .status
+    statuses = {code: entry[0] if isinstance(entry, tuple) else entry.status for code, entry in ERRORS.items()}
+    wrong = {
+        code: (status, documented.get(code)) for code, status in statuses.items() if documented.get(code) != str(status)
+    }
+    assert not wrong, f"docs/errors.md disagrees with ERRORS (code: (status, documented)): {wrong}"
+
+
+def test_the_configuration_page_names_every_setting():
+    names = set(re.findall(r"CONCORD_[A-Z_]+", Path(concord.server.settings.__file__).read_text()))
+    page = (REPO / "docs/configuration.md").read_text()
+    missing = sorted(name for name in names if f"`{name}`" not in page)
+    assert names and not missing, f"docs/configuration.md does not name {missing}"
