@@ -32,6 +32,7 @@ lines to the file named by CONCORD_SECURITY_REPORT, if set.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import shlex
@@ -207,7 +208,7 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
     with Monitor(private_redis) as monitor:
         created = concord("keys", "create", "--tenant", "initech", settings=settings)
         assert created.returncode == 0, created.stderr
-        stored_key = created.stdout.strip()
+        stored_key = json.loads(created.stdout)["apiKey"]
         with service({**settings, "CONCORD_API_KEYS": f"acme:{static_key}"}, tmp_path / "concord.log") as proc:
             for api_key, tenant in ((static_key, "acme"), (stored_key, "initech")):
                 agent = httpx.post(
@@ -267,7 +268,8 @@ async def test_a_revoked_key_is_refused_by_every_instance_within_the_cache_secon
     """
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
     doomed, kept = (
-        concord("keys", "create", "--tenant", "initech", settings=settings).stdout.strip() for _ in range(2)
+        json.loads(concord("keys", "create", "--tenant", "initech", settings=settings).stdout)["apiKey"]
+        for _ in range(2)
     )
     assert doomed and kept
     with service(settings, tmp_path / "one.log") as one, service(settings, tmp_path / "two.log") as two:
@@ -519,7 +521,8 @@ async def test_acl_user_runs_every_endpoint(private_redis: RedisServer, tmp_path
         assert admin.execute_command(*tokens) in ("OK", b"OK", True)
         admin_settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": prefix}
         api_key, spare = (
-            concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout.strip() for _ in range(2)
+            json.loads(concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout)["apiKey"]
+            for _ in range(2)
         )
         assert api_key and spare
         admin.acl_log_reset()
@@ -697,7 +700,7 @@ async def test_strict_acl_keeps_api_keys_read_only(private_redis: RedisServer, t
         }
         created = concord("keys", "create", "--tenant", "acme", settings=keys_settings)
         assert created.returncode == 0, created.stderr
-        api_key = created.stdout.strip()
+        api_key = json.loads(created.stdout)["apiKey"]
         admin.acl_log_reset()
 
         settings = {
@@ -714,7 +717,8 @@ async def test_strict_acl_keeps_api_keys_read_only(private_redis: RedisServer, t
         assert admin.hlen(Keys(prefix).api_keys()) == 1
         with pytest.raises(redis_py.exceptions.NoPermissionError):
             keys_user.hgetall(f"{prefix}:{{acme}}:agents")
-        assert concord("keys", "list", settings=keys_settings).stdout.split() == [key_digest(api_key), "acme"]
+        listed = json.loads(concord("keys", "list", settings=keys_settings).stdout)
+        assert listed == {"keys": [{"sha256": key_digest(api_key), "tenant": "acme"}]}
         assert concord("keys", "revoke", api_key, settings=keys_settings).returncode == 0
     finally:
         keys_user.close()

@@ -216,14 +216,14 @@ def call_api(args: argparse.Namespace) -> int:
             ),
             EXIT_USAGE,
         )
-    from concord.client import sync as sdk
+    from concord import Concord, ConcordError, Unreachable
 
     try:
-        with sdk.Concord(url=url, api_key=os.environ["CONCORD_API_KEY"]) as concord:
+        with Concord(url=url, api_key=os.environ["CONCORD_API_KEY"]) as concord:
             answer = args.call(concord, args)
-    except sdk.Unreachable as exc:  # after the SDK's retries
+    except Unreachable as exc:  # after the SDK's retries
         return unreachable("Concord", redact(url), exc.__cause__ or exc)
-    except sdk.ConcordError as exc:
+    except ConcordError as exc:
         return fail(exc.problem)
     except KeyboardInterrupt:  # Ctrl-C, typically during `consensus wait`: no traceback
         return 130

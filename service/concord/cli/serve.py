@@ -33,8 +33,9 @@ def add_parser(commands: Commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        # starlette is the app's, imported by each worker: without this, its absence
-        # would be a worker's traceback rather than one line here.
+        # starlette and redis are the app's, imported by each worker: without this,
+        # their absence would be a worker's traceback rather than one line here.
+        import redis  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
 

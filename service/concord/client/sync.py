@@ -23,10 +23,6 @@ import httpx
 from concord import protocol as p
 from concord.client.base import _ClientBase
 from concord.client.calls import Duration, VoteChoice, _Call, _long_polls, _Wire
-
-# Every error name stays importable from here, where the whole SDK lived before it
-# was split (concord/cli/commands.py still imports Unreachable and ConcordError so).
-from concord.client.errors import *  # noqa: F403
 from concord.client.errors import ConcordError, error_from_response
 from concord.client.handles import (
     _AgentHandleBase,
