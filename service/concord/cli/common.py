@@ -100,6 +100,30 @@ def server_missing(command: str, exc: ImportError, as_problem: bool = True) -> i
     return fail(problem("not_installed", "The server is not installed", f"{says} ({exc})"), EXIT_USAGE)
 
 
+def redis_settings(command: str, needs_redis: str, tenant: str | None = None) -> Any:
+    """The service's settings (CONCORD_*) for a command that reads Redis directly,
+    with CONCORD_REDIS_URL set and ``tenant`` (when given) a valid tenant id; or,
+    after printing the problem that stops the command, its exit status (an int)."""
+    try:
+        import redis  # noqa: F401 (what the command needs: a missing extra is said here, in one line)
+
+        from concord.server.settings import TENANT_RE, ConfigError, Settings
+    except ImportError as exc:
+        return server_missing(command, exc)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        return fail(problem("not_configured", "A setting is malformed", str(exc)), EXIT_USAGE)
+    if settings.redis_url is None:
+        return fail(problem("not_configured", f"No Redis for {command}", needs_redis), EXIT_USAGE)
+    if tenant is not None and not TENANT_RE.fullmatch(tenant):
+        return fail(
+            problem("invalid_argument", "Invalid tenant", f"--tenant {tenant!r}: expected 1-64 of A-Z a-z 0-9 _ -"),
+            EXIT_USAGE,
+        )
+    return settings
+
+
 # --- argument types (a bad value is argparse's usage error, exit 2) ----------------
 
 

@@ -24,7 +24,7 @@ from concord.cli.common import (
     fail,
     problem,
     redact,
-    server_missing,
+    redis_settings,
     unreachable,
 )
 
@@ -57,35 +57,18 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import redis
+    settings = redis_settings(
+        "inspect",
+        "`concord inspect` reads Redis directly: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX "
+        "if the service uses one) as the service has them",
+        args.tenant,
+    )
+    if isinstance(settings, int):
+        return settings
+    import redis
 
-        from concord.server.settings import TENANT_RE, ConfigError, Settings
-        from concord.server.store.keys import Keys
-    except ImportError as exc:
-        return server_missing("inspect", exc)
+    from concord.server.store.keys import Keys
 
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        return fail(problem("not_configured", "A setting is malformed", str(exc)), EXIT_USAGE)
-    if settings.redis_url is None:
-        return fail(
-            problem(
-                "not_configured",
-                "No Redis to inspect",
-                "`concord inspect` reads Redis directly: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX "
-                "if the service uses one) as the service has them",
-            ),
-            EXIT_USAGE,
-        )
-    if not TENANT_RE.fullmatch(args.tenant):
-        return fail(
-            problem(
-                "invalid_argument", "Invalid tenant", f"--tenant {args.tenant!r}: expected 1-64 of A-Z a-z 0-9 _ -"
-            ),
-            EXIT_USAGE,
-        )
     url = redact(settings.redis_url)
     try:
         client = redis.Redis.from_url(

@@ -23,7 +23,7 @@ from concord.cli.common import (
     group,
     problem,
     redact,
-    server_missing,
+    redis_settings,
     unreachable,
 )
 
@@ -87,34 +87,15 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import redis  # noqa: F401 (what _keys needs: a missing extra is said here, in one line)
-
-        from concord.server.settings import TENANT_RE, ConfigError, Settings
-    except ImportError as exc:
-        return server_missing("keys", exc)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        return fail(problem("not_configured", "A setting is malformed", str(exc)), EXIT_USAGE)
-    if settings.redis_url is None:
-        return fail(
-            problem(
-                "not_configured",
-                "No Redis for keys",
-                "`concord keys` keeps keys in Redis: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX if the service "
-                "uses one) as the service has them. (The embedded store of `concord serve` lives inside that "
-                "process and prints its own demo key.)",
-            ),
-            EXIT_USAGE,
-        )
-    if args.operation is _create and not TENANT_RE.fullmatch(args.tenant):
-        return fail(
-            problem(
-                "invalid_argument", "Invalid tenant", f"--tenant {args.tenant!r}: expected 1-64 of A-Z a-z 0-9 _ -"
-            ),
-            EXIT_USAGE,
-        )
+    settings = redis_settings(
+        "keys",
+        "`concord keys` keeps keys in Redis: set CONCORD_REDIS_URL (and CONCORD_KEY_PREFIX if the service "
+        "uses one) as the service has them. (The embedded store of `concord serve` lives inside that "
+        "process and prints its own demo key.)",
+        args.tenant if args.operation is _create else None,
+    )
+    if isinstance(settings, int):
+        return settings
     return asyncio.run(_keys(settings, args))
 
 
