@@ -44,7 +44,7 @@ from concord.server.store.keys import Keys, agent_id_for
 from concord.server.store.replies import Reply
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY, OTHER_API_KEY, running
-from tests.lua.test_scripts import dump
+from tests.lua.scripts_support import dump
 from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
 from tests.system.test_security import security_report
