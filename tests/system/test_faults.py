@@ -7,10 +7,14 @@ A stopped or frozen Redis makes every endpoint answer 503 problem+json
 Redis that may evict keys with a TTL (the leases) is a warning in the log at
 start-up.
 
-The fault-injection suite with figures (Redis SIGKILLed and restarted from its
-AOF, restarted empty, stalled under concurrent load with nothing applied twice,
-a service process SIGKILLed, a holder stalled past its lease) is
-tests/system/test_fault_injection.py; keys of the wrong type are tests/lua/test_wrong_types.py.
+The fault-injection suite with figures, one module per fault and its overview in
+tests/system/faults_support.py: Redis SIGKILLed and restarted from its AOF
+(test_fault_redis_restarted_from_aof.py), restarted empty
+(test_fault_redis_restarted_empty.py), stalled under concurrent load with nothing
+applied twice (test_fault_redis_stalled.py, and test_fault_redis_reply_lost.py for
+a lost reply), a service process SIGKILLed (test_fault_service_process_killed.py),
+a holder stalled past its lease (test_fault_holder_stalled_past_lease.py), all in
+tests/system/; keys of the wrong type are tests/lua/test_wrong_types.py.
 """
 
 from __future__ import annotations
