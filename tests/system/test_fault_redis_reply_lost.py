@@ -40,9 +40,9 @@ def first(result: Any) -> Any:
 
 
 async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(stall_redis: RedisServer):
-    """The service's own Redis client (service.app.connect) and store talk to Redis
+    """The service's own Redis client (concord.server.redis.connect.connect) and store talk to Redis
     through a proxy that lets one script call through and then cuts the connection
-    instead of passing its reply back. The batcher (service.wire.Batcher) sends
+    instead of passing its reply back. The batcher (concord.server.redis.batcher.Batcher) sends
     the call again on a new connection, so the script runs twice; the second
     run must change nothing. What the caller hears may differ from a single run
     (a registration says "updated", a release "not found"), which is harmless."""

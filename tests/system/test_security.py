@@ -8,7 +8,7 @@ API keys
     second of cache: two `concord serve` processes on one Redis, both holding the
     key in their cache, answer 401 once one second has passed since
     `concord keys revoke` returned.
-  * No secret is ever compared. service/auth.py hashes the presented key with
+  * No secret is ever compared. server/http/auth.py hashes the presented key with
     SHA-256 and looks the digest up: in a dict for CONCORD_API_KEYS, with HGET in
     the ``<prefix>:apikeys`` hash for stored keys. Equality is only ever tested
     between digests (by dict/hash lookup), never between a presented key and a

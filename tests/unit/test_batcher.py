@@ -1,4 +1,4 @@
-"""The batcher (service.wire.Batcher): the Redis calls of concurrent requests
+"""The batcher (concord.server.redis.batcher.Batcher): the Redis calls of concurrent requests
 share pipelines, and each caller still gets its own reply or its own error.
 
 Run on fakeredis and on a real Redis; what needs a real server (killing its
@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from concord.server.redis.batcher import Batcher, pack
 
 # The batcher speaks to one server: on a cluster, scripts go through the cluster client
-# instead (service.scripts.Scripts), so these run on fakeredis and a single Redis only.
+# instead (concord.server.store.scripts.Scripts), so these run on fakeredis and a single Redis only.
 pytestmark = pytest.mark.single_server
 
 INCR = "return redis.call('INCR', KEYS[1])"

@@ -1,4 +1,4 @@
-"""Request deadlines (service.deadlines): work past its deadline raises
+"""Request deadlines (concord.server.http.deadlines): work past its deadline raises
 TimeoutError in its own task, other work is untouched, and a cancellation that is
 not the deadline's stays a cancellation."""
 
