@@ -64,7 +64,7 @@ from tests.support.api import (
     tenant_snapshot,
     unknown_id,
 )
-from tests.system.test_security_redis_acl import security_report
+from tests.system.security_support import security_report
 
 CONTACT = "alice@acme-customer.com"
 IDEMPOTENCY_KEY = "acme-idempotency-key"  # A made its pending request with it

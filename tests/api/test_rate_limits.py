@@ -47,7 +47,7 @@ from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.lua.scripts_support import dump
 from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
-from tests.system.test_security_redis_acl import security_report
+from tests.system.security_support import security_report
 
 AGENTS = f"{V1}/agents"
 HOUR_RATE_MS = 1 / 3_600_000  # one token an hour, in tokens per millisecond
