@@ -1,250 +1,42 @@
-"""Model-based test: random operation sequences through the HTTP API, each answer
-checked against the reference model in tests/properties/model.py.
-
-A Hypothesis RuleBasedStateMachine drives the app in process (httpx ASGITransport,
-the app's real lifespan) on fakeredis, on the session's real Redis and on its 3+3
-Redis Cluster (tests/support/cluster.py), through
-register (and re-register), heartbeat, removing an agent, acquire (free, own,
-contended, takeover), renew, release (with and without agentId), reading and
-listing leases, send-check (with and without fencing tokens, current and stale),
-consensus requests, votes (approve/reject, repeats, changed votes, the requester,
-inactive voters) and reads. Time passes without sleeping, through three "time"
-rules that edit Redis the way time would: an agent lapses (its heartbeat score
-becomes 1), a lease expires (its lease key gets a 1 ms TTL, then the rule polls
-until Redis has removed it; the entry in its holder's registry is left stale, as
-real expiry leaves it), a consensus request's deadline moves into the past.
-
-After every step one invariant reads Redis itself and checks the promises: each
-contact's lease string names at most the one holder the model names, with the
-lease's token (its id is made of the two), and Redis expires it at its expiresAt;
-each holder's registry has the live lease's entry, token -> "expiresAt:contact",
-and no entry but those and stale ones of leases that ended by takeover or expiry
-(none of a lost race, a release or a removed agent); fencing tokens strictly
-increase over all grants, and the fence holds the last; each tally equals the
-distinct votes recorded; a status leaves pending at most once and never changes
-after.
-
-Each example runs under a key prefix of its own (on fakeredis, a server of its
-own), so nothing is flushed. MAX_EXAMPLES and STEPS are what docs/reliability.md
-quotes; the test prints how often each outcome was reached (pytest -s shows it).
+"""The rules of the model-based test (test_model.py): each sends one request and
+checks its answer in full against the reference model (model.py), or, for time
+passing, edits Redis the way time would, without sleeping.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import itertools
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import fakeredis
-import fakeredis.aioredis
-import httpx
-import hypothesis.configuration
-import pytest
-import redis.asyncio
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    multiple,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import Bundle, initialize, multiple, precondition, rule
 
-from concord.server.app import create_app
-from concord.server.settings import Settings, key_digest
-from concord.server.store.keys import Keys, agent_tag
-from concord.server.store.keys import lease_id as lease_id_of
-from tests.conftest import API_KEY, TENANT, running
-from tests.properties.model import WINDOW_MS, Consensus, Lease, Model, Outcome, normalize
-from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms, ok, problem
-from tests.support.cluster import Cluster
+from tests.conftest import TENANT
+from tests.properties.machine import (
+    CONTACTS,
+    NAMES,
+    MachineBase,
+    consensus_timeouts,
+    contact_inputs,
+    duration_ms,
+    intents,
+    lease_durations,
+    names,
+    registry_entry,
+    same,
+    vote_reasons,
+)
+from tests.properties.model import WINDOW_MS, Consensus, Lease, Outcome, normalize
+from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms
 from tests.support.helpers import eventually
 
-# How much random testing each backend gets in CI (quoted in docs/reliability.md).
-MAX_EXAMPLES = 200  # operation sequences per backend
-STEPS = 30  # operations per sequence, at most
-
-SETTINGS = settings(
-    max_examples=MAX_EXAMPLES,
-    stateful_step_count=STEPS,
-    deadline=None,  # one step is a few HTTP requests and Redis round trips; never a timing assertion
-    database=None,  # no .hypothesis/ folder in the repo; a failure prints its reproduction instead
-    suppress_health_check=[HealthCheck.too_slow],
-    report_multiple_bugs=False,  # shrink one failure well rather than several slowly
-    # No "explain" phase: it re-runs the failing case under a line tracer, minutes at this size.
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    print_blob=True,
-)
-
-NAMES = ["sdr", "retention", "support", "billing"]
-CONTACTS = ["alice@example.com", "bob@example.org"]  # few, so that agents meet on them
-# What clients send: the stored form, and spellings that normalize to it.
-CONTACT_INPUTS = [spelling for c in CONTACTS for spelling in (c, c.upper(), f"  {c.capitalize()} ")]
-
-names = st.sampled_from(NAMES)
-contact_inputs = st.sampled_from(CONTACT_INPUTS)
-intents = st.sampled_from([None, "outbound_sales", "renewal"])
-# Durations and timeouts are long enough never to run out during a run: only the time
-# rules end leases and requests.
-lease_durations = st.one_of(
-    st.just({}),
-    st.builds(lambda m: {"durationMinutes": m}, st.integers(10, 1440)),
-    st.builds(lambda s: {"durationSeconds": s}, st.integers(600, 86_400)),
-)
-consensus_timeouts = st.one_of(
-    st.just({}),
-    st.builds(lambda m: {"timeoutMinutes": m}, st.integers(10, 7 * 24 * 60)),
-    st.builds(lambda s: {"timeoutSeconds": s}, st.integers(600, 7 * 24 * 3600)),
-)
-vote_reasons = st.sampled_from([None, "", "qualified lead", "pipes | in | the reason"])
-
-# Outcomes seen per backend over a whole run: printed, and the common ones must occur.
-SEEN: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+leases = Bundle("leases")  # every lease id granted (live or not)
+requests = Bundle("requests")  # every consensus id made
 
 
-def duration_ms(fields: dict[str, int], default_ms: int) -> int:
-    if "durationMinutes" in fields or "timeoutMinutes" in fields:
-        return 60_000 * (fields.get("durationMinutes") or fields["timeoutMinutes"])
-    if "durationSeconds" in fields or "timeoutSeconds" in fields:
-        return 1000 * (fields.get("durationSeconds") or fields["timeoutSeconds"])
-    return default_ms
-
-
-def pairs(items: list[Any]) -> list[tuple[Any, Any]]:
-    return list(zip(items[::2], items[1::2]))
-
-
-def registry_entry(lease: Lease) -> str:
-    """A lease's entry in its holder's registry, under its fencing token."""
-    return f"{ms(lease.expires_at)}:{lease.contact}"
-
-
-def same(answer: dict[str, Any], expected: dict[str, Any], what: str) -> None:
-    """Assert the service's answer is the model's, naming only the members that differ."""
-    if answer != expected:
-        differ = {
-            name: {"service": answer.get(name, "<absent>"), "model": expected.get(name, "<absent>")}
-            for name in sorted(answer.keys() | expected.keys())
-            if answer.get(name, same) != expected.get(name, same)
-        }
-        raise AssertionError(f"{what}: the answer differs from the model in {differ}")
-
-
-class ConcordMachine(RuleBasedStateMachine):
-    """One example: a fresh app on a fresh key prefix, one tenant, four agent names,
-    two contacts. Each rule sends one request and checks its answer in full.
-
-    Besides rules that pick names and contacts at random, a few pick from the model's
-    state (a lapsed holder's contact, a peer yet to vote, a live lease): a random walk
-    alone seldom lines up a takeover or a deciding vote.
-    """
-
-    leases = Bundle("leases")  # every lease id granted (live or not)
-    requests = Bundle("requests")  # every consensus id made
-
-    def __init__(self, backend: str, redis_url: str | None = None) -> None:
-        super().__init__()
-        self.backend = backend
-        self.runner = asyncio.Runner()
-        self.keys = Keys(f"m{uuid.uuid4().hex[:12]}")
-        if backend == "fakeredis":
-            self.redis = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-        elif backend == "cluster":
-            self.redis = redis.asyncio.RedisCluster.from_url(redis_url, decode_responses=True)
-            self.run(self.redis.initialize())  # as the service does at start-up
-        else:
-            self.redis = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
-        config = Settings(
-            redis_url="redis://injected-by-tests",
-            api_keys={key_digest(API_KEY): TENANT},
-            key_prefix=self.keys.prefix,
-            heartbeat_window_seconds=WINDOW_MS // 1000,
-        )
-        self.lifespan = running(create_app(config, self.redis))
-        try:
-            app = self.run(self.lifespan.__aenter__())
-        except BaseException:
-            self.runner.close()  # teardown() only runs for a machine that was built
-            raise
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://concord.test",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        self.model = Model(TENANT)
-        self.tokens: list[int] = []  # every fencing token granted, in grant order
-        # Leases that ended by a takeover or by expiring, whose registry entries may stay
-        # behind, stale: token -> (holder, the entry as last written). A release or the
-        # holder's removal deletes an entry; nothing else may be in a registry.
-        self.lingering: dict[int, tuple[str, str]] = {}
-        self.status_seen: dict[str, list[str]] = collections.defaultdict(list)
-        self.last_tally: dict[str, dict[str, int]] = {}
-
-    def teardown(self) -> None:
-        try:
-            self.run(self.http.aclose())
-            self.run(self.lifespan.__aexit__(None, None, None))
-            if self.backend != "fakeredis":  # a shared server: remove this example's keys, nothing else
-                self.run(self._delete_own_keys())
-            self.run(self.redis.aclose())
-        finally:
-            self.runner.close()
-
-    async def _delete_own_keys(self) -> None:
-        async for key in self.redis.scan_iter(match=f"{self.keys.prefix}:*", count=1000):
-            await self.redis.delete(key)
-
-    # --- plumbing ---------------------------------------------------------------
-
-    def run(self, awaitable: Any) -> Any:
-        return self.runner.run(awaitable)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.run(self.http.request(method, path, **kwargs))
-
-    def seen(self, what: str) -> None:
-        SEEN[self.backend][what] += 1
-
-    def expect(self, response: httpx.Response, outcome: Outcome) -> dict[str, Any]:
-        """Check an answer's status, and for an error its problem document and members."""
-        if response.status_code != outcome.status:
-            raise AssertionError(
-                f"the model expects {outcome.status} {outcome.code or ''}, the service answered "
-                f"{response.status_code} {response.text}"
-            )
-        if outcome.code is None:
-            return ok(response, outcome.status)
-        return problem(response, outcome.status, outcome.code, **(outcome.members or {}))
-
-    def grant_token(self, token: Any) -> int:
-        assert isinstance(token, int) and not isinstance(token, bool), token
-        assert not self.tokens or token > self.tokens[-1], f"token {token} after {self.tokens[-1]}"
-        self.tokens.append(token)
-        return token
-
-    def check_consensus(self, c: Consensus, body: dict[str, Any]) -> None:
-        """Learn what only the service can know (when each vote was cast, when a vote
-        decided the request), then hold the whole answer to the model."""
-        votes = {v["agentId"]: v for v in body["votes"]}
-        for voter, ballot in c.ballots.items():
-            if ballot.voted_at is None and voter in votes:
-                assert ISO_Z.fullmatch(votes[voter]["votedAt"]), votes[voter]
-                ballot.voted_at = votes[voter]["votedAt"]
-        if c.status in ("approved", "rejected") and c.resolved_at is None:
-            assert body["resolvedAt"] is not None and ISO_Z.fullmatch(body["resolvedAt"]), body
-            c.resolved_at = body["resolvedAt"]
-        same(body, self.model.consensus_body(c), f"consensus {c.id}")
-        self.status_seen[c.id].append(body["status"])
-        self.last_tally[c.id] = body["tally"]
+class ConcordRules(MachineBase):
+    """Every rule of the machine, by domain: agents, leases, consensus, time passing.
+    Each rule sends one request and checks its answer in full; a time rule edits
+    Redis instead, and the model with it."""
 
     # --- agents -----------------------------------------------------------------
 
@@ -711,181 +503,3 @@ class ConcordMachine(RuleBasedStateMachine):
         self.run(self.redis.zadd(self.keys.consensus_due(TENANT), {consensus_id: past}, xx=True))
         self.model.pass_deadline(self.model.consensus[consensus_id], iso(past))
         self.seen("time:deadline passes")
-
-    # --- invariants, read from Redis itself ------------------------------------------
-
-    @invariant()
-    def redis_agrees_with_the_model(self) -> None:
-        """After every step, one pipelined read of everything the model describes, then
-        the promises: one holder per contact, fencing tokens strictly increasing, tallies
-        equal to the distinct votes, a status leaving pending at most once."""
-        k, requests = self.keys, list(self.model.consensus.values())
-        agent_ids = [self.model.agent_id(name) for name in NAMES]  # every agent that can hold a lease
-        pipe = self.redis.pipeline(transaction=False)
-        for contact in CONTACTS:
-            pipe.get(k.lease(TENANT, contact))
-            pipe.pexpiretime(k.lease(TENANT, contact))
-        for agent_id in agent_ids:
-            pipe.hgetall(k.lease_registry(TENANT, agent_tag(agent_id)))
-            pipe.pexpiretime(k.lease_registry(TENANT, agent_tag(agent_id)))
-        pipe.get(k.fence(TENANT))
-        pipe.zrange(k.heartbeats(TENANT), 0, -1, withscores=True)
-        for c in requests:
-            pipe.hgetall(k.votes(TENANT, c.id))
-            pipe.hmget(k.consensus(TENANT, c.id), "status", "resolvedAt", "eligible", "needed")
-        replies = self.run(pipe.execute())
-        lease_strings, replies = pairs(replies[: 2 * len(CONTACTS)]), replies[2 * len(CONTACTS) :]
-        registries, replies = pairs(replies[: 2 * len(agent_ids)]), replies[2 * len(agent_ids) :]
-        (fence, heartbeats), replies = replies[:2], replies[2:]
-        self.one_holder_per_contact(lease_strings)
-        self.registries_hold_the_live_leases(dict(zip(agent_ids, registries)))
-        self.fencing_tokens_strictly_increase(fence)
-        self.registered_agents_and_liveness_match(heartbeats)
-        for c, (votes, fields) in zip(requests, pairs(replies)):
-            self.tally_equals_distinct_votes(c, votes)
-            self.status_leaves_pending_at_most_once(c, *fields)
-
-    def one_holder_per_contact(self, lease_strings: list) -> None:
-        """Each contact's lease string exists exactly when the model has a lease there, and
-        names that lease's one holder, token, grant time, holder name and intent; the
-        lease's id is made of its holder and token; Redis expires it at its expiresAt."""
-        for contact, (value, expire_at) in zip(CONTACTS, lease_strings):
-            lease = self.model.leases.get(contact)
-            if lease is None:
-                assert value is None, f"{contact} is free in the model, held in Redis: {value!r}"
-                continue
-            holder = lease.holder.removeprefix("agent_")
-            assert value == (
-                f"{holder}|{lease.token}|{ms(lease.acquired_at)}|{lease.holder_name}|{lease.intent or ''}"
-            ), (contact, value, lease)
-            assert lease.id == lease_id_of(lease.holder, lease.token), lease
-            assert expire_at == ms(lease.expires_at), (contact, expire_at, lease.expires_at)
-
-    def registries_hold_the_live_leases(self, registries: dict[str, tuple[dict[str, str], int]]) -> None:
-        """Each agent's registry holds its live leases' entries, token -> "expiresAt:contact",
-        and besides them only stale entries, unchanged, of its leases that ended by a
-        takeover or by expiring: none of a race it lost, a lease it released, or from
-        before it was removed. A registry expires no earlier than any entry in it."""
-        live = {lease.token: lease for lease in self.model.leases.values()}
-        for agent_id, (entries, expire_at) in registries.items():
-            for token, entry in entries.items():
-                lease = live.get(int(token))
-                if lease is not None and lease.holder == agent_id:
-                    assert entry == registry_entry(lease), (agent_id, token, entry, lease)
-                else:
-                    assert self.lingering.get(int(token)) == (agent_id, entry), (
-                        f"the registry of {agent_id} holds {token} -> {entry}, which is no lease of its own, "
-                        f"live or ended by takeover or expiry"
-                    )
-            for lease in live.values():
-                if lease.holder == agent_id:
-                    assert entries.get(str(lease.token)) == registry_entry(lease), (agent_id, entries, lease)
-            if entries:
-                assert expire_at >= max(int(e.partition(":")[0]) for e in entries.values()), (agent_id, expire_at)
-            else:
-                assert expire_at == -2, (agent_id, expire_at)  # no key at all
-
-    def fencing_tokens_strictly_increase(self, fence: str | None) -> None:
-        """Over every grant seen, in grant order; the tenant's fence holds the last one."""
-        assert all(a < b for a, b in itertools.pairwise(self.tokens)), self.tokens
-        assert (int(fence) if fence else None) == (self.tokens[-1] if self.tokens else None), (fence, self.tokens)
-
-    def registered_agents_and_liveness_match(self, heartbeats: list[tuple[str, float]]) -> None:
-        """The heartbeats zset holds exactly the registered agents, and exactly the lapsed
-        ones carry the time rule's score of 1."""
-        assert {agent_id: score != 1 for agent_id, score in heartbeats} == {
-            agent.id: agent.active for agent in self.model.agents.values()
-        }, heartbeats
-
-    def tally_equals_distinct_votes(self, c: Consensus, records: dict[str, str]) -> None:
-        """The votes hash holds exactly the model's ballots, and the last tally answered
-        for the request counts exactly those votes."""
-        recorded = {voter: record.split("|", 1)[0] for voter, record in records.items()}
-        assert recorded == {voter: b.vote for voter, b in c.ballots.items()}, (c.id, records)
-        counted = collections.Counter(recorded.values())
-        tally = self.last_tally[c.id]
-        assert (tally["approve"], tally["reject"]) == (counted["approve"], counted["reject"]), (c.id, tally)
-
-    def status_leaves_pending_at_most_once(
-        self, c: Consensus, status: str, resolved_at: str | None, eligible: str | None, needed: str | None
-    ) -> None:
-        """Every status seen for the request, in answers and in Redis, reads pending* then
-        at most one decision, which never changes; Redis agrees with the model, and a
-        decision keeps its resolvedAt and its eligible/needed."""
-        self.status_seen[c.id].append(status)
-        runs = [s for s, _ in itertools.groupby(self.status_seen[c.id])]
-        assert runs in (["pending"], [c.status], ["pending", c.status]), (c.id, self.status_seen[c.id])
-        assert status == c.status, (c.id, status, c.status)
-        if c.status == "pending":
-            assert (resolved_at, eligible, needed) == (None, None, None), (c.id, resolved_at)
-            return
-        if c.resolved_at is None:  # decided by a request that answered 409: learn when from Redis
-            c.resolved_at = iso(int(resolved_at))
-        assert (iso(int(resolved_at)), int(eligible), int(needed)) == (c.resolved_at, *c.frozen), (c, resolved_at)
-
-
-# The core outcomes every run of MAX_EXAMPLES x STEPS reaches on each backend: in
-# fourteen measured runs each was seen at least twenty times (most hundreds of times),
-# so a run that misses one means a change to the rules or strategies starved it. The
-# other outcomes are printed but not required: their counts vary a lot between runs
-# (Hypothesis builds many examples by mutating earlier ones, so a run's mix is lumpy);
-# a takeover, an inactive voter or the holder extending its lease can be seen only a
-# handful of times in one run and dozens in the next.
-MUST_SEE = {
-    "a new agent": ("register:created",),
-    "a re-registration": ("register:updated",),
-    "a heartbeat": ("heartbeat:ok",),
-    "a free contact granted": ("acquire:grant",),
-    "a lease conflict": ("acquire:conflict",),
-    "a renewal": ("renew:ok",),
-    "a send allowed": ("send_check:allowed", "send_check:allowed (token)"),
-    "a stale fencing token": ("send_check:stale_fencing_token (token)",),
-    "a request made": ("request_consensus:created",),
-    "a vote counted": ("vote:counted",),
-    "a vote deciding a request": ("vote:counted -> approved", "vote:counted -> rejected"),
-    "a vote on a closed request": ("vote:consensus_closed", "vote:consensus_closed -> expired"),
-    "an agent lapsing": ("time:agent lapses",),
-    "a lease expiring": ("time:lease expires",),
-    "a deadline passing": ("time:deadline passes",),
-}
-
-
-@pytest.fixture
-def hypothesis_home(tmp_path: Path) -> Iterator[None]:
-    """Hypothesis keeps caches under .hypothesis/ in the working directory even without
-    an example database; during these tests it keeps them in pytest's tmp dir instead."""
-    before = getattr(hypothesis.configuration, "__hypothesis_home_directory")
-    hypothesis.configuration.set_hypothesis_home_dir(tmp_path / "hypothesis")
-    yield
-    hypothesis.configuration.set_hypothesis_home_dir(before)
-
-
-def run_machine(backend: str, redis_url: str | None = None) -> None:
-    """Run the state machine on one backend and print what it covered."""
-    SEEN[backend].clear()
-    print(f"\nmodel-based test on {backend}: max_examples={MAX_EXAMPLES}, stateful_step_count={STEPS}")
-    started = time.monotonic()
-    run_state_machine_as_test(lambda: ConcordMachine(backend, redis_url), settings=SETTINGS)
-    seen = SEEN[backend]
-    print(f"{sum(seen.values())} operations in {time.monotonic() - started:.1f} s; outcomes:")
-    for what, count in sorted(seen.items()):
-        print(f"  {count:6d}  {what}")
-    missing = [what for what, labels in MUST_SEE.items() if not any(seen[label] for label in labels)]
-    assert not missing, f"{MAX_EXAMPLES} examples of {STEPS} steps never reached: {missing}"
-
-
-@pytest.mark.usefixtures("hypothesis_home")
-def test_model_fakeredis() -> None:
-    run_machine("fakeredis")
-
-
-@pytest.mark.real
-@pytest.mark.usefixtures("hypothesis_home")
-def test_model_real_redis(real_redis_url: str) -> None:
-    run_machine("redis", real_redis_url)
-
-
-@pytest.mark.real
-@pytest.mark.usefixtures("hypothesis_home")
-def test_model_redis_cluster(cluster: Cluster) -> None:
-    run_machine("cluster", cluster.url)
