@@ -14,10 +14,13 @@
   ARGV[3] agent_role      '' keeps the current role ('general' for a new agent)
   ARGV[4] metadata        a JSON object; '' keeps the current one ('{}' for a new agent)
   ARGV[5] events_max      the event stream's cap, entries (0: no events)
+  ARGV[6] allowed_roles   the roles the registering key may register, one per line; '' for any
 
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
     {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated
+    {ROLE_NOT_ALLOWED, role}  the agent would have a role the key may not register
+                              (its new role, or the current one it keeps); nothing written
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local agent_key = KEYS[1]
@@ -29,9 +32,20 @@ local agent_name = ARGV[2]
 local agent_role = ARGV[3]
 local metadata = ARGV[4]
 local events_max = tonumber(ARGV[5])
+local allowed_roles = ARGV[6]
 
 local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream'})
 if wrong then return wrong end
+
+if allowed_roles ~= '' then
+  local role = agent_role
+  if role == '' then role = redis.call('HGET', agent_key, 'agentRole') or 'general' end
+  local allowed = false
+  for line in string.gmatch(allowed_roles, '[^\n]+') do
+    if line == role then allowed = true end
+  end
+  if not allowed then return {ROLE_NOT_ALLOWED, role} end
+end
 
 local now_ms = clock()
 local code = OK

@@ -1,11 +1,11 @@
 --[[
   lib: helpers and reply codes shared by every script in this folder.
 
-  service/scripts.py prepends this file to each script before registering it, so
+  concord/server/store/scripts.py prepends this file to each script before registering it, so
   each script reaches Redis whole and self-contained. Nothing here builds a key
   name: every helper takes the keys its caller received in KEYS.
 
-  Reply codes (the first element of every reply; service/store.py: Reply):
+  Reply codes (the first element of every reply; concord/server/store/replies.py: Reply):
 ]]
 local OK = 0
 local CREATED = 1
@@ -23,6 +23,7 @@ local ALREADY_VOTED = -9
 local CONSENSUS_CLOSED = -10
 local RATE_LIMITED = -11
 local IDEMPOTENCY_KEY_REUSED = -12
+local ROLE_NOT_ALLOWED = -13       -- agent_register: the enrolling key may not register this role
 
 -- Redis's clock as (milliseconds, microseconds) since the epoch. Every instance of
 -- the service reads the same clock, so they agree on expiry and liveness.

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from concord.server.app import create_app
-from concord.server.settings import Settings, key_digest
+from concord.server.settings import Settings, parse_api_keys
 from concord.server.store import Store
 from concord.server.store.keys import Keys
 from tests.support.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
@@ -158,7 +158,7 @@ async def store(redis_client: redis.asyncio.Redis, keys: Keys, window_seconds: i
 def settings(prefix: str, window_seconds: int) -> Settings:
     return Settings(
         redis_url="redis://injected-by-tests",
-        api_keys={key_digest(API_KEY): TENANT, key_digest(OTHER_API_KEY): OTHER_TENANT},
+        api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{OTHER_TENANT}:{OTHER_API_KEY}"),
         key_prefix=prefix,
         heartbeat_window_seconds=window_seconds,
     )

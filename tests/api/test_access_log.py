@@ -32,7 +32,8 @@ C = f"{V1}/coordination"
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TEXT_LINE = re.compile(
     rf"(?P<ts>{TS.pattern}) (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{{3}}) (?P<ms>\d+\.\d{{3}})ms"
-    r" route=(?P<route>\S+) tenant=(?P<tenant>\S+) agent=(?P<agent>\S+) client=(?P<client>\S+)"
+    r" route=(?P<route>\S+) tenant=(?P<tenant>\S+) key=(?P<key>\S+) role=(?P<role>\S+) agent=(?P<agent>\S+)"
+    r" client=(?P<client>\S+)"
 )
 # What uvicorn's own access log looked like; the service must not write it any more.
 UVICORN_ACCESS = re.compile(r'"(GET|POST|PUT|DELETE) \S+ HTTP/1\.1" \d{3}')
@@ -100,8 +101,12 @@ async def test_one_json_line_per_request_by_default(redis: RedisServer, tmp_path
             (line["method"], line["path"], line["route"], line["status"], line["tenant"], line["agent"])
             for line in lines
         ] == expected
+        # The principal: the id and role of the key that authenticated (cfg-1: the first of CONCORD_API_KEYS).
+        assert [(line["key"], line["role"]) for line in lines] == [("cfg-1", "admin")] * 7 + [(None, None)] * 2
         for line in lines:
-            assert list(line) == ["ts", "method", "route", "path", "status", "ms", "tenant", "agent", "client"]
+            assert list(line) == [
+                "ts", "method", "route", "path", "status", "ms", "tenant", "key", "role", "agent", "client"
+            ]  # fmt: skip
             assert TS.fullmatch(line["ts"]) and line["ms"] >= 0 and line["client"] == "127.0.0.1"
     assert not UVICORN_ACCESS.search(proc.log_text()), "uvicorn's own access log is still on"
 
@@ -192,6 +197,8 @@ async def test_json_line_fields():
             "path": "/act/agent_x",
             "status": 204,
             "tenant": "acme",
+            "key": None,
+            "role": None,
             "agent": "agent_x",
             "client": "10.1.2.3",
         },  # the query string is not logged
@@ -201,6 +208,8 @@ async def test_json_line_fields():
             "path": "/boom",
             "status": 500,
             "tenant": "acme",
+            "key": None,
+            "role": None,
             "agent": None,
             "client": "10.1.2.3",
         },  # raised past the middleware: logged as the 500 it was answered
@@ -210,6 +219,8 @@ async def test_json_line_fields():
             "path": "/nothing%20here",
             "status": 404,
             "tenant": None,
+            "key": None,
+            "role": None,
             "agent": None,
             "client": "10.1.2.3",
         },  # the path as sent

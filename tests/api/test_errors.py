@@ -159,7 +159,7 @@ async def test_bearer_scheme_is_case_insensitive(asgi_app):
 
 async def test_a_key_stored_in_redis_authenticates(asgi_app, redis_client, keys, client):
     """Keys made by `concord keys create` live in Redis (as SHA-256) and work like configured ones."""
-    stored_key = await Store(redis_client, keys).apikeys.create(TENANT)
+    stored_key, _ = await Store(redis_client, keys).apikeys.create(TENANT)
     agent = await register(client, "sdr-1")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=asgi_app),

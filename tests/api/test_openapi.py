@@ -42,7 +42,7 @@ from concord.server.http.decoding import PATH_IDS
 from concord.server.http.endpoint import ENDPOINTS, Endpoint
 from concord.server.http.openapi import document
 from concord.server.http.routes import routes
-from concord.server.settings import Settings, parse_rate_limits
+from concord.server.settings import Settings, parse_api_keys, parse_rate_limits
 from concord.server.store.agents import Agents
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, OTHER_API_KEY, running
@@ -534,6 +534,10 @@ async def _provoke(
     async with app_client(limited, redis_client) as slow:
         await call(slow, "GET", agents, status=200)
         await call(slow, "GET", agents, status=429)
+    # A gate key may only send-check.
+    gated = dataclasses.replace(settings, api_keys={**settings.api_keys, **parse_api_keys("acme/gate:gate-key-0123")})
+    async with app_client(gated, redis_client, "gate-key-0123") as gate:
+        await call(gate, "GET", agents, status=403)
     # Redis does not answer.
     down = fakeredis.FakeServer()
     down.connected = False

@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 
 from concord.server.app import create_app
 from concord.server.errors import ConcordError
-from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_rate_limits
+from concord.server.settings import ConfigError, RateLimit, Settings, parse_api_keys, parse_rate_limits
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for
 from concord.server.store.replies import Reply
@@ -72,7 +72,7 @@ async def deployment(
     ``limits``. Apps on one Redis and prefix share their buckets, as instances do."""
     settings = Settings(
         redis_url="redis://injected-by-tests",
-        api_keys={key_digest(API_KEY): TENANT, key_digest(OTHER_API_KEY): OTHER_TENANT},
+        api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{OTHER_TENANT}:{OTHER_API_KEY}"),
         key_prefix=prefix,
         rate_limits=parse_rate_limits(limits),
     )

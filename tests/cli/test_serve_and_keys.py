@@ -7,6 +7,7 @@ JSON document on stdout, or a problem JSON on stderr, and the exit status.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,7 @@ import redis as redis_py
 
 from concord.server.settings import key_digest
 from concord.server.store.keys import Keys
+from tests.support.api import ISO_Z as ISO
 from tests.support.api import V1, problem
 from tests.support.helpers import RedisServer, concord_env, free_port, redis_server, service, wait_until
 
@@ -167,7 +169,7 @@ def test_a_malformed_redis_url_is_refused_naming_the_variable():
     assert "Traceback" not in run.stderr, run.stderr
 
 
-@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "some-key"]])
+@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "key_0123456789abcdef"]])
 def test_keys_need_a_redis(command: list[str]):
     problem = failure(concord("keys", *command), "not_configured", status=2)
     assert "CONCORD_REDIS_URL" in problem["detail"], problem
@@ -179,7 +181,7 @@ def test_keys_refuse_a_malformed_setting_naming_the_variable(name: str, value: s
     assert name in problem["detail"], problem
 
 
-@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "some-key"]])
+@pytest.mark.parametrize("command", [["list"], ["create", "--tenant", "acme"], ["revoke", "key_0123456789abcdef"]])
 def test_keys_against_a_redis_that_does_not_answer_are_the_unreachable_problem(command: list[str]):
     url = f"redis://:secret-password@127.0.0.1:{free_port()}/0"
     problem = failure(concord("keys", *command, settings={"CONCORD_REDIS_URL": url}), "unreachable", status=1)
@@ -229,16 +231,20 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
     client = private_redis.client()
     try:
         created = answer(concord("keys", "create", "--tenant", "initech", settings=settings))
-        api_key, digest = created["apiKey"], key_digest(created["apiKey"])
-        assert created == {"tenant": "initech", "apiKey": api_key, "sha256": digest}, created
+        api_key, digest, key_id = created["apiKey"], key_digest(created["apiKey"]), created["id"]
+        shown = {"id": key_id, "tenant": "initech", "role": "admin", "roles": [], "createdAt": created["createdAt"]}
+        assert created == {**shown, "apiKey": api_key}, created
+        assert re.fullmatch(r"key_[0-9a-f]{16}", key_id) and ISO.fullmatch(created["createdAt"]), created
 
-        # Redis holds its SHA-256 and nothing that contains the key itself.
-        assert client.hgetall(apikeys) == {digest: "initech"}
+        # Redis holds its SHA-256 (and its id, naming the digest) and nothing that contains the key itself.
+        stored = client.hgetall(apikeys)
+        assert set(stored) == {digest, f"id:{key_id}"} and stored[f"id:{key_id}"] == digest
+        assert json.loads(stored[digest])["tenant"] == "initech"
         assert all(api_key not in item for item in everything_in(client))
 
         listed = concord("keys", "list", settings=settings)
-        assert answer(listed) == {"keys": [{"sha256": digest, "tenant": "initech"}]}
-        assert api_key not in listed.stdout + listed.stderr
+        assert answer(listed) == {"keys": [shown]}
+        assert api_key not in listed.stdout + listed.stderr and digest not in listed.stdout
 
         static = {**settings, "CONCORD_API_KEYS": "acme:acme-key-0123456789"}
         with service(static, tmp_path / "concord.log") as proc:
@@ -254,8 +260,8 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
                 == 404
             )
 
-            revoked = answer(concord("keys", "revoke", api_key, settings=settings))
-            assert revoked == {"revoked": True, "tenant": "initech"}, revoked
+            revoked = answer(concord("keys", "revoke", key_id, settings=settings))
+            assert revoked == {"revoked": True, "id": key_id, "tenant": "initech", "role": "admin"}, revoked
             assert client.hgetall(apikeys) == {}
             # The service caches a key's tenant for up to a second.
             wait_until(
@@ -266,30 +272,44 @@ def test_keys_create_list_revoke_against_a_running_service(private_redis: RedisS
             problem(register(proc.url, api_key, "sdr"), 401, "unauthorized")
             assert register(proc.url, "acme-key-0123456789", "sdr").status_code == 201
 
-        again = concord("keys", "revoke", api_key, settings=settings)
+        again = concord("keys", "revoke", key_id, settings=settings)
         missing = failure(again, "key_not_found", status=1)
-        assert prefix in missing["detail"] and api_key not in again.stderr, missing  # a key is never echoed
+        assert prefix in missing["detail"] and key_id in missing["detail"], missing
+        # The key itself is refused as an argument, and never echoed: a secret does not belong in argv.
+        given = concord("keys", "revoke", api_key, settings=settings)
+        assert "the key's id" in failure(given, "invalid_argument", status=2)["detail"] and api_key not in given.stderr
         assert answer(concord("keys", "list", settings=settings)) == {"keys": []}
     finally:
         client.close()
 
 
 @pytest.mark.real
-def test_keys_list_by_tenant_then_sha256_and_revoke_by_sha256_as_listed(private_redis: RedisServer):
+def test_keys_list_by_tenant_then_age_with_roles_and_revoke_by_id_as_listed(private_redis: RedisServer):
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
-    created = [answer(concord("keys", "create", "--tenant", tenant, settings=settings)) for tenant in "bab"]
-    assert len({c["apiKey"] for c in created}) == 3, created
-    assert all(c["sha256"] == key_digest(c["apiKey"]) for c in created), created
+    made = [("b", "admin", ()), ("a", "gate", ()), ("b", "enroll", ("sdr", "support")), ("a", "read", ())]
+    created = []
+    for tenant, role, roles in made:
+        extra = ["--roles", ",".join(roles)] if roles else []
+        created.append(answer(concord("keys", "create", "--tenant", tenant, "--role", role, *extra, settings=settings)))
+    assert len({c["apiKey"] for c in created}) == len({c["id"] for c in created}) == 4, created
+    assert [(c["tenant"], c["role"], tuple(c["roles"])) for c in created] == made
     listed = answer(concord("keys", "list", settings=settings))["keys"]
     expected = sorted(
-        ({"sha256": c["sha256"], "tenant": c["tenant"]} for c in created), key=lambda k: (k["tenant"], k["sha256"])
+        ({k: v for k, v in c.items() if k != "apiKey"} for c in created), key=lambda k: (k["tenant"], k["createdAt"])
     )
-    assert listed == expected, listed
+    assert [k["id"] for k in listed] == [k["id"] for k in expected] and listed == expected, listed
 
     first = listed[0]
-    revoked = answer(concord("keys", "revoke", first["sha256"], settings=settings))
-    assert revoked == {"revoked": True, "tenant": "a"}, revoked
+    revoked = answer(concord("keys", "revoke", first["id"], settings=settings))
+    assert revoked == {"revoked": True, "id": first["id"], "tenant": "a", "role": "gate"}, revoked
     assert answer(concord("keys", "list", settings=settings))["keys"] == listed[1:]
+
+
+@pytest.mark.real
+def test_keys_create_refuses_roles_for_a_key_that_is_not_enroll(private_redis: RedisServer):
+    settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
+    run = concord("keys", "create", "--tenant", "acme", "--role", "gate", "--roles", "sdr", settings=settings)
+    assert "enroll" in failure(run, "invalid_argument", status=2)["detail"]
 
 
 @pytest.mark.real

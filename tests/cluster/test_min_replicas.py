@@ -24,7 +24,7 @@ import redis.asyncio
 
 from concord.server.app import create_app
 from concord.server.redis.batcher import Replication
-from concord.server.settings import ConfigError, Settings, key_digest
+from concord.server.settings import ConfigError, Settings, parse_api_keys
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, TENANT, running
 from tests.support.api import V1, C, ok, problem
@@ -108,7 +108,7 @@ async def concord(deployment: Replicated, prefix: str, min_replicas: int = 1) ->
     settings = Settings(
         redis_url="redis://injected-by-tests",
         redis_cluster=deployment.cluster,
-        api_keys={key_digest(API_KEY): TENANT},
+        api_keys=parse_api_keys(f"{TENANT}:{API_KEY}"),
         key_prefix=prefix,
         redis_timeout_seconds=1.0,
         min_replicas=min_replicas,

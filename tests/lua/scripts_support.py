@@ -84,12 +84,12 @@ def pairs(flat: list[str]) -> dict[str, str]:
 # --- running the scripts -----------------------------------------------------
 
 
-async def register(store: Store, name: str, role: str = "", metadata: str = "") -> list:
+async def register(store: Store, name: str, role: str = "", metadata: str = "", allowed_roles: str = "") -> list:
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
         keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.events(TENANT)],
-        args=[agent_id, name, role, metadata, EVENTS_MAX],
+        args=[agent_id, name, role, metadata, EVENTS_MAX, allowed_roles],
     )
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine
 
 from concord.server.app import create_app
-from concord.server.settings import Settings, key_digest
+from concord.server.settings import Settings, parse_api_keys
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, TENANT, running
 from tests.properties.model import WINDOW_MS, Consensus, Lease, Model, Outcome
@@ -93,7 +93,7 @@ class MachineBase(RuleBasedStateMachine):
             self.redis = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         config = Settings(
             redis_url="redis://injected-by-tests",
-            api_keys={key_digest(API_KEY): TENANT},
+            api_keys=parse_api_keys(f"{TENANT}:{API_KEY}"),
             key_prefix=self.keys.prefix,
             heartbeat_window_seconds=WINDOW_MS // 1000,
         )

@@ -57,7 +57,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from concord.server.app import create_app
-from concord.server.settings import Settings, key_digest
+from concord.server.settings import Settings, parse_api_keys
 from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT
 from tests.support.api import V1, C
 from tests.support.reports import append_report
@@ -136,7 +136,7 @@ def fuzz_app(request: pytest.FixtureRequest, prefix: str) -> Iterator[tuple[str,
     redis_url = None if request.param == "fakeredis" else request.getfixturevalue("real_redis_url")
     settings_ = Settings(
         redis_url=redis_url,
-        api_keys={key_digest(API_KEY): TENANT, key_digest(OTHER_API_KEY): OTHER_TENANT},
+        api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{OTHER_TENANT}:{OTHER_API_KEY}"),
         key_prefix=prefix,
     )
     app = create_app(settings_)

@@ -41,6 +41,7 @@ import redis.asyncio
 
 from concord.server.errors import ConcordError
 from concord.server.http.auth import CACHE_SECONDS, Authenticator
+from concord.server.principals import KeyGrant
 from concord.server.settings import Settings, key_digest, parse_api_keys
 from concord.server.store import Store
 from concord.server.store.keys import Keys
@@ -94,16 +95,16 @@ async def test_keys_are_looked_up_by_digest_and_held_only_as_digests():
     """The Authenticator passes the store nothing but SHA-256 digests, never asks
     the store about a configured key, and keeps no key in any attribute."""
     looked_up: list[str] = []
-    stored = {key_digest("stored-key-0123456789"): "initech"}
+    stored = {key_digest("stored-key-0123456789"): KeyGrant(id="key_0123456789abcdef", tenant="initech")}
 
-    async def lookup(digest: str) -> str | None:
+    async def lookup(digest: str) -> KeyGrant | None:
         looked_up.append(digest)
         return stored.get(digest)
 
     auth = Authenticator(parse_api_keys("acme:static-key-0123456789"), lookup)
-    assert await auth.tenant("Bearer static-key-0123456789") == "acme"
+    assert (await auth.grant("Bearer static-key-0123456789")).tenant == "acme"
     assert looked_up == []  # a configured key never reaches the store
-    assert await auth.tenant("Bearer stored-key-0123456789") == "initech"
+    assert (await auth.grant("Bearer stored-key-0123456789")).tenant == "initech"
     assert looked_up == [key_digest("stored-key-0123456789")]
     for wrong in (
         "static-key-012345678",
@@ -113,14 +114,14 @@ async def test_keys_are_looked_up_by_digest_and_held_only_as_digests():
         "stored-key-0123456788",
     ):
         with pytest.raises(ConcordError) as refused:
-            await auth.tenant(f"Bearer {wrong}")
+            await auth.grant(f"Bearer {wrong}")
         assert refused.value.code == "unauthorized" and wrong not in refused.value.detail
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in looked_up)
     held = repr(vars(auth))
     assert "static-key" not in held and "stored-key" not in held, held
 
     settings = Settings.from_env({"CONCORD_API_KEYS": "acme:static-key-0123456789"})
-    assert dict(settings.api_keys) == {key_digest("static-key-0123456789"): "acme"}
+    assert dict(settings.api_keys) == {key_digest("static-key-0123456789"): KeyGrant(id="cfg-1", tenant="acme")}
     assert "static-key" not in repr(settings)
 
 
@@ -128,7 +129,7 @@ async def test_keys_close_to_a_real_key_are_refused(asgi_app, redis_client, keys
     """Keys of the same length and prefix as a real one, one character off, a
     prefix or an extension of it, or its SHA-256 (what Redis holds) are all 401:
     being found by digest, a key either is one or is not, however close it comes."""
-    stored = await Store(redis_client, keys).apikeys.create(TENANT)
+    stored, _ = await Store(redis_client, keys).apikeys.create(TENANT)
     assert stored.startswith("ck_")
 
     def near(key: str) -> list[str]:
@@ -171,7 +172,7 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
     with Monitor(private_redis) as monitor:
         created = concord("keys", "create", "--tenant", "initech", settings=settings)
         assert created.returncode == 0, created.stderr
-        stored_key = json.loads(created.stdout)["apiKey"]
+        stored_key, stored_key_id = json.loads(created.stdout)["apiKey"], json.loads(created.stdout)["id"]
         with service({**settings, "CONCORD_API_KEYS": f"acme:{static_key}"}, tmp_path / "concord.log") as proc:
             for api_key, tenant in ((static_key, "acme"), (stored_key, "initech")):
                 agent = httpx.post(
@@ -193,7 +194,10 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
     client = private_redis.client()
     try:
         at_rest = everything_in(client)
-        assert client.hgetall(Keys(prefix).api_keys()) == {key_digest(stored_key): "initech"}
+        stored = client.hgetall(Keys(prefix).api_keys())
+        # The key's digest (its grant) and its id (naming the digest): never the key.
+        assert set(stored) == {key_digest(stored_key), f"id:{stored_key_id}"}
+        assert stored[f"id:{stored_key_id}"] == key_digest(stored_key)
     finally:
         client.close()
     never = {
@@ -230,9 +234,11 @@ async def test_a_revoked_key_is_refused_by_every_instance_within_the_cache_secon
     The time to the first 401 on each instance is reported, not asserted.
     """
     settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
-    doomed, kept = (
-        json.loads(concord("keys", "create", "--tenant", "initech", settings=settings).stdout)["apiKey"]
-        for _ in range(2)
+    (doomed, doomed_id), (kept, _) = (
+        (made["apiKey"], made["id"])
+        for made in (
+            json.loads(concord("keys", "create", "--tenant", "initech", settings=settings).stdout) for _ in range(2)
+        )
     )
     assert doomed and kept
     with service(settings, tmp_path / "one.log") as one, service(settings, tmp_path / "two.log") as two:
@@ -273,7 +279,7 @@ async def test_a_revoked_key_is_refused_by_every_instance_within_the_cache_secon
                 await eventually(all_answering, what="both instances answering")
                 revoke["start"] = time.monotonic()
                 askers.append(asyncio.create_task(deleted()))
-                run = await asyncio.to_thread(concord, "keys", "revoke", doomed, settings=settings)
+                run = await asyncio.to_thread(concord, "keys", "revoke", doomed_id, settings=settings)
                 revoke["done"] = time.monotonic()
                 assert run.returncode == 0, run.stderr
                 await asyncio.wait_for(asyncio.gather(*askers), timeout=POLL_DEADLINE)

@@ -27,7 +27,6 @@ import pytest
 import redis as redis_py
 
 from concord.server.http.endpoint import ENDPOINTS
-from concord.server.settings import key_digest
 from concord.server.store.keys import Keys
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY
@@ -204,10 +203,10 @@ async def test_acl_user_runs_every_endpoint(private_redis: RedisServer, tmp_path
         assert admin.execute_command(*tokens) in ("OK", b"OK", True)
         admin_settings = {"CONCORD_REDIS_URL": private_redis.url, "CONCORD_KEY_PREFIX": prefix}
         api_key, spare = (
-            json.loads(concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout)["apiKey"]
-            for _ in range(2)
+            json.loads(concord("keys", "create", "--tenant", "acme", settings=admin_settings).stdout) for _ in range(2)
         )
-        assert api_key and spare
+        api_key, spare_id = api_key["apiKey"], spare["id"]
+        assert api_key and spare_id
         admin.acl_log_reset()
         admin.config_resetstat()
 
@@ -221,8 +220,8 @@ async def test_acl_user_runs_every_endpoint(private_redis: RedisServer, tmp_path
             log = proc.log_text()
         # `concord keys` as the service's user: list, revoke, create.
         listed = concord("keys", "list", settings=settings)
-        assert listed.returncode == 0 and key_digest(spare) in listed.stdout, listed.stderr
-        assert concord("keys", "revoke", spare, settings=settings).returncode == 0
+        assert listed.returncode == 0 and spare_id in listed.stdout, listed.stderr
+        assert concord("keys", "revoke", spare_id, settings=settings).returncode == 0
         created = concord("keys", "create", "--tenant", "initech", settings=settings)
         assert created.returncode == 0, created.stderr
 
@@ -383,7 +382,7 @@ async def test_strict_acl_keeps_api_keys_read_only(private_redis: RedisServer, t
         }
         created = concord("keys", "create", "--tenant", "acme", settings=keys_settings)
         assert created.returncode == 0, created.stderr
-        api_key = json.loads(created.stdout)["apiKey"]
+        api_key, key_id = json.loads(created.stdout)["apiKey"], json.loads(created.stdout)["id"]
         admin.acl_log_reset()
 
         settings = {
@@ -397,12 +396,12 @@ async def test_strict_acl_keeps_api_keys_read_only(private_redis: RedisServer, t
 
         minted = concord("keys", "create", "--tenant", "mallory", settings=settings)
         assert minted.returncode == 1 and "no permissions" in minted.stderr, minted
-        assert admin.hlen(Keys(prefix).api_keys()) == 1
+        assert admin.hlen(Keys(prefix).api_keys()) == 2  # the one key: its digest and its id
         with pytest.raises(redis_py.exceptions.NoPermissionError):
             keys_user.hgetall(f"{prefix}:{{acme}}:agents")
         listed = json.loads(concord("keys", "list", settings=keys_settings).stdout)
-        assert listed == {"keys": [{"sha256": key_digest(api_key), "tenant": "acme"}]}
-        assert concord("keys", "revoke", api_key, settings=keys_settings).returncode == 0
+        assert [(k["id"], k["tenant"]) for k in listed["keys"]] == [(key_id, "acme")]
+        assert concord("keys", "revoke", key_id, settings=keys_settings).returncode == 0
     finally:
         keys_user.close()
         admin.close()

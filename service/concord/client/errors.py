@@ -27,6 +27,7 @@ __all__ = [
     "NotConfigured",
     "MalformedJson",
     "Unauthorized",
+    "InsufficientScope",
     "TenantMismatch",
     "NotLeaseHolder",
     "RequesterCannotVote",
@@ -88,6 +89,16 @@ class MalformedJson(ConcordError):
 
 class Unauthorized(ConcordError):
     code = "unauthorized"
+
+
+class InsufficientScope(ConcordError):
+    """The credential's role may not do this (a gate key registering, say): ``key_role`` is its role."""
+
+    code = "insufficient_scope"
+
+    @property
+    def key_role(self) -> str | None:
+        return self.problem.get("keyRole")
 
 
 class TenantMismatch(ConcordError):
@@ -262,12 +273,13 @@ class LeaseLost(ConcordError):
         self.__cause__ = cause
 
 
-# Every code of the README's error table (concord.protocol.ERRORS) -> its class.
+# Every code of docs/errors.md (concord.protocol.ERRORS) -> its class.
 ERROR_CLASSES: dict[str, type[ConcordError]] = {
     cls.code: cls
     for cls in (
         MalformedJson,
         Unauthorized,
+        InsufficientScope,
         TenantMismatch,
         NotLeaseHolder,
         RequesterCannotVote,

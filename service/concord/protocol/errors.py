@@ -17,6 +17,7 @@ from typing import Literal
 ERRORS: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "The body is not valid JSON"),
     "unauthorized": (401, "Missing or unknown API key"),
+    "insufficient_scope": (403, "The credential's role may not do this"),
     "tenant_mismatch": (403, "tenantId differs from the API key's tenant"),
     "not_lease_holder": (403, "Only the lease holder may do this"),
     "requester_cannot_vote": (403, "The requester cannot vote on its own request"),

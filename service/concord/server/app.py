@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                 yield {
                     "settings": settings,
                     "store": store,
-                    "auth": Authenticator(settings.api_keys, store.apikeys.tenant_of),
+                    "auth": Authenticator(settings.api_keys, store.apikeys.grant_of),
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:
@@ -100,7 +100,7 @@ async def _start_embedded(settings: Settings, store: Store) -> None:
     )
     await store.scripts.load()
     if not settings.api_keys:
-        api_key = await store.apikeys.create("demo")
+        api_key, _ = await store.apikeys.create("demo")
         log.warning("No API key is configured: created one for tenant 'demo': %s", api_key)
 
 

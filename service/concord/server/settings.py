@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from concord.server.principals import KEY_ROLES, KeyGrant
+
 TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The prefix starts every key; braces would break the Cluster hash tag that follows it.
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -47,8 +49,8 @@ class Settings:
     redis_url: str | None = None
     # CONCORD_REDIS_URL names one node of a Redis Cluster (redis-py's cluster client).
     redis_cluster: bool = False
-    # SHA-256 of each configured API key -> its tenant.
-    api_keys: Mapping[str, str] = field(default_factory=dict)
+    # SHA-256 of each configured API key -> what it grants (principals.py).
+    api_keys: Mapping[str, KeyGrant] = field(default_factory=dict)
     key_prefix: str = "concord"
     heartbeat_window_seconds: int = 300
     # Deadline for one request's Redis work; past it the request answers 503.
@@ -116,21 +118,34 @@ class Settings:
         )
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """Parse ``tenantA:keyA,tenantB:keyB`` into {sha256(key): tenant}."""
-    keys: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        tenant, sep, key = item.partition(":")
+def parse_api_keys(raw: str) -> dict[str, KeyGrant]:
+    """Parse ``tenantA:keyA,tenantB/gate:keyB`` into {sha256(key): its grant}.
+
+    ``tenant:key`` is an admin key; ``tenant/role:key`` a key of that role (admin,
+    enroll, gate or read). The n-th key's id is ``cfg-<n>``: stable while the list
+    keeps its order, and telling nothing of the key."""
+    keys: dict[str, KeyGrant] = {}
+    for n, item in enumerate(filter(None, (part.strip() for part in raw.split(","))), start=1):
+        owner, sep, key = item.partition(":")
         if not sep or not key:
-            raise ConfigError(f"CONCORD_API_KEYS: {item[:16]!r}... is not of the form tenant:key")
+            raise ConfigError(f"CONCORD_API_KEYS: {item[:16]!r}... is not of the form tenant[/role]:key")
+        tenant, slash, role = owner.partition("/")
         if not TENANT_RE.fullmatch(tenant):
             raise ConfigError(f"CONCORD_API_KEYS: tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -")
+        role = role if slash else "admin"
+        if role not in KEY_ROLES:
+            raise ConfigError(
+                f"CONCORD_API_KEYS: role {role!r} of a key of tenant {tenant!r} is not one of {', '.join(KEY_ROLES)}"
+            )
         if any(ch.isspace() for ch in key):
             raise ConfigError(f"CONCORD_API_KEYS: the key of tenant {tenant!r} contains whitespace")
         digest = key_digest(key)
-        if keys.get(digest, tenant) != tenant:
-            raise ConfigError(f"CONCORD_API_KEYS: one key is given to two tenants ({keys[digest]!r}, {tenant!r})")
-        keys[digest] = tenant
+        if digest in keys:
+            raise ConfigError(
+                f"CONCORD_API_KEYS: one key is given twice ({keys[digest].tenant!r} and {tenant!r}); "
+                "each key is one grant"
+            )
+        keys[digest] = KeyGrant(id=f"cfg-{n}", tenant=tenant, role=role)
     return keys
 
 

@@ -1,4 +1,4 @@
-"""Bearer API keys -> tenant.
+"""Bearer API keys -> what they grant (principals.KeyGrant: tenant, id, role).
 
 Keys come from CONCORD_API_KEYS and from Redis (``concord keys create``). Both are
 held only as SHA-256 digests, and a key is found by looking its digest up, so no
@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from concord.server.errors import ConcordError
+from concord.server.principals import KeyGrant
 from concord.server.settings import key_digest
 
 CACHE_SECONDS = 1.0
@@ -21,23 +22,23 @@ CACHE_MAX = 10_000
 class Authenticator:
     def __init__(
         self,
-        static_keys: Mapping[str, str],
-        lookup: Callable[[str], Awaitable[str | None]],
+        static_keys: Mapping[str, KeyGrant],
+        lookup: Callable[[str], Awaitable[KeyGrant | None]],
         cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         self._static = dict(static_keys)
         self._lookup = lookup
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._cache: dict[str, tuple[KeyGrant | None, float]] = {}
 
-    def known(self, authorization: str | None) -> str | None:
-        """The tenant of the request's ``Authorization: Bearer <key>`` when no Redis
+    def known(self, authorization: str | None) -> KeyGrant | None:
+        """The grant of the request's ``Authorization: Bearer <key>`` when no Redis
         lookup is needed (a configured key, or an answer cached), else None; 401 for
         a missing or malformed header, or a key known to be unknown."""
         digest = _digest(authorization)
-        tenant = self._static.get(digest)
-        if tenant is not None:
-            return tenant
+        grant = self._static.get(digest)
+        if grant is not None:
+            return grant
         cached = self._cache.get(digest)
         if cached is None or cached[1] <= time.monotonic():
             return None
@@ -45,19 +46,19 @@ class Authenticator:
             raise _unknown()
         return cached[0]
 
-    async def tenant(self, authorization: str | None) -> str:
-        """The tenant of the request's ``Authorization: Bearer <key>``, or 401."""
-        tenant = self.known(authorization)
-        if tenant is not None:
-            return tenant
+    async def grant(self, authorization: str | None) -> KeyGrant:
+        """The grant of the request's ``Authorization: Bearer <key>``, or 401."""
+        grant = self.known(authorization)
+        if grant is not None:
+            return grant
         digest = _digest(authorization)
-        tenant = await self._lookup(digest)
+        grant = await self._lookup(digest)
         if len(self._cache) >= CACHE_MAX:  # random keys must not grow the cache without bound
             self._cache.clear()
-        self._cache[digest] = (tenant, time.monotonic() + self._cache_seconds)
-        if tenant is None:
+        self._cache[digest] = (grant, time.monotonic() + self._cache_seconds)
+        if grant is None:
             raise _unknown()
-        return tenant
+        return grant
 
 
 def _digest(authorization: str | None) -> str:

@@ -23,14 +23,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from concord import protocol as p
+from concord.server.errors import ConcordError
 from concord.server.http.decoding import PATH_IDS, decode_body, decode_query, path_id, read_body
+from concord.server.principals import MAY, KeyGrant
 
 if TYPE_CHECKING:
     from concord.server.store import Store
 
 _encode = msgspec.json.Encoder().encode
 # Error codes by what an endpoint does; each endpoint adds its own.
-AUTH_ERRORS = ("unauthorized", "tenant_mismatch", "validation_error", "rate_limited")
+AUTH_ERRORS = ("unauthorized", "insufficient_scope", "tenant_mismatch", "validation_error", "rate_limited")
 BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 # A body or query field naming an agent: an id of another shape answers its 404.
@@ -46,6 +48,7 @@ class Call:
 
     store: Store
     tenant: str
+    principal: KeyGrant | None  # None on the endpoints that take no key
     body: Any
     query: Any
     ids: dict[str, str]
@@ -79,12 +82,17 @@ class Endpoint:
     request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
     answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
     event_stream: bool = False  # also answers 200 as text/event-stream
+    # The key roles that may call it (principals.py); by default a GET is read's
+    # and admin's, and everything else admin's alone.
+    key_roles: frozenset[str] = frozenset()
     decoder: msgspec.json.Decoder | None = field(init=False)
     ids: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.decoder = msgspec.json.Decoder(self.body) if self.body is not None else None
         self.ids = tuple(re.findall(r"{(\w+)}", self.path))
+        if not self.key_roles:
+            self.key_roles = frozenset({"admin", "read"} if self.method == "GET" else {"admin"})
 
     @property
     def name(self) -> str:
@@ -115,19 +123,22 @@ class Endpoint:
         }
         store, deadlines = state["store"], state["deadlines"]
         if not self.authenticated:
-            call = Call(store, "", None, None, {}, headers, deadlines.seconds)
+            call = Call(store, "", None, None, None, {}, headers, deadlines.seconds)
         else:
             auth, authorization = state["auth"], headers.get("authorization")
-            tenant = auth.known(authorization)
-            if tenant is None:  # a key stored in Redis, not looked up in the last second
-                tenant = await deadlines.run(auth.tenant(authorization))
-            scope["concord.tenant"] = tenant  # for the access line (observe.py)
+            grant = auth.known(authorization)
+            if grant is None:  # a key stored in Redis, not looked up in the last second
+                grant = await deadlines.run(auth.grant(authorization))
+            tenant = grant.tenant
+            scope["concord.tenant"], scope["concord.key"] = tenant, grant  # for the access line (observe.py)
+            if grant.role not in self.key_roles:
+                raise insufficient_scope(grant, self.method, self.path)
             query = decode_query(scope, self.query, tenant) if self.query else None
             body = None
             if self.decoder is not None:
                 body = decode_body(self.decoder, await read_body(headers, receive), tenant)
             ids = {name: path_id(scope, name, tenant) for name in self.ids}
-            call = Call(store, tenant, body, query, ids, headers, deadlines.seconds)
+            call = Call(store, tenant, grant, body, query, ids, headers, deadlines.seconds)
             scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
         answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
         if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
@@ -181,3 +192,12 @@ async def send_answer(send: Send, answer: Answer) -> None:
 def acting_agent(body: Any) -> str | None:
     """The agent a request acts for, for its rate limit: agentId, or requestingAgentId."""
     return getattr(body, "agent_id", None) or getattr(body, "requesting_agent_id", None)
+
+
+def insufficient_scope(grant: KeyGrant, method: str, path: str) -> ConcordError:
+    return ConcordError(
+        "insufficient_scope",
+        f"The API key {grant.describe()} may not call {method} {path}: {MAY[grant.role]}. "
+        "Use a key of a role that may (docs/api.md, Roles)",
+        keyRole=grant.role,
+    )

@@ -74,10 +74,12 @@ async def openapi(c: Call) -> Answer | Response:
     "Register an agent, or update the agent of that name",
     answers={201: p.Agent, 200: p.Agent},
     body=p.RegisterBody,
+    key_roles=frozenset({"admin", "enroll"}),
 )
 async def register(c: Call) -> Answer | Response:
     body: p.RegisterBody = c.body
-    agent, created = await c.store.agents.register(c.tenant, body.agent_name, body.agent_role, body.metadata)
+    roles = c.principal.roles if c.principal is not None else ()  # an enroll key's limit
+    agent, created = await c.store.agents.register(c.tenant, body.agent_name, body.agent_role, body.metadata, roles)
     return respond(agent, 201 if created else 200)
 
 
@@ -175,6 +177,7 @@ async def list_leases(c: Call) -> Answer | Response:
     "May this agent email this contact now?",
     answers={200: p.SendCheck},
     body=p.SendCheckBody,
+    key_roles=frozenset({"admin", "gate"}),
 )
 async def send_check(c: Call) -> Answer | Response:
     body: p.SendCheckBody = c.body

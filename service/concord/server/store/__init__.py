@@ -12,7 +12,7 @@ into the store.
     store.events      page, after, last_id                       (events.py)
     store.feed        live fan-out to streams and long polls     (feed.py)
     store.limits      take_token                                 (limits.py)
-    store.apikeys     tenant_of, create, revoke, all             (apikeys.py)
+    store.apikeys     grant_of, create, revoke, all              (apikeys.py)
 """
 
 from __future__ import annotations

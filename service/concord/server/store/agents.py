@@ -23,22 +23,26 @@ class Agents:
         self.ctx = ctx
 
     async def register(
-        self, tenant: str, name: str, role: str | None, metadata: dict[str, Any] | None
+        self,
+        tenant: str,
+        name: str,
+        role: str | None,
+        metadata: dict[str, Any] | None,
+        allowed_roles: tuple[str, ...] = (),
     ) -> tuple[Agent, bool]:
-        """Upsert the agent of ``name``; True when it was created. Registering counts as a heartbeat."""
+        """Upsert the agent of ``name``; True when it was created. Registering counts as
+        a heartbeat. With ``allowed_roles`` (an enroll key's), the agent must end up
+        of one of them, checked in the script: nothing is written otherwise."""
         ctx, agent_id = self.ctx, agent_id_for(tenant, name)
         k = ctx.keys
+        metadata_json = msgspec.json.encode(metadata) if metadata is not None else b""
         reply = await ctx.scripts.agent_register(
             [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), k.events(tenant)],
-            [
-                agent_id,
-                name,
-                role or "",
-                msgspec.json.encode(metadata) if metadata is not None else b"",
-                ctx.events_max,
-            ],
+            [agent_id, name, role or "", metadata_json, ctx.events_max, "\n".join(allowed_roles)],
         )
         code = Reply(reply[0])
+        if code < 0:
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, roles=allowed_roles)
         now = int(reply[2])
         return agent(tenant, pairs(reply[1]), now, now, ctx.window_ms), code is Reply.CREATED
 

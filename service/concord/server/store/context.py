@@ -23,9 +23,13 @@ class Context:
 
     async def now(self, tenant: str) -> int:
         """Redis's time in ms, on the server that holds ``tenant`` (its scripts' clock)."""
+        return await self.now_at(self.keys.heartbeats(tenant))
+
+    async def now_at(self, key: str) -> int:
+        """Redis's time in ms, on the server that holds ``key``."""
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()  # the slot map, once: a no-op afterwards
-            node = self.redis.get_node_from_key(self.keys.heartbeats(tenant))
+            node = self.redis.get_node_from_key(key)
             return ms(await self.redis.execute_command("TIME", target_nodes=node))
         return ms(await self.redis.time())
 

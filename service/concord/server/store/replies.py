@@ -44,6 +44,7 @@ class Reply(IntEnum):
     CONSENSUS_CLOSED = -10
     RATE_LIMITED = -11
     IDEMPOTENCY_KEY_REUSED = -12
+    ROLE_NOT_ALLOWED = -13
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Subject:
     lease_id: str | None = None
     consensus_id: str | None = None
     window_ms: int = 0
+    roles: tuple[str, ...] = ()  # the roles an enroll key may register
 
 
 def _inactive(reply: list[Any], s: Subject) -> ConcordError:
@@ -116,6 +118,12 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
     Reply.ALREADY_VOTED: _already_voted,
     Reply.CONSENSUS_CLOSED: _closed,
     Reply.RATE_LIMITED: _rate_limited,
+    Reply.ROLE_NOT_ALLOWED: lambda reply, s: ConcordError(
+        "insufficient_scope",
+        f"This enroll key may register agents of the roles {', '.join(s.roles)} only, "
+        f"and agent {s.agent_id} would be of role {reply[1]!r}: use a key for that role, or an admin key",
+        keyRole="enroll",
+    ),
     Reply.IDEMPOTENCY_KEY_REUSED: lambda reply, s: ConcordError(
         "idempotency_key_reused",
         "This Idempotency-Key was used for a different request in the last 24 hours; use a new key",
