@@ -15,10 +15,14 @@
   ARGV[4] metadata        a JSON object; '' keeps the current one ('{}' for a new agent)
   ARGV[5] events_max      the event stream's cap, entries (0: no events)
   ARGV[6] allowed_roles   the roles the registering key may register, one per line; '' for any
+  ARGV[7] credential      SHA-256 hex of the agent's new credential: it replaces the current one
+  ARGV[8] key_id          the registering key (the event's actor)
+  ARGV[9] key_role        its role
 
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
-    {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated
+    {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated; its
+                              earlier credential is refused from now on
     {ROLE_NOT_ALLOWED, role}  the agent would have a role the key may not register
                               (its new role, or the current one it keeps); nothing written
     error WRONGTYPE      a key it would write holds another type; nothing was written
@@ -33,19 +37,15 @@ local agent_role = ARGV[3]
 local metadata = ARGV[4]
 local events_max = tonumber(ARGV[5])
 local allowed_roles = ARGV[6]
+local credential = ARGV[7]
+ACTOR, ACTOR_ROLE = ARGV[8], ARGV[9]
 
 local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream'})
 if wrong then return wrong end
 
-if allowed_roles ~= '' then
-  local role = agent_role
-  if role == '' then role = redis.call('HGET', agent_key, 'agentRole') or 'general' end
-  local allowed = false
-  for line in string.gmatch(allowed_roles, '[^\n]+') do
-    if line == role then allowed = true end
-  end
-  if not allowed then return {ROLE_NOT_ALLOWED, role} end
-end
+local role = agent_role
+if role == '' then role = redis.call('HGET', agent_key, 'agentRole') or 'general' end
+if not role_allowed(allowed_roles, role) then return {ROLE_NOT_ALLOWED, role} end
 
 local now_ms = clock()
 local code = OK
@@ -55,7 +55,7 @@ if redis.call('EXISTS', agent_key) == 0 then
     'metadata', '{}', 'registeredAt', int(now_ms))
   redis.call('ZADD', agents_key, int(now_ms), agent_id)
 end
-redis.call('HSET', agent_key, 'updatedAt', int(now_ms))
+redis.call('HSET', agent_key, 'updatedAt', int(now_ms), 'credential', credential)
 if agent_role ~= '' then redis.call('HSET', agent_key, 'agentRole', agent_role) end
 if metadata ~= '' then redis.call('HSET', agent_key, 'metadata', metadata) end
 redis.call('ZADD', heartbeats_key, int(now_ms), agent_id)

@@ -15,7 +15,8 @@
 
   ARGV[1]   agent_id
   ARGV[2]   events_max      the event stream's cap, entries (0: no events)
-  ARGV[3..] contacts        the contacts read from the registry, in KEYS[6..] order
+  ARGV[3]   key_id          the admin key that deregisters: the events' actor
+  ARGV[4..] contacts        the contacts read from the registry, in KEYS[6..] order
 
   Replies:
     {OK, number of leases released}
@@ -31,7 +32,8 @@ local events_key = KEYS[5]
 local lease_keys = {unpack(KEYS, 6)}
 local agent_id = ARGV[1]
 local events_max = tonumber(ARGV[2])
-local contacts = {unpack(ARGV, 3)}
+ACTOR, ACTOR_ROLE = ARGV[3], 'admin'
+local contacts = {unpack(ARGV, 4)}
 
 local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash',
   [events_key] = 'stream'}

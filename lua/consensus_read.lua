@@ -29,6 +29,7 @@ local window_ms = tonumber(ARGV[2])
 local retention_ms = tonumber(ARGV[3])
 local events_max = tonumber(ARGV[4])
 
+ACTOR, ACTOR_ROLE = 'concord', 'service'  -- a read decides only what the clock or lapsed voters decide
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
 

@@ -17,7 +17,8 @@
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.requested
-  KEYS[11..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
+  KEYS[11] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
+  KEYS[12..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -31,6 +32,7 @@
   ARGV[10] fingerprint    digest of the request's meaning, compared on a repeated Idempotency-Key
   ARGV[11] idempotency_ms how long an Idempotency-Key is remembered, milliseconds
   ARGV[12] events_max     the event stream's cap, entries (0: no events)
+  ARGV[13] credential     SHA-256 hex of the requester's credential (lib.lua credential_ok)
 
   Replies:
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
@@ -38,6 +40,7 @@
     {REPLAYED, {first answer's consensus hash flat, with eligible and needed}}
                                the Idempotency-Key was seen with this fingerprint
     {IDEMPOTENCY_KEY_REUSED}   the Idempotency-Key was seen with another fingerprint
+    {BAD_CREDENTIAL}           not the requester's current credential (or no such agent)
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
@@ -51,16 +54,19 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
-local idempotency_key = KEYS[11]  -- nil without an Idempotency-Key
+local idempotency_key = KEYS[12]  -- nil without an Idempotency-Key
 local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
 local events_max = tonumber(ARGV[12])
+local credential = ARGV[13]
 
 local expected = consensus_types(k)
 if idempotency_key then expected[idempotency_key] = 'hash' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
 
+if not credential_ok(KEYS[11], credential) then return {BAD_CREDENTIAL} end
+act(requester_id, credential)
 local now_ms = clock()
 if idempotency_key then
   local seen = redis.call('HGET', idempotency_key, 'fingerprint')

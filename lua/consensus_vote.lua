@@ -22,10 +22,12 @@
   ARGV[4] window_ms       heartbeat liveness window, milliseconds
   ARGV[5] retention_ms    how long a decided request is kept
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
+  ARGV[7] credential      SHA-256 hex of the voter's credential (lib.lua credential_ok)
 
   Replies:
     {CREATED, consensus...}  the vote is counted now (consensus: see lib.lua consensus_reply)
     {OK, consensus...}     the same vote was counted before (by an earlier run, or an earlier call)
+    {BAD_CREDENTIAL}       not the voter's current credential (or no such agent)
     {CONSENSUS_NOT_FOUND} | {AGENT_NOT_FOUND} | {REQUESTER_CANNOT_VOTE} | {AGENT_INACTIVE}
     {ALREADY_VOTED, the agent's earlier vote}
     {CONSENSUS_CLOSED, status}
@@ -39,10 +41,13 @@ local reason = ARGV[3]
 local window_ms = tonumber(ARGV[4])
 local retention_ms = tonumber(ARGV[5])
 local events_max = tonumber(ARGV[6])
+local credential = ARGV[7]
 
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
 
+if not credential_ok(voter_key, credential) then return {BAD_CREDENTIAL} end
+act(agent_id, credential)
 local now_ms, now_us = clock()
 local requester = redis.call('HGET', k.cons, 'requestingAgentId')
 if not requester then return {CONSENSUS_NOT_FOUND} end

@@ -24,6 +24,7 @@
   ARGV[4] duration_ms     milliseconds
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
+  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua credential_ok)
 
   Replies:
     {CREATED, lease..., previousHolderId}   granted (lease: see lib.lua lease_reply); the
@@ -31,6 +32,7 @@
                           whose lease was taken over
     {OK, lease...}        the caller's own lease, same token, expiry now + duration
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
+    {BAD_CREDENTIAL}      not the agent's current credential (or no such agent)
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
@@ -46,10 +48,13 @@ local intent = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
 local events_max = tonumber(ARGV[6])
+local credential = ARGV[7]
 
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [fence_key] = 'string', [events_key] = 'stream'})
 if wrong then return wrong end
 
+if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
+act(agent_id, credential)
 local now_ms, now_us = clock()
 local agent_name = redis.call('HGET', agent_key, 'agentName')
 if not agent_name then return {AGENT_NOT_FOUND} end

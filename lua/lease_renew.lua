@@ -8,6 +8,7 @@
   KEYS[2] lease_key       keys.lease(tenant, contact)             string
   KEYS[3] registry_key    keys.lease_registry(tenant, tag from the lease id)     hash token -> "expiresAt:contact"
   KEYS[4] events_key      keys.events(tenant)                     stream: lease.renewed
+  KEYS[5] agent_key       keys.agent(tenant, agent_id)            hash (read: credential)
 
   ARGV[1] token           the lease's fencing token, from its id
   ARGV[2] agent_id        who asks; must be the holder
@@ -15,9 +16,11 @@
   ARGV[4] duration_ms     the new expiry is now + duration_ms
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
+  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua credential_ok)
 
   Replies:
     {OK, lease...}
+    {BAD_CREDENTIAL}      not the agent's current credential (or no such agent)
     {LEASE_NOT_FOUND}     expired, released, or taken over
     {NOT_LEASE_HOLDER, holderId}
     {AGENT_INACTIVE}      the holder stopped heartbeating; heartbeat first
@@ -33,10 +36,13 @@ local contact = ARGV[3]
 local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
 local events_max = tonumber(ARGV[6])
+local credential = ARGV[7]
 
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end
 
+if not credential_ok(KEYS[5], credential) then return {BAD_CREDENTIAL} end
+act(agent_id, credential)
 local now_ms = clock()
 local held = lease_parse(redis.call('GET', lease_key))
 if not held or held.token ~= token then return {LEASE_NOT_FOUND} end

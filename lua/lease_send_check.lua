@@ -6,13 +6,16 @@
 
   KEYS[1] heartbeats_key  keys.heartbeats(tenant)       zset
   KEYS[2] lease_key       keys.lease(tenant, contact)   string
+  KEYS[3] agent_key       keys.agent(tenant, agent_id)  hash (read: credential)
 
   ARGV[1] agent_id
   ARGV[2] fencing_token   '' for none
   ARGV[3] window_ms       heartbeat liveness window, milliseconds
+  ARGV[4] credential      SHA-256 hex of the agent's credential, '' for a gate or admin key
 
   Replies:
     {OK}                                                    allowed
+    {BAD_CREDENTIAL}        not the agent's current credential (or no such agent)
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
     {STALE_FENCING_TOKEN}                                   the token is not the current one
@@ -24,7 +27,9 @@ local lease_key = KEYS[2]
 local agent_id = ARGV[1]
 local fencing_token = ARGV[2]
 local window_ms = tonumber(ARGV[3])
+local credential = ARGV[4]
 
+if not credential_ok(KEYS[3], credential) then return {BAD_CREDENTIAL} end
 local now_ms = clock()
 if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
 if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end

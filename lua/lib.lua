@@ -24,6 +24,12 @@ local CONSENSUS_CLOSED = -10
 local RATE_LIMITED = -11
 local IDEMPOTENCY_KEY_REUSED = -12
 local ROLE_NOT_ALLOWED = -13       -- agent_register: the enrolling key may not register this role
+local BAD_CREDENTIAL = -14         -- the agent credential is not the agent's current one; nothing written
+
+-- Who the call is for, written into every event the script emits: the agent id
+-- (role 'agent'), an API key's id (role 'admin', 'enroll', ...), or 'concord'
+-- (role 'service') for what the clock decides. Each script sets it first.
+local ACTOR, ACTOR_ROLE = '', ''
 
 -- Redis's clock as (milliseconds, microseconds) since the epoch. Every instance of
 -- the service reads the same clock, so they agree on expiry and liveness.
@@ -58,8 +64,35 @@ end
 -- an event without its change. The entry id ('*') is Redis's time.
 local function emit(events_key, max_len, event_type, ...)
   if max_len > 0 then
-    redis.call('XADD', events_key, 'MAXLEN', '~', max_len, '*', 'type', event_type, ...)
+    redis.call('XADD', events_key, 'MAXLEN', '~', max_len, '*', 'type', event_type, 'actor', ACTOR,
+      'actorRole', ACTOR_ROLE, ...)
   end
+end
+
+-- The caller acts as the agent of agent_key. `credential` is the SHA-256 hex of
+-- the agent credential the request carried, or '' when an API key acts (the
+-- service checked the key's role). True when the call may go on: a key, or the
+-- agent's current credential. An unknown agent has no credential, so a
+-- credential that claims it is refused here, before anything is read or written.
+local function credential_ok(agent_key, credential)
+  if credential == nil then error('the credential argument is missing') end
+  return credential == '' or redis.call('HGET', agent_key, 'credential') == credential
+end
+
+-- Whether an agent of `role` is one a key limited to `allowed_roles` (one per
+-- line; '' for any) may register or manage.
+local function role_allowed(allowed_roles, role)
+  if allowed_roles == '' then return true end
+  for line in string.gmatch(allowed_roles, '[^\n]+') do
+    if line == role then return true end
+  end
+  return false
+end
+
+-- Set ACTOR for a call made with an agent credential ('' credential: an API key,
+-- whose id and role the caller passed).
+local function act(agent_id, credential, key_id, key_role)
+  if credential ~= '' then ACTOR, ACTOR_ROLE = agent_id, 'agent' else ACTOR, ACTOR_ROLE = key_id, key_role end
 end
 
 -- Active means a heartbeat strictly within the window: last > now - window.

@@ -4,18 +4,25 @@
   Token buckets: each refills at its rate up to its burst, and a bucket that would
   be full simply expires, so an idle tenant or agent costs nothing in Redis.
 
-  KEYS[1..] bucket_keys   keys.rate_bucket(tenant[, agent_id])   hash tokens, at (ms)
+  KEYS[1]   agent_key     keys.agent(tenant, agent_id) of the acting agent (read: credential);
+                          with an API key, any key of the tenant's slot (not read)
+  KEYS[2..] bucket_keys   keys.rate_bucket(tenant[, principal])   hash tokens, at (ms)
 
-  ARGV[1..] limits        for each bucket in KEYS order, two values: its refill rate in
+  ARGV[1]   credential    SHA-256 hex of the agent's credential, '' for an API key: a bucket
+                          is drawn from only for a principal that proved who it is
+  ARGV[2..] limits        for each bucket in KEYS order, two values: its refill rate in
                           tokens per millisecond, then its burst (tokens)
 
   Replies:
     {OK}                  a token was taken from every bucket
+    {BAD_CREDENTIAL}      not the agent's current credential; nothing taken
     {RATE_LIMITED, wait}  nothing taken; a token is due in `wait` milliseconds
     error WRONGTYPE      a bucket key holds another type; nothing was written
 ]]
-local bucket_keys = {unpack(KEYS, 1)}
-local limits = {unpack(ARGV, 1)}
+local bucket_keys = {unpack(KEYS, 2)}
+local limits = {unpack(ARGV, 2)}
+
+if not credential_ok(KEYS[1], ARGV[1]) then return {BAD_CREDENTIAL} end
 
 local now_ms = clock()
 local tokens, wait_ms = {}, 0

@@ -24,6 +24,7 @@ from concord.server.app import create_app
 from concord.server.settings import Settings, parse_api_keys
 from concord.server.store import Store
 from concord.server.store.keys import Keys
+from tests.support.api import Fleet
 from tests.support.cluster import cluster  # noqa: F401 (the session's cluster, a fixture for every module)
 from tests.support.helpers import REDIS_SERVER, RedisServer, unavailable
 
@@ -184,8 +185,11 @@ async def asgi_app(settings: Settings, redis_client: redis.asyncio.Redis):
 
 
 def _client(app, api_key: str | None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://concord.test", headers=headers)
+    """A client of the app that authenticates as a fleet does (support/api.py Fleet):
+    each agent it registered with that agent's credential, the rest with ``api_key``."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://concord.test", auth=Fleet(api_key)
+    )
 
 
 @pytest.fixture

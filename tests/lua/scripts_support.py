@@ -14,6 +14,7 @@ dump of every key under the test's own prefix before and after the call.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -83,13 +84,21 @@ def pairs(flat: list[str]) -> dict[str, str]:
 
 # --- running the scripts -----------------------------------------------------
 
+KEY_ID = "cfg-1"  # the API key the scripts are told registers and removes agents
+
+
+def credential(agent_id: str) -> str:
+    """The credential digest these tests register each agent with, and act as it with
+    (the store passes the SHA-256 hex of a random credential; any digest will do here)."""
+    return hashlib.sha256(f"credential of {agent_id}".encode()).hexdigest()
+
 
 async def register(store: Store, name: str, role: str = "", metadata: str = "", allowed_roles: str = "") -> list:
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
         keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.events(TENANT)],
-        args=[agent_id, name, role, metadata, EVENTS_MAX, allowed_roles],
+        args=[agent_id, name, role, metadata, EVENTS_MAX, allowed_roles, credential(agent_id), KEY_ID, "admin"],
     )
 
 
@@ -104,8 +113,12 @@ async def lapse(store: Store, agent_id: str) -> None:
     assert await store.redis.zadd(store.keys.heartbeats(TENANT), {agent_id: 1}, xx=True, ch=True) == 1
 
 
-async def heartbeat(store: Store, agent_id: str) -> list:
-    return await store.scripts.agent_heartbeat(keys=[store.keys.heartbeats(TENANT)], args=[agent_id])
+async def heartbeat(store: Store, agent_id: str, as_credential: str | None = None) -> list:
+    k = store.keys
+    return await store.scripts.agent_heartbeat(
+        keys=[k.heartbeats(TENANT), k.agent(TENANT, agent_id)],
+        args=[agent_id, credential(agent_id) if as_credential is None else as_credential],
+    )
 
 
 def registry(store: Store, agent_id: str) -> str:
@@ -129,7 +142,7 @@ async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
             k.events(TENANT),
         ]
         + [k.lease(TENANT, c) for c in contacts],
-        args=[agent_id, EVENTS_MAX, *contacts],
+        args=[agent_id, EVENTS_MAX, KEY_ID, *contacts],
     )
 
 
@@ -146,7 +159,7 @@ async def acquire(
             k.fence(TENANT),
             k.events(TENANT),
         ],
-        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX],
+        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX, credential(agent_id)],
     )
 
 
@@ -193,24 +206,36 @@ async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTA
     k = store.keys
     tag, token = parse_lease_id(lease_id)
     return await store.scripts.lease_renew(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        args=[token, agent_id, contact, duration_ms, store.ctx.window_ms, EVENTS_MAX],
+        keys=[
+            k.heartbeats(TENANT),
+            k.lease(TENANT, contact),
+            k.lease_registry(TENANT, tag),
+            k.events(TENANT),
+            k.agent(TENANT, agent_id),
+        ],
+        args=[token, agent_id, contact, duration_ms, store.ctx.window_ms, EVENTS_MAX, credential(agent_id)],
     )
 
 
 async def release(store: Store, lease_id: str, contact: str = CONTACT, agent_id: str = "") -> list:
+    """lease_release by ``agent_id`` with its credential, or without one by an admin key (KEY_ID)."""
     k = store.keys
     tag, token = parse_lease_id(lease_id)
+    as_agent = credential(agent_id) if agent_id else ""
     return await store.scripts.lease_release(
-        keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        args=[token, agent_id, contact, EVENTS_MAX],
+        keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT), k.agent(TENANT, agent_id)],
+        args=[token, agent_id, contact, EVENTS_MAX, as_agent, "" if agent_id else KEY_ID],
     )
 
 
-async def send_check(store: Store, agent_id: str, contact: str = CONTACT, token: str = "") -> list:
+async def send_check(
+    store: Store, agent_id: str, contact: str = CONTACT, token: str = "", as_agent: bool = False
+) -> list:
+    """lease_send_check as a gate key asks it, or with ``as_agent`` with the agent's credential."""
     k = store.keys
     return await store.scripts.lease_send_check(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact)], args=[agent_id, token, store.ctx.window_ms]
+        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.agent(TENANT, agent_id)],
+        args=[agent_id, token, store.ctx.window_ms, credential(agent_id) if as_agent else ""],
     )
 
 
@@ -237,7 +262,7 @@ async def request(
 ) -> list:
     consensus_id = consensus_id or new_id("cons")
     return await store.scripts.consensus_request(
-        keys=consensus_keys(store, consensus_id),
+        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, requester)],
         args=[
             consensus_id,
             requester,
@@ -251,6 +276,7 @@ async def request(
             "",
             IDEMPOTENCY_MS,
             EVENTS_MAX,
+            credential(requester),
         ],
     )
 
@@ -265,7 +291,7 @@ async def opened(store: Store, requester: str, **kwargs: Any) -> str:
 async def vote(store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "") -> list:
     return await store.scripts.consensus_vote(
         keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id)],
-        args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX],
+        args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX, credential(agent_id)],
     )
 
 

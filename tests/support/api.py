@@ -8,9 +8,11 @@ its own bodies in full.
 from __future__ import annotations
 
 import calendar
+import json
 import re
 import time
 import uuid
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import httpx
@@ -108,6 +110,87 @@ def ok(response: httpx.Response, status: int = 200) -> dict[str, Any]:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"] == "application/json", response.headers
     return response.json()
+
+
+# --- credentials ----------------------------------------------------------------
+
+# The requests that act as an agent, and where they name it: what a fleet sends
+# with that agent's own credential (docs/api.md, Roles).
+_ACTING = (
+    ("POST", re.compile(f"{C}/heartbeat"), "agentId"),
+    ("POST", re.compile(f"{C}/lease"), "agentId"),
+    ("POST", re.compile(f"{C}/lease/[^/]+/renew"), "agentId"),
+    ("DELETE", re.compile(f"{C}/lease/[^/]+"), "?agentId"),
+    ("POST", re.compile(f"{C}/send-check"), "agentId"),
+    ("POST", re.compile(f"{C}/consensus"), "requestingAgentId"),
+    ("POST", re.compile(f"{C}/consensus/[^/]+/vote"), "agentId"),
+)
+_TEACHING = re.compile(f"{V1}/register|{V1}/agents/[^/]+/credentials")
+
+
+class Fleet(httpx.Auth):
+    """How a test's client authenticates, as a fleet's processes would: each agent
+    with its own credential, everything else with the tenant's API key.
+
+    It learns each agent's credential from the answer that made it (registering,
+    rotating). A request that acts as an agent (_ACTING) and names one whose
+    credential it knows goes with that credential; any other request, with the
+    key. A request that carries its own Authorization header goes as it is: the
+    tests of roles, impersonation and attacks set theirs."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+        self.credentials: dict[str, str] = {}  # agent id -> its current credential
+
+    def sign(self, request: httpx.Request) -> None:
+        if "authorization" in request.headers:
+            return
+        agent = _acting_agent(request)
+        token = self.credentials.get(agent) if agent else None
+        if token or self.api_key:
+            request.headers["Authorization"] = f"Bearer {token or self.api_key}"
+
+    def learn(self, request: httpx.Request, response: httpx.Response) -> None:
+        if response.status_code in (200, 201) and _TEACHING.fullmatch(request.url.path):
+            body = response.json()
+            self.credentials[body.get("agentId") or body["id"]] = body["credential"]
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.sign(request)
+        response = yield request
+        if _TEACHING.fullmatch(request.url.path):
+            response.read()
+            self.learn(request, response)
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        self.sign(request)
+        response = yield request
+        if _TEACHING.fullmatch(request.url.path):
+            await response.aread()
+            self.learn(request, response)
+
+
+def _acting_agent(request: httpx.Request) -> str | None:
+    for method, path, field in _ACTING:
+        if request.method == method and path.fullmatch(request.url.path):
+            if field.startswith("?"):
+                return request.url.params.get(field[1:])
+            try:
+                body = json.loads(request.content or b"null")
+            except ValueError:
+                return None
+            return body.get(field) if isinstance(body, dict) and isinstance(body.get(field), str) else None
+    return None
+
+
+def credential_of(client: httpx.AsyncClient, agent_id: str) -> str:
+    """The current credential of an agent that ``client`` registered."""
+    assert isinstance(client.auth, Fleet), client.auth
+    return client.auth.credentials[agent_id]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # --- doing things through the API ---------------------------------------------

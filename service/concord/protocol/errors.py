@@ -16,9 +16,10 @@ from typing import Literal
 # code -> (HTTP status, title)
 ERRORS: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "The body is not valid JSON"),
-    "unauthorized": (401, "Missing or unknown API key"),
+    "unauthorized": (401, "Missing or unknown credential"),
     "insufficient_scope": (403, "The credential's role may not do this"),
     "tenant_mismatch": (403, "tenantId differs from the API key's tenant"),
+    "agent_mismatch": (403, "The agent credential acts only as its own agent"),
     "not_lease_holder": (403, "Only the lease holder may do this"),
     "requester_cannot_vote": (403, "The requester cannot vote on its own request"),
     "not_found": (404, "No such endpoint"),

@@ -8,6 +8,7 @@ import re
 EVENT_TYPES = (
     "agent.registered",
     "agent.removed",
+    "agent.credential_rotated",
     "lease.acquired",
     "lease.renewed",
     "lease.released",

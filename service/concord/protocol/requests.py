@@ -73,21 +73,21 @@ class RegisterBody(Input):
 
 
 class HeartbeatBody(Input):
-    agent_id: AgentId
+    agent_id: AgentId | None = None  # the credential's agent when left out
 
     def __post_init__(self) -> None:
-        check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
 
 
 class LeaseBody(Input):
-    agent_id: AgentId
     contact_email: RawEmail
+    agent_id: AgentId | None = None
     intent: Label | None = None
     duration_minutes: Minutes | None = None
     duration_seconds: Seconds | None = None
 
     def __post_init__(self) -> None:
-        check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
         self.contact_email = normalize_email(self.contact_email)
         _lease_ms(self)  # refuses both units at once
 
@@ -97,12 +97,12 @@ class LeaseBody(Input):
 
 
 class RenewBody(Input):
-    agent_id: AgentId
+    agent_id: AgentId | None = None
     duration_minutes: Minutes | None = None
     duration_seconds: Seconds | None = None
 
     def __post_init__(self) -> None:
-        check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
         _lease_ms(self)
 
     @property
@@ -113,8 +113,9 @@ class RenewBody(Input):
 class SendCheckBody(Input):
     # Not checked for its shape: send-check answers every refusal as a value, and an
     # id that names no agent, of whatever shape, is {allowed: false, reason: agent_not_found}.
-    agent_id: AgentId
+    # Required with a gate or admin key; the credential's agent when left out.
     contact_email: RawEmail
+    agent_id: AgentId | None = None
     fencing_token: FencingToken | None = None
 
     def __post_init__(self) -> None:
@@ -122,15 +123,15 @@ class SendCheckBody(Input):
 
 
 class ConsensusBody(Input):
-    requesting_agent_id: AgentId
     action: Action
+    requesting_agent_id: AgentId | None = None  # the credential's agent when left out
     contact_email: RawEmail | None = None
     reason: Reason | None = None
     timeout_minutes: TimeoutMinutes | None = None
     timeout_seconds: TimeoutSeconds | None = None
 
     def __post_init__(self) -> None:
-        check_id("agent", self.requesting_agent_id)
+        _check_agent(self.requesting_agent_id)
         if self.contact_email is not None:
             self.contact_email = normalize_email(self.contact_email)
         self.timeout_ms  # noqa: B018 - computing it refuses both units at once
@@ -146,12 +147,17 @@ class ConsensusBody(Input):
 
 
 class VoteBody(Input):
-    agent_id: AgentId
     vote: VoteChoice
+    agent_id: AgentId | None = None  # the credential's agent when left out
     reason: Reason | None = None
 
     def __post_init__(self) -> None:
-        check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
+
+
+def _check_agent(agent_id: str | None) -> None:
+    if agent_id is not None:
+        check_id("agent", agent_id)
 
 
 # --- query strings -------------------------------------------------------------
@@ -176,8 +182,7 @@ class LeaseListQuery(Input):
     def __post_init__(self) -> None:
         if self.agent_id is None and self.contact_email is None:
             raise FieldError("$.agentId", "give agentId or contactEmail (or both)")
-        if self.agent_id is not None:
-            check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
         if self.contact_email is not None:
             self.contact_email = normalize_email(self.contact_email)
 
@@ -192,8 +197,7 @@ class ReleaseQuery(Input):
     agent_id: AgentId | None = None
 
     def __post_init__(self) -> None:
-        if self.agent_id is not None:
-            check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
 
 
 class ConsensusReadQuery(Input):
@@ -211,8 +215,7 @@ class EventsQuery(Input):
         if self.after is not None:
             stream_id(self.after, "$.after")
         event_types(self.type)
-        if self.agent_id is not None:
-            check_id("agent", self.agent_id)
+        _check_agent(self.agent_id)
         if self.contact_email is not None:
             self.contact_email = normalize_email(self.contact_email)
 

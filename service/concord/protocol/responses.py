@@ -32,6 +32,22 @@ class Agent(Output):
     metadata: msgspec.Raw  # stored as the JSON the client sent
 
 
+class RegisteredAgent(Agent):
+    """An agent as registering answers it: with its new credential, shown this once
+    (Redis keeps only its digest). Every registration makes a new one, and the
+    agent's earlier credential is refused from then on."""
+
+    credential: str
+
+
+class AgentCredential(Output):
+    """A rotated credential, shown this once; the earlier one is refused from now on."""
+
+    agent_id: str
+    credential: str
+    rotated_at: str
+
+
 class AgentList(Output):
     agents: list[Agent]
     next_cursor: str | None
@@ -130,7 +146,9 @@ class Event(Output, omit_defaults=True):
     type: str
     tenant_id: str
     at: str
-    agent_id: str | None = None  # who acted (the holder, the voter, the requester)
+    actor: str | None = None  # the principal whose call wrote it: an agent id, an API key's id, or "concord"
+    actor_role: str | None = None  # "agent", the key's role (admin, enroll), or "service" (the clock decided)
+    agent_id: str | None = None  # the agent it is about (the holder, the voter, the requester)
     agent_name: str | None = None
     agent_role: str | None = None
     created: bool | None = None  # agent.registered: a new agent, not an update
@@ -140,7 +158,7 @@ class Event(Output, omit_defaults=True):
     fencing_token: int | None = None
     expires_at: str | None = None
     intent: str | None = None
-    reason: str | None = None  # lease.released: "released" or "agent_removed"
+    reason: str | None = None  # lease.released: "released" (its holder), "forced" (an admin), "agent_removed"
     previous_agent_id: str | None = None  # lease.taken_over: the inactive holder
     previous_lease_id: str | None = None
     previous_fencing_token: int | None = None

@@ -17,6 +17,7 @@ METRICS = "/metrics"
 REGISTER = f"{V1}/register"
 AGENTS = f"{V1}/agents"
 AGENT = f"{V1}/agents/{{agentId}}"
+AGENT_CREDENTIALS = f"{V1}/agents/{{agentId}}/credentials"
 HEARTBEAT = f"{COORDINATION}/heartbeat"
 
 LEASE = f"{COORDINATION}/lease"

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                 yield {
                     "settings": settings,
                     "store": store,
-                    "auth": Authenticator(settings.api_keys, store.apikeys.grant_of),
+                    "auth": Authenticator(settings.api_keys, store.apikeys.grant_of, store.agents.credential),
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:

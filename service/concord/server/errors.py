@@ -49,6 +49,26 @@ def agent_not_found(agent_id: str, tenant: str) -> ConcordError:
     )
 
 
+def credential_refused(agent_id: str, tenant: str) -> ConcordError:
+    """401 for an agent credential that is not the agent's current one."""
+    return ConcordError(
+        "unauthorized",
+        f"This credential is not the current one of agent {agent_id} in tenant {tenant}: it was rotated, "
+        f"or the agent was deregistered. Get a new one by registering the agent again (POST {routes.REGISTER}) "
+        "or by rotating its credential, with an admin or enroll key",
+    )
+
+
+def agent_mismatch(claimed: str, own: str) -> ConcordError:
+    """403 for a request naming another agent than its credential's."""
+    return ConcordError(
+        "agent_mismatch",
+        f"This credential is agent {own}'s and acts only as {own}, not as {claimed}: "
+        "leave the agent id out, or use that agent's own credential",
+        agentId=own,
+    )
+
+
 def lease_not_found(lease_id: str, tenant: str) -> ConcordError:
     return ConcordError(
         "lease_not_found",

@@ -1,13 +1,22 @@
 """Who a request is, and what it may do: the principal its credential names.
 
-A tenant API key grants a role:
+A request carries one bearer credential: a tenant API key, or an agent's own
+credential. A tenant API key grants a role:
 
-- ``admin`` (the default): manages agents and keys, reads everything, and today
-  also acts for the tenant's agents;
+- ``admin`` (the default): manages agents and keys, reads everything,
+  deregisters agents and force-releases leases; it never acts *as* an agent;
 - ``enroll``: registers agents (of ``roles`` only, when it has any);
 - ``gate``: send-check for any agent of the tenant, nothing else (an email
   pipeline's key);
 - ``read``: GET endpoints and the event stream (dashboards, auditors).
+
+An agent credential (``concord-agent.<tenant>.<agentId>.<secret>``, made when
+the agent is registered and shown once) is the principal of role ``agent``: it
+acts as that one agent (heartbeat, leases, send-check, consensus, votes) and
+reads its tenant. It names its tenant and agent, so the service needs no lookup
+to know whom it claims to be; the script that acts checks its digest against the
+one in the agent's hash (lua/lib.lua credential_ok), and reads check it through
+a cache of at most one second (http/auth.py).
 
 A key has an id (``cfg-<n>`` for the n-th key of CONCORD_API_KEYS, ``key_<hex>``
 for one stored in Redis) that logs and answers may name: the id never reveals
@@ -16,15 +25,24 @@ the key.
 
 from __future__ import annotations
 
+import re
+import secrets
+
 import msgspec
 
+from concord.protocol.types import UUID
+
 KEY_ROLES = ("admin", "enroll", "gate", "read")
+AGENT = "agent"  # the role of an agent credential
 # What each role may do, as a refusal says it (403 insufficient_scope).
 MAY = {
-    "admin": "an admin key may do everything but act as another tenant",
+    "admin": "an admin key manages agents and keys, reads everything, deregisters agents and force-releases "
+    "leases, but never acts as an agent: the agent's own credential does (POST /v1/agent/register answers it)",
     "enroll": "an enroll key may only register agents (POST /v1/agent/register)",
     "gate": "a gate key may only send-check (POST /v1/agent/coordination/send-check)",
     "read": "a read key may only read: GET endpoints and the event stream",
+    AGENT: "an agent credential may only act as its own agent (heartbeat, leases, send-check, consensus "
+    "requests and votes) and read its tenant",
 }
 
 
@@ -40,7 +58,43 @@ class KeyGrant(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     def describe(self) -> str:
         """The key as a message names it: id and role, never the secret."""
         limited = f" for roles {', '.join(self.roles)}" if self.roles else ""
-        return f"{self.id} (role {self.role}{limited})"
+        return f"API key {self.id} (role {self.role}{limited})"
+
+    @property
+    def credential(self) -> str:
+        """What a script is passed as the caller's credential: '' (an API key, whose
+        role the endpoint has checked)."""
+        return ""
+
+
+class AgentPrincipal(msgspec.Struct, frozen=True):
+    """The agent an agent credential claims to be. Claimed, not yet proven: the
+    script that acts checks ``credential`` (the digest), and so does a read."""
+
+    tenant: str
+    id: str  # the agent id
+    credential: str  # SHA-256 hex of the credential
+    role: str = AGENT
+
+    def describe(self) -> str:
+        return f"the credential of agent {self.id}"
+
+
+Principal = KeyGrant | AgentPrincipal
+
+CREDENTIAL_PREFIX = "concord-agent."
+_CREDENTIAL = re.compile(rf"concord-agent\.([A-Za-z0-9_-]{{1,64}})\.(agent_{UUID})\.[A-Za-z0-9_-]{{32,128}}")
+
+
+def new_credential(tenant: str, agent_id: str) -> str:
+    """A fresh agent credential: it names its tenant and agent, then 256 random bits."""
+    return f"{CREDENTIAL_PREFIX}{tenant}.{agent_id}.{secrets.token_urlsafe(32)}"
+
+
+def agent_principal(token: str, digest: str) -> AgentPrincipal | None:
+    """The principal of an agent credential, or None for a token of another shape."""
+    found = _CREDENTIAL.fullmatch(token)
+    return AgentPrincipal(found[1], found[2], digest) if found else None
 
 
 _encode = msgspec.json.Encoder().encode

@@ -3,9 +3,11 @@ handler.
 
 Each endpoint is declared once, in routes.py, with ``@endpoint(METHOD, PATH,
 ...)``: its body and query Structs, its answers and its error codes. That
-declaration is what runs (``Endpoint.__call__``: the API key gives the tenant,
-at most 64 KiB of JSON is read, body and query are decoded by prebuilt msgspec
-decoders, path ids are checked, rate limits apply, and the handler's Redis work
+declaration is what runs (``Endpoint.__call__``: the credential gives the
+principal and its tenant, and its role must be one the endpoint admits; at most
+64 KiB of JSON is read, body and query are decoded by prebuilt msgspec decoders,
+path ids are checked, an agent credential acts only as its own agent, rate
+limits apply, and the handler's Redis work
 runs under the configured deadline so a stalled Redis answers 503 rather than
 hanging), what the router routes, and what openapi.py describes, so the three
 cannot disagree.
@@ -23,9 +25,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from concord import protocol as p
-from concord.server.errors import ConcordError
+from concord.server.errors import ConcordError, agent_mismatch
 from concord.server.http.decoding import PATH_IDS, decode_body, decode_query, path_id, read_body
-from concord.server.principals import MAY, KeyGrant
+from concord.server.principals import AGENT, MAY, KeyGrant, Principal
 
 if TYPE_CHECKING:
     from concord.server.store import Store
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 _encode = msgspec.json.Encoder().encode
 # Error codes by what an endpoint does; each endpoint adds its own.
 AUTH_ERRORS = ("unauthorized", "insufficient_scope", "tenant_mismatch", "validation_error", "rate_limited")
+ACTING_ERRORS = ("agent_mismatch",)  # an endpoint that acts as an agent
 BODY_ERRORS = ("malformed_json", "payload_too_large", "unsupported_media_type")
 STORE_ERRORS = ("store_error", "store_unavailable", "internal_error")
 # A body or query field naming an agent: an id of another shape answers its 404.
@@ -48,12 +51,24 @@ class Call:
 
     store: Store
     tenant: str
-    principal: KeyGrant | None  # None on the endpoints that take no key
+    principal: Principal | None  # None on the endpoints that take no credential
     body: Any
     query: Any
     ids: dict[str, str]
     headers: dict[str, str]  # the READ_HEADERS present, by lower-cased name
     deadline: float  # seconds the Redis work may take
+
+    @property
+    def credential(self) -> str:
+        """What the handler's script is passed as the caller's credential: the digest
+        of an agent credential, or '' for an API key (its role is checked already)."""
+        return self.principal.credential if self.principal is not None else ""
+
+    @property
+    def key(self) -> KeyGrant:
+        """The caller's API key, on an endpoint that admits no agent credential."""
+        assert isinstance(self.principal, KeyGrant), "this endpoint admits API keys only"
+        return self.principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +97,24 @@ class Endpoint:
     request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
     answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
     event_stream: bool = False  # also answers 200 as text/event-stream
-    # The key roles that may call it (principals.py); by default a GET is read's
-    # and admin's, and everything else admin's alone.
-    key_roles: frozenset[str] = frozenset()
+    # The roles that may call it (principals.py: the key roles, and "agent" for an
+    # agent credential); by default a GET is admin's, read's and the agents', and
+    # everything else admin's alone.
+    roles: frozenset[str] = frozenset()
+    # The body or query field naming the agent the call acts as ("agent_id",
+    # "requesting_agent_id"). With an agent credential it is filled in when left
+    # out and must be the credential's own agent, and the handler's script checks
+    # the credential. An endpoint without it checks an agent credential itself
+    # (Authenticator.prove) before its handler runs.
+    acts_as: str | None = None
     decoder: msgspec.json.Decoder | None = field(init=False)
     ids: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.decoder = msgspec.json.Decoder(self.body) if self.body is not None else None
         self.ids = tuple(re.findall(r"{(\w+)}", self.path))
-        if not self.key_roles:
-            self.key_roles = frozenset({"admin", "read"} if self.method == "GET" else {"admin"})
+        if not self.roles:
+            self.roles = frozenset({"admin", "read", AGENT} if self.method == "GET" else {"admin"})
 
     @property
     def name(self) -> str:
@@ -108,6 +130,8 @@ class Endpoint:
             names = {f.encode_name for f in msgspec.structs.fields(kind)} if kind is not None else set()
             if names & AGENT_FIELDS:
                 found.append("agent_not_found")
+        if self.acts_as is not None:
+            found.append("agent_mismatch")
         own = tuple(dict.fromkeys(c for c in (*found, *self.own_errors)))
         return AUTH_ERRORS + (BODY_ERRORS if self.body else ()) + own + STORE_ERRORS
 
@@ -126,19 +150,24 @@ class Endpoint:
             call = Call(store, "", None, None, None, {}, headers, deadlines.seconds)
         else:
             auth, authorization = state["auth"], headers.get("authorization")
-            grant = auth.known(authorization)
-            if grant is None:  # a key stored in Redis, not looked up in the last second
-                grant = await deadlines.run(auth.grant(authorization))
-            tenant = grant.tenant
-            scope["concord.tenant"], scope["concord.key"] = tenant, grant  # for the access line (observe.py)
-            if grant.role not in self.key_roles:
-                raise insufficient_scope(grant, self.method, self.path)
+            principal = auth.known(authorization)
+            if principal is None:  # a key stored in Redis, not looked up in the last second
+                principal = await deadlines.run(auth.grant(authorization))
+            tenant = principal.tenant
+            scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
+            if principal.role not in self.roles:
+                raise insufficient_scope(principal, self.method, self.path)
             query = decode_query(scope, self.query, tenant) if self.query else None
             body = None
             if self.decoder is not None:
                 body = decode_body(self.decoder, await read_body(headers, receive), tenant)
             ids = {name: path_id(scope, name, tenant) for name in self.ids}
-            call = Call(store, tenant, grant, body, query, ids, headers, deadlines.seconds)
+            if principal.role == AGENT:
+                if self.acts_as is None:
+                    await deadlines.run(auth.prove(principal))
+                else:
+                    act_as(principal, body if self.body is not None else query, self.acts_as)
+            call = Call(store, tenant, principal, body, query, ids, headers, deadlines.seconds)
             scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
         answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
         if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
@@ -148,8 +177,8 @@ class Endpoint:
 
     async def _work(self, call: Call, limits: Any) -> Answer | Response:
         """The request's Redis work: its rate limits, then its handler."""
-        if limits and call.tenant:
-            await call.store.limits.take_token(call.tenant, acting_agent(call.body), limits)
+        if limits and call.principal is not None:
+            await call.store.limits.take_token(call.principal, limits)
         return await self.handler(call)
 
 
@@ -194,10 +223,20 @@ def acting_agent(body: Any) -> str | None:
     return getattr(body, "agent_id", None) or getattr(body, "requesting_agent_id", None)
 
 
-def insufficient_scope(grant: KeyGrant, method: str, path: str) -> ConcordError:
+def act_as(principal: Principal, request: Any, name: str) -> None:
+    """An agent credential acts as its own agent: the request's agent field is
+    filled in when left out, and refused (agent_mismatch) when it names another."""
+    claimed = getattr(request, name)
+    if claimed is None:
+        setattr(request, name, principal.id)
+    elif claimed != principal.id:
+        raise agent_mismatch(claimed, principal.id)
+
+
+def insufficient_scope(principal: Principal, method: str, path: str) -> ConcordError:
     return ConcordError(
         "insufficient_scope",
-        f"The API key {grant.describe()} may not call {method} {path}: {MAY[grant.role]}. "
-        "Use a key of a role that may (docs/api.md, Roles)",
-        keyRole=grant.role,
+        f"{principal.describe()[0].upper()}{principal.describe()[1:]} may not call {method} {path}: "
+        f"{MAY[principal.role]}. Use a credential of a role that may (docs/api.md, Roles)",
+        keyRole=principal.role,
     )

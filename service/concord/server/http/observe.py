@@ -40,8 +40,8 @@ class AccessLine(msgspec.Struct):
     status: int
     ms: float  # from receiving the request to its last byte sent
     tenant: str | None
-    key: str | None  # the id of the API key that authenticated it (never the key)
-    role: str | None  # that key's role
+    principal: str | None  # who authenticated: an API key's id (never the key), or an agent's id
+    role: str | None  # the key's role, or "agent" for an agent credential
     agent: str | None  # the agentId or requestingAgentId the request acted for
     client: str | None  # the peer's address
 
@@ -98,7 +98,7 @@ class Observe:
                     pass
 
     def _json(self, scope: Scope, route: str, status: int, seconds: float) -> bytes:
-        client, grant = scope.get("client"), scope.get("concord.key")
+        client, grant = scope.get("client"), scope.get("concord.principal")
         line = AccessLine(
             self._now(),
             scope["method"],
@@ -115,11 +115,12 @@ class Observe:
         return _encode(line) + b"\n"
 
     def _text(self, scope: Scope, route: str, status: int, seconds: float) -> bytes:
-        client, grant = scope.get("client"), scope.get("concord.key")
+        client, grant = scope.get("client"), scope.get("concord.principal")
         key, role = (grant.id, grant.role) if grant is not None else (None, None)
         return (
             f"{self._now()} {_bare(scope['method'])} {_bare(_path(scope))} {status} {seconds * 1000:.3f}ms"
-            f" route={_bare(route)} tenant={_bare(scope.get('concord.tenant'))} key={_bare(key)} role={_bare(role)}"
+            f" route={_bare(route)} tenant={_bare(scope.get('concord.tenant'))}"
+            f" principal={_bare(key)} role={_bare(role)}"
             f" agent={_bare(scope.get('concord.agent'))} client={_bare(client[0] if client else None)}\n"
         ).encode()
 

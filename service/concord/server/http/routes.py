@@ -23,9 +23,11 @@ from concord.server.http.endpoint import ENDPOINTS, Answer, Call, endpoint, resp
 from concord.server.http.openapi import document
 from concord.server.http.problems import problem
 from concord.server.http.streaming import EventStream, LongPoll
+from concord.server.principals import AGENT
 from concord.server.store.events import EventFilter
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+AS_AGENT = frozenset({AGENT})  # only an agent's own credential acts as the agent
 
 # --- operations (no API key) -------------------------------------------------
 
@@ -71,16 +73,27 @@ async def openapi(c: Call) -> Answer | Response:
 @endpoint(
     "POST",
     paths.REGISTER,
-    "Register an agent, or update the agent of that name",
-    answers={201: p.Agent, 200: p.Agent},
+    "Register an agent, or update the agent of that name; answers its new credential",
+    answers={201: p.RegisteredAgent, 200: p.RegisteredAgent},
     body=p.RegisterBody,
-    key_roles=frozenset({"admin", "enroll"}),
+    roles=frozenset({"admin", "enroll"}),
 )
 async def register(c: Call) -> Answer | Response:
     body: p.RegisterBody = c.body
-    roles = c.principal.roles if c.principal is not None else ()  # an enroll key's limit
-    agent, created = await c.store.agents.register(c.tenant, body.agent_name, body.agent_role, body.metadata, roles)
+    agent, created = await c.store.agents.register(c.tenant, body.agent_name, body.agent_role, body.metadata, c.key)
     return respond(agent, 201 if created else 200)
+
+
+@endpoint(
+    "POST",
+    paths.AGENT_CREDENTIALS,
+    "Rotate an agent's credential: a new one, and the current one refused from now on",
+    answers={200: p.AgentCredential},
+    query=p.TenantQuery,
+    roles=frozenset({"admin", "enroll"}),
+)
+async def rotate_credential(c: Call) -> Answer | Response:
+    return respond(await c.store.agents.rotate(c.tenant, c.ids["agentId"], c.key))
 
 
 @endpoint("GET", paths.AGENTS, "List agents, newest first", answers={200: p.AgentList}, query=p.AgentListQuery)
@@ -94,9 +107,14 @@ async def get_agent(c: Call) -> Answer | Response:
     return respond(await c.store.agents.get(c.tenant, c.ids["agentId"]))
 
 
-@endpoint("DELETE", paths.AGENT, "Deregister an agent and release its leases", answers={200: p.AgentRemoved})
+@endpoint(
+    "DELETE",
+    paths.AGENT,
+    "Deregister an agent, revoke its credential and release its leases",
+    answers={200: p.AgentRemoved},
+)
 async def remove_agent(c: Call) -> Answer | Response:
-    return respond(await c.store.agents.remove(c.tenant, c.ids["agentId"]))
+    return respond(await c.store.agents.remove(c.tenant, c.ids["agentId"], c.key))
 
 
 @endpoint(
@@ -105,9 +123,11 @@ async def remove_agent(c: Call) -> Answer | Response:
     "Record that an agent is alive",
     answers={200: p.Heartbeat},
     body=p.HeartbeatBody,
+    roles=AS_AGENT,
+    acts_as="agent_id",
 )
 async def heartbeat(c: Call) -> Answer | Response:
-    return respond(await c.store.agents.heartbeat(c.tenant, c.body.agent_id))
+    return respond(await c.store.agents.heartbeat(c.tenant, c.body.agent_id, c.credential))
 
 
 # --- leases ------------------------------------------------------------------
@@ -120,11 +140,13 @@ async def heartbeat(c: Call) -> Answer | Response:
     answers={201: p.Lease, 200: p.Lease},
     body=p.LeaseBody,
     own_errors=("agent_inactive", "lease_conflict"),
+    roles=AS_AGENT,
+    acts_as="agent_id",
 )
 async def acquire_lease(c: Call) -> Answer | Response:
     body: p.LeaseBody = c.body
     lease, created = await c.store.leases.acquire(
-        c.tenant, body.agent_id, body.contact_email, body.intent, body.duration_ms
+        c.tenant, body.agent_id, body.contact_email, body.intent, body.duration_ms, c.credential
     )
     return respond(lease, 201 if created else 200)
 
@@ -136,22 +158,27 @@ async def acquire_lease(c: Call) -> Answer | Response:
     answers={200: p.Lease},
     body=p.RenewBody,
     own_errors=("not_lease_holder", "agent_inactive"),
+    roles=AS_AGENT,
+    acts_as="agent_id",
 )
 async def renew_lease(c: Call) -> Answer | Response:
     body: p.RenewBody = c.body
-    return respond(await c.store.leases.renew(c.tenant, c.ids["leaseId"], body.agent_id, body.duration_ms))
+    lease = await c.store.leases.renew(c.tenant, c.ids["leaseId"], body.agent_id, body.duration_ms, c.credential)
+    return respond(lease)
 
 
 @endpoint(
     "DELETE",
     paths.LEASE_BY_ID,
-    "Release a lease before it expires",
+    "Release a lease before it expires: its holder, or an admin key (a forced release)",
     answers={200: p.Released},
     query=p.ReleaseQuery,
     own_errors=("not_lease_holder",),
+    roles=frozenset({"admin", AGENT}),
+    acts_as="agent_id",
 )
 async def release_lease(c: Call) -> Answer | Response:
-    return respond(await c.store.leases.release(c.tenant, c.ids["leaseId"], c.query.agent_id))
+    return respond(await c.store.leases.release(c.tenant, c.ids["leaseId"], c.query.agent_id, c.principal))
 
 
 @endpoint("GET", paths.LEASE_BY_ID, "Read a lease", answers={200: p.Lease})
@@ -177,11 +204,17 @@ async def list_leases(c: Call) -> Answer | Response:
     "May this agent email this contact now?",
     answers={200: p.SendCheck},
     body=p.SendCheckBody,
-    key_roles=frozenset({"admin", "gate"}),
+    roles=frozenset({"admin", "gate", AGENT}),
+    acts_as="agent_id",
 )
 async def send_check(c: Call) -> Answer | Response:
     body: p.SendCheckBody = c.body
-    return respond(await c.store.leases.send_check(c.tenant, body.agent_id, body.contact_email, body.fencing_token))
+    if body.agent_id is None:  # a key names the agent; a credential is its agent
+        raise invalid("$.agentId", "required with an API key: the agent about to send", "$.agentId")
+    answer = await c.store.leases.send_check(
+        c.tenant, body.agent_id, body.contact_email, body.fencing_token, c.credential
+    )
+    return respond(answer)
 
 
 # --- consensus ---------------------------------------------------------------
@@ -194,6 +227,8 @@ async def send_check(c: Call) -> Answer | Response:
     answers={201: p.Consensus},
     body=p.ConsensusBody,
     own_errors=("agent_inactive", "idempotency_key_reused"),
+    roles=AS_AGENT,
+    acts_as="requesting_agent_id",
     request_headers={
         "Idempotency-Key": "1-255 printable ASCII characters. The same key with the same request within 24 hours "
         "answers the first answer again; with another request it is 422 idempotency_key_reused."
@@ -212,6 +247,7 @@ async def request_consensus(c: Call) -> Answer | Response:
         body.contact_email,
         body.reason,
         body.timeout_ms,
+        c.credential,
         idempotency_key,
     )
     return respond(consensus, 201, {"Idempotent-Replayed": "true"} if replayed else None)
@@ -224,10 +260,15 @@ async def request_consensus(c: Call) -> Answer | Response:
     answers={200: p.Consensus},
     body=p.VoteBody,
     own_errors=("requester_cannot_vote", "already_voted", "consensus_closed", "agent_inactive"),
+    roles=AS_AGENT,
+    acts_as="agent_id",
 )
 async def vote(c: Call) -> Answer | Response:
     body: p.VoteBody = c.body
-    return respond(await c.store.consensus.vote(c.tenant, c.ids["consensusId"], body.agent_id, body.vote, body.reason))
+    consensus = await c.store.consensus.vote(
+        c.tenant, c.ids["consensusId"], body.agent_id, body.vote, body.reason, c.credential
+    )
+    return respond(consensus)
 
 
 @endpoint(

@@ -6,8 +6,10 @@ from typing import Any
 
 import msgspec
 
-from concord.protocol import Agent, AgentList, AgentRemoved, Heartbeat
+from concord.protocol import Agent, AgentCredential, AgentList, AgentRemoved, Heartbeat, RegisteredAgent
 from concord.server.errors import StoreUnavailable, agent_not_found
+from concord.server.principals import KeyGrant, new_credential
+from concord.server.settings import key_digest
 from concord.server.store import paging
 from concord.server.store.context import Context
 from concord.server.store.keys import agent_id_for, agent_tag
@@ -23,32 +25,61 @@ class Agents:
         self.ctx = ctx
 
     async def register(
-        self,
-        tenant: str,
-        name: str,
-        role: str | None,
-        metadata: dict[str, Any] | None,
-        allowed_roles: tuple[str, ...] = (),
-    ) -> tuple[Agent, bool]:
-        """Upsert the agent of ``name``; True when it was created. Registering counts as
-        a heartbeat. With ``allowed_roles`` (an enroll key's), the agent must end up
-        of one of them, checked in the script: nothing is written otherwise."""
+        self, tenant: str, name: str, role: str | None, metadata: dict[str, Any] | None, key: KeyGrant
+    ) -> tuple[RegisteredAgent, bool]:
+        """Upsert the agent of ``name``, with a new credential; True when it was created.
+        Registering counts as a heartbeat, and the agent's earlier credential is refused
+        from then on. An enroll key limited to roles (``key.roles``) registers only
+        agents that end up of one of them, checked in the script: nothing is written
+        otherwise."""
         ctx, agent_id = self.ctx, agent_id_for(tenant, name)
         k = ctx.keys
         metadata_json = msgspec.json.encode(metadata) if metadata is not None else b""
+        credential = new_credential(tenant, agent_id)
         reply = await ctx.scripts.agent_register(
             [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), k.events(tenant)],
-            [agent_id, name, role or "", metadata_json, ctx.events_max, "\n".join(allowed_roles)],
+            [
+                agent_id,
+                name,
+                role or "",
+                metadata_json,
+                ctx.events_max,
+                "\n".join(key.roles),
+                key_digest(credential),
+                key.id,
+                key.role,
+            ],
         )
         code = Reply(reply[0])
         if code < 0:
-            raise refused(code, reply, tenant=tenant, agent_id=agent_id, roles=allowed_roles)
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, roles=key.roles)
         now = int(reply[2])
-        return agent(tenant, pairs(reply[1]), now, now, ctx.window_ms), code is Reply.CREATED
+        found = agent(tenant, pairs(reply[1]), now, now, ctx.window_ms)
+        registered = RegisteredAgent(**msgspec.structs.asdict(found), credential=credential)
+        return registered, code is Reply.CREATED
 
-    async def heartbeat(self, tenant: str, agent_id: str) -> Heartbeat:
+    async def rotate(self, tenant: str, agent_id: str, key: KeyGrant) -> AgentCredential:
+        """Give the agent a new credential; the current one is refused from now on."""
         ctx = self.ctx
-        reply = await ctx.scripts.agent_heartbeat([ctx.keys.heartbeats(tenant)], [agent_id])
+        credential = new_credential(tenant, agent_id)
+        reply = await ctx.scripts.agent_credential(
+            [ctx.keys.agent(tenant, agent_id), ctx.keys.events(tenant)],
+            [agent_id, key_digest(credential), "\n".join(key.roles), ctx.events_max, key.id, key.role],
+        )
+        code = Reply(reply[0])
+        if code < 0:
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id, roles=key.roles)
+        return AgentCredential(agent_id=agent_id, credential=credential, rotated_at=iso(reply[1]))
+
+    async def credential(self, tenant: str, agent_id: str) -> str | None:
+        """The digest of the agent's current credential (None: no such agent)."""
+        return await self.ctx.redis.hget(self.ctx.keys.agent(tenant, agent_id), "credential")
+
+    async def heartbeat(self, tenant: str, agent_id: str, credential: str) -> Heartbeat:
+        ctx = self.ctx
+        reply = await ctx.scripts.agent_heartbeat(
+            [ctx.keys.heartbeats(tenant), ctx.keys.agent(tenant, agent_id)], [agent_id, credential]
+        )
         code = Reply(reply[0])
         if code < 0:
             raise refused(code, reply, tenant=tenant, agent_id=agent_id)
@@ -85,8 +116,9 @@ class Agents:
         agents, next_cursor = await paging.page(ctx.redis, ctx.keys.agents(tenant), cursor, limit, load)
         return AgentList(agents=agents, next_cursor=next_cursor)
 
-    async def remove(self, tenant: str, agent_id: str) -> AgentRemoved:
-        """Deregister the agent and release its leases, in one script. The script
+    async def remove(self, tenant: str, agent_id: str, key: KeyGrant) -> AgentRemoved:
+        """Deregister the agent (its credential goes with it) and release its leases,
+        in one script, recorded as done by ``key``. The script
         needs every lease key in KEYS, read from the registry just before; if the
         agent took a lease in between, it writes nothing and answers RETRY."""
         ctx = self.ctx
@@ -97,7 +129,7 @@ class Agents:
             reply = await ctx.scripts.agent_remove(
                 [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), registry, k.events(tenant)]
                 + [k.lease(tenant, c) for c in contacts],
-                [agent_id, ctx.events_max, *contacts],
+                [agent_id, ctx.events_max, key.id, *contacts],
             )
             code = Reply(reply[0])
             if code is Reply.OK:

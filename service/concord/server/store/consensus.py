@@ -37,13 +37,15 @@ class ConsensusRequests:
         contact: str | None,
         reason: str | None,
         timeout_ms: int,
+        credential: str,
         idempotency_key: str | None = None,
     ) -> tuple[Consensus, bool]:
         """Open a request; True when this answer replays an earlier one with the same
-        Idempotency-Key (and the same meaning: requester, action, contact, reason, timeout)."""
+        Idempotency-Key (and the same meaning: requester, action, contact, reason, timeout).
+        ``credential`` is the digest of the requester's credential, checked by the script."""
         ctx = self.ctx
         consensus_id = new_id("cons")
-        keys = self._keys(tenant, consensus_id)
+        keys = self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, requester_id)]
         fingerprint = ""
         if idempotency_key is not None:
             keys.append(ctx.keys.idempotency(tenant, key_digest(idempotency_key)))
@@ -64,6 +66,7 @@ class ConsensusRequests:
                 fingerprint,
                 IDEMPOTENCY_MS,
                 ctx.events_max,
+                credential,
             ],
         )
         code = Reply(reply[0])
@@ -76,11 +79,13 @@ class ConsensusRequests:
             METRICS.consensus("requested")
         return consensus(tenant, reply), False
 
-    async def vote(self, tenant: str, consensus_id: str, agent_id: str, vote: str, reason: str | None) -> Consensus:
+    async def vote(
+        self, tenant: str, consensus_id: str, agent_id: str, vote: str, reason: str | None, credential: str
+    ) -> Consensus:
         ctx = self.ctx
         reply = await ctx.scripts.consensus_vote(
             self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, agent_id)],
-            [agent_id, vote, reason or "", ctx.window_ms, RETENTION_MS, ctx.events_max],
+            [agent_id, vote, reason or "", ctx.window_ms, RETENTION_MS, ctx.events_max, credential],
         )
         code = Reply(reply[0])
         if code < 0:

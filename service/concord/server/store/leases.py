@@ -6,6 +6,7 @@ from __future__ import annotations
 from concord.protocol import Lease, LeaseList, Released, SendCheck
 from concord.server.errors import lease_not_found
 from concord.server.metrics import METRICS
+from concord.server.principals import AGENT, Principal
 from concord.server.store.context import Context
 from concord.server.store.keys import agent_tag, parse_lease_id
 from concord.server.store.paging import decode_cursor, encode_cursor
@@ -25,10 +26,11 @@ class Leases:
         self.ctx = ctx
 
     async def acquire(
-        self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int
+        self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int, credential: str
     ) -> tuple[Lease, bool]:
         """Grant, extend or refuse the lease on ``contact``; True when newly granted.
-        The holder asking again gets its own lease back (same id and token), extended."""
+        The holder asking again gets its own lease back (same id and token), extended.
+        ``credential`` is the digest of the agent's credential, checked by the script."""
         ctx = self.ctx
         k = ctx.keys
         reply = await ctx.scripts.lease_acquire(
@@ -40,7 +42,7 @@ class Leases:
                 k.fence(tenant),
                 k.events(tenant),
             ],
-            [agent_id, contact, intent or "", duration_ms, ctx.window_ms, ctx.events_max],
+            [agent_id, contact, intent or "", duration_ms, ctx.window_ms, ctx.events_max, credential],
         )
         code = Reply(reply[0])
         if code < 0:
@@ -50,14 +52,20 @@ class Leases:
         METRICS.lease("extended" if code is Reply.OK else "takeover" if reply[7] else "granted")
         return lease(tenant, contact, reply[:7]), code is Reply.CREATED
 
-    async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int) -> Lease:
+    async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int, credential: str) -> Lease:
         """Move the lease's expiry to now + ``duration_ms``; only its holder may, while active."""
         tag, token, contact = await self._find(tenant, lease_id)
         ctx = self.ctx
         k = ctx.keys
         reply = await ctx.scripts.lease_renew(
-            [k.heartbeats(tenant), k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
-            [token, agent_id, contact, duration_ms, ctx.window_ms, ctx.events_max],
+            [
+                k.heartbeats(tenant),
+                k.lease(tenant, contact),
+                k.lease_registry(tenant, tag),
+                k.events(tenant),
+                k.agent(tenant, agent_id),
+            ],
+            [token, agent_id, contact, duration_ms, ctx.window_ms, ctx.events_max, credential],
         )
         code = Reply(reply[0])
         if code < 0:
@@ -65,14 +73,22 @@ class Leases:
         METRICS.lease("renewed")
         return lease(tenant, contact, reply)
 
-    async def release(self, tenant: str, lease_id: str, agent_id: str | None) -> Released:
-        """Release the lease; with ``agent_id``, only if that agent holds it."""
+    async def release(self, tenant: str, lease_id: str, agent_id: str | None, principal: Principal) -> Released:
+        """Release the lease; with ``agent_id``, only if that agent holds it. With an
+        agent credential, ``agent_id`` is its agent; an admin key may release any
+        lease (a forced release, recorded as the key's)."""
         tag, token, contact = await self._find(tenant, lease_id)
         ctx = self.ctx
         k = ctx.keys
+        key_id = "" if principal.role == AGENT else principal.id
         reply = await ctx.scripts.lease_release(
-            [k.lease(tenant, contact), k.lease_registry(tenant, tag), k.events(tenant)],
-            [token, agent_id or "", contact, ctx.events_max],
+            [
+                k.lease(tenant, contact),
+                k.lease_registry(tenant, tag),
+                k.events(tenant),
+                k.agent(tenant, agent_id or ""),
+            ],
+            [token, agent_id or "", contact, ctx.events_max, principal.credential, key_id],
         )
         code = Reply(reply[0])
         if code < 0:
@@ -110,14 +126,19 @@ class Leases:
         next_cursor = encode_cursor(leases[-1].fencing_token, "") if len(found) > limit else None
         return LeaseList(leases=leases, next_cursor=next_cursor)
 
-    async def send_check(self, tenant: str, agent_id: str, contact: str, fencing_token: int | None) -> SendCheck:
-        """May ``agent_id`` email ``contact`` now? Refusals are answers, not errors."""
+    async def send_check(
+        self, tenant: str, agent_id: str, contact: str, fencing_token: int | None, credential: str
+    ) -> SendCheck:
+        """May ``agent_id`` email ``contact`` now? Refusals are answers, not errors;
+        a credential that is not the agent's is 401."""
         ctx = self.ctx
         reply = await ctx.scripts.lease_send_check(
-            [ctx.keys.heartbeats(tenant), ctx.keys.lease(tenant, contact)],
-            [agent_id, fencing_token or "", ctx.window_ms],
+            [ctx.keys.heartbeats(tenant), ctx.keys.lease(tenant, contact), ctx.keys.agent(tenant, agent_id)],
+            [agent_id, fencing_token or "", ctx.window_ms, credential],
         )
         code = Reply(reply[0])
+        if code is Reply.BAD_CREDENTIAL:
+            raise refused(code, reply, tenant=tenant, agent_id=agent_id)
         if code is Reply.OK:
             return SendCheck(allowed=True)
         return SendCheck(

@@ -1,9 +1,10 @@
-"""Rate limits: a token bucket per tenant and per acting agent (CONCORD_RATE_LIMITS)."""
+"""Rate limits: a token bucket per tenant and per agent (CONCORD_RATE_LIMITS)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from concord.server.principals import AGENT, Principal
 from concord.server.settings import RateLimit
 from concord.server.store.context import Context
 from concord.server.store.replies import Reply, refused
@@ -13,16 +14,21 @@ class RateLimits:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def take_token(self, tenant: str, agent_id: str | None, limits: Mapping[str, RateLimit]) -> None:
-        """Take a token from the tenant's bucket and, for a request made by an agent,
-        from that agent's, or raise rate_limited (taking none) if either is empty."""
-        keys, args = [], []
+    async def take_token(self, principal: Principal, limits: Mapping[str, RateLimit]) -> None:
+        """Take a token from the tenant's bucket and, for a call made with an agent
+        credential, from that agent's, or raise rate_limited (taking none) if either
+        is empty. An agent's bucket is keyed by the credential's agent, never by an
+        id the request claims, and the script draws from it only once the credential
+        proves to be the agent's (a forged one is refused, 401, nothing taken)."""
+        tenant, k = principal.tenant, self.ctx.keys
+        agent_id = principal.id if principal.role == AGENT else None
+        keys, args = [k.agent(tenant, agent_id or "")], [principal.credential]
         for scope, bucket in (("tenant", None), ("agent", agent_id)):
             limit = limits.get(scope)
             if limit is not None and (scope == "tenant" or agent_id is not None):
-                keys.append(self.ctx.keys.rate_bucket(tenant, bucket))
+                keys.append(k.rate_bucket(tenant, bucket))
                 args += [limit.per_second / 1000, limit.burst]
-        if not keys:
+        if len(keys) == 1:
             return
         reply = await self.ctx.scripts.rate_limit(keys, args)
         code = Reply(reply[0])

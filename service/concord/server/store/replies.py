@@ -20,7 +20,13 @@ from typing import Any
 import msgspec
 
 from concord.protocol import Agent, Consensus, Lease, LeaseHolder, Tally, Vote, routes
-from concord.server.errors import ConcordError, agent_not_found, consensus_not_found, lease_not_found
+from concord.server.errors import (
+    ConcordError,
+    agent_not_found,
+    consensus_not_found,
+    credential_refused,
+    lease_not_found,
+)
 from concord.server.metrics import METRICS
 from concord.server.store.keys import lease_id
 
@@ -45,6 +51,7 @@ class Reply(IntEnum):
     RATE_LIMITED = -11
     IDEMPOTENCY_KEY_REUSED = -12
     ROLE_NOT_ALLOWED = -13
+    BAD_CREDENTIAL = -14
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,7 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
         f"and agent {s.agent_id} would be of role {reply[1]!r}: use a key for that role, or an admin key",
         keyRole="enroll",
     ),
+    Reply.BAD_CREDENTIAL: lambda reply, s: credential_refused(s.agent_id or "", s.tenant),
     Reply.IDEMPOTENCY_KEY_REUSED: lambda reply, s: ConcordError(
         "idempotency_key_reused",
         "This Idempotency-Key was used for a different request in the last 24 hours; use a new key",

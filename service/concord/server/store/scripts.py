@@ -127,6 +127,7 @@ class Scripts:
     agent_register: Script
     agent_heartbeat: Script
     agent_remove: Script
+    agent_credential: Script
     lease_acquire: Script
     lease_renew: Script
     lease_release: Script
