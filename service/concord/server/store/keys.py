@@ -11,7 +11,8 @@ later in the key cannot move the tag.
 key                                       type    contents (TTL)
 ========================================  ======  ===================================================
 <p>:{t}:agent:<agentId>                   hash    id agentName agentRole metadata registeredAt
-                                                  updatedAt (none; removed by DELETE)
+                                                  updatedAt credential (SHA-256 hex of its
+                                                  current credential) (none; removed by DELETE)
 <p>:{t}:agents                            zset    agentId -> registeredAt ms (none)
 <p>:{t}:heartbeats                        zset    agentId -> last heartbeat ms, Redis time; holds
                                                   exactly the registered agents (none)
@@ -39,8 +40,10 @@ key                                       type    contents (TTL)
                                                   CONCORD_EVENTS_MAX_LENGTH entries; none)
 <p>:{t}:rate                              hash    tokens at: the tenant's rate-limit bucket
                                                   (until it would be full again)
-<p>:{t}:rate:agent:<agentId>              hash    tokens at: one agent's bucket (likewise)
-<p>:apikeys                               hash    sha256(api key) hex -> tenant (none; not
+<p>:{t}:rate:agent:<agentId>              hash    tokens at: one agent's bucket, drawn from by its
+                                                  own credential's calls only (likewise)
+<p>:apikeys                               hash    sha256(api key) hex -> its grant as JSON, and
+                                                  id:<key id> -> that digest (none; not
                                                   tenant-scoped, one slot of its own)
 ========================================  ======  ===================================================
 
