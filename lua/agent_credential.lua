@@ -24,7 +24,10 @@ local agent_id = ARGV[1]
 local credential = ARGV[2]
 local allowed_roles = ARGV[3]
 local events_max = tonumber(ARGV[4])
-ACTOR, ACTOR_ROLE = ARGV[5], ARGV[6]
+local key_id = ARGV[5]
+local key_role = ARGV[6]
+
+ACTOR, ACTOR_ROLE = key_id, key_role
 
 local wrong = wrong_type({[agent_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end

@@ -5,7 +5,7 @@
   KEYS[2] agent_key       keys.agent(tenant, agent_id)   hash (read: credential)
 
   ARGV[1] agent_id
-  ARGV[2] credential      SHA-256 hex of the agent's credential (lib.lua credential_ok)
+  ARGV[2] credential      SHA-256 hex of the agent's credential (lib.lua agent_credential_ok: never '')
 
   Replies:
     {OK, lastHeartbeat ms}
@@ -17,7 +17,7 @@ local agent_key = KEYS[2]
 local agent_id = ARGV[1]
 local credential = ARGV[2]
 
-if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
+if not agent_credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 -- ZSCORE fails on a key of another type before anything is written.
 if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
 local now_ms = clock()

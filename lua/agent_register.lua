@@ -38,7 +38,10 @@ local metadata = ARGV[4]
 local events_max = tonumber(ARGV[5])
 local allowed_roles = ARGV[6]
 local credential = ARGV[7]
-ACTOR, ACTOR_ROLE = ARGV[8], ARGV[9]
+local key_id = ARGV[8]
+local key_role = ARGV[9]
+
+ACTOR, ACTOR_ROLE = key_id, key_role
 
 local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream'})
 if wrong then return wrong end

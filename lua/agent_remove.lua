@@ -32,8 +32,10 @@ local events_key = KEYS[5]
 local lease_keys = {unpack(KEYS, 6)}
 local agent_id = ARGV[1]
 local events_max = tonumber(ARGV[2])
-ACTOR, ACTOR_ROLE = ARGV[3], 'admin'
+local key_id = ARGV[3]
 local contacts = {unpack(ARGV, 4)}
+
+ACTOR, ACTOR_ROLE = key_id, 'admin'
 
 local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash',
   [events_key] = 'stream'}

@@ -32,7 +32,7 @@
   ARGV[10] fingerprint    digest of the request's meaning, compared on a repeated Idempotency-Key
   ARGV[11] idempotency_ms how long an Idempotency-Key is remembered, milliseconds
   ARGV[12] events_max     the event stream's cap, entries (0: no events)
-  ARGV[13] credential     SHA-256 hex of the requester's credential (lib.lua credential_ok)
+  ARGV[13] credential     SHA-256 hex of the requester's credential (lib.lua agent_credential_ok: never '')
 
   Replies:
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
@@ -59,13 +59,14 @@ local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
 local events_max = tonumber(ARGV[12])
 local credential = ARGV[13]
+local requester_key = KEYS[11]
 
 local expected = consensus_types(k)
 if idempotency_key then expected[idempotency_key] = 'hash' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
 
-if not credential_ok(KEYS[11], credential) then return {BAD_CREDENTIAL} end
+if not agent_credential_ok(requester_key, credential) then return {BAD_CREDENTIAL} end
 act(requester_id, credential)
 local now_ms = clock()
 if idempotency_key then

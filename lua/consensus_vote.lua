@@ -22,7 +22,7 @@
   ARGV[4] window_ms       heartbeat liveness window, milliseconds
   ARGV[5] retention_ms    how long a decided request is kept
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
-  ARGV[7] credential      SHA-256 hex of the voter's credential (lib.lua credential_ok)
+  ARGV[7] credential      SHA-256 hex of the voter's credential (lib.lua agent_credential_ok: never '')
 
   Replies:
     {CREATED, consensus...}  the vote is counted now (consensus: see lib.lua consensus_reply)
@@ -46,8 +46,10 @@ local credential = ARGV[7]
 local wrong = wrong_type(consensus_types(k))
 if wrong then return wrong end
 
-if not credential_ok(voter_key, credential) then return {BAD_CREDENTIAL} end
-act(agent_id, credential)
+if not agent_credential_ok(voter_key, credential) then return {BAD_CREDENTIAL} end
+-- What is settled before this vote counts (the deadline passed, voters lapsed) is the
+-- clock's doing; what this vote decides is the voter's.
+ACTOR, ACTOR_ROLE = 'concord', 'service'
 local now_ms, now_us = clock()
 local requester = redis.call('HGET', k.cons, 'requestingAgentId')
 if not requester then return {CONSENSUS_NOT_FOUND} end
@@ -63,6 +65,7 @@ end
 local status = consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
 if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
 if not is_active(k.heartbeats, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+act(agent_id, credential)
 
 -- Microseconds, so that votes list in the order they were cast.
 redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_us) .. '|' .. agent_name .. '|' .. reason)

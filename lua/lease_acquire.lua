@@ -24,7 +24,7 @@
   ARGV[4] duration_ms     milliseconds
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
-  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua credential_ok)
+  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua agent_credential_ok: never '')
 
   Replies:
     {CREATED, lease..., previousHolderId}   granted (lease: see lib.lua lease_reply); the
@@ -53,7 +53,7 @@ local credential = ARGV[7]
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [fence_key] = 'string', [events_key] = 'stream'})
 if wrong then return wrong end
 
-if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
+if not agent_credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 act(agent_id, credential)
 local now_ms, now_us = clock()
 local agent_name = redis.call('HGET', agent_key, 'agentName')

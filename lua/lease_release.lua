@@ -27,17 +27,19 @@
 local lease_key = KEYS[1]
 local registry_key = KEYS[2]
 local events_key = KEYS[3]
+local agent_key = KEYS[4]
 local token = ARGV[1]
 local agent_id = ARGV[2]
 local contact = ARGV[3]
 local events_max = tonumber(ARGV[4])
 local credential = ARGV[5]
+local key_id = ARGV[6]
 
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end
 
-if not credential_ok(KEYS[4], credential) then return {BAD_CREDENTIAL} end
-act(agent_id, credential, ARGV[6], 'admin')
+if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
+act(agent_id, credential, key_id, 'admin')
 local held = lease_parse(redis.call('GET', lease_key))
 if not held or held.token ~= token then return {LEASE_NOT_FOUND} end
 if agent_id ~= '' and held.holder ~= agent_id then return {NOT_LEASE_HOLDER, held.holder} end

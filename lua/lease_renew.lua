@@ -16,7 +16,7 @@
   ARGV[4] duration_ms     the new expiry is now + duration_ms
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
-  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua credential_ok)
+  ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua agent_credential_ok: never '')
 
   Replies:
     {OK, lease...}
@@ -30,6 +30,7 @@ local heartbeats_key = KEYS[1]
 local lease_key = KEYS[2]
 local registry_key = KEYS[3]
 local events_key = KEYS[4]
+local agent_key = KEYS[5]
 local token = ARGV[1]
 local agent_id = ARGV[2]
 local contact = ARGV[3]
@@ -41,7 +42,7 @@ local credential = ARGV[7]
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [events_key] = 'stream'})
 if wrong then return wrong end
 
-if not credential_ok(KEYS[5], credential) then return {BAD_CREDENTIAL} end
+if not agent_credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 act(agent_id, credential)
 local now_ms = clock()
 local held = lease_parse(redis.call('GET', lease_key))

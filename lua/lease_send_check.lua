@@ -24,12 +24,13 @@
 ]]
 local heartbeats_key = KEYS[1]
 local lease_key = KEYS[2]
+local agent_key = KEYS[3]
 local agent_id = ARGV[1]
 local fencing_token = ARGV[2]
 local window_ms = tonumber(ARGV[3])
 local credential = ARGV[4]
 
-if not credential_ok(KEYS[3], credential) then return {BAD_CREDENTIAL} end
+if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 local now_ms = clock()
 if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
 if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end

@@ -79,6 +79,14 @@ local function credential_ok(agent_key, credential)
   return credential == '' or redis.call('HGET', agent_key, 'credential') == credential
 end
 
+-- The caller acts as the agent itself, as only an agent's own credential may
+-- (heartbeat, acquire, renew, consensus request and vote): '' (an API key) is
+-- refused too, so a key that reached here by a mistake of the service's still
+-- cannot act as an agent (nor write a lease whose event has no actor).
+local function agent_credential_ok(agent_key, credential)
+  return credential ~= '' and credential_ok(agent_key, credential)
+end
+
 -- Whether an agent of `role` is one a key limited to `allowed_roles` (one per
 -- line; '' for any) may register or manage.
 local function role_allowed(allowed_roles, role)

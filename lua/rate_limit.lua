@@ -4,7 +4,7 @@
   Token buckets: each refills at its rate up to its burst, and a bucket that would
   be full simply expires, so an idle tenant or agent costs nothing in Redis.
 
-  KEYS[1]   agent_key     keys.agent(tenant, agent_id) of the acting agent (read: credential);
+  KEYS[1]   agent_key     keys.agent(tenant, agent_id)   hash of the acting agent (read: credential);
                           with an API key, any key of the tenant's slot (not read)
   KEYS[2..] bucket_keys   keys.rate_bucket(tenant[, principal])   hash tokens, at (ms)
 
@@ -19,10 +19,12 @@
     {RATE_LIMITED, wait}  nothing taken; a token is due in `wait` milliseconds
     error WRONGTYPE      a bucket key holds another type; nothing was written
 ]]
+local agent_key = KEYS[1]
 local bucket_keys = {unpack(KEYS, 2)}
+local credential = ARGV[1]
 local limits = {unpack(ARGV, 2)}
 
-if not credential_ok(KEYS[1], ARGV[1]) then return {BAD_CREDENTIAL} end
+if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 
 local now_ms = clock()
 local tokens, wait_ms = {}, 0

@@ -195,4 +195,5 @@ class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
     consensus_status: ConsensusStatus | None = None  # consensus_closed
     vote: VoteChoice | None = None  # already_voted: the earlier vote
     retry_after_ms: int | None = None  # rate_limited
-    key_role: str | None = None  # insufficient_scope: the role of the key that was refused
+    key_role: str | None = None  # insufficient_scope: the role of the credential that was refused (or "agent")
+    agent_id: str | None = None  # agent_mismatch: the credential's own agent

@@ -63,7 +63,7 @@ def agent_mismatch(claimed: str, own: str) -> ConcordError:
     """403 for a request naming another agent than its credential's."""
     return ConcordError(
         "agent_mismatch",
-        f"This credential is agent {own}'s and acts only as {own}, not as {claimed}: "
+        f"This credential is agent {own}'s and acts only as {own}, not as {shown(claimed)}: "
         "leave the agent id out, or use that agent's own credential",
         agentId=own,
     )

@@ -162,13 +162,16 @@ class Endpoint:
             if self.decoder is not None:
                 body = decode_body(self.decoder, await read_body(headers, receive), tenant)
             ids = {name: path_id(scope, name, tenant) for name in self.ids}
+            # The agent the request names, for the access line: set before act_as, so a
+            # refused impersonation is logged with the agent it tried to act as.
+            scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
             if principal.role == AGENT:
                 if self.acts_as is None:
                     await deadlines.run(auth.prove(principal))
                 else:
                     act_as(principal, body if self.body is not None else query, self.acts_as)
+                    scope["concord.agent"] = getattr(body if self.body is not None else query, self.acts_as)
             call = Call(store, tenant, principal, body, query, ids, headers, deadlines.seconds)
-            scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
         answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
         if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
             await answer(scope, receive, send)

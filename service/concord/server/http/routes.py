@@ -210,7 +210,7 @@ async def list_leases(c: Call) -> Answer | Response:
 async def send_check(c: Call) -> Answer | Response:
     body: p.SendCheckBody = c.body
     if body.agent_id is None:  # a key names the agent; a credential is its agent
-        raise invalid("$.agentId", "required with an API key: the agent about to send", "$.agentId")
+        raise invalid("agentId", "required with an API key: the agent about to send", "$.agentId")
     answer = await c.store.leases.send_check(
         c.tenant, body.agent_id, body.contact_email, body.fencing_token, c.credential
     )

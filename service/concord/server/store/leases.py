@@ -4,7 +4,7 @@ and the send-check that an email pipeline asks before each send."""
 from __future__ import annotations
 
 from concord.protocol import Lease, LeaseList, Released, SendCheck
-from concord.server.errors import lease_not_found
+from concord.server.errors import credential_refused, lease_not_found
 from concord.server.metrics import METRICS
 from concord.server.principals import AGENT, Principal
 from concord.server.store.context import Context
@@ -54,7 +54,7 @@ class Leases:
 
     async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int, credential: str) -> Lease:
         """Move the lease's expiry to now + ``duration_ms``; only its holder may, while active."""
-        tag, token, contact = await self._find(tenant, lease_id)
+        tag, token, contact = await self._find(tenant, lease_id, agent_id, credential)
         ctx = self.ctx
         k = ctx.keys
         reply = await ctx.scripts.lease_renew(
@@ -77,7 +77,7 @@ class Leases:
         """Release the lease; with ``agent_id``, only if that agent holds it. With an
         agent credential, ``agent_id`` is its agent; an admin key may release any
         lease (a forced release, recorded as the key's)."""
-        tag, token, contact = await self._find(tenant, lease_id)
+        tag, token, contact = await self._find(tenant, lease_id, agent_id, principal.credential)
         ctx = self.ctx
         k = ctx.keys
         key_id = "" if principal.role == AGENT else principal.id
@@ -147,11 +147,20 @@ class Leases:
             lease_holder=holder(reply) if len(reply) > 1 else None,
         )
 
-    async def _find(self, tenant: str, lease_id: str) -> tuple[str, int, str]:
-        """(agent tag, fencing token, contact) of a lease id, from its holder's registry."""
+    async def _find(
+        self, tenant: str, lease_id: str, agent_id: str | None = None, credential: str = ""
+    ) -> tuple[str, int, str]:
+        """(agent tag, fencing token, contact) of a lease id, from its holder's registry.
+        A lease not found is 404 only to the agent's current credential: any other is
+        401, as it would be had the lease existed (the script checks it then)."""
         tag, token = parse_lease_id(lease_id)
         entry = await self.ctx.redis.hget(self.ctx.keys.lease_registry(tenant, tag), str(token))
         if entry is None:
+            if (
+                credential
+                and await self.ctx.redis.hget(self.ctx.keys.agent(tenant, agent_id or ""), "credential") != credential
+            ):
+                raise credential_refused(agent_id or "", tenant)
             raise lease_not_found(lease_id, tenant)
         return tag, token, entry.partition(":")[2]
 
