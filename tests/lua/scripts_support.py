@@ -2,8 +2,13 @@
 script run with the keys and arguments the store passes it.
 
 The tests (test_agent_scripts.py, test_lease_scripts.py, test_lease_fencing_scripts.py,
-test_consensus_scripts.py) check every documented reply of every Lua script, on
-fakeredis and on a real Redis; lua/rate_limit.lua's are in tests/api/test_rate_limits.py.
+test_consensus_scripts.py, test_credential_scripts.py) check every documented reply of
+every Lua script, on fakeredis and on a real Redis; lua/rate_limit.lua's buckets are in
+tests/api/test_rate_limits.py, its credential check in test_credential_scripts.py.
+
+Each agent is registered with the digest ``credential(agent_id)`` and every helper
+that acts as an agent passes it, unless told ``as_credential``: another digest, or
+'' for an API key (whose role the service has checked before calling the script).
 
 The tests call the scripts directly (``store.scripts.<name>``) with keys from the
 key schema and check two things each time: the raw reply, and what Redis holds
@@ -82,9 +87,20 @@ def pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(it, it))
 
 
+async def events(store: Store) -> list[dict[str, str]]:
+    """The tenant's event stream, oldest first: each entry's fields."""
+    return [fields for _, fields in await store.redis.xrange(store.keys.events(TENANT))]
+
+
+def actors(entries: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(type, actor, actorRole) of each event."""
+    return [(e["type"], e.get("actor"), e.get("actorRole")) for e in entries]
+
+
 # --- running the scripts -----------------------------------------------------
 
-KEY_ID = "cfg-1"  # the API key the scripts are told registers and removes agents
+KEY_ID = "cfg-1"  # the API key the scripts are told registers, rotates, removes and force-releases
+FORGED = hashlib.sha256(b"a credential nobody was given").hexdigest()
 
 
 def credential(agent_id: str) -> str:
@@ -93,12 +109,48 @@ def credential(agent_id: str) -> str:
     return hashlib.sha256(f"credential of {agent_id}".encode()).hexdigest()
 
 
-async def register(store: Store, name: str, role: str = "", metadata: str = "", allowed_roles: str = "") -> list:
+def digest(agent_id: str, as_credential: str | None) -> str:
+    """What an acting helper passes: ``as_credential``, or the agent's own digest."""
+    return credential(agent_id) if as_credential is None else as_credential
+
+
+async def register(
+    store: Store,
+    name: str,
+    role: str = "",
+    metadata: str = "",
+    allowed_roles: str = "",
+    new_credential: str | None = None,
+    key_role: str = "admin",
+) -> list:
+    """agent_register by the key KEY_ID (of ``key_role``), storing ``new_credential``
+    (by default the agent's ``credential(agent_id)``)."""
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
         keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.events(TENANT)],
-        args=[agent_id, name, role, metadata, EVENTS_MAX, allowed_roles, credential(agent_id), KEY_ID, "admin"],
+        args=[
+            agent_id,
+            name,
+            role,
+            metadata,
+            EVENTS_MAX,
+            allowed_roles,
+            digest(agent_id, new_credential),
+            KEY_ID,
+            key_role,
+        ],
+    )
+
+
+async def rotate(
+    store: Store, agent_id: str, new_credential: str, allowed_roles: str = "", key_role: str = "admin"
+) -> list:
+    """agent_credential by the key KEY_ID (of ``key_role``): ``new_credential`` replaces the agent's."""
+    k = store.keys
+    return await store.scripts.agent_credential(
+        keys=[k.agent(TENANT, agent_id), k.events(TENANT)],
+        args=[agent_id, new_credential, allowed_roles, EVENTS_MAX, KEY_ID, key_role],
     )
 
 
@@ -117,7 +169,7 @@ async def heartbeat(store: Store, agent_id: str, as_credential: str | None = Non
     k = store.keys
     return await store.scripts.agent_heartbeat(
         keys=[k.heartbeats(TENANT), k.agent(TENANT, agent_id)],
-        args=[agent_id, credential(agent_id) if as_credential is None else as_credential],
+        args=[agent_id, digest(agent_id, as_credential)],
     )
 
 
@@ -147,7 +199,12 @@ async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
 
 
 async def acquire(
-    store: Store, agent_id: str, contact: str = CONTACT, intent: str = "", duration_ms: int = MINUTE_MS
+    store: Store,
+    agent_id: str,
+    contact: str = CONTACT,
+    intent: str = "",
+    duration_ms: int = MINUTE_MS,
+    as_credential: str | None = None,
 ) -> list:
     k = store.keys
     return await store.scripts.lease_acquire(
@@ -159,7 +216,7 @@ async def acquire(
             k.fence(TENANT),
             k.events(TENANT),
         ],
-        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX, credential(agent_id)],
+        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX, digest(agent_id, as_credential)],
     )
 
 
@@ -201,7 +258,14 @@ async def granted(store: Store, agent_id: str, contact: str = CONTACT, **kwargs:
     return lease_of(reply)
 
 
-async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTACT, duration_ms: int = MINUTE_MS):
+async def renew(
+    store: Store,
+    lease_id: str,
+    agent_id: str,
+    contact: str = CONTACT,
+    duration_ms: int = MINUTE_MS,
+    as_credential: str | None = None,
+) -> list:
     """lease_renew with the keys the store passes: the registry of the tag, and the token, in the lease id."""
     k = store.keys
     tag, token = parse_lease_id(lease_id)
@@ -213,29 +277,32 @@ async def renew(store: Store, lease_id: str, agent_id: str, contact: str = CONTA
             k.events(TENANT),
             k.agent(TENANT, agent_id),
         ],
-        args=[token, agent_id, contact, duration_ms, store.ctx.window_ms, EVENTS_MAX, credential(agent_id)],
+        args=[token, agent_id, contact, duration_ms, store.ctx.window_ms, EVENTS_MAX, digest(agent_id, as_credential)],
     )
 
 
-async def release(store: Store, lease_id: str, contact: str = CONTACT, agent_id: str = "") -> list:
-    """lease_release by ``agent_id`` with its credential, or without one by an admin key (KEY_ID)."""
+async def release(
+    store: Store, lease_id: str, contact: str = CONTACT, agent_id: str = "", as_credential: str | None = None
+) -> list:
+    """lease_release by ``agent_id`` with its credential (or ``as_credential``), or, with
+    no agent or with ``as_credential=''``, by the admin key KEY_ID: a forced release."""
     k = store.keys
     tag, token = parse_lease_id(lease_id)
-    as_agent = credential(agent_id) if agent_id else ""
+    as_agent = (credential(agent_id) if agent_id else "") if as_credential is None else as_credential
     return await store.scripts.lease_release(
         keys=[k.lease(TENANT, contact), k.lease_registry(TENANT, tag), k.events(TENANT), k.agent(TENANT, agent_id)],
-        args=[token, agent_id, contact, EVENTS_MAX, as_agent, "" if agent_id else KEY_ID],
+        args=[token, agent_id, contact, EVENTS_MAX, as_agent, "" if as_agent else KEY_ID],
     )
 
 
 async def send_check(
-    store: Store, agent_id: str, contact: str = CONTACT, token: str = "", as_agent: bool = False
+    store: Store, agent_id: str, contact: str = CONTACT, token: str = "", as_credential: str = ""
 ) -> list:
-    """lease_send_check as a gate key asks it, or with ``as_agent`` with the agent's credential."""
+    """lease_send_check as a gate key asks it (''), or with ``as_credential``, an agent's digest."""
     k = store.keys
     return await store.scripts.lease_send_check(
         keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.agent(TENANT, agent_id)],
-        args=[agent_id, token, store.ctx.window_ms, credential(agent_id) if as_agent else ""],
+        args=[agent_id, token, store.ctx.window_ms, as_credential],
     )
 
 
@@ -259,6 +326,7 @@ async def request(
     action: str = "unsubscribe",
     contact: str = "",
     reason: str = "",
+    as_credential: str | None = None,
 ) -> list:
     consensus_id = consensus_id or new_id("cons")
     return await store.scripts.consensus_request(
@@ -276,7 +344,7 @@ async def request(
             "",
             IDEMPOTENCY_MS,
             EVENTS_MAX,
-            credential(requester),
+            digest(requester, as_credential),
         ],
     )
 
@@ -288,10 +356,25 @@ async def opened(store: Store, requester: str, **kwargs: Any) -> str:
     return pairs(reply[1])["id"]
 
 
-async def vote(store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "") -> list:
+async def vote(
+    store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "", as_credential: str | None = None
+) -> list:
     return await store.scripts.consensus_vote(
         keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id)],
-        args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX, credential(agent_id)],
+        args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX, digest(agent_id, as_credential)],
+    )
+
+
+async def take_token(store: Store, agent_id: str = "", as_credential: str | None = None, burst: int = 5) -> list:
+    """rate_limit as the store calls it: the tenant's bucket, and with ``agent_id``
+    (a call with that agent's credential) the agent's too; without one, as an API key ('')."""
+    k = store.keys
+    rate = 1 / 1000  # a token a second, in tokens per millisecond
+    buckets = [k.rate_bucket(TENANT)] + ([k.rate_bucket(TENANT, agent_id)] if agent_id else [])
+    return await store.scripts.rate_limit(
+        keys=[k.agent(TENANT, agent_id)] + buckets,
+        args=[(digest(agent_id, as_credential) if agent_id else "") if as_credential is None else as_credential]
+        + [rate, burst] * len(buckets),
     )
 
 

@@ -1,6 +1,8 @@
 """agent_register, agent_heartbeat and agent_remove: every reply, what each leaves
-in Redis (the agent hash, the agents and heartbeats sorted sets, the lease registry),
-and that each is safe to run twice. How the tests work: scripts_support.py.
+in Redis (the agent hash and its credential digest, the agents and heartbeats sorted
+sets, the lease registry), and that each is safe to run twice. agent_credential and
+the refusals of a wrong credential are in test_credential_scripts.py. How the tests
+work: scripts_support.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from tests.lua.scripts_support import (
     TENANT,
     assert_stored,
     clock,
+    credential,
     dump,
     granted,
     heartbeat,
@@ -48,6 +51,7 @@ async def test_register_creates_an_agent_and_counts_as_a_heartbeat(store, redis_
         "metadata": "{}",
         "registeredAt": str(heartbeat_ms),
         "updatedAt": str(heartbeat_ms),
+        "credential": credential(agent_id),  # the digest only: the credential itself is never stored
     }
     assert await redis_client.zscore(k.heartbeats(TENANT), agent_id) == heartbeat_ms
     assert await redis_client.zrange(k.agents(TENANT), 0, -1, withscores=True) == [(agent_id, heartbeat_ms)]
@@ -61,7 +65,7 @@ async def test_register_again_updates_and_keeps_registered_at(store, redis_clien
     await redis_client.hset(k.agent(TENANT, agent_id), "updatedAt", "1")
     await lapse(store, agent_id)
 
-    code, flat, heartbeat_ms = await register(store, "sdr", "retention", '{"tier": 2}')
+    code, flat, heartbeat_ms = await register(store, "sdr", "retention", '{"tier": 2}', new_credential="b" * 64)
 
     assert code == Reply.OK
     agent = await redis_client.hgetall(k.agent(TENANT, agent_id))
@@ -73,6 +77,10 @@ async def test_register_again_updates_and_keeps_registered_at(store, redis_clien
     assert await redis_client.zscore(k.heartbeats(TENANT), agent_id) == heartbeat_ms
     # Still one agent, listed at its registration time.
     assert await redis_client.zrange(k.agents(TENANT), 0, -1, withscores=True) == [(agent_id, int(registered_at))]
+    # A registration always brings a new credential: it replaces the earlier one, which is refused from now on.
+    assert agent["credential"] == "b" * 64
+    assert await heartbeat(store, agent_id) == [Reply.BAD_CREDENTIAL]
+    assert (await heartbeat(store, agent_id, as_credential="b" * 64))[0] == Reply.OK
 
 
 async def test_register_with_empty_role_and_metadata_keeps_the_current_ones(store, redis_client):
@@ -104,11 +112,12 @@ async def test_heartbeat_records_redis_time(store, redis_client):
     assert await redis_client.zscore(store.keys.heartbeats(TENANT), agent_id) == last
 
 
-async def test_heartbeat_of_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
+async def test_heartbeat_of_an_unregistered_agent_is_bad_credential(store, redis_client, prefix):
+    """An unknown agent has no credential, so whatever digest claims it is refused first."""
     await new_agent(store, "sdr")
     before = await dump(redis_client, prefix)
 
-    assert await heartbeat(store, agent_id_for(TENANT, "nobody")) == [Reply.AGENT_NOT_FOUND]
+    assert await heartbeat(store, agent_id_for(TENANT, "nobody")) == [Reply.BAD_CREDENTIAL]
 
     assert await dump(redis_client, prefix) == before
 

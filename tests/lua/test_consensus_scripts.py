@@ -1,6 +1,8 @@
 """consensus_request, consensus_vote and consensus_read: every reply, the majority of
 the eligible (active) agents that decides, expiry at the deadline, the status lists,
-and that request and vote are safe to run twice. How the tests work: scripts_support.py.
+and that request and vote are safe to run twice. A wrong credential, and who each
+event names as its actor, are in test_credential_scripts.py. How the tests work:
+scripts_support.py.
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ async def test_request_run_twice_with_one_id_returns_the_first_request(store, re
     assert await dump(redis_client, prefix) == before
 
 
-async def test_request_by_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
+async def test_request_by_an_unregistered_agent_is_bad_credential(store, redis_client, prefix):
+    """An unknown agent has no credential, so whatever digest claims it is refused first."""
     await new_agent(store, "support")
     before = await dump(redis_client, prefix)
 
-    assert await request(store, agent_id_for(TENANT, "nobody")) == [Reply.AGENT_NOT_FOUND]
+    assert await request(store, agent_id_for(TENANT, "nobody")) == [Reply.BAD_CREDENTIAL]
 
     assert await dump(redis_client, prefix) == before
 
@@ -243,13 +246,14 @@ async def test_vote_on_an_unknown_request_is_consensus_not_found(store, redis_cl
     assert await dump(redis_client, prefix) == before
 
 
-async def test_vote_by_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
+async def test_vote_by_an_unregistered_agent_is_bad_credential(store, redis_client, prefix):
+    """An unknown agent has no credential, so whatever digest claims it is refused first."""
     requester = await new_agent(store, "sdr")
     await new_agent(store, "support")
     consensus_id = await opened(store, requester)
     before = await dump(redis_client, prefix)
 
-    assert await vote(store, consensus_id, agent_id_for(TENANT, "nobody"), "approve") == [Reply.AGENT_NOT_FOUND]
+    assert await vote(store, consensus_id, agent_id_for(TENANT, "nobody"), "approve") == [Reply.BAD_CREDENTIAL]
 
     assert await dump(redis_client, prefix) == before
 

@@ -15,6 +15,7 @@ import re
 
 import pytest
 
+from concord.server.principals import KeyGrant
 from concord.server.store import Store
 from concord.server.store.keys import Keys
 from concord.server.store.replies import Reply
@@ -354,8 +355,8 @@ def test_every_script_declares_its_inputs():
 
 @pytest.mark.real
 async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
-    store = Store(real_client, keys, 300)
-    agent, created = await store.agents.register(TENANT, "sdr", None, None)
+    store, key = Store(real_client, keys, 300), KeyGrant("cfg-1", TENANT)
+    agent, created = await store.agents.register(TENANT, "sdr", None, None, key)
     assert created
     sha = hashlib.sha1((lib_text() + "\n" + SCRIPTS["agent_register"].text).encode()).hexdigest()
     assert await real_client.script_exists(sha) == [True]
@@ -363,7 +364,7 @@ async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
     await real_client.script_flush()
     assert await real_client.script_exists(sha) == [False]
 
-    again, created = await store.agents.register(TENANT, "sdr", "retention", None)
+    again, created = await store.agents.register(TENANT, "sdr", "retention", None, key)
     assert not created
     assert again.id == agent.id and again.agent_role == "retention"
     assert await real_client.script_exists(sha) == [True]

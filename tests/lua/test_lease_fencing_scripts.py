@@ -1,8 +1,9 @@
 """Fencing: the tokens lease_acquire hands out (strictly increasing, never below
 Redis's time), the lease ids made of the holder's tag and the token, and
 lease_send_check, which lets an active agent send only to a contact that is free or
-its own, and with a token only if it is the contact's current one. How the tests
-work: scripts_support.py.
+its own, and with a token only if it is the contact's current one. send_check here
+asks as a gate key does (no credential); with an agent's credential, in
+test_credential_scripts.py. How the tests work: scripts_support.py.
 """
 
 from __future__ import annotations

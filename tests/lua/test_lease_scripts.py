@@ -1,7 +1,8 @@
 """lease_acquire, lease_renew and lease_release: every reply, the lease string and
 registry entry each leaves, the registry's dropping of expired entries, and that
 each is safe to run twice. Fencing tokens, lease ids and lease_send_check are in
-test_lease_fencing_scripts.py; how the tests work, in scripts_support.py.
+test_lease_fencing_scripts.py; a wrong credential, in test_credential_scripts.py; how
+the tests work, in scripts_support.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concord.server.store.replies import Reply
 from tests.lua.scripts_support import (
     CONTACT,
     HOUR_MS,
+    KEY_ID,
     MINUTE_MS,
     TENANT,
     acquire,
@@ -73,6 +75,8 @@ async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
     ((_, last),) = await redis_client.xrevrange(k.events(TENANT), count=1)
     assert last == {
         "type": "lease.acquired",
+        "actor": agent_id,
+        "actorRole": "agent",
         "agentId": agent_id,
         "agentName": "sdr",
         "contactEmail": CONTACT,
@@ -181,11 +185,12 @@ async def test_acquire_takes_over_the_lease_of_an_inactive_holder(store, redis_c
     assert [lease.id for lease in (await store.leases.page(TENANT, None, CONTACT, 10, None)).leases] == [new["id"]]
 
 
-async def test_acquire_by_an_unregistered_agent_is_agent_not_found(store, redis_client, prefix):
+async def test_acquire_by_an_unregistered_agent_is_bad_credential(store, redis_client, prefix):
+    """An unknown agent has no credential, so whatever digest claims it is refused first."""
     await new_agent(store, "sdr")
     before = await dump(redis_client, prefix)
 
-    assert await acquire(store, agent_id_for(TENANT, "nobody")) == [Reply.AGENT_NOT_FOUND]
+    assert await acquire(store, agent_id_for(TENANT, "nobody")) == [Reply.BAD_CREDENTIAL]
 
     assert await dump(redis_client, prefix) == before
 
@@ -330,8 +335,10 @@ async def test_renew_by_another_agent_is_not_lease_holder(store, redis_client, p
     lease = await granted(store, a)
     before = await dump(redis_client, prefix)
 
+    # b, with its own credential, is not the holder.
     assert await renew(store, lease["id"], b) == [Reply.NOT_LEASE_HOLDER, a]
-    assert await renew(store, lease["id"], agent_id_for(TENANT, "nobody")) == [Reply.NOT_LEASE_HOLDER, a]
+    # An unknown agent has no credential: refused before the lease is even looked at.
+    assert await renew(store, lease["id"], agent_id_for(TENANT, "nobody")) == [Reply.BAD_CREDENTIAL]
 
     assert await dump(redis_client, prefix) == before
 
@@ -408,13 +415,60 @@ async def test_release_by_another_agent_is_not_lease_holder(store, redis_client,
     assert await dump(redis_client, prefix) == before
 
 
-async def test_release_without_an_agent_lets_anyone_release(store, redis_client):
+async def test_release_by_an_admin_key_without_an_agent_is_a_forced_release(store, redis_client):
+    """No agent and no credential: the service passes that only for an admin key. Any lease
+    of the tenant goes, and its event says it was forced, by that key."""
     k, agent_id = store.keys, await new_agent(store, "sdr")
     lease = await granted(store, agent_id)
 
     assert (await release(store, lease["id"], agent_id=""))[0] == Reply.OK
 
     assert not await redis_client.exists(k.lease(TENANT, CONTACT), registry(store, agent_id))
+    ((_, last),) = await redis_client.xrevrange(k.events(TENANT), count=1)
+    assert last == {
+        "type": "lease.released",
+        "actor": KEY_ID,
+        "actorRole": "admin",
+        "agentId": agent_id,
+        "contactEmail": CONTACT,
+        "fencingToken": lease["fencingToken"],
+        "reason": "forced",
+    }
+
+
+async def test_release_by_an_admin_key_naming_an_agent_releases_only_its_lease(store, redis_client, prefix):
+    """An admin key that names the holder (?agentId) with no credential: only that agent's
+    lease goes, forced, recorded as the key's."""
+    k = store.keys
+    a, b = await new_agent(store, "sdr"), await new_agent(store, "support")
+    lease = await granted(store, a)
+    before = await dump(redis_client, prefix)
+
+    assert await release(store, lease["id"], agent_id=b, as_credential="") == [Reply.NOT_LEASE_HOLDER, a]
+    assert await dump(redis_client, prefix) == before
+
+    assert (await release(store, lease["id"], agent_id=a, as_credential=""))[0] == Reply.OK
+    assert not await redis_client.exists(k.lease(TENANT, CONTACT), registry(store, a))
+    ((_, last),) = await redis_client.xrevrange(k.events(TENANT), count=1)
+    assert (last["actor"], last["actorRole"], last["agentId"], last["reason"]) == (KEY_ID, "admin", a, "forced")
+
+
+async def test_release_by_the_holder_is_recorded_as_the_agents(store, redis_client):
+    k, agent_id = store.keys, await new_agent(store, "sdr")
+    lease = await granted(store, agent_id)
+
+    assert (await release(store, lease["id"], agent_id=agent_id))[0] == Reply.OK
+
+    ((_, last),) = await redis_client.xrevrange(k.events(TENANT), count=1)
+    assert last == {
+        "type": "lease.released",
+        "actor": agent_id,
+        "actorRole": "agent",
+        "agentId": agent_id,
+        "contactEmail": CONTACT,
+        "fencingToken": lease["fencingToken"],
+        "reason": "released",
+    }
 
 
 # --- safe to run twice -------------------------------------------------------

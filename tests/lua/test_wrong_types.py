@@ -31,13 +31,14 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 import concord.server.store.consensus as store_module
+from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import RateLimit, key_digest
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, parse_lease_id
 from concord.server.store.scripts import LIB, sources
 from tests.lua.test_headers import checked_types, header_types
-from tests.support.api import V1, C, problem
-from tests.support.helpers import Stack, running_stack, snapshot
+from tests.support.api import V1, C, Fleet, problem
+from tests.support.helpers import HANG_SECONDS, Stack, running_stack, snapshot
 from tests.support.reports import FaultRecord, fault_record
 
 TENANT = "acme"
@@ -52,6 +53,7 @@ LIMITS = {"tenant": RateLimit(per_second=100.0, burst=100), "agent": RateLimit(p
 PLANTED = {"hash": "string", "zset": "hash", "string": "list", "stream": "string"}
 # Scripts that write nothing: a wrong type there is refused by the read itself.
 READ_ONLY = {"lease_send_check"}
+KEY = KeyGrant("cfg-1", TENANT)  # the admin key that registers, rotates and removes
 
 
 # --- Redis, before and after ---------------------------------------------------------
@@ -76,7 +78,8 @@ async def plant(db: redis.asyncio.Redis, key: str, kind: str) -> None:
 @dataclass
 class World:
     """Made through the Store: agents sdr (holding leases on ALSO and HELD), peer and
-    third; a pending request by sdr; one past its deadline that a read would expire."""
+    third; a pending request by sdr; one past its deadline that a read would expire.
+    Each agent acts with its own credential (``as_`` its principal)."""
 
     sdr: str
     peer: str
@@ -84,6 +87,13 @@ class World:
     lease_id: str
     pending: str
     overdue: str
+    digests: dict[str, str]
+
+    def as_(self, agent_id: str) -> AgentPrincipal:
+        return AgentPrincipal(TENANT, agent_id, self.digests[agent_id])
+
+    def digest(self, agent_id: str) -> str:
+        return self.digests[agent_id]
 
 
 def _value(result: Any) -> Any:
@@ -92,19 +102,22 @@ def _value(result: Any) -> Any:
 
 
 async def build_world(store: Store) -> World:
-    sdr, peer, third = [
-        _value(await store.agents.register(TENANT, name, None, None)).id for name in ("sdr", "peer", "third")
+    registered = [
+        _value(await store.agents.register(TENANT, name, None, None, KEY)) for name in ("sdr", "peer", "third")
     ]
-    await store.leases.acquire(TENANT, sdr, ALSO, None, 600_000)
-    lease = _value(await store.leases.acquire(TENANT, sdr, HELD, "outreach", 600_000))
-    pending = _value(await store.consensus.request(TENANT, sdr, "offer", None, None, 3_600_000)).id
-    overdue = _value(await store.consensus.request(TENANT, sdr, "late", None, None, 3_600_000)).id
+    sdr, peer, third = (agent.id for agent in registered)
+    digests = {agent.id: key_digest(agent.credential) for agent in registered}
+    await store.leases.acquire(TENANT, sdr, ALSO, None, 600_000, digests[sdr])
+    lease = _value(await store.leases.acquire(TENANT, sdr, HELD, "outreach", 600_000, digests[sdr]))
+    pending = _value(await store.consensus.request(TENANT, sdr, "offer", None, None, 3_600_000, digests[sdr])).id
+    overdue = _value(await store.consensus.request(TENANT, sdr, "late", None, None, 3_600_000, digests[sdr])).id
     seconds, micros = await store.redis.time()
     await store.redis.hset(
         store.keys.consensus(TENANT, overdue), "expiresAt", str(seconds * 1000 + micros // 1000 - 1000)
     )
-    await store.limits.take_token(TENANT, sdr, LIMITS)
-    return World(sdr, peer, third, lease.id, pending, overdue)
+    world = World(sdr, peer, third, lease.id, pending, overdue, digests)
+    await store.limits.take_token(world.as_(sdr), LIMITS)
+    return world
 
 
 def fixed_new_id(kind: str) -> str:
@@ -161,11 +174,19 @@ def events_key(k: Keys, w: World) -> str:
 
 
 def register_newbie(store: Store, w: World) -> Awaitable[Any]:
-    return store.agents.register(TENANT, "newbie", None, None)
+    return store.agents.register(TENANT, "newbie", None, None, KEY)
+
+
+def rotate_sdr(store: Store, w: World) -> Awaitable[Any]:
+    return store.agents.rotate(TENANT, w.sdr, KEY)
+
+
+def heartbeat_sdr(store: Store, w: World) -> Awaitable[Any]:
+    return store.agents.heartbeat(TENANT, w.sdr, w.digest(w.sdr))
 
 
 def remove_sdr(store: Store, w: World) -> Awaitable[Any]:
-    return store.agents.remove(TENANT, w.sdr)
+    return store.agents.remove(TENANT, w.sdr, KEY)
 
 
 def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -181,21 +202,21 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
             k.lease(TENANT, ALSO),
             k.lease(TENANT, HELD),
         ],
-        [w.sdr, store.ctx.events_max, ALSO, HELD],
+        [w.sdr, store.ctx.events_max, KEY.id, ALSO, HELD],
     )
 
 
 def acquire_free(store: Store, w: World) -> Awaitable[Any]:
-    return store.leases.acquire(TENANT, w.sdr, FREE, None, 600_000)
+    return store.leases.acquire(TENANT, w.sdr, FREE, None, 600_000, w.digest(w.sdr))
 
 
 def acquire_held_again(store: Store, w: World) -> Awaitable[Any]:
     """The holder asking again: the extension rewrites the lease and its registry entry."""
-    return store.leases.acquire(TENANT, w.sdr, HELD, None, 600_000)
+    return store.leases.acquire(TENANT, w.sdr, HELD, None, 600_000, w.digest(w.sdr))
 
 
 def renew_held(store: Store, w: World) -> Awaitable[Any]:
-    return store.leases.renew(TENANT, w.lease_id, w.sdr, 600_000)
+    return store.leases.renew(TENANT, w.lease_id, w.sdr, 600_000, w.digest(w.sdr))
 
 
 def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -203,13 +224,19 @@ def renew_held_directly(store: Store, w: World) -> Awaitable[Any]:
     k = store.keys
     tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_renew(
-        [k.heartbeats(TENANT), k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        [token, w.sdr, HELD, 600_000, store.ctx.window_ms, store.ctx.events_max],
+        [
+            k.heartbeats(TENANT),
+            k.lease(TENANT, HELD),
+            k.lease_registry(TENANT, tag),
+            k.events(TENANT),
+            k.agent(TENANT, w.sdr),
+        ],
+        [token, w.sdr, HELD, 600_000, store.ctx.window_ms, store.ctx.events_max, w.digest(w.sdr)],
     )
 
 
 def release_held(store: Store, w: World) -> Awaitable[Any]:
-    return store.leases.release(TENANT, w.lease_id, w.sdr)
+    return store.leases.release(TENANT, w.lease_id, w.sdr, w.as_(w.sdr))
 
 
 def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
@@ -217,17 +244,17 @@ def release_held_directly(store: Store, w: World) -> Awaitable[Any]:
     k = store.keys
     tag, token = parse_lease_id(w.lease_id)
     return store.scripts.lease_release(
-        [k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT)],
-        [token, w.sdr, HELD, store.ctx.events_max],
+        [k.lease(TENANT, HELD), k.lease_registry(TENANT, tag), k.events(TENANT), k.agent(TENANT, w.sdr)],
+        [token, w.sdr, HELD, store.ctx.events_max, w.digest(w.sdr), ""],
     )
 
 
 def request_new(store: Store, w: World) -> Awaitable[Any]:
-    return store.consensus.request(TENANT, w.sdr, "discount", None, None, 3_600_000, IDEMPOTENCY_KEY)
+    return store.consensus.request(TENANT, w.sdr, "discount", None, None, 3_600_000, w.digest(w.sdr), IDEMPOTENCY_KEY)
 
 
 def vote_pending(store: Store, w: World) -> Awaitable[Any]:
-    return store.consensus.vote(TENANT, w.pending, w.peer, "approve", None)
+    return store.consensus.vote(TENANT, w.pending, w.peer, "approve", None, w.digest(w.peer))
 
 
 def read_overdue(store: Store, w: World) -> Awaitable[Any]:
@@ -235,7 +262,7 @@ def read_overdue(store: Store, w: World) -> Awaitable[Any]:
 
 
 def take_token(store: Store, w: World) -> Awaitable[Any]:
-    return store.limits.take_token(TENANT, w.sdr, LIMITS)
+    return store.limits.take_token(w.as_(w.sdr), LIMITS)
 
 
 CASES = [
@@ -249,13 +276,10 @@ CASES = [
     Case("agent_register", "agents_key", "zset", lambda k, w: k.agents(TENANT), register_newbie),
     Case("agent_register", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), register_newbie),
     Case("agent_register", "events_key", "stream", events_key, register_newbie),
-    Case(
-        "agent_heartbeat",
-        "heartbeats_key",
-        "zset",
-        lambda k, w: k.heartbeats(TENANT),
-        lambda s, w: s.agents.heartbeat(TENANT, w.sdr),
-    ),
+    Case("agent_credential", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), rotate_sdr),
+    Case("agent_credential", "events_key", "stream", events_key, rotate_sdr),
+    Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), heartbeat_sdr),
+    Case("agent_heartbeat", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), heartbeat_sdr),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
@@ -278,10 +302,12 @@ CASES = [
     Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held),
     Case("lease_renew", "events_key", "stream", events_key, renew_held),
     Case("lease_renew", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), renew_held_directly, "script"),
+    Case("lease_renew", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), renew_held),
     Case("lease_release", "lease_key", "string", lambda k, w: k.lease(TENANT, HELD), release_held),
     Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held),
     Case("lease_release", "events_key", "stream", events_key, release_held),
     Case("lease_release", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), release_held_directly, "script"),
+    Case("lease_release", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), release_held),
     *consensus_cases("consensus_request", request_new, lambda w: FIXED_CONS),
     Case(
         "consensus_request",
@@ -290,11 +316,13 @@ CASES = [
         lambda k, w: k.idempotency(TENANT, key_digest(IDEMPOTENCY_KEY)),
         request_new,
     ),
+    Case("consensus_request", "requester_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), request_new),
     *consensus_cases("consensus_vote", vote_pending, lambda w: w.pending),
     Case("consensus_vote", "voter_key", "hash", lambda k, w: k.agent(TENANT, w.peer), vote_pending),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT), take_token),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT, w.sdr), take_token),
+    Case("rate_limit", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), take_token),
 ]
 
 
@@ -370,7 +398,7 @@ async def test_a_key_of_the_wrong_type_is_refused_before_anything_is_written(
 
 # --- over HTTP, on a real `concord serve` --------------------------------------------------
 
-HTTP_TENANTS = [f"w{i:02d}" for i in range(16)]
+HTTP_TENANTS = [f"w{i:02d}" for i in range(17)]
 CALM = "calm"
 HTTP_KEYS = {tenant: f"{tenant}-wrongtype-key-0123456789" for tenant in [*HTTP_TENANTS, CALM]}
 
@@ -425,6 +453,13 @@ HTTP_CASES = [
         lambda k, t, w: k.agents(t),
         lambda w: ("POST", f"{V1}/register", {"agentName": "newbie"}, None, None),
         _heartbeat,
+    ),
+    HttpCase(
+        "rotate: agent hash",
+        "hash",
+        lambda k, t, w: k.agent(t, w.sdr["id"]),
+        lambda w: ("POST", f"{V1}/agents/{w.sdr['id']}/credentials", None, None, None),
+        _peer_lease,
     ),
     HttpCase(
         "heartbeat: heartbeats zset",
@@ -570,6 +605,12 @@ async def build_http_world(client: httpx.AsyncClient) -> HttpWorld:
     return HttpWorld(sdr, peer, lease.json(), consensus.json())
 
 
+def fleet(stack: Stack, api_key: str) -> httpx.AsyncClient:
+    """A client of the service that goes as a fleet does (support/api.py Fleet): each agent
+    it registered with that agent's credential, everything else with ``api_key``."""
+    return httpx.AsyncClient(base_url=stack.service.url, auth=Fleet(api_key), timeout=HANG_SECONDS)
+
+
 @pytest.fixture
 def http_stack(real_redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A private redis-server and `concord serve` with a tenant per case. (real_redis_url
@@ -587,10 +628,10 @@ async def test_a_key_of_the_wrong_type_is_a_store_error_over_http_and_other_keys
         "a key of another type planted where each kind of change writes; the request sent to concord serve",
     ) as record:
         try:
-            async with stack.service.client(HTTP_KEYS[CALM]) as calm:
+            async with fleet(stack, HTTP_KEYS[CALM]) as calm:
                 calm_agent = (await calm.post(f"{V1}/register", json={"agentName": "calm"})).json()
                 for tenant, case in zip(HTTP_TENANTS, HTTP_CASES):
-                    async with stack.service.client(HTTP_KEYS[tenant]) as client:
+                    async with fleet(stack, HTTP_KEYS[tenant]) as client:
                         world = await build_http_world(client)
                         planted = case.target(stack.keys, tenant, world)
                         sync_plant(db, planted, PLANTED[case.kind])
