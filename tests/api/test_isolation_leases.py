@@ -84,7 +84,13 @@ def _cells() -> CellTable:
 
     async def release_forged_holder(bc, w):
         """A forged credential claiming A's holder: refused (401) before the lease is
-        looked up, so it cannot tell A's lease from one that never existed."""
+        looked up, so it cannot tell A's lease from one that never existed.
+
+        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        (_find) before the script checks the credential, so a lease that does not exist
+        is 404 lease_not_found to any credential, and one that does 401: with no valid
+        secret, anyone learns which lease ids exist (they are guessable: the holder's
+        name-derived id and a fencing token)."""
         holder = w.a["agent"]["id"]
         await hidden(
             w,
@@ -117,7 +123,13 @@ def _cells() -> CellTable:
 
     async def renew_forged_holder(bc, w):
         """A forged credential claiming A's holder: refused (401) before the lease is
-        looked up, so it cannot tell A's lease from one that never existed."""
+        looked up, so it cannot tell A's lease from one that never existed.
+
+        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        (_find) before the script checks the credential, so a lease that does not exist
+        is 404 lease_not_found to any credential, and one that does 401: with no valid
+        secret, anyone learns which lease ids exist (they are guessable: the holder's
+        name-derived id and a fencing token)."""
         holder = w.a["agent"]["id"]
         await hidden(
             w,
