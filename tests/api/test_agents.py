@@ -10,6 +10,8 @@ import asyncio
 import msgspec
 import pytest
 
+from tests.api.credential_support import CREDENTIAL, digest, forged
+from tests.conftest import API_KEY
 from tests.support.api import (
     AGENT_ID,
     ISO_Z,
@@ -18,6 +20,8 @@ from tests.support.api import (
     WINDOW_MS,
     C,
     acquire,
+    bearer,
+    credential_of,
     invalid,
     make_inactive,
     ms,
@@ -25,6 +29,7 @@ from tests.support.api import (
     problem,
     redis_ms,
     register,
+    tenant_snapshot,
     unknown,
     unknown_id,
 )
@@ -53,9 +58,13 @@ async def list_agents(client, **params) -> dict:
 async def test_register_new_agent_is_201_with_the_full_agent(client, redis_client, keys):
     body = ok(await client.post(f"{V1}/register", json={"agentName": "sdr-1"}), 201)
 
-    assert set(body) == AGENT_FIELDS
+    # The agent, and its credential: shown this once, naming its tenant and agent.
+    assert set(body) == AGENT_FIELDS | {"credential"}
     assert AGENT_ID.fullmatch(body["id"])
+    found = CREDENTIAL.fullmatch(body["credential"])
+    assert found and found["tenant"] == TENANT and found["agent"] == body["id"], body["credential"]
     assert body == {
+        "credential": body["credential"],
         "id": body["id"],
         "tenantId": TENANT,
         "agentName": "sdr-1",
@@ -72,6 +81,7 @@ async def test_register_new_agent_is_201_with_the_full_agent(client, redis_clien
     stored = await redis_client.hgetall(keys.agent(TENANT, body["id"]))
     assert stored["agentName"] == "sdr-1" and stored["agentRole"] == "general" and stored["metadata"] == "{}"
     assert int(stored["registeredAt"]) == ms(body["registeredAt"])
+    assert stored["credential"] == digest(body["credential"])  # its digest only, never the credential
     assert await redis_client.zscore(keys.heartbeats(TENANT), body["id"]) == ms(body["lastHeartbeat"])
     assert await redis_client.zscore(keys.agents(TENANT), body["id"]) == ms(body["registeredAt"])
 
@@ -204,8 +214,11 @@ async def test_a_trailing_newline_is_not_allowed_in_names_roles_or_ids(client):
     invalid(await client.post(f"{V1}/register", json={"agentName": "trail\n"}), "$.agentName")
     invalid(await client.post(f"{V1}/register", json={"agentName": "ok", "agentRole": "sdr\n"}), "$.agentRole")
     trailing = unknown_id("agent") + "\n"
-    unknown(await client.post(f"{C}/heartbeat", json={"agentId": trailing}), "agent", trailing)
-    assert (await list_agents(client))["agents"] == []
+    # An agent's own credential naming it: the id is checked for its shape before anything else.
+    agent = await register(client, "ok")
+    mine = bearer(credential_of(client, agent["id"]))
+    unknown(await client.post(f"{C}/heartbeat", json={"agentId": trailing}, headers=mine), "agent", trailing)
+    assert [a["id"] for a in (await list_agents(client))["agents"]] == [agent["id"]]
 
 
 @pytest.mark.parametrize("name", ["a", "a" * 128, "Agent.Name_0-9", "-._"])
@@ -382,6 +395,7 @@ async def _later(redis_client, at_ms: int) -> bool:
 
 async def test_get_agent(client, redis_client, keys):
     agent = await register(client, "getme", agentRole="support", metadata={"k": "v"})
+    agent.pop("credential")  # shown by registering only
     got = ok(await client.get(f"{V1}/agents/{agent['id']}"))
     assert got == agent
 
@@ -429,7 +443,10 @@ async def test_delete_agent_releases_its_leases_then_404(client, redis_client, k
 
     problem(await client.get(f"{V1}/agents/{agent['id']}"), 404, "agent_not_found")
     problem(await client.delete(f"{V1}/agents/{agent['id']}"), 404, "agent_not_found")
-    problem(await client.post(f"{C}/heartbeat", json={"agentId": agent["id"]}), 404, "agent_not_found")
+    # Its credential went with it: refused on acting calls and on reads alike.
+    revoked = bearer(credential_of(client, agent["id"]))
+    problem(await client.post(f"{C}/heartbeat", json={"agentId": agent["id"]}), 401, "unauthorized")
+    problem(await client.get(f"{V1}/agents/{other['id']}", headers=revoked), 401, "unauthorized")
     assert ok(await client.get(f"{C}/leases", params={"agentId": agent["id"]})) == {"leases": [], "nextCursor": None}
     assert [a["id"] for a in (await list_agents(client))["agents"]] == [other["id"]]
     assert not await redis_client.exists(keys.agent(TENANT, agent["id"]))
@@ -439,6 +456,10 @@ async def test_delete_agent_releases_its_leases_then_404(client, redis_client, k
     # The name can be registered again: a new agent (201) under the same id.
     again = ok(await client.post(f"{V1}/register", json={"agentName": "leaver"}), 201)
     assert again["id"] == agent["id"] and again["metadata"] == {} and again["agentRole"] == "general"
+    # With a new credential; the revoked one stays refused.
+    assert again["credential"] != revoked["Authorization"].removeprefix("Bearer ")
+    ok(await client.post(f"{C}/heartbeat", json={"agentId": agent["id"]}))
+    problem(await client.post(f"{C}/heartbeat", json={"agentId": agent["id"]}, headers=revoked), 401, "unauthorized")
 
 
 async def test_delete_agent_without_leases(client):
@@ -485,21 +506,49 @@ async def test_heartbeat_with_matching_tenant_id(client):
     assert body["agentId"] == agent["id"]
 
 
-async def test_heartbeat_unknown_agent_is_404(client, redis_client, keys):
+async def test_heartbeat_for_an_unknown_agent_registers_no_one(client, redis_client, keys):
+    """A heartbeat never registers anyone: an admin key may not send one (only an
+    agent's own credential does), and a credential claiming an agent that does not
+    exist is no agent's current one (401). Neither writes anything."""
     missing = unknown_id("agent")
-    body = problem(await client.post(f"{C}/heartbeat", json={"agentId": missing}), 404, "agent_not_found")
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    problem(
+        await client.post(f"{C}/heartbeat", json={"agentId": missing}, headers=bearer(API_KEY)),
+        403,
+        "insufficient_scope",
+        keyRole="admin",
+    )
+    body = problem(
+        await client.post(f"{C}/heartbeat", json={"agentId": missing}, headers=bearer(forged(TENANT, missing))),
+        401,
+        "unauthorized",
+    )
     assert missing in body["detail"]
-    # A heartbeat never registers anyone.
     assert await redis_client.zscore(keys.heartbeats(TENANT), missing) is None
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
+
+
+async def test_heartbeat_with_a_credential_may_leave_the_agent_id_out(client, redis_client, keys):
+    agent = await register(client, "terse")
+    await make_inactive(redis_client, keys, TENANT, agent["id"])
+    body = ok(await client.post(f"{C}/heartbeat", json={}, headers=bearer(credential_of(client, agent["id"]))))
+    assert body["agentId"] == agent["id"] and body["status"] == "active"
+    assert await redis_client.zscore(keys.heartbeats(TENANT), agent["id"]) == ms(body["lastHeartbeat"])
 
 
 @pytest.mark.parametrize(
     "payload, field",
     [
-        ({}, "$.agentId"),
         ({"agentId": 12}, "$.agentId"),
-        ({"agentId": unknown_id("agent"), "status": "active"}, "$.status"),
+        ({"agentId": "AGENT_ID", "status": "active"}, "$.status"),
+        ({"status": "active"}, "$.status"),
     ],
 )
-async def test_heartbeat_refuses_bad_bodies(client, payload, field):
-    invalid(await client.post(f"{C}/heartbeat", json=payload), field)
+async def test_heartbeat_refuses_bad_bodies(client, redis_client, keys, payload, field):
+    agent = await register(client, "beats")
+    payload = {k: agent["id"] if v == "AGENT_ID" else v for k, v in payload.items()}
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    invalid(
+        await client.post(f"{C}/heartbeat", json=payload, headers=bearer(credential_of(client, agent["id"]))), field
+    )
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
+from tests.conftest import API_KEY
 from tests.support.api import (
     CONS_ID,
     ISO_Z,
     TENANT,
     C,
     acquire,
+    bearer,
     closed,
+    credential_of,
     invalid,
     make_inactive,
     ms,
@@ -22,6 +26,7 @@ from tests.support.api import (
     problem,
     register,
     request_consensus,
+    tenant_snapshot,
     unknown_id,
 )
 from tests.support.helpers import eventually
@@ -120,13 +125,42 @@ async def test_request_minimal_body(client, requester):
     assert body["tenantId"] == TENANT
 
 
-async def test_requester_must_exist(client):
+async def test_requester_must_be_an_agent_with_its_own_credential(client, redis_client, keys):
+    """Only an agent's own credential asks for consensus: an admin key is 403, and a
+    credential claiming an agent that does not exist is 401; neither writes anything."""
     missing = unknown_id("agent")
+    ask = {"requestingAgentId": missing, "action": "x"}
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    problem(
+        await client.post(f"{C}/consensus", json=ask, headers=bearer(API_KEY)),
+        403,
+        "insufficient_scope",
+        keyRole="admin",
+    )
     body = problem(
-        await client.post(f"{C}/consensus", json={"requestingAgentId": missing, "action": "x"}), 404, "agent_not_found"
+        await client.post(f"{C}/consensus", json=ask, headers=bearer(forged(TENANT, missing))), 401, "unauthorized"
     )
     assert missing in body["detail"]
     assert await listed(client) == {"consensus": [], "nextCursor": None}
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
+
+
+async def test_a_credential_may_leave_the_requester_and_the_voter_out(client, requester, peers):
+    cons = ok(
+        await client.post(
+            f"{C}/consensus", json={"action": "send-discount"}, headers=bearer(credential_of(client, requester["id"]))
+        ),
+        201,
+    )
+    assert cons["requestingAgentId"] == requester["id"]
+    voted = ok(
+        await client.post(
+            f"{C}/consensus/{cons['id']}/vote",
+            json={"vote": "approve"},
+            headers=bearer(credential_of(client, peers[0]["id"])),
+        )
+    )
+    assert [v["agentId"] for v in voted["votes"]] == [peers[0]["id"]]
 
 
 async def test_requester_must_be_active(client, redis_client, keys, requester):
@@ -347,10 +381,14 @@ async def test_inactive_voter_is_409(client, redis_client, keys, requester, peer
     assert ok(await vote(client, cons["id"], c["id"], "approve"))["tally"]["eligible"] == 3
 
 
-async def test_unknown_voter_is_404(client, requester, peers):
+async def test_an_unknown_voter_is_refused(client, requester, peers):
+    """No key votes (403), and a credential claiming an agent that does not exist is 401."""
     cons = await request_consensus(client, requester["id"])
     missing = unknown_id("agent")
-    body = problem(await vote(client, cons["id"], missing, "approve"), 404, "agent_not_found")
+    ballot = {"agentId": missing, "vote": "approve"}
+    path = f"{C}/consensus/{cons['id']}/vote"
+    problem(await client.post(path, json=ballot, headers=bearer(API_KEY)), 403, "insufficient_scope", keyRole="admin")
+    body = problem(await client.post(path, json=ballot, headers=bearer(forged(TENANT, missing))), 401, "unauthorized")
     assert missing in body["detail"]
     assert await get(client, cons["id"]) == cons
 
@@ -358,7 +396,9 @@ async def test_unknown_voter_is_404(client, requester, peers):
 async def test_a_deleted_agent_cannot_vote(client, requester, peers):
     cons = await request_consensus(client, requester["id"])
     ok(await client.delete(f"/v1/agent/agents/{peers[0]['id']}"))
-    problem(await vote(client, cons["id"], peers[0]["id"], "approve"), 404, "agent_not_found")
+    # Its credential went with it.
+    problem(await vote(client, cons["id"], peers[0]["id"], "approve"), 401, "unauthorized")
+    assert (await get(client, cons["id"]))["votes"] == []
 
 
 @pytest.mark.parametrize("consensus_id", [unknown_id("cons"), "cons_1", "nope", unknown_id("lease")])

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
 from tests.api.isolation_support import CellTable, cell_params, hidden, mismatch, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
-from tests.support.api import OTHER_TENANT, TENANT, V1, C, ok
+from tests.support.api import OTHER_TENANT, TENANT, V1, C, bearer, credential_of, ok
 
 # --- the cells: (method, route path) -> name -> async cell(b, world) -------------
 
@@ -54,9 +55,32 @@ def _cells() -> CellTable:
     async def delete_agent_tenant(bc, w):
         await mismatch(w, await bc.delete(f"{V1}/agents/{w.a['agent']['id']}", params={"tenantId": TENANT}))
 
+    async def rotate(bc, w):
+        """B's admin key rotating A's agent's credential: A's agent is not in B."""
+        await hidden(w, lambda i: bc.post(f"{V1}/agents/{i}/credentials"), w.a["agent"]["id"], 404, "agent_not_found")
+
+    async def rotate_tenant(bc, w):
+        await mismatch(w, await bc.post(f"{V1}/agents/{w.a['agent']['id']}/credentials", params={"tenantId": TENANT}))
+
     async def heartbeat(bc, w):
+        """B's own agent, with its credential, naming A's agent: it acts only as itself."""
+        mine = bearer(credential_of(bc, w.b["agent"]["id"]))
         await hidden(
-            w, lambda i: bc.post(f"{C}/heartbeat", json={"agentId": i}), w.a["agent"]["id"], 404, "agent_not_found"
+            w,
+            lambda i: bc.post(f"{C}/heartbeat", json={"agentId": i}, headers=mine),
+            w.a["agent"]["id"],
+            403,
+            "agent_mismatch",
+        )
+
+    async def heartbeat_forged(bc, w):
+        """A credential of the right shape claiming A's agent, with a secret Concord never made."""
+        await hidden(
+            w,
+            lambda i: bc.post(f"{C}/heartbeat", json={"agentId": i}, headers=bearer(forged(TENANT, i))),
+            w.a["agent"]["id"],
+            401,
+            "unauthorized",
         )
 
     async def heartbeat_tenant(bc, w):
@@ -79,7 +103,12 @@ def _cells() -> CellTable:
             "tenantId-A": get_agent_tenant,
         },
         ("DELETE", f"{V1}/agents/{{agentId}}"): {"A-agent": delete_agent, "tenantId-A": delete_agent_tenant},
-        ("POST", f"{C}/heartbeat"): {"A-agent": heartbeat, "tenantId-A": heartbeat_tenant},
+        ("POST", f"{V1}/agents/{{agentId}}/credentials"): {"A-agent": rotate, "tenantId-A": rotate_tenant},
+        ("POST", f"{C}/heartbeat"): {
+            "A-agent": heartbeat,
+            "A-agent-forged": heartbeat_forged,
+            "tenantId-A": heartbeat_tenant,
+        },
     }
 
 

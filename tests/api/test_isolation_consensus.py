@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
 from tests.api.isolation_support import CellTable, cell_params, hidden, mismatch, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
-from tests.support.api import TENANT, C, ok
+from tests.support.api import TENANT, C, bearer, credential_of, ok
 
 # --- the cells: (method, route path) -> name -> async cell(b, world) -------------
 
@@ -18,12 +19,25 @@ def _cells() -> CellTable:
     a, b = "a", "b"  # readability in the lambdas below
 
     async def consensus_as_a(bc, w):
+        """B's own agent, with its credential, naming A's agent: it acts only as itself."""
+        mine = bearer(credential_of(bc, w.b["agent"]["id"]))
         await hidden(
             w,
-            lambda i: bc.post(f"{C}/consensus", json={"requestingAgentId": i, "action": "x"}),
+            lambda i: bc.post(f"{C}/consensus", json={"requestingAgentId": i, "action": "x"}, headers=mine),
             w.a["agent"]["id"],
-            404,
-            "agent_not_found",
+            403,
+            "agent_mismatch",
+        )
+
+    async def consensus_as_a_forged(bc, w):
+        await hidden(
+            w,
+            lambda i: bc.post(
+                f"{C}/consensus", json={"requestingAgentId": i, "action": "x"}, headers=bearer(forged(TENANT, i))
+            ),
+            w.a["agent"]["id"],
+            401,
+            "unauthorized",
         )
 
     async def consensus_tenant(bc, w):
@@ -60,17 +74,37 @@ def _cells() -> CellTable:
 
     def vote(which, as_whom):
         async def cell(bc, w):
+            # By A's agent: B's peer's credential naming A's voter (403 agent_mismatch);
+            # by B: B's peer (404, A's request is not in B).
             voter = w.a["third"]["id"] if as_whom == a else w.b["peer"]["id"]
+            mine = bearer(credential_of(bc, w.b["peer"]["id"]))
             await hidden(
                 w,
-                lambda i: bc.post(f"{C}/consensus/{i}/vote", json={"agentId": voter, "vote": "approve"}),
+                lambda i: bc.post(f"{C}/consensus/{i}/vote", json={"agentId": voter, "vote": "approve"}, headers=mine),
                 w.a[which]["id"],
-                404,
-                "consensus_not_found",
+                403 if as_whom == a else 404,
+                "agent_mismatch" if as_whom == a else "consensus_not_found",
                 sent={voter},
             )
 
         return cell
+
+    async def vote_forged(bc, w):
+        """A forged credential claiming A's voter: refused (401) before the request is
+        looked up, so it cannot tell A's request from one that never existed."""
+        voter = w.a["third"]["id"]
+        await hidden(
+            w,
+            lambda i: bc.post(
+                f"{C}/consensus/{i}/vote",
+                json={"agentId": voter, "vote": "approve"},
+                headers=bearer(forged(TENANT, voter)),
+            ),
+            w.a["pending"]["id"],
+            401,
+            "unauthorized",
+            sent={voter},
+        )
 
     async def vote_tenant(bc, w):
         await mismatch(
@@ -82,7 +116,11 @@ def _cells() -> CellTable:
         )
 
     return {
-        ("POST", f"{C}/consensus"): {"A-requester": consensus_as_a, "tenantId-A": consensus_tenant},
+        ("POST", f"{C}/consensus"): {
+            "A-requester": consensus_as_a,
+            "A-requester-forged": consensus_as_a_forged,
+            "tenantId-A": consensus_tenant,
+        },
         ("GET", f"{C}/consensus"): {
             **{f"status-{s}": list_consensus(s) for s in (None, "pending", "approved", "rejected", "expired")},
             "tenantId-A": list_consensus_tenant,
@@ -94,6 +132,7 @@ def _cells() -> CellTable:
         },
         ("POST", f"{C}/consensus/{{consensusId}}/vote"): {
             "A-pending-by-A-agent": vote("pending", a),
+            "A-pending-forged-A-agent": vote_forged,
             "A-pending-by-B": vote("pending", b),
             "A-decided-by-B": vote("decided", b),
             "tenantId-A": vote_tenant,

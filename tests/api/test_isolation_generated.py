@@ -4,7 +4,14 @@ an endpoint added later is covered without anyone remembering to: for every
 authenticated endpoint, a request built from its declaration (path ids, body and
 query structs) with A's ids in every id-shaped field must answer exactly as the
 same request with ids that never existed, showing nothing of A's; tenantId of A in
-its query (and in its body, if it has one) is 403 tenant_mismatch. Declared request
+its query (and in its body, if it has one) is 403 tenant_mismatch. An endpoint that
+acts as an agent (Endpoint.acts_as) is called by B's own agent with its credential,
+naming itself there, with A's ids everywhere else; and twice more as A's agent: with
+B's agent's credential (403 agent_mismatch) and with a forged credential claiming
+A's agent (401), each answering exactly as for ids that never existed (FAILS today for
+renew and release: the lease is looked up before the credential is checked, so a
+forged credential tells A's lease, 401, from an unknown one, 404; see
+test_isolation_leases.py). Declared request
 headers are sent too (the Idempotency-Key A made its request with, so B's request
 must not find A's record). The endpoints without a key (/healthz, /readyz,
 /openapi.json) carry no tenant data: their cell checks that B, or anyone, is
@@ -18,6 +25,7 @@ isolation_support.py.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +42,12 @@ from concord.server.http.decoding import PATH_IDS
 from concord.server.http.endpoint import ENDPOINTS, Endpoint, respond
 from concord.server.http.routes import routes
 from tests.api import test_isolation_agents, test_isolation_consensus, test_isolation_events, test_isolation_leases
+from tests.api.credential_support import forged
 from tests.api.isolation_support import CONTACT, IDEMPOTENCY_KEY, World, build_world, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
 from tests.conftest import API_KEY, OTHER_API_KEY, running
-from tests.support.api import TENANT, V1, C, problem, unknown_id
+from tests.support.api import TENANT, V1, C, Fleet, bearer, credential_of, problem, unknown_id
 
 # --- cells generated from the route table --------------------------------------
 #
@@ -74,6 +83,7 @@ def endpoint_of(route: Route) -> Endpoint:
 class Generated:
     endpoint: Endpoint
     kind: str  # "A-ids" | "tenantId-A-query" | "tenantId-A-body" | "no-tenant-data"
+    # | "A-agent-B-credential" | "A-agent-forged" (an endpoint that acts as an agent)
 
     @property
     def id(self) -> str:
@@ -91,6 +101,8 @@ def generated_cells(route_table: list[Route]) -> list[Generated]:
         cells += [Generated(endpoint, "A-ids"), Generated(endpoint, "tenantId-A-query")]
         if endpoint.body is not None:
             cells.append(Generated(endpoint, "tenantId-A-body"))
+        if endpoint.acts_as is not None:
+            cells += [Generated(endpoint, "A-agent-B-credential"), Generated(endpoint, "A-agent-forged")]
     return cells
 
 
@@ -164,16 +176,34 @@ class Built:
         ]
         return {v for v in values if v} | self.ids_used
 
-    async def send(self, client: httpx.AsyncClient) -> httpx.Response:
+    async def send(self, client: httpx.AsyncClient, token: str | None = None) -> httpx.Response:
+        """Sent as ``client`` authenticates (support/api.py Fleet), or with ``token``."""
         kwargs = {"json": self.body} if self.body is not None else {}
-        return await client.request(self.method, self.path, params=self.params, headers=self.headers, **kwargs)
+        headers = self.headers | (bearer(token) if token else {})
+        return await client.request(self.method, self.path, params=self.params, headers=headers, **kwargs)
 
 
-def build(endpoint: Endpoint, world: World, ids: dict[str, str], tenant_in: str | None = None) -> Built:
-    """The request ``endpoint`` declares, with ``ids`` (kind -> id) wherever an id goes."""
+def acting_field(endpoint: Endpoint) -> tuple[str, str] | None:
+    """("body" or "query", the field's JSON name) of the agent an endpoint acts as."""
+    if endpoint.acts_as is None:
+        return None
+    where, struct = ("body", endpoint.body) if endpoint.body is not None else ("query", endpoint.query)
+    names = {f.name: f.encode_name for f in msgspec.structs.fields(struct)}
+    assert endpoint.acts_as in names, (endpoint.path, endpoint.acts_as, struct)
+    return where, names[endpoint.acts_as]
+
+
+def build(
+    endpoint: Endpoint, world: World, ids: dict[str, str], tenant_in: str | None = None, acting: str | None = None
+) -> Built:
+    """The request ``endpoint`` declares, with ``ids`` (kind -> id) wherever an id goes,
+    and ``acting`` (an agent id) in the field of the agent it acts as, if it has one."""
     path = re.sub(r"{(\w+)}", lambda m: ids[PATH_KINDS[m[1]]], endpoint.path)
     params = _fields(endpoint.query, world, ids, f"{endpoint.name} query")
     body = _fields(endpoint.body, world, ids, f"{endpoint.name} body") if endpoint.body is not None else None
+    field = acting_field(endpoint)
+    if field is not None and acting is not None:
+        (body if field[0] == "body" else params)[field[1]] = acting
     headers = {name: NAMED_HEADERS[name](world) if name in NAMED_HEADERS else "x" for name in endpoint.request_headers}
     if tenant_in == "query":
         params["tenantId"] = TENANT
@@ -196,25 +226,45 @@ def _masked(text: str, ids: dict[str, str]) -> str:
 
 async def run_generated(cell: Generated, b: httpx.AsyncClient, anyone: httpx.AsyncClient, world: World) -> None:
     endpoint = cell.endpoint
-    if cell.kind == "no-tenant-data":
+    # An endpoint that acts as an agent is called by B's own agent, naming itself
+    # (B's client sends that agent's credential), unless the cell acts as A's.
+    b_agent = world.b["agent"]["id"] if endpoint.acts_as is not None else None
+    if cell.kind in ("A-agent-B-credential", "A-agent-forged"):
+
+        def token(ids: dict[str, str]) -> str:
+            if cell.kind == "A-agent-forged":
+                return forged(TENANT, ids["agent"])
+            return credential_of(b, world.b["agent"]["id"])
+
+        fake_ids = {kind: unknown_id(kind) for kind in a_ids(world)}
+        real_ids = a_ids(world)
+        real = build(endpoint, world, real_ids, acting=real_ids["agent"])
+        response = await real.send(b, token(real_ids))
+        code = ("agent_mismatch", 403) if cell.kind == "A-agent-B-credential" else ("unauthorized", 401)
+        problem(response, code[1], code[0])
+        no_leak(world, response, real.sent)
+        fake = await build(endpoint, world, fake_ids, acting=fake_ids["agent"]).send(b, token(fake_ids))
+        assert response.status_code == fake.status_code, (response.text, fake.text)
+        assert _masked(response.text, real_ids) == _masked(fake.text, fake_ids)
+    elif cell.kind == "no-tenant-data":
         for caller in (b, anyone):
             response = await caller.request(endpoint.method, endpoint.path)
             assert response.status_code == 200, response.text
             no_leak(world, response)
     elif cell.kind == "A-ids":
-        real = build(endpoint, world, a_ids(world))
+        real = build(endpoint, world, a_ids(world), acting=b_agent)
         response = await real.send(b)
         no_leak(world, response, real.sent)
         # The generator made a request the endpoint accepts as such; otherwise the cell would test nothing.
         assert response.status_code not in (400, 415, 422) and response.status_code < 500, response.text
         if real.ids_used:  # A's ids answer exactly as ids that never existed
             fake_ids = {kind: unknown_id(kind) for kind in a_ids(world)}
-            fake = await build(endpoint, world, fake_ids).send(b)
+            fake = await build(endpoint, world, fake_ids, acting=b_agent).send(b)
             assert response.status_code == fake.status_code, (response.text, fake.text)
             assert _masked(response.text, a_ids(world)) == _masked(fake.text, fake_ids)
     else:
         where = cell.kind.removeprefix("tenantId-A-")
-        response = await build(endpoint, world, a_ids(world), tenant_in=where).send(b)
+        response = await build(endpoint, world, a_ids(world), tenant_in=where, acting=b_agent).send(b)
         problem(response, 403, "tenant_mismatch")
         no_leak(world, response)
     world.cells += 1
@@ -244,7 +294,8 @@ def test_generated_cells_cover_every_route_and_endpoint():
         if not endpoint.authenticated:
             assert kinds == {"no-tenant-data"}, endpoint.path
         else:
-            assert kinds == {"A-ids", "tenantId-A-query"} | ({"tenantId-A-body"} if endpoint.body else set())
+            acting = {"A-agent-B-credential", "A-agent-forged"} if endpoint.acts_as else set()
+            assert kinds == {"A-ids", "tenantId-A-query"} | ({"tenantId-A-body"} if endpoint.body else set()) | acting
     assert {e.path for e in ENDPOINTS if not e.authenticated} == {"/healthz", "/readyz", "/openapi.json"}
 
 
@@ -275,6 +326,19 @@ def test_a_new_endpoint_gets_cells_without_anyone_writing_them():
     assert built.body == {"agentId": world.a["agent"]["id"], "vote": "approve"}
     assert built.ids_used == {world.a["lease"]["id"], world.a["agent"]["id"]}
 
+    # Declared as acting as an agent, it gets the cells of a credential too, and B's agent names itself.
+    acting = dataclasses.replace(new, acts_as="agent_id", roles=frozenset({"agent"}))
+    route = Route(acting.path, acting, methods=[acting.method])
+    assert [c.kind for c in generated_cells([route])] == [
+        "A-ids",
+        "tenantId-A-query",
+        "tenantId-A-body",
+        "A-agent-B-credential",
+        "A-agent-forged",
+    ]
+    b_agent = unknown_id("agent")
+    assert build(acting, world, a_ids(world), acting=b_agent).body == {"agentId": b_agent, "vote": "approve"}
+
 
 async def test_the_generated_cells_catch_an_endpoint_that_ignores_the_tenant(settings, redis_client):
     """Self-test of the matrix: an endpoint that reads tenant A whatever the key
@@ -290,9 +354,8 @@ async def test_the_generated_cells_catch_an_endpoint_that_ignores_the_tenant(set
     async with running(app) as served:
 
         def http(key):
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
             return httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=served), base_url="http://concord.test", headers=headers
+                transport=httpx.ASGITransport(app=served), base_url="http://concord.test", auth=Fleet(key)
             )
 
         async with http(API_KEY) as a, http(OTHER_API_KEY) as b, http(None) as anyone:
@@ -328,4 +391,4 @@ def test_every_route_has_cells():
     declared = {(m, r.path) for r in routes if r.path.startswith("/v1/") for m in r.methods - {"HEAD"}}
     assert set(CELLS) == declared
     assert all("tenantId-A" in cells for cells in CELLS.values())
-    assert len(CELL_PARAMS) == 50
+    assert len(CELL_PARAMS) == 58

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
 from tests.api.isolation_support import CONTACT, CellTable, cell_params, hidden, mismatch, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
-from tests.support.api import TENANT, C, ok
+from tests.support.api import TENANT, C, bearer, credential_of, ok
 
 # --- the cells: (method, route path) -> name -> async cell(b, world) -------------
 
@@ -18,12 +19,26 @@ def _cells() -> CellTable:
     a, b = "a", "b"  # readability in the lambdas below
 
     async def lease_as_a(bc, w):
+        """B's own agent, with its credential, naming A's agent: it acts only as itself."""
+        mine = bearer(credential_of(bc, w.b["agent"]["id"]))
         await hidden(
             w,
-            lambda i: bc.post(f"{C}/lease", json={"agentId": i, "contactEmail": CONTACT}),
+            lambda i: bc.post(f"{C}/lease", json={"agentId": i, "contactEmail": CONTACT}, headers=mine),
             w.a["agent"]["id"],
-            404,
-            "agent_not_found",
+            403,
+            "agent_mismatch",
+            sent={CONTACT},
+        )
+
+    async def lease_as_a_forged(bc, w):
+        await hidden(
+            w,
+            lambda i: bc.post(
+                f"{C}/lease", json={"agentId": i, "contactEmail": CONTACT}, headers=bearer(forged(TENANT, i))
+            ),
+            w.a["agent"]["id"],
+            401,
+            "unauthorized",
             sent={CONTACT},
         )
 
@@ -37,10 +52,13 @@ def _cells() -> CellTable:
         w.cells += 1
 
     async def lease_tenant(bc, w):
+        mine = bearer(credential_of(bc, w.b["agent"]["id"]))
         await mismatch(
             w,
             await bc.post(
-                f"{C}/lease", json={"tenantId": TENANT, "agentId": w.a["agent"]["id"], "contactEmail": CONTACT}
+                f"{C}/lease",
+                json={"tenantId": TENANT, "agentId": w.a["agent"]["id"], "contactEmail": CONTACT},
+                headers=mine,
             ),
         )
 
@@ -64,28 +82,72 @@ def _cells() -> CellTable:
             sent={holder},
         )
 
+    async def release_forged_holder(bc, w):
+        """A forged credential claiming A's holder: refused (401) before the lease is
+        looked up, so it cannot tell A's lease from one that never existed.
+
+        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        (_find) before the script checks the credential, so a lease that does not exist
+        is 404 lease_not_found to any credential, and one that does 401: with no valid
+        secret, anyone learns which lease ids exist (they are guessable: the holder's
+        name-derived id and a fencing token)."""
+        holder = w.a["agent"]["id"]
+        await hidden(
+            w,
+            lambda i: bc.delete(f"{C}/lease/{i}", params={"agentId": holder}, headers=bearer(forged(TENANT, holder))),
+            w.a["lease"]["id"],
+            401,
+            "unauthorized",
+            sent={holder},
+        )
+
     async def release_tenant(bc, w):
         await mismatch(w, await bc.delete(f"{C}/lease/{w.a['lease']['id']}", params={"tenantId": TENANT}))
 
     def renew(as_whom):
         async def cell(bc, w):
+            # As A's holder: B's own agent's credential naming A's holder (403
+            # agent_mismatch); as B: B's agent (404, A's lease is not in B).
             agent_id = w.a["agent"]["id"] if as_whom == a else w.b["agent"]["id"]
+            mine = bearer(credential_of(bc, w.b["agent"]["id"]))
             await hidden(
                 w,
-                lambda i: bc.post(f"{C}/lease/{i}/renew", json={"agentId": agent_id}),
+                lambda i: bc.post(f"{C}/lease/{i}/renew", json={"agentId": agent_id}, headers=mine),
                 w.a["lease"]["id"],
-                404,
-                "lease_not_found",
+                403 if as_whom == a else 404,
+                "agent_mismatch" if as_whom == a else "lease_not_found",
                 sent={agent_id},
             )
 
         return cell
 
+    async def renew_forged_holder(bc, w):
+        """A forged credential claiming A's holder: refused (401) before the lease is
+        looked up, so it cannot tell A's lease from one that never existed.
+
+        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        (_find) before the script checks the credential, so a lease that does not exist
+        is 404 lease_not_found to any credential, and one that does 401: with no valid
+        secret, anyone learns which lease ids exist (they are guessable: the holder's
+        name-derived id and a fencing token)."""
+        holder = w.a["agent"]["id"]
+        await hidden(
+            w,
+            lambda i: bc.post(f"{C}/lease/{i}/renew", json={"agentId": holder}, headers=bearer(forged(TENANT, holder))),
+            w.a["lease"]["id"],
+            401,
+            "unauthorized",
+            sent={holder},
+        )
+
     async def renew_tenant(bc, w):
+        mine = bearer(credential_of(bc, w.b["agent"]["id"]))
         await mismatch(
             w,
             await bc.post(
-                f"{C}/lease/{w.a['lease']['id']}/renew", json={"tenantId": TENANT, "agentId": w.a["agent"]["id"]}
+                f"{C}/lease/{w.a['lease']['id']}/renew",
+                json={"tenantId": TENANT, "agentId": w.a["agent"]["id"]},
+                headers=mine,
             ),
         )
 
@@ -141,6 +203,7 @@ def _cells() -> CellTable:
     return {
         ("POST", f"{C}/lease"): {
             "A-agent": lease_as_a,
+            "A-agent-forged": lease_as_a_forged,
             "A-contact-by-B": lease_a_contact,
             "tenantId-A": lease_tenant,
         },
@@ -148,10 +211,12 @@ def _cells() -> CellTable:
         ("DELETE", f"{C}/lease/{{leaseId}}"): {
             "A-lease": release,
             "A-lease-as-A-holder": release_as_holder,
+            "A-lease-forged-A-holder": release_forged_holder,
             "tenantId-A": release_tenant,
         },
         ("POST", f"{C}/lease/{{leaseId}}/renew"): {
             "A-lease-as-A-holder": renew(a),
+            "A-lease-forged-A-holder": renew_forged_holder,
             "A-lease-as-B": renew(b),
             "tenantId-A": renew_tenant,
         },

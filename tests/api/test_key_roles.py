@@ -1,11 +1,11 @@
-"""Key roles: what an admin, enroll, gate and read key may call.
+"""Roles: what an admin, enroll, gate and read key, and an agent's credential, may call.
 
 Generated from the route table, so a new route is covered without anyone
-remembering: every authenticated route is called with a key of every role. A
-role that may not call it gets 403 insufficient_scope naming the key's id and
-role, before the body is read, and nothing of the tenant changes; a role that may
-is never refused for its role. The expected roles are written out here, apart from
-the declarations they check.
+remembering: every authenticated route is called with a key of every role and
+with an agent credential. A role that may not call it gets 403 insufficient_scope
+naming the key's id and role (or the credential's agent), before the body is read,
+and nothing of the tenant changes; a role that may is never refused for its role.
+The expected roles are written out here, apart from the declarations they check.
 """
 
 from __future__ import annotations
@@ -26,17 +26,40 @@ from tests.support.api import TENANT, V1, C, ok, problem, tenant_snapshot, unkno
 
 ROLE_KEYS = {role: f"{role}-key-0123456789" for role in ("admin", "enroll", "gate", "read")}
 CONFIGURED = ",".join(f"{TENANT}/{role}:{key}" for role, key in ROLE_KEYS.items())
-# Who may call what, as docs/api.md (Roles) promises it.
-SPECIAL = {("POST", paths.REGISTER): {"admin", "enroll"}, ("POST", paths.SEND_CHECK): {"admin", "gate"}}
+# Who may call what, as docs/api.md (Roles) promises it: only an agent's own
+# credential acts as the agent; an admin key may also force-release and send-check.
+AGENT_ONLY = {"agent"}
+SPECIAL = {
+    ("POST", paths.REGISTER): {"admin", "enroll"},
+    ("POST", paths.AGENT_CREDENTIALS): {"admin", "enroll"},
+    ("POST", paths.SEND_CHECK): {"admin", "gate", "agent"},
+    ("POST", paths.HEARTBEAT): AGENT_ONLY,
+    ("POST", paths.LEASE): AGENT_ONLY,
+    ("POST", paths.LEASE_RENEW): AGENT_ONLY,
+    ("DELETE", paths.LEASE_BY_ID): {"admin", "agent"},
+    ("POST", paths.CONSENSUS): AGENT_ONLY,
+    ("POST", paths.VOTE): AGENT_ONLY,
+}
+# The body or query field that names the agent a route acts as.
+ACTS_AS = {
+    ("POST", paths.SEND_CHECK): "agent_id",
+    ("POST", paths.HEARTBEAT): "agent_id",
+    ("POST", paths.LEASE): "agent_id",
+    ("POST", paths.LEASE_RENEW): "agent_id",
+    ("DELETE", paths.LEASE_BY_ID): "agent_id",
+    ("POST", paths.CONSENSUS): "requesting_agent_id",
+    ("POST", paths.VOTE): "agent_id",
+}
 ID_KINDS = {"agentId": "agent", "leaseId": "lease", "consensusId": "cons"}
+ROLES = (*ROLE_KEYS, "agent")
 
 
 def expected_roles(e: Endpoint) -> set[str]:
-    return SPECIAL.get((e.method, e.path), {"admin", "read"} if e.method == "GET" else {"admin"})
+    return SPECIAL.get((e.method, e.path), {"admin", "read", "agent"} if e.method == "GET" else {"admin"})
 
 
 ENDPOINTS = [r.endpoint for r in routes if isinstance(r.endpoint, Endpoint) and r.endpoint.authenticated]
-CELLS = [(e, role) for e in ENDPOINTS for role in ROLE_KEYS]
+CELLS = [(e, role) for e in ENDPOINTS for role in ROLES]
 
 
 @pytest.fixture
@@ -59,15 +82,26 @@ def path_of(e: Endpoint) -> str:
 
 
 def test_every_route_has_its_expected_roles_declared():
-    assert ENDPOINTS and all(e.key_roles == expected_roles(e) for e in ENDPOINTS), [
-        (e.method, e.path, sorted(e.key_roles)) for e in ENDPOINTS if e.key_roles != expected_roles(e)
+    assert ENDPOINTS and all(e.roles == expected_roles(e) for e in ENDPOINTS), [
+        (e.method, e.path, sorted(e.roles)) for e in ENDPOINTS if e.roles != expected_roles(e)
     ]
+
+
+def test_every_route_that_acts_as_an_agent_names_its_field():
+    assert {(e.method, e.path): e.acts_as for e in ENDPOINTS if e.acts_as} == ACTS_AS
 
 
 @pytest.mark.parametrize("e, role", CELLS, ids=[f"{e.method} {e.path.removeprefix(V1)} as {r}" for e, r in CELLS])
 async def test_a_key_calls_only_what_its_role_may(role_app, redis_client, keys, e: Endpoint, role: str):
+    agent_id = None
+    if role == "agent":  # an agent of the tenant, calling with its own credential
+        async with as_key(role_app, ROLE_KEYS["admin"]) as admin:
+            agent = ok(await admin.post(f"{V1}/register", json={"agentName": "roles-agent"}), 201)
+        agent_id, token = agent["id"], agent["credential"]
+    else:
+        token = ROLE_KEYS[role]
     before = await tenant_snapshot(redis_client, keys, TENANT)
-    async with as_key(role_app, ROLE_KEYS[role]) as client:
+    async with as_key(role_app, token) as client:
         # The event stream as a page: a stream of an allowed role would not end.
         params = {"limit": 1} if e.path == paths.EVENTS else None
         response = await client.request(e.method, path_of(e), params=params, json={} if e.body is not None else None)
@@ -75,8 +109,11 @@ async def test_a_key_calls_only_what_its_role_may(role_app, redis_client, keys, 
         assert not (response.status_code == 403 and response.json()["code"] == "insufficient_scope"), response.text
         return
     body = problem(response, 403, "insufficient_scope", keyRole=role)
-    position = list(ROLE_KEYS).index(role) + 1  # the key's id names its place in CONCORD_API_KEYS
-    assert f"cfg-{position} (role {role})" in body["detail"] and ROLE_KEYS[role] not in body["detail"], body
+    if role == "agent":
+        assert f"The credential of agent {agent_id} may not" in body["detail"] and token not in body["detail"], body
+    else:
+        position = list(ROLE_KEYS).index(role) + 1  # the key's id names its place in CONCORD_API_KEYS
+        assert f"cfg-{position} (role {role})" in body["detail"] and token not in body["detail"], body
     assert await tenant_snapshot(redis_client, keys, TENANT) == before
 
 

@@ -12,10 +12,26 @@ from __future__ import annotations
 import pytest
 
 from concord.server.store.keys import lease_id as lease_id_of
+from tests.api.credential_support import forged
 from tests.api.lease_support import CONTACT, lease_post, registry, stored, tenant_keys
 from tests.api.lease_support import retention as retention  # fixtures: pytest finds them here
 from tests.api.lease_support import sdr as sdr
-from tests.support.api import LEASE_ID, TENANT, C, acquire, invalid, make_inactive, ms, ok, problem, unknown_id
+from tests.conftest import API_KEY
+from tests.support.api import (
+    LEASE_ID,
+    TENANT,
+    C,
+    acquire,
+    bearer,
+    credential_of,
+    invalid,
+    make_inactive,
+    ms,
+    ok,
+    problem,
+    tenant_snapshot,
+    unknown_id,
+)
 
 LEASE_FIELDS = {
     "id",
@@ -269,11 +285,28 @@ async def test_fencing_tokens_grow_across_grants(client, redis_client, keys, sdr
     assert int(await redis_client.get(keys.fence(TENANT))) == tokens[-1]
 
 
-async def test_acquire_unknown_agent_is_404(client, redis_client, keys):
+async def test_no_one_but_an_agent_leases_and_an_unknown_agent_never_does(client, redis_client, keys):
+    """An admin key may not lease for an agent (403, only the agent's own credential
+    acts as it), and a credential claiming an agent that does not exist is no
+    agent's current one (401): neither writes anything."""
     missing = unknown_id("agent")
-    body = problem(await lease_post(client, agentId=missing, contactEmail=CONTACT), 404, "agent_not_found")
-    assert missing in body["detail"]
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    body = {"agentId": missing, "contactEmail": CONTACT}
+    problem(
+        await client.post(f"{C}/lease", json=body, headers=bearer(API_KEY)), 403, "insufficient_scope", keyRole="admin"
+    )
+    refused = problem(
+        await client.post(f"{C}/lease", json=body, headers=bearer(forged(TENANT, missing))), 401, "unauthorized"
+    )
+    assert missing in refused["detail"]
     assert not await redis_client.exists(keys.lease(TENANT, CONTACT))
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
+
+
+@pytest.mark.parametrize("body", [{"contactEmail": CONTACT}, {"agentId": None, "contactEmail": CONTACT}], ids=repr)
+async def test_acquire_with_a_credential_may_leave_the_agent_id_out(client, sdr, body):
+    lease = ok(await client.post(f"{C}/lease", json=body, headers=bearer(credential_of(client, sdr["id"]))), 201)
+    assert lease["agentId"] == sdr["id"] and lease["contactEmail"] == CONTACT
 
 
 async def test_acquire_by_inactive_agent_is_409(client, redis_client, keys, sdr):
@@ -345,8 +378,8 @@ async def test_lease_duration_limits_are_inclusive(client, redis_client, keys, s
 @pytest.mark.parametrize(
     "payload, field",
     [
-        ({"contactEmail": CONTACT}, "$.agentId"),
-        ({"agentId": None}, "$.agentId"),
+        ({"agentId": 5, "contactEmail": CONTACT}, "$.agentId"),
+        ({"agentId": None}, "$.contactEmail"),
         ({"agentId": "SELF"}, "$.contactEmail"),
         ({"agentId": "SELF", "contactEmail": 5}, "$.contactEmail"),
         ({"agentId": "SELF", "contactEmail": [CONTACT]}, "$.contactEmail"),
@@ -359,9 +392,11 @@ async def test_lease_duration_limits_are_inclusive(client, redis_client, keys, s
     ],
     ids=repr,
 )
-async def test_acquire_refuses_bad_bodies(client, sdr, payload, field):
+async def test_acquire_refuses_bad_bodies(client, redis_client, keys, sdr, payload, field):
     body = {k: (sdr["id"] if v == "SELF" else v) for k, v in payload.items()}
-    invalid(await client.post(f"{C}/lease", json=body), field)
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    invalid(await client.post(f"{C}/lease", json=body, headers=bearer(credential_of(client, sdr["id"]))), field)
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
 
 
 async def test_intent_of_64_characters_is_accepted(client, sdr):

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
 from tests.api.lease_support import CONTACT, registry, send_check, stored
 from tests.api.lease_support import retention as retention  # fixtures: pytest finds them here
 from tests.api.lease_support import sdr as sdr
-from tests.support.api import TENANT, C, acquire, invalid, make_inactive, ms, ok, problem, unknown_id
+from tests.support.api import (
+    TENANT,
+    C,
+    acquire,
+    bearer,
+    credential_of,
+    invalid,
+    make_inactive,
+    ms,
+    ok,
+    problem,
+    tenant_snapshot,
+    unknown_id,
+)
 from tests.support.helpers import eventually
 
 # --- expiry -------------------------------------------------------------------
@@ -80,11 +94,14 @@ async def test_renew_by_another_agent_is_403(client, redis_client, keys, sdr, re
         await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": retention["id"]}), 403, "not_lease_holder"
     )
     assert lease["id"] in body["detail"]
-    # An agent that does not exist is not the holder either.
+    # An agent that does not exist has no credential: one claiming it is refused.
+    missing = unknown_id("agent")
     problem(
-        await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": unknown_id("agent")}),
-        403,
-        "not_lease_holder",
+        await client.post(
+            f"{C}/lease/{lease['id']}/renew", json={"agentId": missing}, headers=bearer(forged(TENANT, missing))
+        ),
+        401,
+        "unauthorized",
     )
     assert ok(await client.get(f"{C}/lease/{lease['id']}")) == lease
 
@@ -109,7 +126,7 @@ async def test_renew_by_inactive_holder_is_409(client, redis_client, keys, sdr):
 @pytest.mark.parametrize(
     "payload, field",
     [
-        ({}, "$.agentId"),
+        ({"agentId": 7}, "$.agentId"),
         ({"durationMinutes": 0}, "$.durationMinutes"),
         ({"durationSeconds": 86_401}, "$.durationSeconds"),
         ({"durationSeconds": "60"}, "$.durationSeconds"),
@@ -118,10 +135,21 @@ async def test_renew_by_inactive_holder_is_409(client, redis_client, keys, sdr):
     ],
     ids=repr,
 )
-async def test_renew_refuses_bad_bodies(client, sdr, payload, field):
+async def test_renew_refuses_bad_bodies(client, redis_client, keys, sdr, payload, field):
     lease = await acquire(client, sdr["id"], CONTACT)
-    body = {"agentId": sdr["id"], **payload} if payload else {}
-    invalid(await client.post(f"{C}/lease/{lease['id']}/renew", json=body), field)
+    body = {"agentId": sdr["id"], **payload}
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    mine = bearer(credential_of(client, sdr["id"]))
+    invalid(await client.post(f"{C}/lease/{lease['id']}/renew", json=body, headers=mine), field)
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
+
+
+async def test_renew_with_a_credential_may_leave_the_agent_id_out(client, sdr):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    mine = bearer(credential_of(client, sdr["id"]))
+    renewed = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"durationSeconds": 90}, headers=mine))
+    assert renewed["agentId"] == sdr["id"] and renewed["fencingToken"] == lease["fencingToken"]
+    assert ms(renewed["expiresAt"]) - ms(renewed["acquiredAt"]) >= 90_000
 
 
 # --- release ------------------------------------------------------------------

@@ -9,10 +9,25 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.credential_support import forged
 from tests.api.lease_support import CONTACT, send_check, stored, tenant_keys
 from tests.api.lease_support import retention as retention  # fixtures: pytest finds them here
 from tests.api.lease_support import sdr as sdr
-from tests.support.api import TENANT, C, acquire, invalid, make_inactive, ms, ok, unknown_id
+from tests.conftest import API_KEY
+from tests.support.api import (
+    TENANT,
+    C,
+    acquire,
+    bearer,
+    credential_of,
+    invalid,
+    make_inactive,
+    ms,
+    ok,
+    problem,
+    tenant_snapshot,
+    unknown_id,
+)
 
 # --- send-check ---------------------------------------------------------------
 
@@ -104,7 +119,6 @@ async def test_send_check_stale_fencing_token(client, redis_client, keys, sdr, r
 @pytest.mark.parametrize(
     "payload, field",
     [
-        ({"contactEmail": CONTACT}, "$.agentId"),
         ({"agentId": "SELF"}, "$.contactEmail"),
         ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": 0}, "$.fencingToken"),
         ({"agentId": "SELF", "contactEmail": CONTACT, "fencingToken": -1}, "$.fencingToken"),
@@ -119,6 +133,44 @@ async def test_send_check_stale_fencing_token(client, redis_client, keys, sdr, r
 async def test_send_check_refuses_bad_bodies(client, sdr, payload, field):
     body = {k: (sdr["id"] if v == "SELF" else v) for k, v in payload.items()}
     invalid(await client.post(f"{C}/send-check", json=body), field)
+    invalid(await client.post(f"{C}/send-check", json=body, headers=bearer(API_KEY)), field)
+
+
+async def test_send_check_with_a_key_must_name_the_agent(client, redis_client, keys, sdr):
+    """An admin (or gate) key asks for some agent: it must say which (422, naming
+    the field in words); the agent's own credential asks as itself.
+
+    FAILS today: routes.py send_check raises invalid("$.agentId", ...), so the detail
+    starts "$.agentId: " where every other 422 names the field in words ("agentId: ")."""
+    before = await tenant_snapshot(redis_client, keys, TENANT)
+    body = invalid(
+        await client.post(f"{C}/send-check", json={"contactEmail": CONTACT}, headers=bearer(API_KEY)), "$.agentId"
+    )
+    assert "API key" in body["detail"], body
+    assert await tenant_snapshot(redis_client, keys, TENANT) == before
+
+
+async def test_send_check_with_a_credential_may_leave_the_agent_id_out(client, sdr, retention):
+    lease = await acquire(client, sdr["id"], CONTACT)
+    as_sdr, as_retention = (bearer(credential_of(client, a["id"])) for a in (sdr, retention))
+    check = {"contactEmail": CONTACT, "fencingToken": lease["fencingToken"]}
+    assert ok(await client.post(f"{C}/send-check", json=check, headers=as_sdr)) == {"allowed": True}
+    refused = ok(await client.post(f"{C}/send-check", json={"contactEmail": CONTACT}, headers=as_retention))
+    assert refused["allowed"] is False and refused["reason"] == "lease_conflict", refused
+    # The admin key asks about any agent it names.
+    named = {"agentId": retention["id"], "contactEmail": CONTACT}
+    assert ok(await client.post(f"{C}/send-check", json=named, headers=bearer(API_KEY))) == refused
+
+
+async def test_send_check_with_a_forged_credential_is_401(client, sdr):
+    await acquire(client, sdr["id"], CONTACT)
+    for agent_id in (sdr["id"], unknown_id("agent")):
+        response = await client.post(
+            f"{C}/send-check",
+            json={"agentId": agent_id, "contactEmail": CONTACT},
+            headers=bearer(forged(TENANT, agent_id)),
+        )
+        problem(response, 401, "unauthorized")
 
 
 async def test_send_check_writes_nothing(client, redis_client, keys, sdr, retention):

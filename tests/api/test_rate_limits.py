@@ -5,10 +5,13 @@ the Settings `concord serve` would read):
 
 * a bucket lets its burst through, then answers 429 rate_limited with
   Retry-After (whole seconds, at least 1) and retryAfterMs;
-* the agent bucket is the acting agent's (agentId, or requestingAgentId): another
-  agent of the tenant is not held back by it, nor is a request without an agent;
-* one tenant's buckets never limit another tenant, even for an agent id the other
-  tenant sends;
+* the agent bucket is the agent of the credential a request carries, on every call
+  it makes (reads too): another agent of the tenant is not held back by it, nor is
+  a request made with an API key, even one naming the agent;
+* a forged credential claiming an agent is refused (401) before any token is
+  taken: it never drains the agent's bucket, nor its tenant's;
+* one tenant's buckets never limit another tenant, whatever agent id the other
+  tenant names;
 * registration takes from the tenant's bucket only;
 * a request takes from both of its buckets or from neither;
 * tokens come back at the configured rate (polled, with a deadline);
@@ -38,14 +41,27 @@ from redis.exceptions import ResponseError
 
 from concord.server.app import create_app
 from concord.server.errors import ConcordError
-from concord.server.settings import ConfigError, RateLimit, Settings, parse_api_keys, parse_rate_limits
+from concord.server.principals import AgentPrincipal, KeyGrant
+from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_api_keys, parse_rate_limits
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for
 from concord.server.store.replies import Reply
+from tests.api.credential_support import forged
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY, OTHER_API_KEY, running
 from tests.lua.scripts_support import dump
-from tests.support.api import OTHER_TENANT, PROBLEM_MEMBERS, TENANT, V1, C, problem, redis_ms
+from tests.support.api import (
+    OTHER_TENANT,
+    PROBLEM_MEMBERS,
+    TENANT,
+    V1,
+    C,
+    Fleet,
+    bearer,
+    credential_of,
+    problem,
+    redis_ms,
+)
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
 from tests.system.security_support import security_report
 
@@ -57,10 +73,10 @@ ROUNDING_MS = 1
 
 
 def http(app, api_key: str) -> httpx.AsyncClient:
+    """A client that authenticates as a fleet does (support/api.py Fleet): each agent it
+    registered with that agent's credential, everything else with ``api_key``."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://concord.test",
-        headers={"Authorization": f"Bearer {api_key}"},
+        transport=httpx.ASGITransport(app=app), base_url="http://concord.test", auth=Fleet(api_key)
     )
 
 
@@ -84,14 +100,20 @@ async def deployment(
         yield a, b
 
 
-async def register(client: httpx.AsyncClient, name: str) -> str:
+async def enrol(client: httpx.AsyncClient, name: str) -> tuple[str, str]:
+    """Register an agent: its id and its (new) credential."""
     response = await client.post(f"{V1}/register", json={"agentName": name})
     assert response.status_code in (200, 201), response.text
-    return response.json()["id"]
+    return response.json()["id"], response.json()["credential"]
 
 
-async def heartbeat(client: httpx.AsyncClient, agent_id: str) -> httpx.Response:
-    return await client.post(f"{C}/heartbeat", json={"agentId": agent_id})
+async def register(client: httpx.AsyncClient, name: str) -> str:
+    return (await enrol(client, name))[0]
+
+
+async def heartbeat(client: httpx.AsyncClient, agent_id: str, token: str | None = None) -> httpx.Response:
+    """A heartbeat of ``agent_id``: with its credential (the fleet's, or ``token``)."""
+    return await client.post(f"{C}/heartbeat", json={"agentId": agent_id}, headers=bearer(token) if token else None)
 
 
 def limited(response: httpx.Response) -> int:
@@ -131,52 +153,92 @@ async def test_a_burst_then_429_with_retry_after(redis_client, prefix, keys):
         assert await rate_keys(redis_client, keys) == [keys.rate_bucket(TENANT)]
 
 
-async def test_the_agent_bucket_is_the_acting_agents(redis_client, prefix, keys):
+async def test_the_agent_bucket_is_the_credentials_agent(redis_client, prefix, keys):
     async with deployment(redis_client, prefix, "agent=2/h") as (a, _):
         x, y, z = [await register(a, name) for name in ("x", "y", "z")]
         for _ in range(2):
             assert (await heartbeat(a, x)).status_code == 200
         limited(await heartbeat(a, x))
-        # Every POST acting for x takes from x's bucket.
+        # Every call made with x's credential takes from x's bucket, reads too.
         limited(await a.post(f"{C}/lease", json={"agentId": x, "contactEmail": "alice@example.com"}))
         limited(await a.post(f"{C}/send-check", json={"agentId": x, "contactEmail": "alice@example.com"}))
         limited(await a.post(f"{C}/consensus", json={"requestingAgentId": x, "action": "a"}))
+        limited(await a.get(AGENTS, headers=bearer(credential_of(a, x))))
+        limited(
+            await a.post(
+                f"{C}/send-check", json={"contactEmail": "alice@example.com"}, headers=bearer(credential_of(a, x))
+            )
+        )
         # Another agent of the tenant is not held back by x's bucket...
         assert (await heartbeat(a, y)).status_code == 200
-        # ... and requestingAgentId is the acting agent of a consensus request.
+        # ... and a consensus request takes from its requester's, by its credential.
         consensus = await a.post(f"{C}/consensus", json={"requestingAgentId": y, "action": "a"})
         assert consensus.status_code == 201, consensus.text
         limited(await heartbeat(a, y))
         vote = await a.post(f"{C}/consensus/{consensus.json()['id']}/vote", json={"agentId": z, "vote": "approve"})
         assert vote.status_code == 200, vote.text
-        # Requests that act for no agent have no agent bucket: no limit configured for them.
+        # A key draws from the tenant's bucket only (none configured here), even naming x.
         for _ in range(5):
             assert (await a.get(AGENTS)).status_code == 200
             assert (await a.get(f"{AGENTS}/{x}")).status_code == 200
+            assert (
+                await a.post(
+                    f"{C}/send-check", json={"agentId": x, "contactEmail": "alice@example.com"}, headers=bearer(API_KEY)
+                )
+            ).status_code == 200
+        # z's credential naming x is refused as it (403) and takes from neither bucket.
+        z_bucket = await redis_client.hgetall(keys.rate_bucket(TENANT, z))
+        problem(await heartbeat(a, x, credential_of(a, z)), 403, "agent_mismatch")
+        assert await redis_client.hgetall(keys.rate_bucket(TENANT, z)) == z_bucket
         assert await rate_keys(redis_client, keys) == sorted(keys.rate_bucket(TENANT, i) for i in (x, y, z))
 
 
+async def test_a_forged_credential_never_drains_the_agents_bucket(redis_client, prefix, keys):
+    """Heartbeats sent with a forged credential claiming the victim are refused (401)
+    before any token is taken: the victim's bucket and its tenant's keep every token,
+    and the victim's own requests still pass."""
+    async with deployment(redis_client, prefix, "tenant=4/h,agent=2/h") as (a, _):
+        victim = await register(a, "victim")  # the tenant's first token
+        before = await rate_keys(redis_client, keys), await redis_client.hgetall(keys.rate_bucket(TENANT))
+        for _ in range(20):
+            problem(await heartbeat(a, victim, forged(TENANT, victim)), 401, "unauthorized")
+            problem(await a.get(AGENTS, headers=bearer(forged(TENANT, victim))), 401, "unauthorized")
+        assert (await rate_keys(redis_client, keys), await redis_client.hgetall(keys.rate_bucket(TENANT))) == before
+        assert not await redis_client.exists(keys.rate_bucket(TENANT, victim))
+        for _ in range(2):
+            assert (await heartbeat(a, victim)).status_code == 200, "the victim's own heartbeat was held back"
+        limited(await heartbeat(a, victim))  # its own bucket of two, and only its own calls drew from it
+        # The tenant's bucket paid for the victim's three calls only: one token is left of four.
+        tenant_bucket = await redis_client.hgetall(keys.rate_bucket(TENANT))
+        assert 0.99 < float(tenant_bucket["tokens"]) < 1.01, tenant_bucket
+        assert (await a.get(AGENTS)).status_code == 200
+        limited(await a.get(AGENTS))
+
+
 async def test_one_tenants_buckets_never_limit_another(redis_client, prefix, keys):
-    x = agent_id_for(TENANT, "x")
+    async with deployment(redis_client, prefix, "") as (setup, _):  # no limits: registering takes nothing
+        x, x_credential = await enrol(setup, "x")
     async with deployment(redis_client, prefix, "tenant=3/h,agent=2/h") as (a, b):
         for _ in range(3):
             assert (await a.get(AGENTS)).status_code == 200
         limited(await a.get(AGENTS))
         # acme's empty bucket is acme's: globex has three tokens of its own. And globex
-        # may name acme's agent id as often as it likes: that fills globex's bucket for
-        # that id, never acme's agent's.
+        # may name acme's agent as often as it likes, with its key, with its own agent's
+        # credential, or with a credential it forged for x: none of it takes a token
+        # from anyone, least of all from acme's x.
+        g = await register(b, "gx")  # globex's first token
+        for _ in range(3):
+            problem(await heartbeat(b, x), 403, "insufficient_scope")
+            problem(await heartbeat(b, x, credential_of(b, g)), 403, "agent_mismatch")
+            problem(await heartbeat(b, x, forged(TENANT, x)), 401, "unauthorized")
         assert (await b.get(AGENTS)).status_code == 200
-        for _ in range(2):
-            problem(await heartbeat(b, x), 404, "agent_not_found")
+        assert (await b.get(AGENTS)).status_code == 200
         limited(await b.get(AGENTS))
-        assert await rate_keys(redis_client, keys) == sorted(
-            [keys.rate_bucket(TENANT), keys.rate_bucket(OTHER_TENANT), keys.rate_bucket(OTHER_TENANT, x)]
-        )
+        assert await rate_keys(redis_client, keys) == sorted([keys.rate_bucket(TENANT), keys.rate_bucket(OTHER_TENANT)])
     async with deployment(redis_client, prefix, "agent=2/h") as (a, _):
-        assert await register(a, "x") == x
         for _ in range(2):
-            assert (await heartbeat(a, x)).status_code == 200  # acme's x still has both its tokens
-        limited(await heartbeat(a, x))
+            assert (await heartbeat(a, x, x_credential)).status_code == 200  # acme's x still has both its tokens
+        limited(await heartbeat(a, x, x_credential))
 
 
 async def test_registration_takes_from_the_tenant_only(redis_client, prefix, keys):
@@ -194,16 +256,16 @@ async def test_registration_takes_from_the_tenant_only(redis_client, prefix, key
 
 async def test_a_request_takes_from_both_buckets_or_from_neither(redis_client, prefix, keys):
     async with deployment(redis_client, prefix, "") as (setup, _):  # no limits: registering takes nothing
-        x, y = await register(setup, "x"), await register(setup, "y")
+        (x, x_credential), (y, y_credential) = await enrol(setup, "x"), await enrol(setup, "y")
     async with deployment(redis_client, prefix, "tenant=5/h,agent=2/h") as (a, _):
         for _ in range(2):
-            assert (await heartbeat(a, x)).status_code == 200
+            assert (await heartbeat(a, x, x_credential)).status_code == 200
         tenant_before = await redis_client.hgetall(keys.rate_bucket(TENANT))
-        limited(await heartbeat(a, x))  # x's bucket is empty: the tenant's must not pay for it
+        limited(await heartbeat(a, x, x_credential))  # x's bucket is empty: the tenant's must not pay for it
         assert await redis_client.hgetall(keys.rate_bucket(TENANT)) == tenant_before
         # The tenant's three remaining tokens are all there.
-        assert (await heartbeat(a, y)).status_code == 200
-        assert (await heartbeat(a, y)).status_code == 200
+        assert (await heartbeat(a, y, y_credential)).status_code == 200
+        assert (await heartbeat(a, y, y_credential)).status_code == 200
         assert (await a.get(AGENTS)).status_code == 200
         limited(await a.get(AGENTS))
 
@@ -347,8 +409,10 @@ async def test_concurrent_requests_across_workers_get_exactly_the_burst(limited_
     for one agent, against its bucket of 5: exactly 5."""
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(limited_stack.service.client(PROC_KEY)) for _ in range(100)]
-        agent = await register(clients[0], "racer")  # one tenant token: 24 left
-        beats = Counter(r.status_code for r in await asyncio.gather(*(heartbeat(c, agent) for c in clients[:40])))
+        agent, token = await enrol(clients[0], "racer")  # one tenant token: 24 left
+        beats = Counter(
+            r.status_code for r in await asyncio.gather(*(heartbeat(c, agent, token) for c in clients[:40]))
+        )
         assert beats == {200: 5, 429: 35}, beats  # 5 more tenant tokens: 19 left
         reads = Counter(r.status_code for r in await asyncio.gather(*(c.get(AGENTS) for c in clients)))
         assert reads == {200: 19, 429: 81}, reads
@@ -394,11 +458,29 @@ async def test_a_burst_of_concurrent_requests_is_served_not_refused(real_redis_u
 # --- lua/rate_limit.lua, called directly ------------------------------------------
 
 
-async def take(store: Store, *buckets: tuple[str, float, int]) -> list:
-    """Run the script on ``buckets``: (key, tokens per ms, burst) each."""
+async def take(store: Store, *buckets: tuple[str, float, int], agent: tuple[str, str] | None = None) -> list:
+    """Run the script on ``buckets``: (key, tokens per ms, burst) each; as an API key
+    (no credential), or as ``agent``: (its agent key, the digest of its credential)."""
+    agent_key, credential = agent or (store.ctx.keys.agent(TENANT, ""), "")
     return await store.scripts.rate_limit(
-        [key for key, _, _ in buckets], [value for _, rate, burst in buckets for value in (rate, burst)]
+        [agent_key, *(key for key, _, _ in buckets)],
+        [credential, *(value for _, rate, burst in buckets for value in (rate, burst))],
     )
+
+
+async def test_script_takes_from_an_agent_only_with_its_current_credential(store, redis_client, keys, prefix):
+    x = agent_id_for(TENANT, "x")
+    agent_key, bucket = keys.agent(TENANT, x), keys.rate_bucket(TENANT, x)
+    await redis_client.hset(agent_key, "credential", key_digest("the-current-one"))
+    state = await dump(redis_client, prefix)
+    for wrong in (key_digest("a-forged-one"), key_digest("")):
+        assert await take(store, (bucket, 0.001, 5), agent=(agent_key, wrong)) == [Reply.BAD_CREDENTIAL]
+    # An agent that does not exist has no credential: nothing matches it.
+    other = keys.agent(TENANT, agent_id_for(TENANT, "nobody"))
+    assert await take(store, (bucket, 0.001, 5), agent=(other, key_digest("the-current-one"))) == [Reply.BAD_CREDENTIAL]
+    assert await dump(redis_client, prefix) == state  # nothing taken, nothing written
+    assert await take(store, (bucket, 0.001, 5), agent=(agent_key, key_digest("the-current-one"))) == [Reply.OK]
+    assert (await redis_client.hgetall(bucket))["tokens"] == "4"
 
 
 async def test_script_takes_a_token_and_writes_the_bucket(store, redis_client, keys):
@@ -466,12 +548,18 @@ async def test_script_refuses_a_bucket_of_the_wrong_type_writing_nothing(store, 
 async def test_store_take_token_raises_rate_limited(store, redis_client, keys):
     limits = parse_rate_limits("tenant=1/h,agent=1/h")
     x = agent_id_for(TENANT, "x")
-    await store.limits.take_token(TENANT, x, limits)
+    await redis_client.hset(keys.agent(TENANT, x), "credential", key_digest("x's credential"))
+    as_x, admin = AgentPrincipal(TENANT, x, key_digest("x's credential")), KeyGrant(id="cfg-1", tenant=TENANT)
+    await store.limits.take_token(as_x, limits)
     with pytest.raises(ConcordError) as refused:
-        await store.limits.take_token(TENANT, None, limits)
+        await store.limits.take_token(admin, limits)
     assert refused.value.code == "rate_limited"
     assert 3_500_000 < refused.value.extra["retryAfterMs"] <= 3_600_000 + ROUNDING_MS
-    assert await store.limits.take_token(TENANT, None, {}) is None  # no limits: no script, no key
+    # A credential that is not x's is refused before any bucket is read: 401, not 429.
+    with pytest.raises(ConcordError) as forged_one:
+        await store.limits.take_token(AgentPrincipal(TENANT, x, key_digest("forged")), limits)
+    assert forged_one.value.code == "unauthorized"
+    assert await store.limits.take_token(admin, {}) is None  # no limits: no script, no key
     assert sorted([k async for k in redis_client.scan_iter(match=f"{keys.prefix}:*")]) == sorted(
-        [keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, x)]
+        [keys.agent(TENANT, x), keys.rate_bucket(TENANT), keys.rate_bucket(TENANT, x)]
     )
