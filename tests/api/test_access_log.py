@@ -24,7 +24,7 @@ from starlette.routing import Route
 from concord.server.http.observe import Observe, stdout_writer
 from concord.server.metrics import Metrics
 from concord.server.settings import ConfigError, Settings
-from tests.support.api import V1
+from tests.support.api import V1, Fleet, bearer
 from tests.support.helpers import HANG_SECONDS, RedisServer, ServiceProcess, redis_server, service, wait_until
 
 TENANT, KEY = "acme", "acme-access-key-0123456789"
@@ -32,7 +32,8 @@ C = f"{V1}/coordination"
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TEXT_LINE = re.compile(
     rf"(?P<ts>{TS.pattern}) (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{{3}}) (?P<ms>\d+\.\d{{3}})ms"
-    r" route=(?P<route>\S+) tenant=(?P<tenant>\S+) key=(?P<key>\S+) role=(?P<role>\S+) agent=(?P<agent>\S+)"
+    r" route=(?P<route>\S+) tenant=(?P<tenant>\S+) principal=(?P<principal>\S+) role=(?P<role>\S+)"
+    r" agent=(?P<agent>\S+)"
     r" client=(?P<client>\S+)"
 )
 # What uvicorn's own access log looked like; the service must not write it any more.
@@ -54,6 +55,17 @@ def settings(redis: RedisServer, **more: str) -> dict[str, str]:
     }
 
 
+def fleet(proc: ServiceProcess, key: str) -> httpx.AsyncClient:
+    """A client of the service that authenticates as a fleet does: each agent it
+    registered with that agent's credential, everything else with ``key``."""
+    return httpx.AsyncClient(base_url=proc.url, auth=Fleet(key), timeout=HANG_SECONDS)
+
+
+def forged(agent_id: str) -> dict[str, str]:
+    """A credential of the agent's shape that Concord never made."""
+    return bearer(f"concord-agent.{TENANT}.{agent_id}.{'F' * 43}")
+
+
 def json_lines(proc: ServiceProcess) -> list[dict]:
     """The access lines of the service's log, readiness checks left out."""
     lines = [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
@@ -69,43 +81,65 @@ async def test_one_json_line_per_request_by_default(redis: RedisServer, tmp_path
     log = tmp_path / "serve.log"
     with service(settings(redis), log) as proc:  # CONCORD_ACCESS_LOG unset: json
         unknown = f"agent_{uuid.uuid4()}"
-        async with proc.client(KEY) as client, proc.client(None) as anonymous:
+        async with fleet(proc, KEY) as client, proc.client(None) as anonymous:
             agent = (await client.post(f"{V1}/register", json={"agentName": "logged"})).json()["id"]
+            own = bearer(client.auth.credentials[agent])
             answers = [
                 await client.post(f"{C}/heartbeat", json={"agentId": agent}),
-                await client.post(f"{C}/heartbeat", json={"agentId": unknown}),
-                await client.post(f"{C}/heartbeat", json={"agentId": 5}),
+                await client.post(f"{C}/heartbeat", json={}, headers=own),  # the agent left out: the credential's
+                await client.post(f"{C}/heartbeat", json={"agentId": unknown}),  # no credential: the admin key
+                await client.post(f"{C}/heartbeat", json={"agentId": unknown}, headers=own),
+                await client.post(f"{C}/heartbeat", json={"agentId": 5}, headers=own),
                 lease := await client.post(f"{C}/lease", json={"agentId": agent, "contactEmail": "ann@example.com"}),
                 await client.delete(f"{C}/lease/{lease.json()['id']}", params={"agentId": agent}),
                 await client.post(f"{C}/consensus", json={"requestingAgentId": agent, "action": "discount"}),
+                await client.get(f"{V1}/agents", headers=own),
+                await client.post(f"{C}/heartbeat", json={"agentId": agent}, headers=forged(agent)),
                 await anonymous.get(f"{V1}/agents"),
                 await client.get("/no/such/path", params={"q": "1"}),
             ]
-        assert [a.status_code for a in answers] == [200, 404, 422, 201, 200, 201, 401, 404]
+        assert [a.status_code for a in answers] == [200, 200, 403, 403, 422, 201, 200, 201, 200, 401, 401, 404]
+        admin, as_agent, nobody = ("cfg-1", "admin"), (agent, "agent"), (None, None)
+        heartbeat = ("POST", f"{C}/heartbeat", f"{C}/heartbeat")
         expected = [
-            ("POST", f"{V1}/register", f"{V1}/register", 201, TENANT, None),
-            ("POST", f"{C}/heartbeat", f"{C}/heartbeat", 200, TENANT, agent),
-            ("POST", f"{C}/heartbeat", f"{C}/heartbeat", 404, TENANT, unknown),
-            ("POST", f"{C}/heartbeat", f"{C}/heartbeat", 422, TENANT, None),  # no agent in a body that failed
-            ("POST", f"{C}/lease", f"{C}/lease", 201, TENANT, agent),
-            ("DELETE", f"{C}/lease/{lease.json()['id']}", f"{C}/lease/{{leaseId}}", 200, TENANT, agent),
-            ("POST", f"{C}/consensus", f"{C}/consensus", 201, TENANT, agent),
-            ("GET", f"{V1}/agents", f"{V1}/agents", 401, None, None),  # no key, no tenant
-            ("GET", "/no/such/path", "unmatched", 404, None, None),
+            ("POST", f"{V1}/register", f"{V1}/register", 201, TENANT, *admin, None),
+            (*heartbeat, 200, TENANT, *as_agent, agent),
+            (*heartbeat, 200, TENANT, *as_agent, agent),  # filled in from the credential
+            (*heartbeat, 403, TENANT, *admin, None),  # a key may not heartbeat: refused before the body is read
+            (*heartbeat, 403, TENANT, *as_agent, None),  # agent_mismatch: refused before it acts for anyone
+            (*heartbeat, 422, TENANT, *as_agent, None),  # no agent in a body that failed
+            ("POST", f"{C}/lease", f"{C}/lease", 201, TENANT, *as_agent, agent),
+            ("DELETE", f"{C}/lease/{lease.json()['id']}", f"{C}/lease/{{leaseId}}", 200, TENANT, *as_agent, agent),
+            ("POST", f"{C}/consensus", f"{C}/consensus", 201, TENANT, *as_agent, agent),
+            ("GET", f"{V1}/agents", f"{V1}/agents", 200, TENANT, *as_agent, None),  # a read names no agent
+            (*heartbeat, 401, TENANT, *as_agent, agent),  # forged: the agent it claimed to be, refused
+            ("GET", f"{V1}/agents", f"{V1}/agents", 401, None, *nobody, None),  # no key, no tenant
+            ("GET", "/no/such/path", "unmatched", 404, None, *nobody, None),
         ]
         lines = wait_until(
             lambda: (found := json_lines(proc)) and len(found) >= len(expected) and found,
             what="an access line per request",
         )
+        # The principal: the id and role of the key that authenticated (cfg-1: the first of
+        # CONCORD_API_KEYS), or the agent whose credential it was, of role "agent".
         assert [
-            (line["method"], line["path"], line["route"], line["status"], line["tenant"], line["agent"])
+            (
+                line["method"],
+                line["path"],
+                line["route"],
+                line["status"],
+                line["tenant"],
+                line["principal"],
+                line["role"],
+                line["agent"],
+            )
             for line in lines
         ] == expected
-        # The principal: the id and role of the key that authenticated (cfg-1: the first of CONCORD_API_KEYS).
-        assert [(line["key"], line["role"]) for line in lines] == [("cfg-1", "admin")] * 7 + [(None, None)] * 2
+        secrets = client.auth.credentials[agent], forged(agent)["Authorization"].removeprefix("Bearer ")
+        assert not any(secret in proc.log_text() for secret in secrets), "a credential was logged"
         for line in lines:
             assert list(line) == [
-                "ts", "method", "route", "path", "status", "ms", "tenant", "key", "role", "agent", "client"
+                "ts", "method", "route", "path", "status", "ms", "tenant", "principal", "role", "agent", "client"
             ]  # fmt: skip
             assert TS.fullmatch(line["ts"]) and line["ms"] >= 0 and line["client"] == "127.0.0.1"
     assert not UVICORN_ACCESS.search(proc.log_text()), "uvicorn's own access log is still on"
@@ -113,15 +147,18 @@ async def test_one_json_line_per_request_by_default(redis: RedisServer, tmp_path
 
 async def test_text_gives_one_plain_line_per_request(redis: RedisServer, tmp_path: Path):
     with service(settings(redis, CONCORD_ACCESS_LOG="text"), tmp_path / "serve.log") as proc:
-        async with proc.client(KEY) as client:
+        async with fleet(proc, KEY) as client:
             agent = (await client.post(f"{V1}/register", json={"agentName": "plain"})).json()["id"]
             assert (await client.post(f"{C}/heartbeat", json={"agentId": agent})).status_code == 200
             assert (await client.get(f"{V1}/agents/agent_nope")).status_code == 404
         lines = wait_until(lambda: (found := text_lines(proc)) and len(found) >= 3 and found, what="3 text lines")
-        assert [(m["method"], m["path"], m["status"], m["route"], m["tenant"], m["agent"]) for m in lines] == [
-            ("POST", f"{V1}/register", "201", f"{V1}/register", TENANT, "-"),
-            ("POST", f"{C}/heartbeat", "200", f"{C}/heartbeat", TENANT, agent),
-            ("GET", f"{V1}/agents/agent_nope", "404", f"{V1}/agents/{{agentId}}", TENANT, "-"),
+        assert [
+            (m["method"], m["path"], m["status"], m["route"], m["tenant"], m["principal"], m["role"], m["agent"])
+            for m in lines
+        ] == [
+            ("POST", f"{V1}/register", "201", f"{V1}/register", TENANT, "cfg-1", "admin", "-"),
+            ("POST", f"{C}/heartbeat", "200", f"{C}/heartbeat", TENANT, agent, "agent", agent),
+            ("GET", f"{V1}/agents/agent_nope", "404", f"{V1}/agents/{{agentId}}", TENANT, "cfg-1", "admin", "-"),
         ]
         assert not any(line.startswith("{") for line in proc.log_text().splitlines())
 
@@ -197,7 +234,7 @@ async def test_json_line_fields():
             "path": "/act/agent_x",
             "status": 204,
             "tenant": "acme",
-            "key": None,
+            "principal": None,
             "role": None,
             "agent": "agent_x",
             "client": "10.1.2.3",
@@ -208,7 +245,7 @@ async def test_json_line_fields():
             "path": "/boom",
             "status": 500,
             "tenant": "acme",
-            "key": None,
+            "principal": None,
             "role": None,
             "agent": None,
             "client": "10.1.2.3",
@@ -219,7 +256,7 @@ async def test_json_line_fields():
             "path": "/nothing%20here",
             "status": 404,
             "tenant": None,
-            "key": None,
+            "principal": None,
             "role": None,
             "agent": None,
             "client": "10.1.2.3",

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from concord.server.http.endpoint import Endpoint
 from concord.server.http.routes import routes
+from concord.server.principals import AGENT
 from concord.server.store import Store
 from tests.conftest import API_KEY
 from tests.support.api import (
@@ -24,6 +26,8 @@ from tests.support.api import (
     V1,
     C,
     acquire,
+    bearer,
+    credential_of,
     invalid,
     ok,
     problem,
@@ -31,6 +35,7 @@ from tests.support.api import (
     request_consensus,
     unknown_id,
 )
+from tests.support.helpers import snapshot
 
 MAX_BODY = 64 * 1024
 JSON = {"Content-Type": "application/json"}
@@ -59,7 +64,11 @@ async def world(client):
 
 def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None]]:
     """(method, concrete path, valid JSON body or None) for every /v1 route of
-    concord.server.http.routes.routes, with real ids from ``world`` or well-formed unknown ones."""
+    concord.server.http.routes.routes, with real ids from ``world`` or well-formed unknown ones.
+
+    Through the ``client`` fixture, the calls that act as an agent go with the
+    credential of the agent they name, when the client registered it (``world``);
+    an unknown agent's go with the admin key, which is 403 on most of them."""
     ids = {
         "agentId": world["agent"]["id"] if world else unknown_id("agent"),
         "leaseId": world["lease"]["id"] if world else unknown_id("lease"),
@@ -83,7 +92,8 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         path = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], route.path)
         for method in sorted(route.methods - {"HEAD"}):
             body = bodies.get(route.path) if method == "POST" else None
-            assert method != "POST" or body is not None, f"no body for POST {route.path}"
+            takes_body = method == "POST" and route.endpoint.body is not None  # rotating takes none
+            assert body is not None or not takes_body, f"no body for POST {route.path}"
             if route.path == "/v1/agent/coordination/leases":
                 path = f"{path}?agentId={agent}"
             if route.path == "/v1/agent/coordination/events":
@@ -117,6 +127,12 @@ def test_every_v1_route_is_exercised():
         f"Bearer{API_KEY}",
         f"Bearer {API_KEY}x",
         f"Bearer {API_KEY[:-1]}",
+        # Agent credentials that are not of the shape Concord makes.
+        "Bearer concord-agent.",
+        "Bearer concord-agent.acme.agent_abc123.0123456789abcdef0123456789abcdef",
+        f"Bearer concord-agent.acme.{unknown_id('agent')}.short",
+        f"Bearer concord-agent.acme.{unknown_id('agent')}",
+        f"Bearer concord-agent.ac me.{unknown_id('agent')}.0123456789abcdef0123456789abcdef",
     ],
     ids=repr,
 )
@@ -130,6 +146,39 @@ async def test_missing_unknown_or_malformed_key_is_401_everywhere(asgi_app, auth
             got = problem(response, 401, "unauthorized")
             assert set(got) == PROBLEM_MEMBERS, (method, path, got)
             assert response.headers["www-authenticate"].startswith("Bearer"), (method, path)
+
+
+def forged(agent_id: str) -> dict[str, str]:
+    """An agent credential of the right shape for ``agent_id`` that Concord never made."""
+    return bearer(f"concord-agent.{TENANT}.{agent_id}.{'F' * 43}")
+
+
+def endpoint_of(method: str, path: str) -> Endpoint:
+    path = path.split("?")[0]
+    for route in routes:
+        if method in route.methods and route.path_regex.fullmatch(path):
+            return route.endpoint
+    raise AssertionError(f"no route for {method} {path}")
+
+
+async def test_a_forged_agent_credential_is_401_on_every_route_an_agent_may_call(asgi_app, redis_client, keys, world):
+    """A credential of the right shape that is not the agent's current one, for the
+    agent the call names (a real one) or, where it names none, for an unknown agent:
+    401 on every call an agent credential may make (reads included), and nothing is
+    written. (On the other routes its role is refused first: 403 insufficient_scope.)"""
+    before = await snapshot(redis_client, f"{keys.prefix}:*")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_app), base_url="http://concord.test") as c:
+        for method, path, body in every_v1_call(world):
+            if AGENT not in endpoint_of(method, path).roles:
+                continue
+            named = (body or {}).get("agentId") or (body or {}).get("requestingAgentId")
+            for agent_id in {named or world["agent"]["id"], named or unknown_id("agent")}:
+                response = await c.request(method, path, json=body, headers=forged(agent_id))
+                got = problem(response, 401, "unauthorized")
+                assert set(got) == PROBLEM_MEMBERS, (method, path, got)
+                assert response.headers["www-authenticate"].startswith("Bearer"), (method, path)
+                assert agent_id in got["detail"] and "POST /v1/agent/register" in got["detail"], (method, path, got)
+    assert await snapshot(redis_client, f"{keys.prefix}:*") == before
 
 
 async def test_no_key_is_401_before_any_other_check(anonymous_client):
@@ -313,9 +362,9 @@ async def test_valid_json_of_the_wrong_shape_is_422(client, content, field):
     ],
     ids=repr,
 )
-async def test_body_that_is_not_declared_json_is_415(client, content_type):
+async def test_body_that_is_not_declared_json_is_415(client, world, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
-    for method, path, body in every_v1_call():
+    for method, path, body in every_v1_call(world):
         if body is None:
             continue
         response = await client.request(method, path, content=json.dumps(body).encode(), headers=headers)
@@ -369,8 +418,8 @@ async def test_a_streamed_body_over_64_kib_is_413(client):
     assert ok(response, 201)["agentName"] == "padded"
 
 
-async def test_413_on_every_route_with_a_body(client):
-    for method, path, body in every_v1_call():
+async def test_413_on_every_route_with_a_body(client, world):
+    for method, path, body in every_v1_call(world):
         if body is None:
             continue
         content = json.dumps(body).encode()
@@ -387,8 +436,8 @@ async def test_a_huge_metadata_inside_64_kib_is_422_not_413(client):
 # --- 422: unknown fields and wrong types ----------------------------------------
 
 
-async def test_unknown_fields_are_422_naming_the_field_on_every_route(client):
-    for method, path, body in every_v1_call():
+async def test_unknown_fields_are_422_naming_the_field_on_every_route(client, world):
+    for method, path, body in every_v1_call(world):
         if body is not None:
             response = await client.request(method, path, json={**body, "agent_name": "x"})
             got = invalid(response, "$.agent_name")
@@ -471,7 +520,9 @@ async def test_wrong_types_are_422_not_coerced(client, path, body, field):
         )
         for k, v in body.items()
     }
-    got = invalid(await client.post(path, json=body), field)
+    # Sent as the agent: an agentId that is not a string names no credential to pick.
+    headers = bearer(credential_of(client, agent["id"])) if path.startswith(C) else {}
+    got = invalid(await client.post(path, json=body, headers=headers), field)
     assert "a whole number" in got["detail"] or "got " in got["detail"], got  # the rule, or what came instead
 
 
@@ -488,7 +539,8 @@ async def test_vote_and_renew_bodies_are_typed_too(client, world):
         ),
         "$.durationSeconds",
     )
-    invalid(await client.post(f"{C}/lease/{world['lease']['id']}/renew", json=[]), "$")
+    holder = bearer(credential_of(client, world["agent"]["id"]))
+    invalid(await client.post(f"{C}/lease/{world['lease']['id']}/renew", json=[], headers=holder), "$")
 
 
 # --- 404 and 405 ----------------------------------------------------------------
@@ -601,9 +653,10 @@ async def test_healthz_and_readyz_need_no_key(anonymous_client, client):
 # --- never a 500 ------------------------------------------------------------------
 
 
-async def test_hostile_inputs_never_make_a_500(raw_client, world):
-    """A sweep of hostile inputs over every route: each answer is a problem+json
-    4xx or a success, never a 5xx."""
+async def test_hostile_inputs_never_make_a_500(raw_client, client, world):
+    """A sweep of hostile inputs over every route, sent with an agent's credential
+    (which reaches the bodies of the agents' routes) and then with the admin key:
+    each answer is a problem+json 4xx or a success, never a 5xx."""
     contents = [
         b"",
         b"{",
@@ -635,20 +688,22 @@ async def test_hostile_inputs_never_make_a_500(raw_client, world):
         "?cursor=MTox",
     ]
     seen = 0
-    for method, path, _ in every_v1_call(world) + every_v1_call():
-        if method == "POST":
-            for content in contents:
-                response = await raw_client.post(path, content=content, headers=JSON)
-                assert response.status_code < 500, (path, content[:60], response.text)
-                seen += 1
-        else:
-            base = path.split("?")[0]
-            for query in queries:
-                if base.endswith("/events") and query == "":
-                    query = "?limit=10"  # no after, no limit: a live stream, which has no end to wait for
-                response = await raw_client.request(method, base + query)
-                assert response.status_code < 500, (method, base + query, response.text)
-                if response.status_code >= 400:
-                    assert response.headers["content-type"] == "application/problem+json"
-                seen += 1
-    assert seen > 200
+    # The agent first: the admin key's sweep deregisters it.
+    for auth in (bearer(credential_of(client, world["agent"]["id"])), bearer(API_KEY)):
+        for method, path, _ in every_v1_call(world) + every_v1_call():
+            if method == "POST":
+                for content in contents:
+                    response = await raw_client.post(path, content=content, headers={**JSON, **auth})
+                    assert response.status_code < 500, (path, content[:60], response.text)
+                    seen += 1
+            else:
+                base = path.split("?")[0]
+                for query in queries:
+                    if base.endswith("/events") and query == "":
+                        query = "?limit=10"  # no after, no limit: a live stream, which has no end to wait for
+                    response = await raw_client.request(method, base + query, headers=auth)
+                    assert response.status_code < 500, (method, base + query, response.text)
+                    if response.status_code >= 400:
+                        assert response.headers["content-type"] == "application/problem+json"
+                    seen += 1
+    assert seen > 400

@@ -12,16 +12,38 @@ from typing import Any
 import httpx
 import pytest
 
+from concord.server.principals import KeyGrant
+from concord.server.settings import key_digest
 from concord.server.store import Store
 from tests.conftest import OTHER_TENANT, TENANT
-from tests.support.api import V1, C, acquire, invalid, make_inactive, ok, problem, register, request_consensus
+from tests.support.api import (
+    V1,
+    C,
+    Fleet,
+    acquire,
+    bearer,
+    credential_of,
+    invalid,
+    make_inactive,
+    ok,
+    problem,
+    register,
+    request_consensus,
+)
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack
 
 KEY, OTHER_KEY = "acme-events-key-0123456789", "globex-events-key-0123456789"
+ADMIN = ("cfg-1", "admin")  # the `client` fixture's key: the first of CONCORD_API_KEYS
+SERVICE = ("concord", "service")  # the clock, or lapsed voters, decided
 
 
 async def page(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
     return ok(await client.get(f"{C}/events", params={"after": "0", "limit": 1000, **params}))
+
+
+def actor(e: dict[str, Any]) -> tuple[str, str]:
+    """Who wrote the event: (actor, actorRole)."""
+    return e["actor"], e["actorRole"]
 
 
 def brief(e: dict[str, Any]) -> tuple[Any, ...]:
@@ -80,6 +102,19 @@ async def test_every_change_writes_one_event_in_order_and_refusals_write_none(cl
         ("lease.released", u, "bob@example.com", None, None, None, None, "agent_removed", None),
         ("agent.removed", u, None, None, None, None, None, None, None),
     ]
+    # Who made each change: the admin key registered and deregistered; each agent, with
+    # its own credential, made its own changes (the vote that decided, the resolution too).
+    assert [actor(e) for e in events] == [
+        *[ADMIN] * 4,
+        *[(s, "agent")] * 4,
+        (r, "agent"),
+        (u, "agent"),
+        (s, "agent"),
+        (u, "agent"),
+        (u, "agent"),
+        ADMIN,
+        ADMIN,
+    ]
     ids = [e["id"] for e in events]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) and len(set(ids)) == len(ids)
     acquired, taken_over, resolved, removed = events[4], events[9], events[12], events[14]
@@ -105,30 +140,86 @@ async def test_an_expiry_is_an_event_written_by_whoever_settles_it(client, redis
     ok(await client.get(f"{C}/consensus", params={"status": "expired"}))  # a list settles what is due
     expired = (await page(client, type="consensus.expired"))["events"]
     assert [(e["consensusId"], e["status"], e["eligible"]) for e in expired] == [(cons["id"], "expired", 1)]
+    # Written by a read (the admin key's), but the clock decided: the service's, not the reader's.
+    assert [actor(e) for e in expired] == [SERVICE]
     # Read again: decided once, so no second event.
     ok(await client.get(f"{C}/consensus/{cons['id']}"))
     assert len((await page(client, type="consensus"))["events"]) == 2
     assert peer  # an eligible peer that never voted
 
 
+STORE_KEY = KeyGrant(id="cfg-1", tenant=TENANT)  # the admin key a store call is made for
+
+
 async def test_no_events_are_written_with_a_cap_of_zero(redis_client, keys):
     store = Store(redis_client, keys, events_max_length=0)
-    agent, _ = await store.agents.register(TENANT, "quiet", None, None)
-    await store.leases.acquire(TENANT, agent.id, "alice@example.com", None, 60_000)
+    agent, _ = await store.agents.register(TENANT, "quiet", None, None, STORE_KEY)
+    await store.leases.acquire(TENANT, agent.id, "alice@example.com", None, 60_000, key_digest(agent.credential))
+    await store.agents.rotate(TENANT, agent.id, STORE_KEY)
     await store.aclose()
     assert await redis_client.exists(keys.events(TENANT)) == 0
 
 
 async def test_the_stream_is_capped_near_its_length(redis_client, keys):
     store = Store(redis_client, keys, events_max_length=100)
-    agent, _ = await store.agents.register(TENANT, "chatty", None, None)
+    agent, _ = await store.agents.register(TENANT, "chatty", None, None, STORE_KEY)
+    credential = key_digest(agent.credential)
     for n in range(400):
-        await store.leases.acquire(TENANT, agent.id, f"c{n}@example.com", None, 60_000)
+        await store.leases.acquire(TENANT, agent.id, f"c{n}@example.com", None, 60_000, credential)
     await store.aclose()
     # MAXLEN ~ trims whole stream nodes: near the cap, never unbounded.
     assert 100 <= await redis_client.xlen(keys.events(TENANT)) < 300
     newest = await redis_client.xrevrange(keys.events(TENANT), count=1)
     assert newest[0][1]["contactEmail"] == "c399@example.com"
+
+
+# --- who acted ----------------------------------------------------------------------------
+
+
+async def test_a_forced_release_and_a_rotation_are_the_admin_keys(client):
+    """An admin key may release any lease: a forced release, recorded as the key's,
+    about the holder. Rotating a credential is recorded as the key's too, and neither
+    event holds a credential."""
+    sdr = await register(client, "sdr")
+    lease = await acquire(client, sdr["id"], "alice@example.com")
+    ok(await client.delete(f"{C}/lease/{lease['id']}"))  # no agentId: the admin key's own call
+    rotated = ok(await client.post(f"{V1}/agents/{sdr['id']}/credentials"))
+    released, rotation = (await page(client, type="lease.released,agent.credential_rotated"))["events"]
+    assert (released["type"], actor(released), released["reason"]) == ("lease.released", ADMIN, "forced")
+    assert (released["agentId"], released["leaseId"], released["contactEmail"]) == (
+        sdr["id"],
+        lease["id"],
+        "alice@example.com",
+    )
+    assert (rotation["type"], actor(rotation), rotation["agentId"]) == ("agent.credential_rotated", ADMIN, sdr["id"])
+    text = json.dumps([released, rotation])
+    assert sdr["credential"] not in text and rotated["credential"] not in text
+    assert "concord-agent." not in json.dumps((await page(client))["events"])
+
+
+async def test_a_release_by_its_holder_is_the_agents(client):
+    sdr = await register(client, "sdr")
+    lease = await acquire(client, sdr["id"], "alice@example.com")
+    # The holder's credential, with the agentId left out: filled in from the credential.
+    ok(await client.delete(f"{C}/lease/{lease['id']}", headers=bearer(credential_of(client, sdr["id"]))))
+    (released,) = (await page(client, type="lease.released"))["events"]
+    assert (actor(released), released["agentId"], released["reason"]) == ((sdr["id"], "agent"), sdr["id"], "released")
+
+
+async def test_the_events_of_one_agent_name_another_when_another_acted(client, redis_client, keys):
+    """agentId is whom the event is about, actor who acted: a takeover is the new
+    holder's, about it, naming the lapsed one as previousAgentId."""
+    old, new = await register(client, "old"), await register(client, "new")
+    await acquire(client, old["id"], "bob@example.com")
+    await make_inactive(redis_client, keys, TENANT, old["id"])
+    await acquire(client, new["id"], "bob@example.com")
+    (taken,) = (await page(client, type="lease.taken_over"))["events"]
+    assert (actor(taken), taken["agentId"], taken["previousAgentId"]) == ((new["id"], "agent"), new["id"], old["id"])
+    # Filtering by the lapsed agent finds the takeover too: it names it.
+    assert [e["type"] for e in (await page(client, agentId=old["id"], type="lease"))["events"]] == [
+        "lease.acquired",
+        "lease.taken_over",
+    ]
 
 
 # --- pages and filters ------------------------------------------------------------------
@@ -216,6 +307,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
+def fleet(stack: Stack, key: str) -> httpx.AsyncClient:
+    """A client of the stack's service that authenticates as a fleet does: each agent
+    it registered with that agent's credential, everything else with ``key``."""
+    return httpx.AsyncClient(base_url=stack.service.url, auth=Fleet(key), timeout=HANG_SECONDS)
+
+
 async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """The events of a Server-Sent Event response, as {id, event, data}."""
     frame: dict[str, Any] = {}
@@ -241,7 +338,7 @@ async def take(events: AsyncIterator[dict[str, Any]], n: int) -> list[dict[str, 
 
 @pytest.mark.real
 async def test_a_stream_delivers_each_change_live_and_resumes_without_loss(stack: Stack):
-    async with stack.service.client(KEY) as client, stack.service.client(OTHER_KEY) as other:
+    async with fleet(stack, KEY) as client, fleet(stack, OTHER_KEY) as other:
         sdr = await register(client, "stream-sdr")
         async with client.stream("GET", f"{C}/events", params={"agentId": sdr["id"]}) as response:
             assert response.status_code == 200
@@ -276,7 +373,7 @@ async def test_a_stream_delivers_each_change_live_and_resumes_without_loss(stack
 
 @pytest.mark.real
 async def test_a_stream_without_last_event_id_starts_with_the_next_event(stack: Stack):
-    async with stack.service.client(KEY) as client:
+    async with fleet(stack, KEY) as client:
         sdr = await register(client, "next-sdr")
         await acquire(client, sdr["id"], "before@example.com")
         async with client.stream("GET", f"{C}/events", params={"type": "lease", "agentId": sdr["id"]}) as response:
@@ -288,7 +385,7 @@ async def test_a_stream_without_last_event_id_starts_with_the_next_event(stack: 
 
 @pytest.mark.real
 async def test_a_long_poll_answers_when_the_request_is_decided(stack: Stack):
-    async with stack.service.client(KEY) as client:
+    async with fleet(stack, KEY) as client:
         sdr, peer = await register(client, "poll-sdr"), await register(client, "poll-peer")
         # Only these two may count: other tests' agents of this tenant lapse when made inactive.
         for agent in ok(await client.get(f"{V1}/agents", params={"limit": 1000}))["agents"]:
@@ -310,7 +407,7 @@ async def _pending(client: httpx.AsyncClient, consensus_id: str) -> bool:
 
 @pytest.mark.real
 async def test_a_long_poll_answers_pending_at_its_end_and_expired_at_the_deadline(stack: Stack):
-    async with stack.service.client(KEY) as client:
+    async with fleet(stack, KEY) as client:
         sdr = await register(client, "expiry-sdr")
         slow = await request_consensus(client, sdr["id"], timeoutSeconds=3600)
         answer = ok(await client.get(f"{C}/consensus/{slow['id']}", params={"waitSeconds": 1}))
@@ -319,9 +416,36 @@ async def test_a_long_poll_answers_pending_at_its_end_and_expired_at_the_deadlin
         quick = await request_consensus(client, sdr["id"], timeoutSeconds=1)
         answer = ok(await client.get(f"{C}/consensus/{quick['id']}", params={"waitSeconds": 30}))
         assert answer["status"] == "expired" and answer["resolvedAt"] == answer["expiresAt"]
+        expired = [
+            e for e in (await page(client, type="consensus.expired"))["events"] if e["consensusId"] == quick["id"]
+        ]
+        assert [actor(e) for e in expired] == [SERVICE]  # the sweep settled it, not a caller
 
 
 @pytest.mark.real
 async def test_a_stream_of_an_unknown_key_is_401_not_a_stream(stack: Stack):
     async with stack.service.client("wrong-key") as client:
         problem(await client.get(f"{C}/events"), 401, "unauthorized")
+
+
+@pytest.mark.real
+async def test_a_stream_with_a_rotated_agent_credential_is_401_not_a_stream(stack: Stack):
+    """An agent may read its tenant's stream with its credential; once the credential
+    is rotated, the old one opens no stream (refused within the one second a read's
+    proof is remembered)."""
+    async with fleet(stack, KEY) as client:
+        sdr = await register(client, "rotated-reader")
+        old = bearer(sdr["credential"])
+        async with client.stream("GET", f"{C}/events", headers=old) as response:
+            assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        ok(await client.post(f"{V1}/agents/{sdr['id']}/credentials"))
+
+        async def refused() -> bool:
+            async with client.stream("GET", f"{C}/events", headers=old) as response:
+                if response.status_code == 200:
+                    return False
+                await response.aread()
+                problem(response, 401, "unauthorized")
+                return True
+
+        await eventually(refused, timeout=HANG_SECONDS, what="the rotated credential to be refused", every=0.1)

@@ -20,7 +20,12 @@ endpoint (test_each_valid_request_succeeds proves it is one) and breaks one thin
   400 inside metadata, the one field of free JSON;
 * a body of exactly 64 KiB is served; 64 KiB + 1 without a Content-Length is 413;
 * real form and multipart encodings of the body: 415;
-* duplicate keys: the last occurrence wins (documented below).
+* duplicate keys: the last occurrence wins (documented below);
+* an API key on a route only an agent may call is 403 before its body is read.
+
+Each request goes as a fleet sends it (``caller``): an agent's own routes with the
+credential of the agent the valid request names, so that the body is what is
+refused; the others with the tenant's admin key.
 
 Every refusal is a problem+json of the expected code (never a 500, never a
 traceback), and Redis holds exactly what it held before: a refused request
@@ -52,6 +57,8 @@ from tests.support.api import (
     PROBLEM_MEMBERS,
     TENANT,
     acquire,
+    bearer,
+    credential_of,
     problem,
     register,
     request_consensus,
@@ -163,18 +170,44 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
     return path, dict(bodies[e.body])
 
 
+def caller(client: httpx.AsyncClient, e: Endpoint, w: World) -> dict[str, str]:
+    """Who sends the endpoint's requests, as a fleet would: on the routes only an
+    agent may call, the agent the valid request names, with its own credential (an
+    API key would be refused 403 before its body is read, and the body is what is
+    attacked here); elsewhere the tenant's admin key (register, and send-check as an
+    email pipeline's key calls it, naming the agent in the body)."""
+    if "admin" in e.roles:
+        return bearer(API_KEY)
+    return bearer(credential_of(client, w.peer if e.body is s.VoteBody else w.agent))
+
+
+class Callers(httpx.Auth):
+    """Each endpoint's request with its caller's Authorization (``caller``), by method and path."""
+
+    def __init__(self, client: httpx.AsyncClient, w: World) -> None:
+        self.by_request = {}
+        for e in BODY_ENDPOINTS:
+            path, _ = valid_request(e, w)
+            self.by_request[(e.method, path)] = caller(client, e, w)["Authorization"]
+
+    def auth_flow(self, request: httpx.Request):
+        if "authorization" not in request.headers:  # a test that sets its own goes as it is
+            key = (request.method, request.url.path)
+            request.headers["Authorization"] = self.by_request.get(key, f"Bearer {API_KEY}")
+        yield request
+
+
 # --- Redis, before and after ------------------------------------------------------------------
 
 
 @pytest.fixture
-async def hostile(asgi_app, redis_client, keys, world) -> AsyncIterator[httpx.AsyncClient]:
-    """Tenant acme's client, handing back 500 answers rather than raising; on the
-    way out it checks that Redis holds exactly what it held before the test."""
+async def hostile(asgi_app, redis_client, keys, client, world) -> AsyncIterator[httpx.AsyncClient]:
+    """Tenant acme's client, each request sent by its endpoint's caller (``caller``),
+    handing back 500 answers rather than raising; on the way out it checks that
+    Redis holds exactly what it held before the test."""
     before = await snapshot(redis_client, f"{keys.prefix}:*")
     transport = httpx.ASGITransport(app=asgi_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://concord.test", headers={"Authorization": f"Bearer {API_KEY}"}
-    ) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://concord.test", auth=Callers(client, world)) as c:
         yield c
     assert await snapshot(redis_client, f"{keys.prefix}:*") == before, "a refused request wrote to Redis"
 
@@ -201,10 +234,15 @@ def encoded(body: Any) -> bytes:
 
 
 def test_every_body_endpoint_is_attacked():
-    """Every POST takes a body (so every POST is attacked here), and every body has
-    string fields to attack; a body struct without a valid_request fails below."""
+    """Every POST but rotating a credential takes a body (so every one is attacked
+    here), and every body has string fields to attack; a body struct without a
+    valid_request fails below. Rotating takes nothing but its path's agent id,
+    whose hostile shapes test_errors.py and test_first_contact.py send."""
     assert BODY_ENDPOINTS
-    assert {e.name for e in BODY_ENDPOINTS} == {e.name for e in ENDPOINTS if e.method == "POST"}
+    posts = {e.name for e in ENDPOINTS if e.method == "POST"}
+    assert {e.name for e in BODY_ENDPOINTS} == posts - {"rotate_credential"}
+    (rotate,) = [e for e in ENDPOINTS if e.name == "rotate_credential"]
+    assert rotate.body is None and rotate.ids == ("agentId",)
     for e in BODY_ENDPOINTS:
         assert string_fields(e), e.name
 
@@ -577,15 +615,16 @@ async def test_duplicate_keys_each_is_validated_and_the_last_one_wins(client, wo
     good = json.dumps(body[name])
     rest = encoded({k: v for k, v in body.items() if k != name})[1:]  # without its "{"
     before = await snapshot(redis_client, f"{keys.prefix}:*")
+    headers = {**JSON, **caller(client, e, world)}  # the client could not tell which agentId counts
     for first, second in ((good, "12"), ("12", good)):
         content = f'{{"{name}": {first}, "{name}": {second}'.encode() + (b", " + rest if rest != b"}" else rest)
-        invalid(await client.request(e.method, path, content=content, headers=JSON), f"$.{name}")
+        invalid(await client.request(e.method, path, content=content, headers=headers), f"$.{name}")
     own_then_other = encoded({**body, "tenantId": TENANT})[:-1] + f', "tenantId": "{OTHER_TENANT}"}}'.encode()
-    refused(await client.request(e.method, path, content=own_then_other, headers=JSON), 403, "tenant_mismatch")
+    refused(await client.request(e.method, path, content=own_then_other, headers=headers), 403, "tenant_mismatch")
     assert await snapshot(redis_client, f"{keys.prefix}:*") == before
 
     other_then_own = encoded({**body, "tenantId": OTHER_TENANT})[:-1] + f', "tenantId": "{TENANT}"}}'.encode()
-    response = await client.request(e.method, path, content=other_then_own, headers=JSON)
+    response = await client.request(e.method, path, content=other_then_own, headers=headers)
     assert response.status_code in e.answers, response.text
 
 
@@ -594,3 +633,25 @@ async def test_duplicate_agent_name_registers_the_last(client):
         "/v1/agent/register", content=b'{"agentName": "first", "agentName": "second"}', headers=JSON
     )
     assert response.status_code == 201 and response.json()["agentName"] == "second", response.text
+
+
+# --- who may call, before what is sent ------------------------------------------------------------
+
+AGENT_ONLY = [e for e in BODY_ENDPOINTS if "admin" not in e.roles]
+
+
+@pytest.mark.parametrize("e", AGENT_ONLY, ids=endpoint_id)
+async def test_a_key_that_may_not_call_an_agents_route_learns_nothing_of_its_body(hostile, world, e):
+    """heartbeat, leases, renewals, consensus requests and votes are an agent's own
+    calls: an API key (admin included) is refused 403 before its body is read, so
+    a hostile body, even a megabyte of it, is answered the same as a valid one."""
+    path, body = valid_request(e, world)
+    admin = bearer(API_KEY)
+    for content in (encoded(body), encoded(body)[:5], b"\xff", encoded([body]), b"a" * MEGABYTE):
+        got = problem(
+            await hostile.request(e.method, path, content=content, headers={**JSON, **admin}),
+            403,
+            "insufficient_scope",
+            keyRole="admin",
+        )
+        assert set(got) == PROBLEM_MEMBERS | {"keyRole"}, got

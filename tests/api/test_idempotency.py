@@ -18,9 +18,12 @@ worker processes):
 * malformed keys (empty, over 255 characters, non-ASCII, spaces, control
   characters) are 422 and create nothing;
 * an error answer is not remembered: a retry after it is evaluated afresh;
+* a replay is the requester's: it needs the requester's current credential
+  (a rotated one is 401 and replays nothing), and leaving requestingAgentId out,
+  the credential's agent, is the same request;
 * registering, heartbeating, acquiring, renewing, send-check and voting need no
   key: repeating them gives the same agent, lease, token and vote (and they
-  ignore an Idempotency-Key header).
+  ignore an Idempotency-Key header); registering again answers a new credential.
 """
 
 from __future__ import annotations
@@ -35,8 +38,21 @@ import pytest
 
 from concord.server.settings import key_digest
 from concord.server.store.keys import Keys
-from tests.support.api import OTHER_TENANT, TENANT, V1, C, make_inactive, ok, problem, register, tenant_snapshot
-from tests.support.helpers import Stack, eventually, running_stack, wait_until
+from tests.support.api import (
+    OTHER_TENANT,
+    TENANT,
+    V1,
+    C,
+    Fleet,
+    bearer,
+    credential_of,
+    make_inactive,
+    ok,
+    problem,
+    register,
+    tenant_snapshot,
+)
+from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack, wait_until
 
 CONSENSUS = f"{C}/consensus"
 DAY_MS = 24 * 3600 * 1000
@@ -51,8 +67,12 @@ async def ask(
     client: httpx.AsyncClient,
     body: dict[str, Any],
     idempotency_key: str | bytes | None = None,
+    credential: str | None = None,
 ) -> httpx.Response:
+    """POST /consensus; as the requester the body names (the client's Fleet), or with ``credential``."""
     headers = key(idempotency_key) if idempotency_key is not None else {}
+    if credential is not None:
+        headers |= bearer(credential)
     return await client.post(CONSENSUS, json=body, headers=headers)
 
 
@@ -235,10 +255,16 @@ async def test_concurrent_posts_across_workers_create_one_request(stack: Stack):
     redis_client = stack.redis.client()
     try:
         async with AsyncExitStack() as exits:
-            clients = [await exits.enter_async_context(stack.service.client(RACE_KEY)) for _ in range(RACERS)]
-            requester = (await register(clients[0], "requester"))["id"]
-            race = {"requestingAgentId": requester, "action": "send-discount"}
-            answers = await asyncio.gather(*(ask(c, race, "cross-process-key") for c in clients))
+            clients = [
+                await exits.enter_async_context(httpx.AsyncClient(base_url=stack.service.url, timeout=HANG_SECONDS))
+                for _ in range(RACERS)
+            ]
+            async with httpx.AsyncClient(base_url=stack.service.url, auth=Fleet(RACE_KEY)) as admin:
+                registered = await register(admin, "requester")
+            race = {"requestingAgentId": registered["id"], "action": "send-discount"}
+            # The requester's processes, each with its credential (as a restarted pod's would be).
+            credential = registered["credential"]
+            answers = await asyncio.gather(*(ask(c, race, "cross-process-key", credential) for c in clients))
         check_one_winner(answers)
         k = stack.keys
         hashes = [
@@ -320,10 +346,44 @@ async def test_an_error_answer_is_not_remembered(client, redis_client, keys, age
 
 
 async def test_after_an_error_the_key_may_carry_another_request(client, redis_client, keys, agents, body):
-    unknown = {**body, "requestingAgentId": "agent_00000000-0000-0000-0000-000000000000"}
-    problem(await ask(client, unknown, "fresh-after-404"), 404, "agent_not_found")
-    problem(await ask(client, {**body, "timeoutMinutes": 0}, "fresh-after-404"), 422, "validation_error")
-    created(await ask(client, body, "fresh-after-404"))  # neither error was remembered, so no 422 reused
+    """Each refusal below, sent with the requester's own credential, is forgotten."""
+    own = credential_of(client, agents["requester"])
+    another = {**body, "requestingAgentId": "agent_00000000-0000-0000-0000-000000000000"}
+    problem(await ask(client, another, "fresh-after-errors", own), 403, "agent_mismatch")
+    malformed = {**body, "requestingAgentId": "agent_abc123"}
+    problem(await ask(client, malformed, "fresh-after-errors", own), 404, "agent_not_found")
+    problem(await ask(client, {**body, "timeoutMinutes": 0}, "fresh-after-errors"), 422, "validation_error")
+    forged = f"{own.rsplit('.', 1)[0]}.{'F' * 43}"  # the requester's name, another secret
+    problem(await ask(client, body, "fresh-after-errors", forged), 401, "unauthorized")
+    created(await ask(client, body, "fresh-after-errors"))  # no error was remembered, so no 422 reused
+    assert await requests_in_redis(redis_client, keys) == ONE_REQUEST
+
+
+# --- the requester's own -------------------------------------------------------------
+
+
+async def test_leaving_the_requester_out_with_its_credential_is_the_same_request(client, redis_client, keys, body):
+    first = await ask(client, body, "filled-in")
+    created(first)
+    own = credential_of(client, body["requestingAgentId"])
+    without = {k: v for k, v in body.items() if k != "requestingAgentId"}
+    replayed(await ask(client, without, "filled-in", own), first)
+    assert await requests_in_redis(redis_client, keys) == ONE_REQUEST
+
+
+async def test_a_replay_needs_the_requesters_current_credential(client, redis_client, keys, agents, body):
+    """The Idempotency-Key does not stand in for the credential: once the requester's
+    credential is rotated, the old one replays nothing (401); the new one replays."""
+    first = await ask(client, body, "rotated")
+    created(first)
+    old = credential_of(client, agents["requester"])
+    ok(await client.post(f"{V1}/agents/{agents['requester']}/credentials"))
+    problem(await ask(client, body, "rotated", old), 401, "unauthorized")
+    replayed(await ask(client, body, "rotated"), first)  # the client learned the new credential
+    assert credential_of(client, agents["requester"]) != old
+    # Another agent's credential, naming the requester, replays nothing either.
+    other = credential_of(client, agents["voter-1"])
+    problem(await ask(client, body, "rotated", other), 403, "agent_mismatch")
     assert await requests_in_redis(redis_client, keys) == ONE_REQUEST
 
 
@@ -331,12 +391,21 @@ async def test_after_an_error_the_key_may_carry_another_request(client, redis_cl
 
 
 async def test_registering_again_is_the_same_agent(client):
+    """The same agent, not the same credential: each registration answers a new one
+    and the earlier one is refused, so a retry whose first answer was lost still
+    ends with one working credential, the last answered."""
     first = ok(await client.post(f"{V1}/register", json={"agentName": "sdr", "agentRole": "sdr"}), 201)
+    credentials = [first["credential"]]
     for _ in range(2):
         again = ok(await client.post(f"{V1}/register", json={"agentName": "sdr", "agentRole": "sdr"}))
         assert again["id"] == first["id"] and again["registeredAt"] == first["registeredAt"]
         assert again["agentRole"] == "sdr"
+        credentials.append(again["credential"])
     assert [a["id"] for a in ok(await client.get(f"{V1}/agents"))["agents"]] == [first["id"]]
+    assert len(set(credentials)) == 3
+    for earlier in credentials[:-1]:
+        problem(await client.post(f"{C}/heartbeat", json={}, headers=bearer(earlier)), 401, "unauthorized")
+    ok(await client.post(f"{C}/heartbeat", json={}, headers=bearer(credentials[-1])))
 
 
 async def test_leases_heartbeats_renewals_checks_and_votes_repeat_to_the_same_result(client, agents):

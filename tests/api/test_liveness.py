@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from tests.support.api import V1, C, problem
-from tests.support.helpers import Stack, eventually, redis_server, running_stack
+from tests.support.api import Fleet as FleetAuth
+from tests.support.helpers import HANG_SECONDS, Stack, eventually, redis_server, running_stack
 
 pytestmark = pytest.mark.real
 
@@ -45,8 +46,14 @@ async def poll(check: Callable[[], Awaitable[object]], what: str, every: float =
     return await eventually(check, timeout=LAPSE_DEADLINE, what=what, every=every)
 
 
+def fleet_client(stack: Stack) -> httpx.AsyncClient:
+    """A client of the service that authenticates as a fleet does: each agent it
+    registered with that agent's credential, everything else with the tenant's key."""
+    return httpx.AsyncClient(base_url=stack.service.url, auth=FleetAuth(API_KEY), timeout=HANG_SECONDS)
+
+
 class Fleet:
-    """The agents of one tenant, driven over HTTP."""
+    """The agents of one tenant, driven over HTTP, each with its own credential."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
@@ -88,7 +95,7 @@ class Fleet:
 
 
 async def test_heartbeats_keep_an_agent_active_across_several_windows(stack: Stack):
-    async with stack.service.client(API_KEY) as client:
+    async with fleet_client(stack) as client:
         fleet = Fleet(client)
         steady, silent = await fleet.register("steady"), await fleet.register("silent")
         started = time.monotonic()
@@ -113,7 +120,7 @@ async def test_heartbeats_keep_an_agent_active_across_several_windows(stack: Sta
 
 
 async def test_a_lapsed_agent_loses_its_vote_and_its_lease(stack: Stack):
-    async with stack.service.client(API_KEY) as client:
+    async with fleet_client(stack) as client:
         fleet = Fleet(client)
         a, b, c, requester = [await fleet.register(name) for name in ("sdr", "retention", "support", "manager")]
         contact = "alice@example.com"
@@ -180,7 +187,7 @@ async def test_a_lapsed_agent_loses_its_vote_and_its_lease(stack: Stack):
 
 async def test_fencing_tokens_keep_growing_across_a_redis_restart_that_lost_the_data(stack: Stack):
     contacts = ["alice@example.com", "bob@example.com", "carol@example.com"]
-    async with stack.service.client(API_KEY) as client:
+    async with fleet_client(stack) as client:
         fleet = Fleet(client)
         a = await fleet.register("sdr")
         tokens = []
@@ -212,6 +219,10 @@ async def test_fencing_tokens_keep_growing_across_a_redis_restart_that_lost_the_
             assert answer.status_code == 201, answer.text  # the agent was lost with the data
             again = answer.json()
             assert again["id"] == a["id"]  # the same name is the same agent
+            # Its credential before the loss is not the new one: registering again is how
+            # a restarted agent gets going, with the credential that registering answered.
+            lost = await client.post(f"{C}/heartbeat", json={}, headers={"Authorization": f"Bearer {a['credential']}"})
+            problem(lost, 401, "unauthorized")
 
             later = []
             for contact in contacts:

@@ -39,7 +39,7 @@ from concord.server.metrics import (
     redis_error_kind,
     render,
 )
-from tests.support.api import V1
+from tests.support.api import V1, Fleet, bearer, credential_of
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack, wait_until
 
 TENANT, KEY = "acme", "acme-metrics-key-0123456789"
@@ -173,10 +173,11 @@ def metrics_dir(stack: Stack) -> Path:
 
 
 def fresh_connections(stack: Stack) -> httpx.AsyncClient:
-    """A client opening a connection per request, so that requests reach both workers."""
+    """A client opening a connection per request, so that requests reach both workers;
+    it authenticates as a fleet does (each agent it registered with its credential)."""
     return httpx.AsyncClient(
         base_url=stack.service.url,
-        headers={"Authorization": f"Bearer {KEY}"},
+        auth=Fleet(KEY),
         timeout=HANG_SECONDS,
         limits=httpx.Limits(max_keepalive_connections=0),
     )
@@ -194,22 +195,26 @@ async def one_round(client: httpx.AsyncClient, sent: Counter) -> None:
     """Requests of known answers, concurrently; ``sent`` counts them by (route, method, status)."""
     name = f"m-{uuid.uuid4().hex[:10]}"
     unknown = f"agent_{uuid.uuid4()}"
+
+    async def call(method: str, path: str, body: object, route: str, status: int, **headers: str) -> httpx.Response:
+        response = await client.request(method, path, json=body, headers=headers)
+        assert response.status_code == status, (method, path, response.text)
+        sent[(route, method, status)] += 1
+        return response
+
+    agent = (await call("POST", REGISTER, {"agentName": name}, REGISTER, 201)).json()["id"]
+    own = bearer(credential_of(client, agent))
     calls = [
-        ("POST", REGISTER, {"agentName": name}, REGISTER, 201),
-        ("POST", HEARTBEAT, {"agentId": unknown}, HEARTBEAT, 404),
-        ("POST", HEARTBEAT, {"agentId": 5}, HEARTBEAT, 422),
+        ("POST", HEARTBEAT, {"agentId": agent}, HEARTBEAT, 200),  # with its credential
+        ("POST", HEARTBEAT, {"agentId": unknown}, HEARTBEAT, 403),  # with the key: not the key's call
+        ("POST", HEARTBEAT, {"agentId": "agent_abc"}, HEARTBEAT, 404, own),
+        ("POST", HEARTBEAT, {"agentId": 5}, HEARTBEAT, 422, own),
         ("GET", f"{V1}/agents/{unknown}", None, f"{V1}/agents/{{agentId}}", 404),
         ("GET", f"/no-such-{name}", None, "unmatched", 404),
         ("PUT", REGISTER, None, REGISTER, 405),
         ("GET", "/healthz", None, "/healthz", 200),
     ]
-
-    async def call(method: str, path: str, body: object, route: str, status: int) -> None:
-        response = await client.request(method, path, json=body)
-        assert response.status_code == status, (method, path, response.text)
-        sent[(route, method, status)] += 1
-
-    await asyncio.gather(*(call(*c) for c in calls))
+    await asyncio.gather(*(call(*c[:5], **(c[5] if len(c) > 5 else {})) for c in calls))
     # The same name again: an update.
     await call("POST", REGISTER, {"agentName": name}, REGISTER, 200)
 

@@ -46,7 +46,7 @@ from concord.server.settings import Settings, parse_api_keys, parse_rate_limits
 from concord.server.store.agents import Agents
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, OTHER_API_KEY, running
-from tests.support.api import OTHER_TENANT, TENANT, V1, C, make_inactive, unknown_id
+from tests.support.api import OTHER_TENANT, TENANT, V1, C, Fleet, bearer, make_inactive, unknown_id
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"
@@ -369,6 +369,8 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "GET", f"{V1}/agents", status=200, query="?limit=1")
     await call(client, "GET", f"{V1}/agents/{{agentId}}", a, status=200)
     await call(client, "POST", f"{C}/heartbeat", status=200, json=a)
+    rotated = await call(client, "POST", f"{V1}/agents/{{agentId}}/credentials", a, status=200)
+    assert rotated["agentId"] == sdr["id"] and rotated["credential"] != sdr["credential"]
 
     lease_path = f"{C}/lease"
     lease = await call(
@@ -426,6 +428,8 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "GET", consensus_path, status=200, query="?status=pending")
 
     await call(client, "DELETE", f"{lease_path}/{{leaseId}}", ids, status=200, query=f"?agentId={sdr['id']}")
+    forced = await call(client, "POST", lease_path, status=201, json={**b, "contactEmail": "bob@example.com"})
+    await call(client, "DELETE", f"{lease_path}/{{leaseId}}", {"leaseId": forced["id"]}, status=200)  # an admin's
     await call(client, "DELETE", f"{V1}/agents/{{agentId}}", {"agentId": third["id"]}, status=200)
     page = await call(client, "GET", f"{C}/events", status=200, query="?after=0&limit=1000")
     assert {e["type"] for e in page["events"]} >= {"agent.registered", "lease.acquired", "consensus.voted"}
@@ -446,11 +450,12 @@ async def test_real_answers_of_every_documented_kind_fit_the_document(client, do
 
 @asynccontextmanager
 async def app_client(settings: Settings, redis: Any, api_key: str | None = API_KEY) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of an app of its own (own settings or Redis), handing back 500 answers."""
+    """A client of an app of its own (own settings or Redis), handing back 500
+    answers; it authenticates as a fleet does (tests/support/api.py Fleet): each
+    agent it registered with that agent's credential, the rest with ``api_key``."""
     async with running(create_app(settings, redis)) as app:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        async with httpx.AsyncClient(transport=transport, base_url="http://concord.test", headers=headers) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://concord.test", auth=Fleet(api_key)) as c:
             yield c
 
 
@@ -490,6 +495,9 @@ async def _provoke(
     await call(client, "GET", agents, status=403, query=f"?tenantId={OTHER_TENANT}")
     await call(client, "POST", f"{lease_path}/{{leaseId}}/renew", {"leaseId": lease["id"]}, status=403, json=v)
     await call(client, "POST", vote_path, c, status=403, json={**r, "vote": "approve"})
+    as_requester = bearer(requester["credential"])
+    await call(client, "POST", f"{C}/heartbeat", status=403, json=v, headers=as_requester)  # agent_mismatch
+    await call(client, "POST", f"{C}/heartbeat", status=403, json=r, headers=bearer(API_KEY))  # insufficient_scope
     await call(client, "GET", None, status=404, path="/v1/agent/nowhere")
     await call(client, "GET", one_agent, {"agentId": unknown_id("agent")}, status=404)
     await call(client, "GET", f"{lease_path}/{{leaseId}}", {"leaseId": unknown_id("lease")}, status=404)
