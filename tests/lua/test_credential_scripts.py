@@ -190,6 +190,21 @@ async def test_after_a_rotation_the_new_credential_is_accepted(acting: Acting, s
 
 # --- '' : an API key, where the script takes one ----------------------------
 
+AGENT_ONLY = [a for a in ACTING if a.script not in ("lease_release", "lease_send_check", "rate_limit")]
+
+
+@pytest.mark.parametrize("acting", AGENT_ONLY, ids=[a.script for a in AGENT_ONLY])
+async def test_an_api_key_never_acts_as_an_agent(acting: Acting, store, redis_client, prefix):
+    """'' (an API key) in a script only an agent's own credential may run: refused, nothing
+    written. The service refuses keys there first (403 insufficient_scope); the script
+    does not rely on it."""
+    s = await scene(store)
+    before = await dump(redis_client, prefix)
+
+    assert await acting.act(store, s, getattr(s, acting.who), "") == [Reply.BAD_CREDENTIAL]
+
+    assert await dump(redis_client, prefix) == before
+
 
 async def test_send_check_by_a_gate_key_needs_no_credential_and_writes_nothing(store, redis_client, prefix):
     """A gate key asks for any agent of the tenant: '' is not checked against the agent's digest."""
