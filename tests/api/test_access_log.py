@@ -106,7 +106,7 @@ async def test_one_json_line_per_request_by_default(redis: RedisServer, tmp_path
             (*heartbeat, 200, TENANT, *as_agent, agent),
             (*heartbeat, 200, TENANT, *as_agent, agent),  # filled in from the credential
             (*heartbeat, 403, TENANT, *admin, None),  # a key may not heartbeat: refused before the body is read
-            (*heartbeat, 403, TENANT, *as_agent, None),  # agent_mismatch: refused before it acts for anyone
+            (*heartbeat, 403, TENANT, *as_agent, unknown),  # agent_mismatch: names the agent it tried to act as
             (*heartbeat, 422, TENANT, *as_agent, None),  # no agent in a body that failed
             ("POST", f"{C}/lease", f"{C}/lease", 201, TENANT, *as_agent, agent),
             ("DELETE", f"{C}/lease/{lease.json()['id']}", f"{C}/lease/{{leaseId}}", 200, TENANT, *as_agent, agent),
