@@ -19,7 +19,7 @@ import redis
 
 from concord.cli import main
 from concord.server.store.keys import agent_tag
-from tests.support.api import AGENT_ID, CONS_ID, LEASE_ID, V1, C, unknown_id
+from tests.support.api import AGENT_ID, CONS_ID, LEASE_ID, V1, C, Fleet, bearer, unknown_id
 from tests.support.helpers import Stack, concord_env, free_port, running_stack
 
 TENANT, API_KEY = "acme", "acme-cli-key-0123456789"
@@ -90,18 +90,30 @@ def unique(name: str) -> str:
 # --- the API through the command line ---------------------------------------------------
 
 
-def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
+def test_agents_leases_and_consensus_from_the_command_line(stack: Stack, tmp_path: Path):
+    """The key registers; each agent then acts with its own credential, from
+    CONCORD_AGENT_CREDENTIAL or a --credential-file, never from the command line."""
     env = settings_of(stack)
     sdr = answer(
         concord("agents", "register", unique("sdr"), "--role", "sdr", "--metadata", '{"team": "emea"}', settings=env)
     )
     assert AGENT_ID.fullmatch(sdr["id"]) and sdr["tenantId"] == TENANT and sdr["status"] == "active", sdr
     assert sdr["agentRole"] == "sdr" and sdr["metadata"] == {"team": "emea"}, sdr
-    ret = answer(concord("agents", "register", unique("retention"), settings=env))
-    assert ret["agentRole"] == "general", ret
+    assert sdr["credential"].startswith(f"concord-agent.{TENANT}.{sdr['id']}."), sdr  # printed this once
+    ret_file = tmp_path / "ret.cred"
+    ret = answer(concord("agents", "register", unique("retention"), "--save-credential", str(ret_file), settings=env))
+    assert ret["agentRole"] == "general" and "credential" not in ret, ret  # saved instead of printed
+    assert (
+        ret_file.read_text().startswith(f"concord-agent.{TENANT}.{ret['id']}.")
+        and ret_file.stat().st_mode & 0o777 == 0o600
+    )
+    as_sdr = {**env, "CONCORD_AGENT_CREDENTIAL": sdr["credential"]}
+    as_ret = ("--credential-file", str(ret_file))
 
-    beat = answer(concord("agents", "heartbeat", sdr["id"], settings=env))
+    beat = answer(concord("agents", "heartbeat", settings=as_sdr))  # the agent of the credential
     assert beat["agentId"] == sdr["id"] and beat["status"] == "active", beat
+    assert answer(concord("agents", "heartbeat", sdr["id"], settings=as_sdr))["agentId"] == sdr["id"]
+    assert answer(concord("agents", "heartbeat", *as_ret, settings=env))["agentId"] == ret["id"]
     assert answer(concord("agents", "show", ret["id"], settings=env))["agentName"] == ret["agentName"]
 
     contact = f"{unique('alice')}@example.com"
@@ -109,49 +121,38 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
         concord(
             "lease",
             "acquire",
-            "--agent",
-            sdr["id"],
             "--contact",
             f" {contact.upper()}",
             "--duration",
             str(LEASE_SECONDS),
             "--intent",
             "outbound_sales",
-            settings=env,
+            settings=as_sdr,
         )
     )
     assert LEASE_ID.fullmatch(lease["id"]) and lease["agentId"] == sdr["id"], lease
     assert lease["contactEmail"] == contact and lease["intent"] == "outbound_sales", lease
 
-    conflict = failure(
-        concord("lease", "acquire", "--agent", ret["id"], "--contact", contact, settings=env), "lease_conflict"
-    )
+    conflict = failure(concord("lease", "acquire", *as_ret, "--contact", contact, settings=env), "lease_conflict")
     assert conflict["status"] == 409 and conflict["leaseHolder"]["agentId"] == sdr["id"], conflict
 
-    refused = answer(concord("lease", "check", "--agent", ret["id"], "--contact", contact, settings=env), 3)
+    refused = answer(concord("lease", "check", *as_ret, "--contact", contact, settings=env), 3)
     assert refused["allowed"] is False and refused["reason"] == "lease_conflict", refused
-    allowed = answer(
-        concord(
-            "lease",
-            "check",
-            "--agent",
-            sdr["id"],
-            "--contact",
-            contact,
-            "--fencing-token",
-            str(lease["fencingToken"]),
-            settings=env,
-        )
-    )
+    token = str(lease["fencingToken"])
+    allowed = answer(concord("lease", "check", "--contact", contact, "--fencing-token", token, settings=as_sdr))
     assert allowed == {"allowed": True}
+    # The email pipeline's way: a key (here the admin key) names the agent about to send.
+    assert answer(concord("lease", "check", "--agent", sdr["id"], "--contact", contact, settings=env))["allowed"]
 
-    renewed = answer(concord("lease", "renew", lease["id"], "--agent", sdr["id"], "--duration", "900", settings=env))
+    renewed = answer(concord("lease", "renew", lease["id"], "--duration", "900", settings=as_sdr))
     assert renewed["id"] == lease["id"] and renewed["fencingToken"] == lease["fencingToken"], renewed
     listed = answer(concord("lease", "list", "--agent", sdr["id"], settings=env))
     assert [item["id"] for item in listed["leases"]] == [lease["id"]] and listed["nextCursor"] is None, listed
-    assert answer(concord("lease", "show", lease["id"], settings=env))["expiresAt"] == renewed["expiresAt"]
+    assert answer(concord("lease", "show", lease["id"], settings=as_sdr))["expiresAt"] == renewed["expiresAt"]
 
-    released = answer(concord("lease", "release", lease["id"], "--agent", sdr["id"], settings=env))
+    not_holder = failure(concord("lease", "release", lease["id"], *as_ret, settings=env), "not_lease_holder")
+    assert not_holder["status"] == 403, not_holder
+    released = answer(concord("lease", "release", lease["id"], settings=as_sdr))
     assert released["id"] == lease["id"] and released["released"] is True, released
     gone = failure(concord("lease", "show", lease["id"], settings=env), "lease_not_found")
     assert gone["status"] == 404, gone
@@ -162,8 +163,6 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
         concord(
             "consensus",
             "request",
-            "--agent",
-            sdr["id"],
             "--action",
             "send_pricing_override",
             "--contact",
@@ -172,45 +171,45 @@ def test_agents_leases_and_consensus_from_the_command_line(stack: Stack):
             "asked for custom pricing",
             "--timeout",
             "3600",
-            settings=env,
+            settings=as_sdr,
         )
     )
     assert CONS_ID.fullmatch(request["id"]) and request["status"] == "pending", request
-    assert request["contactEmail"] == contact and request["reason"] == "asked for custom pricing", request
+    assert request["requestingAgentId"] == sdr["id"] and request["contactEmail"] == contact, request
+    assert request["reason"] == "asked for custom pricing", request
     eligible = request["tally"]["eligible"]
-    voters = [ret] + [answer(concord("agents", "register", unique("voter"), settings=env)) for _ in range(eligible - 1)]
+    voters = [as_ret] + [
+        ("--credential-file", save(tmp_path, answer(concord("agents", "register", unique("voter"), settings=env))))
+        for _ in range(eligible - 1)
+    ]
     for voter in voters:
         voted = answer(
-            concord(
-                "consensus",
-                "vote",
-                request["id"],
-                "approve",
-                "--agent",
-                voter["id"],
-                "--reason",
-                "qualified",
-                settings=env,
-            )
+            concord("consensus", "vote", request["id"], "approve", *voter, "--reason", "qualified", settings=env)
         )
         if voted["status"] != "pending":
             break
     assert voted["status"] == "approved" and voted["tally"]["approve"] == voted["tally"]["needed"], voted
     shown = answer(concord("consensus", "show", request["id"], settings=env))
     assert shown["status"] == "approved" and shown["votes"][0]["reason"] == "qualified", shown
+    assert shown["votes"][0]["agentId"] == ret["id"], shown
     assert answer(concord("consensus", "wait", request["id"], "--timeout", "5", settings=env))["status"] == "approved"
 
-    closed = failure(
-        concord("consensus", "vote", request["id"], "reject", "--agent", ret["id"], settings=env), "already_voted"
-    )
+    closed = failure(concord("consensus", "vote", request["id"], "reject", *as_ret, settings=env), "already_voted")
     assert closed["status"] == 409 and closed["vote"] == "approve", closed
+
+
+def save(directory: Path, registered: dict[str, Any]) -> str:
+    """Write a registered agent's credential to a file of its own; its path."""
+    path = directory / f"{registered['id']}.cred"
+    path.write_text(registered["credential"])
+    return str(path)
 
 
 def test_wait_answers_a_request_still_pending_at_its_timeout(stack: Stack):
     env = settings_of(stack)
     requester = answer(concord("agents", "register", unique("asker"), settings=env))
-    with httpx.Client(base_url=stack.service.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
-        created = http.post(f"{C}/consensus", json={"requestingAgentId": requester["id"], "action": "pause"})
+    with httpx.Client(base_url=stack.service.url, headers=bearer(requester["credential"])) as http:
+        created = http.post(f"{C}/consensus", json={"action": "pause"})
     assert created.status_code == 201, created.text
     waited = answer(concord("consensus", "wait", created.json()["id"], "--timeout", "1", settings=env))
     assert waited["id"] == created.json()["id"] and waited["status"] == "pending", waited
@@ -225,7 +224,7 @@ def test_lists_and_removal(stack: Stack):
     assert agent["id"] not in [item["id"] for item in following["agents"]], following
 
     contact = f"{unique('bob')}@example.com"
-    with httpx.Client(base_url=stack.service.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+    with httpx.Client(base_url=stack.service.url, headers=bearer(agent["credential"])) as http:
         lease = http.post(f"{C}/lease", json={"agentId": agent["id"], "contactEmail": contact}).json()
         pending = http.post(f"{C}/consensus", json={"requestingAgentId": agent["id"], "action": "list me"}).json()
     by_contact = answer(concord("lease", "list", "--contact", contact, settings=env))
@@ -237,6 +236,112 @@ def test_lists_and_removal(stack: Stack):
     assert removed == {"id": agent["id"], "removed": True, "releasedLeases": 1}
     missing = failure(concord("agents", "show", agent["id"], settings=env), "agent_not_found")
     assert missing["status"] == 404 and agent["id"] in missing["detail"], missing
+    revoked = failure(  # removing it revoked its credential
+        concord("agents", "heartbeat", settings={**env, "CONCORD_AGENT_CREDENTIAL": agent["credential"]}),
+        "unauthorized",
+    )
+    assert revoked["status"] == 401, revoked
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["agents", "heartbeat", unknown_id("agent")],
+        ["lease", "acquire", "--agent", unknown_id("agent"), "--contact", "a@example.com"],
+        ["lease", "renew", "lease_x", "--agent", unknown_id("agent")],
+        ["lease", "release", "lease_x", "--agent", unknown_id("agent")],
+        ["lease", "check", "--contact", "a@example.com"],  # with a key, send-check names its agent
+        ["consensus", "request", "--agent", unknown_id("agent"), "--action", "pause"],
+        ["consensus", "vote", "cons_x", "approve", "--agent", unknown_id("agent")],
+    ],
+)
+def test_an_api_key_never_acts_as_an_agent_and_the_command_says_where_a_credential_comes_from(
+    stack: Stack, args: list[str]
+):
+    problem = failure(concord(*args, settings=settings_of(stack)), "not_configured", status=2)
+    assert problem["title"] == "No agent credential", problem
+    for hint in ("never with an API key", "CONCORD_AGENT_CREDENTIAL", "--credential-file", "concord agents register"):
+        assert hint in problem["detail"], problem
+
+
+def test_a_credential_acts_only_as_its_own_agent(stack: Stack):
+    env = settings_of(stack)
+    sdr, ret = (answer(concord("agents", "register", unique(name), settings=env)) for name in ("sdr", "ret"))
+    as_sdr = {**env, "CONCORD_AGENT_CREDENTIAL": sdr["credential"]}
+    mismatch = failure(
+        concord("lease", "acquire", "--agent", ret["id"], "--contact", "a@example.com", settings=as_sdr),
+        "agent_mismatch",
+    )
+    assert mismatch["status"] == 403 and mismatch["agentId"] == sdr["id"], mismatch
+
+
+def test_an_agent_process_reads_with_its_credential_and_registers_nothing(stack: Stack):
+    env = settings_of(stack)
+    agent = answer(concord("agents", "register", unique("alone"), settings=env))
+    alone = {"CONCORD_URL": stack.service.url, "CONCORD_AGENT_CREDENTIAL": agent["credential"]}  # no API key
+    assert answer(concord("agents", "show", agent["id"], settings=alone))["id"] == agent["id"]
+    assert answer(concord("agents", "heartbeat", settings=alone))["agentId"] == agent["id"]
+    problem = failure(concord("agents", "register", unique("more"), settings=alone), "not_configured", status=2)
+    assert problem["title"] == "No API key" and "CONCORD_API_KEY" in problem["detail"], problem
+
+
+def test_rotating_refuses_the_old_credential(stack: Stack, tmp_path: Path):
+    env = settings_of(stack)
+    path = tmp_path / "agent.cred"
+    agent = answer(concord("agents", "register", unique("rotate"), "--save-credential", str(path), settings=env))
+    old = path.read_text().strip()
+    saved = answer(concord("agents", "rotate", agent["id"], "--save-credential", str(path), settings=env))
+    assert saved["agentId"] == agent["id"] and saved["rotatedAt"] and "credential" not in saved, saved
+    assert path.read_text().strip() != old and path.stat().st_mode & 0o777 == 0o600
+    assert (
+        answer(concord("agents", "heartbeat", "--credential-file", str(path), settings=env))["agentId"] == agent["id"]
+    )
+    refused = failure(concord("agents", "heartbeat", settings={**env, "CONCORD_AGENT_CREDENTIAL": old}), "unauthorized")
+    assert refused["status"] == 401 and "registering the agent again" in refused["detail"], refused
+    printed = answer(concord("agents", "rotate", agent["id"], settings=env))
+    assert printed["agentId"] == agent["id"] and printed["credential"].startswith(f"concord-agent.{TENANT}."), printed
+
+
+def test_a_forced_release_is_an_admin_keys(stack: Stack):
+    env = settings_of(stack)
+    holder = answer(concord("agents", "register", unique("holder"), settings=env))
+    as_holder = {**env, "CONCORD_AGENT_CREDENTIAL": holder["credential"]}
+    lease = answer(concord("lease", "acquire", "--contact", f"{unique('dan')}@example.com", settings=as_holder))
+    released = answer(concord("lease", "release", lease["id"], "--force", settings=env))
+    assert released["id"] == lease["id"] and released["released"] is True, released
+    problem = failure(
+        concord("lease", "release", lease["id"], "--force", settings={**env, "CONCORD_API_KEY": ""}),
+        "not_configured",
+        status=2,
+    )
+    assert "CONCORD_API_KEY" in problem["detail"], problem
+
+
+def test_a_malformed_or_unreadable_credential_is_refused_naming_where_it_came_from(stack: Stack, tmp_path: Path):
+    env = settings_of(stack)
+    malformed = failure(
+        concord("agents", "heartbeat", settings={**env, "CONCORD_AGENT_CREDENTIAL": "ck_an-api-key"}),
+        "not_configured",
+        status=2,
+    )
+    assert malformed["title"] == "Malformed agent credential" and "CONCORD_AGENT_CREDENTIAL" in malformed["detail"]
+    assert "ck_an-api-key" not in malformed["detail"], malformed
+    missing = failure(
+        concord("agents", "heartbeat", "--credential-file", str(tmp_path / "nothing.cred"), settings=env),
+        "not_configured",
+        status=2,
+    )
+    assert "--credential-file" in missing["detail"], missing
+    (tmp_path / "empty.cred").write_text("\n")
+    empty = failure(
+        concord("agents", "heartbeat", "--credential-file", str(tmp_path / "empty.cred"), settings=env),
+        "not_configured",
+        status=2,
+    )
+    assert "is empty" in empty["detail"], empty
 
 
 def test_a_validation_error_of_the_api_is_its_problem_on_stderr(stack: Stack):
@@ -283,7 +388,7 @@ def test_help_of_every_subcommand_shows_examples(capsys: pytest.CaptureFixture[s
     """In-process (a subprocess each would cost seconds): every leaf's --help exits 0
     and shows an example that runs that very command."""
     leaves = {
-        "agents": ["register", "heartbeat", "list", "show", "remove"],
+        "agents": ["register", "rotate", "heartbeat", "list", "show", "remove"],
         "lease": ["acquire", "renew", "release", "show", "list", "check"],
         "consensus": ["request", "vote", "show", "list", "wait"],
     }
@@ -309,6 +414,8 @@ def test_help_of_every_subcommand_shows_examples(capsys: pytest.CaptureFixture[s
         (["consensus", "vote", "cons_x", "maybe", "--agent", "agent_x"], "maybe"),
         (["agents", "register", "sdr", "--metadata", "[1, 2]"], "JSON object"),
         (["lease", "acquire", "--agent", "agent_x", "--contact", "a@example.com", "--duration", "0"], "--duration"),
+        (["lease", "release", "lease_x", "--agent", "agent_x", "--force"], "not allowed with"),
+        (["agents", "register", "sdr", "--save-credential", "/no/such/directory/sdr.cred"], "cannot write"),
         (["inspect", "--tenant", "acme", "--agent", unknown_id("agent"), "--consensus", "cons_x"], "not allowed with"),
         (["inspect", "--tenant", "acme", "--contact", "not-an-address"], "email address"),
     ],
@@ -355,7 +462,7 @@ def check_against_redis(r: redis.Redis, entry: dict[str, Any], kind: str, expire
 def scene(stack: Stack) -> dict[str, Any]:
     """In its own tenant: two agents, a lease of the first on a contact, and a consensus
     request of it that the second approved."""
-    with httpx.Client(base_url=stack.service.url, headers={"Authorization": f"Bearer {QUIET_KEY}"}) as http:
+    with httpx.Client(base_url=stack.service.url, auth=Fleet(QUIET_KEY)) as http:  # each agent with its credential
         holder = http.post(f"{V1}/register", json={"agentName": unique("holder"), "agentRole": "sdr"}).json()
         voter = http.post(f"{V1}/register", json={"agentName": unique("voter")}).json()
         contact = f"{unique('carol')}@example.com"

@@ -96,20 +96,22 @@ def client_settings(api: ServiceProcess) -> dict[str, str]:
     return {"CONCORD_URL": api.url, "CONCORD_API_KEY": API_KEY}
 
 
-# Each client command once, in the order a script would run them; {agent} and {contact} are filled in.
+# Each client command once, in the order a script would run them; {agent}, {contact} and
+# {credential_file} are filled in. The commands after `register` act with its credential.
 CLIENT_COMMANDS = [
     ([], 0),
     (["--help"], 0),
     (["--version"], 0),
     (["agents", "--help"], 0),
     (["agents", "register", "{name}"], 0),
-    (["agents", "heartbeat", "{agent}"], 0),
+    (["agents", "heartbeat"], 0),
     (["agents", "list"], 0),
-    (["lease", "acquire", "--agent", "{agent}", "--contact", "{contact}"], 0),
+    (["lease", "acquire", "--contact", "{contact}", "--credential-file", "{credential_file}"], 0),
     (["lease", "check", "--agent", "{agent}", "--contact", "{contact}"], 0),
     (["lease", "list", "--contact", "{contact}"], 0),
-    (["consensus", "request", "--agent", "{agent}", "--action", "pause", "--timeout", "60"], 0),
+    (["consensus", "request", "--action", "pause", "--timeout", "60"], 0),
     (["consensus", "list"], 0),
+    (["agents", "rotate", "{agent}", "--save-credential", "{credential_file}"], 0),
     (["agents", "show", "agent_00000000-0000-0000-0000-000000000000"], 1),  # a problem answer
 ]
 
@@ -120,7 +122,7 @@ def test_client_commands_import_nothing_of_the_server(api: ServiceProcess, tmp_p
     server's dependencies refused, every client command still works."""
     env = client_settings(api)
     name = f"imports-{uuid.uuid4().hex[:8]}"
-    fill = {"name": name, "agent": "", "contact": f"{name}@example.com"}
+    fill = {"name": name, "agent": "", "contact": f"{name}@example.com", "credential_file": str(tmp_path / "a.cred")}
     for args, status in CLIENT_COMMANDS:
         modules = tmp_path / "modules.json"
         run = run_cli(*(arg.format(**fill) for arg in args), refuse=refuse, settings=env, modules=modules)
@@ -128,7 +130,9 @@ def test_client_commands_import_nothing_of_the_server(api: ServiceProcess, tmp_p
         assert "Traceback" not in run.stderr, (args, run.stderr)
         assert server_modules(modules) == [], args
         if args[:2] == ["agents", "register"]:
-            fill["agent"] = json.loads(run.stdout)["id"]
+            registered = json.loads(run.stdout)
+            fill["agent"], env["CONCORD_AGENT_CREDENTIAL"] = registered["id"], registered["credential"]
+            (tmp_path / "a.cred").write_text(registered["credential"])
 
 
 # --- the server commands without the server ----------------------------------------------

@@ -10,14 +10,13 @@ import pytest
 import redis
 
 from concord import AsyncConcord, Concord
-from tests.sdk.live import API_KEY, ISOLATED, TENANT
+from tests.sdk.live import API_KEY, keys_setting
 from tests.support.helpers import Stack, running_stack
 
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    keys = ",".join(f"{tenant}:{key}" for tenant, key in {TENANT: API_KEY, **ISOLATED}.items())
-    with running_stack(tmp_path_factory.mktemp("sdk"), {"CONCORD_API_KEYS": keys}) as running:
+    with running_stack(tmp_path_factory.mktemp("sdk"), {"CONCORD_API_KEYS": keys_setting()}) as running:
         yield running
 
 

@@ -11,9 +11,17 @@ import redis
 from tests.support.helpers import Stack
 
 TENANT, API_KEY = "acme", "acme-sdk-key-0123456789"
+# The tenant's other keys: an email pipeline's (send-check only) and an enroller's (registers only).
+GATE_KEY, ENROLL_KEY = "acme-sdk-gate-key-0123456789", "acme-sdk-enroll-key-0123456789"
 # Tenants of their own for the consensus tests: a majority counts every active agent of a tenant.
 ISOLATED = {f"solo{i}": f"solo{i}-sdk-key-0123456789" for i in range(8)}
 WINDOW_MS = 300_000
+
+
+def keys_setting() -> str:
+    """CONCORD_API_KEYS of the SDK tests' service."""
+    admin = [f"{tenant}:{key}" for tenant, key in {TENANT: API_KEY, **ISOLATED}.items()]
+    return ",".join([*admin, f"{TENANT}/gate:{GATE_KEY}", f"{TENANT}/enroll:{ENROLL_KEY}"])
 
 
 def unique(stem: str) -> str:

@@ -16,9 +16,22 @@ from tests.sdk.live import API_KEY, TENANT
 
 URL = "http://concord.test"
 AGENT_ID = f"agent_{uuid.uuid4()}"
+# The scripted agent's credential, as registering answers one: the scripted client holds it.
+CREDENTIAL = f"concord-agent.{TENANT}.{AGENT_ID}.{'s3cr3t' * 8}"
 LEASE_ID = f"lease_{uuid.uuid4()}"
 CONS_ID = f"cons_{uuid.uuid4()}"
 AT = "2026-11-23T10:00:00.000Z"
+AGENT = {
+    "id": AGENT_ID,
+    "tenantId": TENANT,
+    "agentName": "sdr",
+    "agentRole": "sdr",
+    "status": "active",
+    "lastHeartbeat": AT,
+    "registeredAt": AT,
+    "updatedAt": AT,
+    "metadata": {},
+}
 HEARTBEAT = {"agentId": AGENT_ID, "status": "active", "lastHeartbeat": AT, "activeUntil": AT}
 RELEASED = {"id": LEASE_ID, "released": True, "releasedAt": AT}
 LEASE = {
@@ -84,5 +97,12 @@ UNAVAILABLE = problem("store_unavailable", {"Retry-After": "0"})
 
 
 def scripted(*answers: httpx.Response | Exception, **options: Any) -> tuple[Concord, Script]:
+    """A client of the tenant's API key that is also the scripted agent (it holds CREDENTIAL)."""
     script = Script(*answers)
+    options = {"agent_credential": CREDENTIAL, **options}
     return Concord(URL, API_KEY, http=script.transport, backoff=0, **options), script
+
+
+def bearers(script: Script) -> list[str]:
+    """The token each recorded request went with."""
+    return [request.headers["Authorization"].removeprefix("Bearer ") for request in script.requests]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from concord import AgentNotFound, AsyncConcord, Concord
+from concord import AgentNotFound, AsyncConcord, Concord, CredentialRefused
 from concord import protocol as s
 from concord.server.store.keys import agent_id_for
 from tests.sdk.live import API_KEY, TENANT, make_inactive, unique
@@ -56,8 +56,9 @@ async def test_async_agent_methods(aclient: AsyncConcord):
     assert (await agent.heartbeat()).status == "active"
     assert (await aclient.get_agent(agent.id)).agent_name == name
     assert (await agent.remove()).removed
-    with pytest.raises(AgentNotFound):
+    with pytest.raises(CredentialRefused) as refused:  # deregistering revoked its credential
         await aclient.heartbeat(agent.id)
+    assert refused.value.agent_id == agent.id and refused.value.status == 401
 
 
 # --- keep-alive ------------------------------------------------------------------
@@ -95,7 +96,8 @@ def test_keep_alive_of_a_removed_agent_ends_with_the_error(client: Concord):
     client.remove_agent(agent.id)
     keeper = agent.keep_alive(interval=0.05)
     wait_until(lambda: not keeper.running, what="the keep-alive to give up")
-    assert isinstance(keeper.error, AgentNotFound)
+    # Deregistering revoked the credential: refused before anything else, and no heartbeat can succeed.
+    assert isinstance(keeper.error, CredentialRefused) and keeper.error.agent_id == agent.id
     keeper.stop()
 
 

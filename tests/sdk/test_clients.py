@@ -15,7 +15,7 @@ import concord.client as sdk
 from concord import Concord
 from concord.client.base import DEFAULT_URL
 from tests.sdk.live import API_KEY
-from tests.sdk.scripted import AGENT_ID, HEARTBEAT, LEASE, URL, Script, scripted
+from tests.sdk.scripted import AGENT, AGENT_ID, CREDENTIAL, HEARTBEAT, LEASE, URL, Script, bearers, scripted
 
 
 def test_durations_are_whole_seconds():
@@ -34,20 +34,25 @@ def test_durations_are_whole_seconds():
 def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CONCORD_URL", "http://from-env.test:9000/")
     monkeypatch.setenv("CONCORD_API_KEY", "env-key")
-    script = Script(httpx.Response(200, json=HEARTBEAT))
+    monkeypatch.setenv("CONCORD_AGENT_CREDENTIAL", CREDENTIAL)
+    script = Script(httpx.Response(200, json=HEARTBEAT), httpx.Response(200, json=AGENT))
     with Concord(http=script.transport) as concord:
-        concord.heartbeat(AGENT_ID)
-    request = script.requests[0]
-    assert str(request.url) == "http://from-env.test:9000/v1/agent/coordination/heartbeat"
-    assert request.headers["Authorization"] == "Bearer env-key"
+        assert concord.agent_credential == CREDENTIAL and concord.me().id == AGENT_ID
+        concord.me().heartbeat()
+        concord.get_agent(AGENT_ID)
+    heartbeat, read = script.requests
+    assert str(heartbeat.url) == "http://from-env.test:9000/v1/agent/coordination/heartbeat"
+    assert bearers(script) == [CREDENTIAL, "env-key"]  # the agent acts with its credential, reads with the key
     monkeypatch.delenv("CONCORD_URL")
     assert Concord(http=script.transport).url == DEFAULT_URL
+    monkeypatch.setenv("CONCORD_AGENT_CREDENTIAL", "")
+    assert Concord(http=script.transport).agent_credential is None  # an empty credential is none
 
 
 def test_an_injected_http_client_is_used_and_left_open():
     script = Script(httpx.Response(200, json=HEARTBEAT))
     with httpx.Client(transport=script.transport) as http:
-        with Concord(URL, API_KEY, http=http) as concord:
+        with Concord(URL, API_KEY, agent_credential=CREDENTIAL, http=http) as concord:
             concord.heartbeat(AGENT_ID)
         assert not http.is_closed and len(script.requests) == 1
     with pytest.raises(TypeError, match="httpx.Client"):

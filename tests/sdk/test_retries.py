@@ -8,11 +8,22 @@ import uuid
 import httpx
 import pytest
 
-from concord import AsyncConcord, LeaseNotFound, RateLimited, StoreUnavailable, Unreachable
+from concord import (
+    AgentMismatch,
+    AsyncConcord,
+    CredentialRefused,
+    InsufficientScope,
+    LeaseNotFound,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+    Unreachable,
+)
 from tests.sdk.live import API_KEY
 from tests.sdk.scripted import (
     AGENT_ID,
     CONS_ID,
+    CREDENTIAL,
     HEARTBEAT,
     LEASE,
     LEASE_ID,
@@ -20,6 +31,7 @@ from tests.sdk.scripted import (
     UNAVAILABLE,
     URL,
     Script,
+    bearers,
     consensus,
     problem,
     scripted,
@@ -29,8 +41,36 @@ from tests.sdk.scripted import (
 def test_a_safe_call_is_retried_after_503():
     concord, script = scripted(UNAVAILABLE, httpx.Response(200, json=HEARTBEAT))
     assert concord.heartbeat(AGENT_ID).agent_id == AGENT_ID
-    assert len(script.requests) == 2
-    assert all(request.headers["Authorization"] == f"Bearer {API_KEY}" for request in script.requests)
+    assert bearers(script) == [CREDENTIAL, CREDENTIAL]  # every attempt with the agent's own credential
+
+
+def test_refusals_of_the_credential_are_final_and_say_whose_it_was():
+    """A 401 or 403 is never repeated: no attempt can succeed with the same credential.
+    A 401 to an agent's credential is CredentialRefused (still an Unauthorized), one to
+    a key plain Unauthorized."""
+    concord, script = scripted(problem("unauthorized"), httpx.Response(200, json=HEARTBEAT))
+    with pytest.raises(CredentialRefused) as refused:
+        concord.heartbeat(AGENT_ID)
+    assert isinstance(refused.value, Unauthorized) and refused.value.agent_id == AGENT_ID
+    assert (refused.value.code, refused.value.status, len(script.requests)) == ("unauthorized", 401, 1)
+    assert CREDENTIAL not in str(refused.value) and CREDENTIAL not in repr(refused.value.problem)
+
+    concord, script = scripted(problem("unauthorized"))
+    with pytest.raises(Unauthorized) as unknown_key:
+        concord.get_lease(LEASE_ID)  # a read goes with the key
+    assert type(unknown_key.value) is Unauthorized and bearers(script) == [API_KEY]
+
+    other = f"agent_{uuid.uuid4()}"
+    concord, script = scripted(problem("agent_mismatch", agentId=AGENT_ID))
+    with pytest.raises(AgentMismatch) as mismatch:
+        concord.heartbeat(other)  # no credential of `other`: its own, which the service refuses
+    assert (mismatch.value.status, mismatch.value.agent_id, len(script.requests)) == (403, AGENT_ID, 1)
+    assert script.bodies() == [{"agentId": other}] and bearers(script) == [CREDENTIAL]
+
+    concord, script = scripted(problem("insufficient_scope", keyRole="agent"))
+    with pytest.raises(InsufficientScope) as scope:
+        concord.events()
+    assert scope.value.key_role == "agent" and len(script.requests) == 1
 
 
 def test_release_and_remove_are_not_retried_after_503():
@@ -96,7 +136,7 @@ def test_request_consensus_retries_with_one_idempotency_key():
 
 async def test_async_client_retries_as_the_sync_one():
     script = Script(UNAVAILABLE, httpx.Response(200, json=HEARTBEAT))
-    async with AsyncConcord(URL, API_KEY, http=script.transport, backoff=0) as concord:
+    async with AsyncConcord(URL, API_KEY, agent_credential=CREDENTIAL, http=script.transport, backoff=0) as concord:
         assert (await concord.heartbeat(AGENT_ID)).status == "active"
         assert len(script.requests) == 2
         script.answers, script.requests = (UNAVAILABLE,), []

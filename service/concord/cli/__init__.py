@@ -25,12 +25,14 @@ examples:
   CONCORD_REDIS_URL=redis://localhost:6379 concord keys create --tenant acme
 
   export CONCORD_URL=http://127.0.0.1:8080 CONCORD_API_KEY=ck_...
-  concord agents register sdr-agent --role sdr
-  concord lease acquire --agent agent_46cd... --contact alice@example.com --duration 600
-  concord lease check --agent agent_46cd... --contact alice@example.com && send-the-email
-  concord consensus request --agent agent_46cd... --action send_pricing_override
+  concord agents register sdr-agent --role sdr --save-credential sdr.cred   # the agent's credential, once
+  concord lease acquire --credential-file sdr.cred --contact alice@example.com --duration 600
+  concord lease check --credential-file sdr.cred --contact alice@example.com && send-the-email
+  CONCORD_AGENT_CREDENTIAL=$(cat sdr.cred) concord consensus request --action send_pricing_override
   CONCORD_REDIS_URL=redis://localhost:6379 concord inspect --tenant acme --contact alice@example.com
 
+An agent acts only with its own credential (CONCORD_AGENT_CREDENTIAL or --credential-file),
+never with an API key; the key registers, rotates, removes and reads.
 Every command prints one JSON document on stdout; errors are problem JSON on stderr
 (`serve` logs, and says what stops it in one line).
 Exit status: 0 done, 1 error answer or service unreachable, 2 usage, 3 `lease check` refused.

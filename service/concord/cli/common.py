@@ -17,7 +17,11 @@ The contract scripts rely on (docs/cli.md documents it):
   JSON is still on stdout).
 
 The API commands (agents, lease, consensus) go through the sync SDK client
-(concord.client.Concord), which reads CONCORD_URL and CONCORD_API_KEY.
+(concord.client.Concord), with CONCORD_URL, CONCORD_API_KEY (a tenant API key:
+registering, rotating, deregistering, a forced release, reads) and the agent's
+credential (CONCORD_AGENT_CREDENTIAL, or the file ``--credential-file`` names:
+what acts as the agent; an API key never does). A secret is never an argument:
+argv is visible to every user of the machine.
 
 This module imports nothing of the server, and nothing beyond the standard library
 at import time: `concord --help` and the client commands load only what they use.
@@ -203,6 +207,13 @@ def page_options(parser: argparse.ArgumentParser) -> None:
 # --- the API commands ----------------------------------------------------------------
 
 
+# What an API command's call goes with (the SDK picks the token; calls.py):
+KEY = "key"  # the API key (register, rotate, remove, a forced release)
+AGENT = "agent"  # the agent's own credential (heartbeat, leases, consensus)
+GATE = "gate"  # send-check: the agent's credential, or a gate/admin key naming the agent with --agent
+READ = "read"  # either
+
+
 def api_command(
     commands: Commands,
     name: str,
@@ -210,49 +221,142 @@ def api_command(
     example_text: str,
     call: Callable[[Any, argparse.Namespace], Any],
     exit_status: Callable[[Any], int] | None = None,
+    needs: str | Callable[[argparse.Namespace], str] = READ,
 ) -> argparse.ArgumentParser:
     """A command that makes one SDK call, ``call(client, args)``, and prints its answer;
-    ``exit_status(answer)`` decides the exit status of an answer (default 0)."""
+    ``exit_status(answer)`` decides the exit status of an answer (default 0). ``needs``
+    (or ``needs(args)``) is the credential it goes with: every command but a key's
+    takes ``--credential-file``."""
     parser = command(commands, name, help, example_text)
-    parser.set_defaults(run=call_api, call=call, exit_status=exit_status or (lambda _: EXIT_OK))
+    parser.set_defaults(run=call_api, call=call, exit_status=exit_status or (lambda _: EXIT_OK), needs=needs)
+    if needs != KEY:
+        parser.add_argument(
+            "--credential-file",
+            metavar="FILE",
+            help="read the agent's credential from FILE (default: CONCORD_AGENT_CREDENTIAL)",
+        )
     return parser
+
+
+def agent_of(client: Any, args: argparse.Namespace) -> str:
+    """The agent a command acts as: --agent, else the agent whose credential it was given."""
+    return args.agent or client.me().id
+
+
+def not_configured(title: str, detail: str) -> int:
+    return fail(problem("not_configured", title, detail), EXIT_USAGE)
+
+
+NO_CREDENTIAL = (
+    "an agent acts only with its own credential, never with an API key. Set CONCORD_AGENT_CREDENTIAL to it, "
+    "or give --credential-file FILE: `concord agents register NAME` prints it (or saves it, "
+    "with --save-credential FILE)"
+)
+
+
+def credential(args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """The agent credential of a command (--credential-file, else CONCORD_AGENT_CREDENTIAL),
+    or None; else, after printing the problem that stops the command, its exit status."""
+    from concord.client.errors import credential_agent
+
+    path = getattr(args, "credential_file", None)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as file:
+                token, source = file.read().strip(), f"--credential-file {path}"
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, not_configured("The credential file cannot be read", f"--credential-file {path}: {exc}")
+        if not token:
+            return None, not_configured("The credential file is empty", f"--credential-file {path} is empty")
+    else:
+        token, source = os.environ.get("CONCORD_AGENT_CREDENTIAL", "").strip(), "CONCORD_AGENT_CREDENTIAL"
+        if not token:
+            return None, None
+    if credential_agent(token) is None:
+        return None, not_configured(
+            "Malformed agent credential",
+            f"{source} is not an agent credential (concord-agent.<tenant>.<agentId>.<secret>): give it "
+            "exactly as `concord agents register` printed it (its credential member)",
+        )
+    return token, None
 
 
 def call_api(args: argparse.Namespace) -> int:
     """Run the SDK call of an api_command; return its exit status."""
     url = os.environ.get("CONCORD_URL") or DEFAULT_URL
     if not _is_http_url(url):
-        return fail(
-            problem(
-                "not_configured",
-                "CONCORD_URL is malformed",
-                f"CONCORD_URL={url!r}: expected http://host[:port] or https://host[:port]",
-            ),
-            EXIT_USAGE,
+        return not_configured(
+            "CONCORD_URL is malformed", f"CONCORD_URL={url!r}: expected http://host[:port] or https://host[:port]"
         )
-    if not os.environ.get("CONCORD_API_KEY"):
-        return fail(
-            problem(
-                "not_configured",
-                "No API key",
-                "Set CONCORD_API_KEY to an API key of the tenant "
-                f"(the service at {url} answers every /v1 request with 401 without one)",
-            ),
-            EXIT_USAGE,
+    agent_credential, status = credential(args)
+    if status is not None:
+        return status
+    api_key = os.environ.get("CONCORD_API_KEY", "")
+    needs = args.needs(args) if callable(args.needs) else args.needs
+    if needs == GATE:  # send-check names its agent with a key; without --agent only the agent's credential can
+        needs = READ if args.agent else AGENT
+    if needs == KEY and not api_key:
+        return not_configured(
+            "No API key",
+            "Set CONCORD_API_KEY to an API key of the tenant (an admin key; an enroll key may register and "
+            f"rotate): the service at {url} answers this command with 401 without one",
         )
-    from concord import Concord, ConcordError, Unreachable
+    if needs == AGENT and not agent_credential:
+        return not_configured("No agent credential", f"This command acts as an agent: {NO_CREDENTIAL}")
+    if needs == READ and not (api_key or agent_credential):
+        return not_configured(
+            "No credential",
+            "Set CONCORD_API_KEY to an API key of the tenant, or CONCORD_AGENT_CREDENTIAL (or --credential-file) "
+            f"to an agent's credential: the service at {url} answers every /v1 request with 401 without one",
+        )
+    from concord import Concord, ConcordError, NotConfigured, Unreachable
 
     try:
-        with Concord(url=url, api_key=os.environ["CONCORD_API_KEY"]) as concord:
+        with Concord(url=url, api_key=api_key, agent_credential=agent_credential or "") as concord:
             answer = args.call(concord, args)
     except Unreachable as exc:  # after the SDK's retries
         return unreachable("Concord", redact(url), exc.__cause__ or exc)
+    except NotConfigured as exc:
+        return fail(exc.problem, EXIT_USAGE)
     except ConcordError as exc:
         return fail(exc.problem)
     except KeyboardInterrupt:  # Ctrl-C, typically during `consensus wait`: no traceback
         return 130
     emit(answer)
     return args.exit_status(answer)
+
+
+def save_credential(path: str | None, secret: str) -> None:
+    """Write ``secret`` to ``path``, readable by its owner only (0600), replacing the
+    file at once (a reader sees the old credential or the new, never half of one).
+    Raises ConcordError (code ``credential_not_saved``) when it cannot."""
+    if path is None:
+        return
+    from concord import ConcordError
+
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secret + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        detail = (
+            f"The new credential could not be written to {path} ({exc}); it is shown nowhere else. "
+            "Run the command again with a path you can write: it makes a new credential"
+        )
+        saved = problem("credential_not_saved", "The credential was not saved", detail)
+        raise ConcordError(detail, code="credential_not_saved", problem=saved) from exc
+
+
+def writable(path: str) -> str:
+    """An argparse type: a file path whose directory exists and can be written to."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write a file at {path!r}")
+    return path
 
 
 def _is_http_url(url: str) -> bool:

@@ -1,8 +1,19 @@
-"""`concord consensus ...`: ask peers to vote on an action: request, vote, show, list, wait."""
+"""`concord consensus ...`: ask peers to vote on an action: request, vote, show, list,
+wait. Requesting and voting go with the agent's credential (CONCORD_AGENT_CREDENTIAL
+or --credential-file)."""
 
 from __future__ import annotations
 
-from concord.cli.common import CONSENSUS_STATUSES, Commands, api_command, group, page_options, positive
+from concord.cli.common import (
+    AGENT,
+    CONSENSUS_STATUSES,
+    Commands,
+    agent_of,
+    api_command,
+    group,
+    page_options,
+    positive,
+)
 
 
 def add_parser(commands: Commands) -> None:
@@ -11,8 +22,8 @@ def add_parser(commands: Commands) -> None:
         "consensus",
         "ask peers to vote on an action: request, vote, show, list, wait",
         """
-        CONS=$(concord consensus request --agent "$SDR" --action send_pricing_override | jq -r .id)
-        concord consensus vote "$CONS" --agent "$RET" approve --reason Qualified
+        CONS=$(concord consensus request --credential-file sdr.cred --action send_pricing_override | jq -r .id)
+        concord consensus vote "$CONS" approve --credential-file ret.cred --reason Qualified
         concord consensus wait "$CONS" --timeout 300 | jq -e '.status == "approved"' && send-the-offer""",
     )
     p = api_command(
@@ -20,11 +31,11 @@ def add_parser(commands: Commands) -> None:
         "request",
         "ask the tenant's active agents to vote on an action",
         """
-        concord consensus request --agent "$SDR" --action send_pricing_override \\
+        concord consensus request --action send_pricing_override \\
             --contact cto@bigcorp.com --reason "Custom pricing asked" --timeout 3600 --idempotency-key job-42""",
         lambda c, a: (
             c.request_consensus(
-                a.agent,
+                agent_of(c, a),
                 a.action,
                 contact=a.contact,
                 reason=a.reason,
@@ -32,8 +43,9 @@ def add_parser(commands: Commands) -> None:
                 idempotency_key=a.idempotency_key,
             ).info
         ),
+        needs=AGENT,
     )
-    p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the requesting agent")
+    p.add_argument("--agent", metavar="AGENT_ID", help="the requesting agent (default: the agent of the credential)")
     p.add_argument("--action", required=True, help="what is to be decided, 1-128 characters")
     p.add_argument("--contact", metavar="EMAIL")
     p.add_argument("--reason", metavar="TEXT")
@@ -44,13 +56,14 @@ def add_parser(commands: Commands) -> None:
         "vote",
         "cast an agent's vote (the same vote again changes nothing)",
         """
-        concord consensus vote "$CONS" --agent "$RET" approve
-        concord consensus vote "$CONS" --agent "$SUP" reject --reason "Too early\"""",
-        lambda c, a: c.vote(a.consensus_id, a.agent, a.vote, reason=a.reason),
+        concord consensus vote "$CONS" approve --credential-file ret.cred
+        concord consensus vote "$CONS" reject --reason "Too early"      # CONCORD_AGENT_CREDENTIAL set""",
+        lambda c, a: c.vote(a.consensus_id, agent_of(c, a), a.vote, reason=a.reason),
+        needs=AGENT,
     )
     p.add_argument("consensus_id", metavar="CONSENSUS_ID")
     p.add_argument("vote", choices=("approve", "reject"))
-    p.add_argument("--agent", required=True, metavar="AGENT_ID", help="the voter")
+    p.add_argument("--agent", metavar="AGENT_ID", help="the voter (default: the agent of the credential)")
     p.add_argument("--reason", metavar="TEXT")
     p = api_command(
         consensus,

@@ -46,13 +46,14 @@ class AsyncConcord(_ClientBase):
         url: str | None = None,
         api_key: str | None = None,
         *,
+        agent_credential: str | None = None,
         http: httpx.AsyncClient | httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
         max_retries: int = 3,
         backoff: float = 0.1,
         stream_timeout: float = 60.0,
     ) -> None:
-        super().__init__(url, api_key, http, timeout, max_retries, backoff, stream_timeout)
+        super().__init__(url, api_key, agent_credential, http, timeout, max_retries, backoff, stream_timeout)
 
     async def aclose(self) -> None:
         """Stop every keep-alive and lease renewal started from this client, then close its connections."""
@@ -82,10 +83,18 @@ class AsyncConcord(_ClientBase):
     async def register(
         self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None
     ) -> AsyncAgentHandle:
-        return AsyncAgentHandle(self, await self._run(_Wire.register(name, role, metadata)))
+        return AsyncAgentHandle(self, self._registered(await self._run(_Wire.register(name, role, metadata))))
 
-    def agent(self, agent_id: str) -> AsyncAgentHandle:
+    def agent(self, agent_id: str, credential: str | None = None) -> AsyncAgentHandle:
+        if credential is not None:
+            self._remember(credential, "credential", agent_id)
         return AsyncAgentHandle(self, agent_id)
+
+    def me(self) -> AsyncAgentHandle:
+        return AsyncAgentHandle(self, self._own_agent())
+
+    async def rotate_credential(self, agent_id: str) -> p.AgentCredential:
+        return self._rotated(await self._run(_Wire.rotate_credential(agent_id)))
 
     async def heartbeat(self, agent_id: str) -> p.Heartbeat:
         return await self._run(_Wire.heartbeat(agent_id))
@@ -109,8 +118,8 @@ class AsyncConcord(_ClientBase):
     async def renew_lease(self, lease_id: str, agent_id: str, duration: Duration | None = None) -> p.Lease:
         return await self._run(_Wire.renew_lease(lease_id, agent_id, duration))
 
-    async def release_lease(self, lease_id: str, agent_id: str | None = None) -> p.Released:
-        return await self._run(_Wire.release_lease(lease_id, agent_id))
+    async def release_lease(self, lease_id: str, agent_id: str | None = None, *, force: bool = False) -> p.Released:
+        return await self._run(_Wire.release_lease(lease_id, agent_id, force))
 
     async def get_lease(self, lease_id: str) -> p.Lease:
         return await self._run(_Wire.get_lease(lease_id))
@@ -213,8 +222,13 @@ class AsyncAgentHandle(_AgentHandleBase):
     def keep_alive(self, interval: float = 60.0) -> AsyncKeepAlive:
         """Heartbeat now and then every ``interval`` seconds in a task on the running
         loop, until the returned AsyncKeepAlive (also an async context manager), this
-        handle or the client is closed."""
+        handle or the client is closed. Raises NotConfigured at once when the client
+        has no credential for the agent."""
+        self.client._agent_token(self.id)
         return AsyncKeepAlive(self.client, self.id, interval, self._owners())._start()
+
+    async def rotate_credential(self) -> p.AgentCredential:
+        return await self.client.rotate_credential(self.id)
 
     def lease(self, contact: str, duration: Duration | None = None, intent: str | None = None) -> AsyncLeaseHandle:
         return AsyncLeaseHandle(self.client, self.id, contact, duration, intent, self._owners())
@@ -283,10 +297,11 @@ class AsyncKeepAlive(_KeepAliveBase):
 
     async def _beat(self) -> None:
         while True:
+            sent_with = self._sent_with()
             try:
                 self.last, self.error = await self.client.heartbeat(self.agent_id), None
             except ConcordError as exc:
-                if not self._beat_failed(exc):
+                if not self._beat_failed(exc, sent_with):
                     return
             await asyncio.sleep(self.interval)
 
@@ -335,11 +350,11 @@ class AsyncLeaseHandle(_LeaseHandleBase):
     async def _renew(self, plan: _Renewal) -> None:
         while True:
             await asyncio.sleep(plan.wait())
-            lease, sent = self._held(), time.monotonic()
+            lease, sent, sent_with = self._held(), time.monotonic(), self._sent_with()
             try:
                 self.lease = await self.client.renew_lease(lease.id, self.agent_id, self.duration)
             except ConcordError as exc:
-                if self._renewal_failed(lease, exc, plan):
+                if self._renewal_failed(lease, exc, plan, sent_with):
                     return
             else:
                 plan.renewed(sent)

@@ -7,6 +7,13 @@ constants the server routes on, so the SDK and the server cannot disagree on one
 Ids are quoted into a single path segment: a malformed id cannot reach another
 endpoint. Durations are given as seconds or timedeltas and sent as the whole
 seconds the API takes, rounded up.
+
+Each call also says which credential it goes with (``_Call.principal``; the
+client picks the token, base.py): an API key (``KEY``: register, rotate,
+deregister, a forced release), the acting agent's own credential (``AGENT``:
+heartbeat, leases, consensus requests and votes), that agent's credential when
+the client holds it and else an API key (``GATE``: send-check, which a gate key
+may ask for any agent), or either (``READ``: every GET).
 """
 
 from __future__ import annotations
@@ -30,10 +37,17 @@ MAX_WAIT_SECONDS = 60
 
 Duration = int | float | timedelta
 VoteChoice = Literal["approve", "reject"]
+Principal = Literal["key", "agent", "gate", "read"]
+KEY: Principal = "key"
+AGENT: Principal = "agent"
+GATE: Principal = "gate"
+READ: Principal = "read"
 
 
 _encode = msgspec.json.Encoder().encode
 _AGENT = msgspec.json.Decoder(p.Agent)
+_REGISTERED = msgspec.json.Decoder(p.RegisteredAgent)
+_AGENT_CREDENTIAL = msgspec.json.Decoder(p.AgentCredential)
 _AGENT_LIST = msgspec.json.Decoder(p.AgentList)
 _AGENT_REMOVED = msgspec.json.Decoder(p.AgentRemoved)
 _HEARTBEAT = msgspec.json.Decoder(p.Heartbeat)
@@ -50,7 +64,9 @@ _EVENT = msgspec.json.Decoder(p.Event)
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One HTTP request of an operation. ``retry``: safe to send again after it may
-    have reached the service. ``wait``: seconds the service may hold it (long poll)."""
+    have reached the service. ``wait``: seconds the service may hold it (long poll).
+    ``principal``: which credential it goes with; ``agent_id``: the agent it acts
+    as (None: the client's own agent, whose credential it was given)."""
 
     method: str
     path: str
@@ -60,6 +76,8 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     retry: bool = True
     wait: float = 0.0
+    principal: Principal = READ
+    agent_id: str | None = None
 
 
 def _fields(**values: Any) -> dict[str, Any]:
@@ -97,11 +115,20 @@ class _Wire:
 
     @staticmethod
     def register(name: str, role: str | None, metadata: dict[str, Any] | None) -> _Call:
-        return _Call("POST", routes.REGISTER, _AGENT, _fields(agentName=name, agentRole=role, metadata=metadata))
+        # Safe to repeat: every registration answers a new credential and refuses the
+        # earlier ones, so the answer of the last attempt holds the current one.
+        body = _fields(agentName=name, agentRole=role, metadata=metadata)
+        return _Call("POST", routes.REGISTER, _REGISTERED, body, principal=KEY)
+
+    @staticmethod
+    def rotate_credential(agent_id: str) -> _Call:
+        # Safe to repeat for the same reason as register: the last answer is the current credential.
+        path = routes.AGENT_CREDENTIALS.format(agentId=_id(agent_id))
+        return _Call("POST", path, _AGENT_CREDENTIAL, principal=KEY)
 
     @staticmethod
     def heartbeat(agent_id: str) -> _Call:
-        return _Call("POST", routes.HEARTBEAT, _HEARTBEAT, {"agentId": agent_id})
+        return _Call("POST", routes.HEARTBEAT, _HEARTBEAT, {"agentId": agent_id}, principal=AGENT, agent_id=agent_id)
 
     @staticmethod
     def get_agent(agent_id: str) -> _Call:
@@ -113,28 +140,34 @@ class _Wire:
 
     @staticmethod
     def remove_agent(agent_id: str) -> _Call:
-        return _Call("DELETE", routes.AGENT.format(agentId=_id(agent_id)), _AGENT_REMOVED, retry=False)
+        path = routes.AGENT.format(agentId=_id(agent_id))
+        return _Call("DELETE", path, _AGENT_REMOVED, retry=False, principal=KEY)
 
     @staticmethod
     def acquire_lease(agent_id: str, contact: str, duration: Duration | None, intent: str | None) -> _Call:
         body = _fields(
             agentId=agent_id, contactEmail=contact, intent=intent, durationSeconds=whole_seconds(duration, "duration")
         )
-        return _Call("POST", routes.LEASE, _LEASE, body)
+        return _Call("POST", routes.LEASE, _LEASE, body, principal=AGENT, agent_id=agent_id)
 
     @staticmethod
     def renew_lease(lease_id: str, agent_id: str, duration: Duration | None) -> _Call:
         body = _fields(agentId=agent_id, durationSeconds=whole_seconds(duration, "duration"))
-        return _Call("POST", routes.LEASE_RENEW.format(leaseId=_id(lease_id)), _LEASE, body)
+        path = routes.LEASE_RENEW.format(leaseId=_id(lease_id))
+        return _Call("POST", path, _LEASE, body, principal=AGENT, agent_id=agent_id)
 
     @staticmethod
-    def release_lease(lease_id: str, agent_id: str | None) -> _Call:
+    def release_lease(lease_id: str, agent_id: str | None, force: bool) -> _Call:
+        if force and agent_id is not None:
+            raise ValueError("a forced release frees the lease whoever holds it: leave agent_id out")
         return _Call(
             "DELETE",
             routes.LEASE_BY_ID.format(leaseId=_id(lease_id)),
             _RELEASED,
             params=_fields(agentId=agent_id),
             retry=False,
+            principal=KEY if force else AGENT,
+            agent_id=agent_id,
         )
 
     @staticmethod
@@ -149,7 +182,7 @@ class _Wire:
     @staticmethod
     def send_check(agent_id: str, contact: str, fencing_token: int | None) -> _Call:
         body = _fields(agentId=agent_id, contactEmail=contact, fencingToken=fencing_token)
-        return _Call("POST", routes.SEND_CHECK, _SEND_CHECK, body)
+        return _Call("POST", routes.SEND_CHECK, _SEND_CHECK, body, principal=GATE, agent_id=agent_id)
 
     @staticmethod
     def request_consensus(
@@ -170,12 +203,13 @@ class _Wire:
         # The key makes the request safe to repeat: it is fixed here, once per call,
         # so every retry of this call carries the same one.
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        return _Call("POST", routes.CONSENSUS, _CONSENSUS, body, headers=headers)
+        return _Call("POST", routes.CONSENSUS, _CONSENSUS, body, headers=headers, principal=AGENT, agent_id=agent_id)
 
     @staticmethod
     def vote(consensus_id: str, agent_id: str, vote: str, reason: str | None) -> _Call:
         body = _fields(agentId=agent_id, vote=vote, reason=reason)
-        return _Call("POST", routes.VOTE.format(consensusId=_id(consensus_id)), _CONSENSUS, body)
+        path = routes.VOTE.format(consensusId=_id(consensus_id))
+        return _Call("POST", path, _CONSENSUS, body, principal=AGENT, agent_id=agent_id)
 
     @staticmethod
     def get_consensus(consensus_id: str, wait: Duration | None) -> _Call:

@@ -2,10 +2,13 @@
 
 An error answer of the service becomes the class of its problem's ``code``
 (`ERROR_CLASSES`, one class per code of `concord.protocol.ERRORS`); an unknown code
-gives the base class, so a newer service never breaks an older SDK. Three errors
-come from the SDK itself, not from an answer: `Unreachable` (no answer at all),
-`LeaseLost` (a held lease turned out gone) and `NotConfigured` (nothing was sent:
-the client has no API key).
+gives the base class, so a newer service never breaks an older SDK. A 401 to a
+request sent with an agent credential is `CredentialRefused`, an `Unauthorized`
+that says the agent's credential is no longer (or never was) its current one.
+Three errors come from the SDK itself, not from an answer: `Unreachable` (no
+answer at all), `LeaseLost` (a held lease turned out gone) and `NotConfigured`
+(nothing was sent: the client lacks the API key or the agent credential the call
+needs).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ __all__ = [
     "NotConfigured",
     "MalformedJson",
     "Unauthorized",
+    "CredentialRefused",
     "InsufficientScope",
     "TenantMismatch",
+    "AgentMismatch",
     "NotLeaseHolder",
     "RequesterCannotVote",
     "EndpointNotFound",
@@ -88,11 +93,28 @@ class MalformedJson(ConcordError):
 
 
 class Unauthorized(ConcordError):
+    """No credential the service knows: a missing, unknown or revoked API key, or an
+    agent credential that is not the agent's current one (then `CredentialRefused`)."""
+
     code = "unauthorized"
 
 
+class CredentialRefused(Unauthorized):
+    """401 to a call made with an agent credential: it is not the agent's current one.
+    Registering the agent again or rotating its credential made a new one (the earlier
+    is refused from then on), or the agent was deregistered, or the credential was
+    never one Concord made. Retrying cannot help: get the current credential
+    (register the agent again, or rotate it, with an admin or enroll key).
+    ``agent_id`` is the agent the credential names."""
+
+    def __init__(self, detail: str, *, agent_id: str | None = None, **options: Any) -> None:
+        super().__init__(detail, **options)
+        self.agent_id = agent_id
+
+
 class InsufficientScope(ConcordError):
-    """The credential's role may not do this (a gate key registering, say): ``key_role`` is its role."""
+    """The credential's role may not do this (a gate key registering, an admin key
+    heartbeating for an agent): ``key_role`` is its role ("agent" for an agent credential)."""
 
     code = "insufficient_scope"
 
@@ -103,6 +125,17 @@ class InsufficientScope(ConcordError):
 
 class TenantMismatch(ConcordError):
     code = "tenant_mismatch"
+
+
+class AgentMismatch(ConcordError):
+    """An agent credential acts only as its own agent, and the call named another:
+    ``agent_id`` is the credential's own agent."""
+
+    code = "agent_mismatch"
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.problem.get("agentId")
 
 
 class NotLeaseHolder(ConcordError):
@@ -236,9 +269,12 @@ class Unreachable(ConcordError):
 
 
 class NotConfigured(ConcordError):
-    """The client lacks a setting the call needs (an API key: ``api_key``, else
-    CONCORD_API_KEY), so nothing was sent. Raised before sending, never retried:
-    only a change of configuration makes the call succeed."""
+    """The client lacks a setting the call needs, so nothing was sent: an API key
+    (``api_key``, else CONCORD_API_KEY) for the calls of a key, the agent's
+    credential (from ``register()``, else ``agent_credential``, else
+    CONCORD_AGENT_CREDENTIAL) for the calls that act as an agent, or a setting
+    is malformed. Raised before sending, never retried: only a change of
+    configuration makes the call succeed."""
 
     code = "not_configured"
 
@@ -281,6 +317,7 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
         Unauthorized,
         InsufficientScope,
         TenantMismatch,
+        AgentMismatch,
         NotLeaseHolder,
         RequesterCannotVote,
         EndpointNotFound,
@@ -305,6 +342,17 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
 
 _any_json = msgspec.json.Decoder()
 
+# How an agent credential begins: concord-agent.<tenant>.<agentId>.<secret>.
+CREDENTIAL_PREFIX = "concord-agent."
+
+
+def credential_agent(credential: str) -> str | None:
+    """The agent id an agent credential names, or None for a token of another shape."""
+    parts = credential.split(".")
+    if len(parts) == 4 and parts[0] == CREDENTIAL_PREFIX[:-1] and parts[2].startswith("agent_") and all(parts):
+        return parts[2]
+    return None
+
 
 def error_from_response(response: httpx.Response) -> ConcordError:
     """The typed error for a non-2xx answer. A body that is not a problem document
@@ -318,13 +366,17 @@ def error_from_response(response: httpx.Response) -> ConcordError:
         detail = f"{request.method} {request.url} answered {status} {response.reason_phrase}, not a problem document"
         problem = {"title": response.reason_phrase, "status": status, "detail": detail, "code": "unexpected_response"}
     code = problem["code"]
-    return ERROR_CLASSES.get(code, ConcordError)(
-        str(problem.get("detail") or problem.get("title") or code),
-        code=code,
-        status=status,
-        problem=problem,
-        retry_after=_retry_after(response, problem),
-    )
+    detail = str(problem.get("detail") or problem.get("title") or code)
+    options: dict[str, Any] = {
+        "code": code,
+        "status": status,
+        "problem": problem,
+        "retry_after": _retry_after(response, problem),
+    }
+    token = request.headers.get("authorization", "").removeprefix("Bearer ")
+    if code == "unauthorized" and token.startswith(CREDENTIAL_PREFIX):
+        return CredentialRefused(detail, agent_id=credential_agent(token), **options)
+    return ERROR_CLASSES.get(code, ConcordError)(detail, **options)
 
 
 def _retry_after(response: httpx.Response, problem: dict[str, Any]) -> float | None:

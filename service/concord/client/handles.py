@@ -18,7 +18,15 @@ import msgspec
 from concord import protocol as p
 from concord.client.base import MAX_BACKOFF
 from concord.client.calls import Duration, whole_seconds
-from concord.client.errors import AgentNotFound, ConcordError, LeaseLost, LeaseNotFound, _transient
+from concord.client.errors import (
+    AgentNotFound,
+    ConcordError,
+    CredentialRefused,
+    LeaseLost,
+    LeaseNotFound,
+    NotConfigured,
+    _transient,
+)
 
 # The server's lease duration when none is given: the renewal schedule needs it.
 DEFAULT_LEASE_SECONDS = p.DEFAULT_LEASE_MS / 1000
@@ -75,7 +83,9 @@ class _Tracked:
 
 class _AgentHandleBase:
     """An agent handle's state. The background work started from the handle is in
-    ``_background`` (and in its client's), so that closing either stops it."""
+    ``_background`` (and in its client's), so that closing either stops it. Its
+    credential is kept by the client (``credential``), so every handle of the agent
+    and the client's own calls use the newest one, rotated or registered again."""
 
     def __init__(self, client: Any, agent: p.Agent | str) -> None:
         self.client = client
@@ -85,6 +95,13 @@ class _AgentHandleBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id!r})"
+
+    @property
+    def credential(self) -> str | None:
+        """The agent's credential, the newest its client knows (from registering it,
+        rotating it, or given); None when the client has none (acting then raises
+        NotConfigured). A secret: never log it."""
+        return self.client._credential_of(self.id)
 
     @property
     def metadata(self) -> dict[str, Any] | None:
@@ -107,11 +124,18 @@ class _KeepAliveBase(_Tracked):
         self.last: p.Heartbeat | None = None
         self.error: ConcordError | None = None
 
-    def _beat_failed(self, error: ConcordError) -> bool:
-        """Record a failed heartbeat; True to try again next interval, False when
-        the agent is gone and the keep-alive ends."""
+    def _sent_with(self) -> str | None:
+        """The credential the next heartbeat goes with."""
+        return self.client._acting_credential(self.agent_id)
+
+    def _beat_failed(self, error: ConcordError, sent_with: str | None) -> bool:
+        """Record a failed heartbeat, sent with ``sent_with``; True to try again next
+        interval, False when no heartbeat can succeed and the keep-alive ends: the
+        agent is gone, or its credential is refused (rotated elsewhere, or the agent
+        deregistered) and the client knows no newer one."""
         self.error = error
-        if isinstance(error, AgentNotFound):
+        refused = isinstance(error, CredentialRefused) and self._sent_with() == sent_with
+        if refused or isinstance(error, (AgentNotFound, NotConfigured)):
             log.warning("keep-alive of %s stops: %s", self.agent_id, error)
             return False
         log.warning("keep-alive of %s: heartbeat failed, next try in %s s: %s", self.agent_id, self.interval, error)
@@ -172,8 +196,18 @@ class _LeaseHandleBase(_Tracked):
         self.lease, self.contact, self.lost, self.released = lease, lease.contact_email, None, None
         return _Renewal(self.duration, sent)
 
-    def _renewal_failed(self, lease: p.Lease, error: ConcordError, plan: _Renewal) -> bool:
-        """Record a failed renewal of ``lease``; True when the lease is lost and renewing ends."""
+    def _sent_with(self) -> str | None:
+        """The credential the next renewal goes with."""
+        return self.client._acting_credential(self.agent_id)
+
+    def _renewal_failed(self, lease: p.Lease, error: ConcordError, plan: _Renewal, sent_with: str | None) -> bool:
+        """Record a failed renewal of ``lease``, sent with ``sent_with``; True when the
+        lease is lost and renewing ends. A credential refused because it was rotated
+        while the renewal was in flight is no loss: the next goes with the new one."""
+        if isinstance(error, CredentialRefused) and self._sent_with() != sent_with:
+            plan.due = time.monotonic()
+            log.info("renewing lease %s with the agent's rotated credential", lease.id)
+            return False
         if plan.failed(error):
             self.lost = LeaseLost(lease, error, expired=_transient(error))
             log.warning("%s", self.lost)

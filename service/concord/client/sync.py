@@ -41,9 +41,15 @@ class Concord(_ClientBase):
     """The synchronous client; background work runs on daemon threads.
 
     ``url`` defaults to CONCORD_URL, then http://127.0.0.1:8080; ``api_key`` to
-    CONCORD_API_KEY (without either, a call raises NotConfigured and sends nothing).
-    ``http`` is an httpx.Client to send with (it stays open when this client closes)
-    or an httpx transport. ``timeout`` bounds each request in seconds; ``max_retries``
+    CONCORD_API_KEY: a tenant API key, for registering, rotating, deregistering and
+    reading. ``agent_credential`` (default CONCORD_AGENT_CREDENTIAL) is the
+    credential of the agent this process is, when it was handed one: ``me()`` is
+    that agent's handle. A call that acts as an agent (heartbeat, leases,
+    send-check, consensus) goes with that agent's own credential: the one
+    ``register()`` answered, else ``agent_credential``; a call without the
+    credential it needs raises NotConfigured and sends nothing. ``http`` is an
+    httpx.Client to send with (it stays open when this client closes) or an httpx
+    transport. ``timeout`` bounds each request in seconds; ``max_retries``
     and ``backoff`` (the first delay, in seconds) shape the retries of the calls that
     are safe to repeat. ``stream_timeout``: an event stream that stays silent this
     long is reconnected. Safe to share between threads."""
@@ -57,13 +63,14 @@ class Concord(_ClientBase):
         url: str | None = None,
         api_key: str | None = None,
         *,
+        agent_credential: str | None = None,
         http: httpx.Client | httpx.BaseTransport | None = None,
         timeout: float = 10.0,
         max_retries: int = 3,
         backoff: float = 0.1,
         stream_timeout: float = 60.0,
     ) -> None:
-        super().__init__(url, api_key, http, timeout, max_retries, backoff, stream_timeout)
+        super().__init__(url, api_key, agent_credential, http, timeout, max_retries, backoff, stream_timeout)
 
     def close(self) -> None:
         """Stop every keep-alive and lease renewal started from this client, then close its connections."""
@@ -92,12 +99,31 @@ class Concord(_ClientBase):
 
     def register(self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None) -> AgentHandle:
         """Register the agent ``name``, or update it (omitted role and metadata keep
-        their values). Registering counts as a heartbeat. Safe to repeat."""
-        return AgentHandle(self, self._run(_Wire.register(name, role, metadata)))
+        their values), with the API key (admin or enroll). Registering counts as a
+        heartbeat. The handle carries the agent's new credential (``credential``),
+        which its calls act with; the agent's earlier credential is refused from now
+        on. Safe to repeat."""
+        return AgentHandle(self, self._registered(self._run(_Wire.register(name, role, metadata))))
 
-    def agent(self, agent_id: str) -> AgentHandle:
-        """A handle for an existing agent (no request; ``info`` stays None until ``refresh()``)."""
+    def agent(self, agent_id: str, credential: str | None = None) -> AgentHandle:
+        """A handle for an existing agent (no request; ``info`` stays None until
+        ``refresh()``). It acts with ``credential`` when given (the agent's own), else
+        with the credential this client knows for it."""
+        if credential is not None:
+            self._remember(credential, "credential", agent_id)
         return AgentHandle(self, agent_id)
+
+    def me(self) -> AgentHandle:
+        """The handle of this client's own agent, the one ``agent_credential`` (or
+        CONCORD_AGENT_CREDENTIAL) is the credential of (no request); raises
+        NotConfigured without one."""
+        return AgentHandle(self, self._own_agent())
+
+    def rotate_credential(self, agent_id: str) -> p.AgentCredential:
+        """Give the agent a new credential, with the API key (admin or enroll): the
+        current one is refused from now on. The client keeps the new one, so its
+        handles of the agent act with it; ``credential`` is the only copy shown."""
+        return self._rotated(self._run(_Wire.rotate_credential(agent_id)))
 
     def heartbeat(self, agent_id: str) -> p.Heartbeat:
         """Record that the agent is alive; it stays active for the liveness window (5 minutes by default)."""
@@ -112,7 +138,8 @@ class Concord(_ClientBase):
         return self._run(_Wire.list_agents(status, limit, cursor))
 
     def remove_agent(self, agent_id: str) -> p.AgentRemoved:
-        """Deregister the agent and release its leases. Never repeated automatically."""
+        """Deregister the agent, revoke its credential and release its leases, with an
+        admin key. Never repeated automatically."""
         return self._run(_Wire.remove_agent(agent_id))
 
     # leases
@@ -129,9 +156,11 @@ class Concord(_ClientBase):
         """Move the lease's expiry to now + ``duration``; the fencing token stays."""
         return self._run(_Wire.renew_lease(lease_id, agent_id, duration))
 
-    def release_lease(self, lease_id: str, agent_id: str | None = None) -> p.Released:
-        """Release the lease (only its holder may, when ``agent_id`` is given). Never repeated automatically."""
-        return self._run(_Wire.release_lease(lease_id, agent_id))
+    def release_lease(self, lease_id: str, agent_id: str | None = None, *, force: bool = False) -> p.Released:
+        """Release the lease as its holder, ``agent_id`` (None: this client's own agent),
+        with the holder's credential; with ``force``, whoever holds it, with an admin
+        key (a forced release). Never repeated automatically."""
+        return self._run(_Wire.release_lease(lease_id, agent_id, force))
 
     def get_lease(self, lease_id: str) -> p.Lease:
         return self._run(_Wire.get_lease(lease_id))
@@ -147,7 +176,9 @@ class Concord(_ClientBase):
         return self._run(_Wire.list_leases(agent_id, contact, limit, cursor))
 
     def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> p.SendCheck:
-        """May the agent email the contact now? Refusals are answers (``allowed`` False), not errors."""
+        """May the agent email the contact now? Refusals are answers (``allowed`` False),
+        not errors. Asked with the agent's credential when the client holds it, else
+        with the API key (a gate or admin key: an email pipeline's)."""
         return self._run(_Wire.send_check(agent_id, contact, fencing_token))
 
     # consensus
@@ -257,8 +288,15 @@ class AgentHandle(_AgentHandleBase):
 
     def keep_alive(self, interval: float = 60.0) -> KeepAlive:
         """Heartbeat now and then every ``interval`` seconds on a daemon thread, until
-        the returned KeepAlive (also a context manager), this handle or the client is closed."""
+        the returned KeepAlive (also a context manager), this handle or the client is
+        closed. Raises NotConfigured at once when the client has no credential for the agent."""
+        self.client._agent_token(self.id)
         return KeepAlive(self.client, self.id, interval, self._owners())._start()
+
+    def rotate_credential(self) -> p.AgentCredential:
+        """Give the agent a new credential (with the client's admin or enroll key);
+        this handle acts with it from now on."""
+        return self.client.rotate_credential(self.id)
 
     def lease(self, contact: str, duration: Duration | None = None, intent: str | None = None) -> LeaseHandle:
         """A lease on ``contact``, taken on entering ``with`` (or by ``acquire()``) and renewed until released."""
@@ -321,10 +359,11 @@ class KeepAlive(_KeepAliveBase):
 
     def _beat(self) -> None:
         while True:
+            sent_with = self._sent_with()
             try:
                 self.last, self.error = self.client.heartbeat(self.agent_id), None
             except ConcordError as exc:
-                if not self._beat_failed(exc):
+                if not self._beat_failed(exc, sent_with):
                     return
             if self._stop.wait(self.interval):
                 return
@@ -388,11 +427,11 @@ class LeaseHandle(_LeaseHandleBase):
 
     def _renew(self, plan: _Renewal) -> None:
         while not self._stop.wait(plan.wait()):
-            lease, sent = self._held(), time.monotonic()
+            lease, sent, sent_with = self._held(), time.monotonic(), self._sent_with()
             try:
                 self.lease = self.client.renew_lease(lease.id, self.agent_id, self.duration)
             except ConcordError as exc:
-                if self._renewal_failed(lease, exc, plan):
+                if self._renewal_failed(lease, exc, plan, sent_with):
                     return
             else:
                 plan.renewed(sent)
