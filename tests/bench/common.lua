@@ -7,8 +7,14 @@
   costs wrk the same per request: one request string built from a template,
   and one status count per response.
 
+  A request an agent makes goes with that agent's own credential, as a fleet's
+  would: bench.credentials(file) builds each agent's template once, and
+  bench.post(path, body, agent) / bench.get(path, agent) pick it, at the cost of
+  one table lookup. Without an agent a request carries key=.
+
   Arguments (after wrk's `--`, as name=value):
-    key=<API key>           sent as Authorization: Bearer
+    key=<credential>        sent as Authorization: Bearer on requests made for no agent
+                            (an API key: register; a credential of the same length: the floor)
     threads=<n>             wrk's -t, so request numbers are unique across threads
     tag=<text>              unique per wrk run: fresh contacts never repeat
     expect=<status>         the answer every request should get (200, 201, 409)
@@ -29,6 +35,8 @@ statuses, unmarked, exhausted = {}, 0, 0
 local count = 0
 local expect, marker = nil, nil
 local head = {}
+local heads = {}  -- agent id -> its head, with its own credential
+local host
 
 function bench.init(args)
   local options = {}
@@ -42,11 +50,31 @@ function bench.init(args)
   bench.tag = options.tag or "t"
   expect = tonumber(options.expect or "200")
   marker = options.marker
-  local host = "Host: " .. wrk.host .. ":" .. tostring(wrk.port) .. "\r\n"
-  local auth = options.key and ("Authorization: Bearer " .. options.key .. "\r\n") or ""
-  head.get = " HTTP/1.1\r\n" .. host .. auth .. "\r\n"
-  head.post = " HTTP/1.1\r\n" .. host .. auth .. "Content-Type: application/json\r\nContent-Length: "
+  host = "Host: " .. wrk.host .. ":" .. tostring(wrk.port) .. "\r\n"
+  head = bench.head(options.key)
   return options
+end
+
+-- The fixed parts of a request around its path and body, with `token` as its bearer credential.
+function bench.head(token)
+  local auth = token and ("Authorization: Bearer " .. token .. "\r\n") or ""
+  return {
+    get = " HTTP/1.1\r\n" .. host .. auth .. "\r\n",
+    post = " HTTP/1.1\r\n" .. host .. auth .. "Content-Type: application/json\r\nContent-Length: ",
+  }
+end
+
+-- Load "agentId credential" rows (prepare.py credentials.txt): each agent's requests
+-- then go with its own credential.
+function bench.credentials(path)
+  for _, row in ipairs(bench.rows(path)) do heads[row[1]] = bench.head(row[2]) end
+end
+
+local function head_of(agent)
+  if agent == nil then return head end
+  local found = heads[agent]
+  assert(found, "no credential for agent " .. agent .. ": pass credentials=<file>")
+  return found
 end
 
 -- The n-th request of the whole run (0, 1, 2, ...), numbered across threads.
@@ -61,12 +89,13 @@ function bench.exhausted()
   exhausted = exhausted + 1
 end
 
-function bench.get(path)
-  return "GET " .. path .. head.get
+-- A request; with `agent`, made with that agent's credential (bench.credentials).
+function bench.get(path, agent)
+  return "GET " .. path .. head_of(agent).get
 end
 
-function bench.post(path, body)
-  return "POST " .. path .. head.post .. #body .. "\r\n\r\n" .. body
+function bench.post(path, body, agent)
+  return "POST " .. path .. head_of(agent).post .. #body .. "\r\n\r\n" .. body
 end
 
 -- Rows of a data file: each line split on spaces.

@@ -132,7 +132,8 @@ def main(argv: list[str]) -> None:
         ):
             index = len(setups)
             url, pids = stack.enter_context(backend(work / f"redis-{index}"))
-            tenant = prepare.Tenant("bench", "bench-" + secrets.token_hex(8), work / f"data-{index}")
+            # The only key of CONCORD_API_KEYS below: `concord serve` grants it as cfg-1.
+            tenant = prepare.Tenant("bench", "bench-" + secrets.token_hex(8), work / f"data-{index}", 0, "cfg-1")
             print(f"{name}: {o.agents} agents and the hot-path data", flush=True)
             prepare.agents(url, tenant, o.agents, cluster)
             prepare.hot_path(url, tenant, cluster)

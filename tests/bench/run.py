@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: `tests` and `service` import from the repository
 
+from concord.server.settings import parse_api_keys
 from tests.bench import load, prepare, servers
 from tests.bench.report import DISTURBED_CORES, Op, Report, Row, ScaleRow, Table, kept_section, render
 from tests.support.helpers import REDIS_SERVER, RedisServer, ServiceProcess, wait_until
@@ -141,8 +142,9 @@ class Bench:
         self.o = options
         self.work = work
         # Each Redis of the run gets its own copy of the tenants, with its own data files.
-        self.small = prepare.Tenant("small", "bench-small-" + secrets.token_hex(8), work / "main" / "small")
-        self.large = prepare.Tenant("large", "bench-large-" + secrets.token_hex(8), work / "main" / "large")
+        # key_id: the id `concord serve` gives each key, by its place in CONCORD_API_KEYS (env()).
+        self.small = prepare.Tenant("small", "bench-small-" + secrets.token_hex(8), work / "main" / "small", 0, "cfg-1")
+        self.large = prepare.Tenant("large", "bench-large-" + secrets.token_hex(8), work / "main" / "large", 0, "cfg-2")
         self.problems: list[str] = []
         self.runs = 0
         self.floor_rps: list[float] = []
@@ -153,9 +155,14 @@ class Bench:
 
     def env(self, redis_url: str) -> dict[str, str]:
         """The CONCORD_* settings of every `concord serve` of the run."""
+        api_keys = f"{self.small.name}:{self.small.api_key},{self.large.name}:{self.large.api_key}"
+        # The agents were registered with these keys' grants (prepare.py): the service must grant the same.
+        assert {g.tenant: g for g in parse_api_keys(api_keys).values()} == {
+            t.name: t.admin for t in (self.small, self.large)
+        }
         return {
             "CONCORD_REDIS_URL": redis_url,
-            "CONCORD_API_KEYS": f"{self.small.name}:{self.small.api_key},{self.large.name}:{self.large.api_key}",
+            "CONCORD_API_KEYS": api_keys,
             "CONCORD_KEY_PREFIX": prepare.KEY_PREFIX,
             "CONCORD_LOG_LEVEL": "warning",
             "CONCORD_HEARTBEAT_WINDOW_SECONDS": str(prepare.WINDOW_SECONDS),
@@ -173,7 +180,8 @@ class Bench:
         for seconds, warmup in runs:
             self.runs += 1
             tag = f"r{self.runs}"
-            args: dict[str, object] = {"key": tenant.api_key, "tag": tag, "expect": op.expect, **tenant.files()}
+            args: dict[str, object] = {"key": self.key_of(op, tenant), "tag": tag, "expect": op.expect}
+            args.update(tenant.files())
             if op.marker:
                 args["marker"] = op.marker
             if op.script == "vote":
@@ -208,7 +216,18 @@ class Bench:
         assert result is not None
         if op is FLOOR:
             self.floor_rps.append(result.rps)
+        if op.script == "register":  # it gave every agent a new credential: learn them for the next runs
+            prepare.new_credentials(redis_url, tenant)
         return result
+
+    @staticmethod
+    def key_of(op: Op, tenant: prepare.Tenant) -> str:
+        """The bearer credential of the requests a run makes for no agent: the admin key
+        (register); on the floor, an agent's credential, so that its requests carry an
+        Authorization header like the operations' (their agents' own credentials)."""
+        if op is FLOOR:
+            return tenant.file("credentials.txt").read_text().split(maxsplit=2)[1]
+        return tenant.api_key
 
     def rate_bound(self) -> float:
         """A throughput no operation reaches: 1.5 times the fastest floor seen so far."""
@@ -365,8 +384,8 @@ class Bench:
             (
                 '- **The floor**: `GET /` answering `{"status":"ok"}` from a bare Starlette app '
                 "(`tests/bench/floor.py`), served by the same uvicorn with the same settings (below). Its requests "
-                "carry the same `Authorization` header and wrk builds and checks them exactly as it does the "
-                "operations' (`tests/bench/common.lua`)."
+                "carry an `Authorization` header like the operations' (an agent's credential) and wrk builds and "
+                "checks them exactly as it does the operations' (`tests/bench/common.lua`)."
             ),
             (
                 f"- **The service**: `concord serve --workers N` with `CONCORD_REDIS_URL` (a private redis-server "
@@ -378,9 +397,12 @@ class Bench:
             ),
             (
                 "- **Data**, made beforehand through `concord.server.store.Store` "
-                f"(at most {prepare.CONCURRENCY} calls in flight): a tenant of {o.agents:,} registered agents, "
-                "for every operation. **register** re-registers "
-                "their names in turn (200, an update); **heartbeat** beats for them in turn; **lease acquire, fresh** "
+                f"(at most {prepare.CONCURRENCY} calls in flight): a tenant of {o.agents:,} agents registered with "
+                "the tenant's admin key, for every operation. As in a fleet, every request an agent makes "
+                "(heartbeat, lease, renew, send-check, vote, consensus read) carries that agent's own credential; "
+                "**register** uses the admin key and re-registers "
+                "their names in turn (200, an update; it gives each agent a new credential, which the runs after it "
+                "are given); **heartbeat** beats for them in turn; **lease acquire, fresh** "
                 "asks for a contact never seen before on every request (201); **contended** asks, for each agent in "
                 "turn, for one contact the first agent holds (409 `lease_conflict`); **renew** and **send-check** use "
                 f"one lease per agent, renewed by its holder, or checked by its holder with its fencing token "
@@ -390,7 +412,7 @@ class Bench:
                 f"(`needed` is {(o.agents - 1) // 2 + 1} or more) and a vote's answer lists "
                 f"0–{prepare.VOTES_PER_REQUEST - 1} earlier votes; "
                 f"**consensus read** reads {prepare.READ_REQUESTS} pending requests of "
-                f"{prepare.VOTES_PER_REQUEST // 2} votes each in turn."
+                f"{prepare.VOTES_PER_REQUEST // 2} votes each in turn, the agents taking turns as the reader."
             ),
             (
                 f"- **Quiet machine**: before each measured run the benchmark waits (at most {o.quiet_wait} s) until "

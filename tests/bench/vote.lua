@@ -3,14 +3,16 @@
 --
 -- Request r of requests=<file> ("consensusId requesterIndex" per line, made for this
 -- run) takes per=<n> votes: voter j is the agent after its requester plus j in
--- agents=<file>, approving when j is even and rejecting when odd. With many active
--- agents `needed` is far above per/2, so no request is decided during the run.
+-- agents=<file>, approving when j is even and rejecting when odd, with its own credential
+-- (credentials=<file>). With many active agents `needed` is far above per/2, so no
+-- request is decided during the run.
 local bench = dofile("tests/bench/common.lua")
 local agents, requests, per
 
 function init(args)
   local options = bench.init(args)
   agents = bench.column(options.agents)
+  bench.credentials(options.credentials)
   requests = bench.rows(options.requests)
   per = tonumber(options.per)
 end
@@ -26,5 +28,5 @@ function request()
   local voter = agents[(tonumber(row[2]) + 1 + j) % #agents + 1]
   local choice = (j % 2 == 0) and "approve" or "reject"
   return bench.post("/v1/agent/coordination/consensus/" .. row[1] .. "/vote",
-    '{"agentId":"' .. voter .. '","vote":"' .. choice .. '"}')
+    '{"agentId":"' .. voter .. '","vote":"' .. choice .. '"}', voter)
 end

@@ -24,10 +24,10 @@ import redis.asyncio
 
 from concord.server.app import create_app
 from concord.server.redis.batcher import Replication
-from concord.server.settings import ConfigError, Settings, parse_api_keys
+from concord.server.settings import ConfigError, Settings, key_digest, parse_api_keys
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, TENANT, running
-from tests.support.api import V1, C, ok, problem
+from tests.support.api import V1, C, Fleet, ok, problem
 from tests.support.cluster import redis_cluster
 from tests.support.helpers import RedisServer, redis_server, wait_until
 
@@ -119,8 +119,8 @@ async def concord(deployment: Replicated, prefix: str, min_replicas: int = 1) ->
     try:
         async with running(create_app(settings, client)) as app:
             transport = httpx.ASGITransport(app=app)
-            headers = {"Authorization": f"Bearer {API_KEY}"}
-            async with httpx.AsyncClient(transport=transport, base_url="http://concord.test", headers=headers) as c:
+            # As a fleet: the admin key registers, each agent acts with its own credential.
+            async with httpx.AsyncClient(transport=transport, base_url="http://concord.test", auth=Fleet(API_KEY)) as c:
                 yield c
     finally:
         await client.aclose()
@@ -134,6 +134,8 @@ async def test_an_answered_change_is_already_on_the_replica(replicated: Replicat
         # Read from the replica straight after the answer: no waiting, WAIT did it.
         with replicated.replica_client() as replica:
             assert replica.hget(keys.agent(TENANT, agent["id"]), "agentName") == "sdr"
+            # Its credential too: after a failover to this replica the agent keeps acting.
+            assert replica.hget(keys.agent(TENANT, agent["id"]), "credential") == key_digest(agent["credential"])
             assert replica.get(keys.lease(TENANT, "a@x.io")) is not None
             assert replica.get(keys.fence(TENANT)) == str(lease["fencingToken"])
 

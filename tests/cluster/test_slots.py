@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from concord.protocol import ConsensusStatus, FieldError, normalize_email
+from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
 from concord.server.store import Store, scripts
 from concord.server.store.keys import Keys, agent_id_for, agent_tag, new_id
@@ -141,28 +142,39 @@ class ScriptCall:
 
 async def run_scenario(tenant: str, keys: Keys) -> None:
     """Every script of lua/ at least once, through the Store's own methods, on fakeredis,
-    with contacts that carry braces."""
+    with contacts that carry braces: the agents act with their own credentials, an
+    admin key registers, rotates, force-releases and deregisters."""
     store = Store(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), keys)
+    admin = KeyGrant(id="cfg-1", tenant=tenant)
     try:
         contacts = [normalize_email(c) for c in ("{x}@example.com", "a}{b@example.com", "}" * 64 + "@example.com")]
-        (alice, _), (bob, _), (carol, _) = [await store.agents.register(tenant, name, None, None) for name in "abc"]
+        (alice, _), (bob, _), (carol, _) = [
+            await store.agents.register(tenant, name, None, None, admin) for name in "abc"
+        ]
+        rotated = await store.agents.rotate(tenant, carol.id, admin)
+        own = {agent.id: key_digest(agent.credential) for agent in (alice, bob)}
+        own[carol.id] = key_digest(rotated.credential)
         for agent in (alice, bob, carol):
-            await store.agents.heartbeat(tenant, agent.id)
-        held, spare, third = [await store.leases.acquire(tenant, alice.id, c, "outreach", 60_000) for c in contacts]
-        await store.leases.renew(tenant, held[0].id, alice.id, 120_000)
-        await store.leases.send_check(tenant, alice.id, contacts[0], held[0].fencing_token)
-        await store.leases.send_check(tenant, bob.id, contacts[0], None)  # refused: alice holds it
-        await store.leases.release(tenant, spare[0].id, alice.id)
-        ask = (tenant, alice.id, "send", contacts[0], "{why}", 60_000)
+            await store.agents.heartbeat(tenant, agent.id, own[agent.id])
+        held, spare, third, forced = [
+            await store.leases.acquire(tenant, alice.id, c, "outreach", 60_000, own[alice.id])
+            for c in (*contacts, "f@example.com")
+        ]
+        await store.leases.renew(tenant, held[0].id, alice.id, 120_000, own[alice.id])
+        await store.leases.send_check(tenant, alice.id, contacts[0], held[0].fencing_token, own[alice.id])
+        await store.leases.send_check(tenant, bob.id, contacts[0], None, "")  # a gate key's: alice holds it
+        await store.leases.release(tenant, spare[0].id, alice.id, AgentPrincipal(tenant, alice.id, own[alice.id]))
+        await store.leases.release(tenant, forced[0].id, None, admin)  # forced: KEYS[4] names no agent
+        ask = (tenant, alice.id, "send", contacts[0], "{why}", 60_000, own[alice.id])
         request, _ = await store.consensus.request(*ask, idempotency_key="{retry}:1")
         _, replayed = await store.consensus.request(*ask, idempotency_key="{retry}:1")
         assert replayed
-        await store.consensus.vote(tenant, request.id, bob.id, "approve", None)
+        await store.consensus.vote(tenant, request.id, bob.id, "approve", None, own[bob.id])
         await store.consensus.get(tenant, request.id)
         await store.consensus.page(tenant, None, 10, None)  # consensus_read in a pipeline
-        await store.limits.take_token(tenant, carol.id, LIMITS)
-        await store.limits.take_token(tenant, None, LIMITS)
-        removed = await store.agents.remove(tenant, alice.id)  # still holding two leases
+        await store.limits.take_token(AgentPrincipal(tenant, carol.id, own[carol.id]), LIMITS)
+        await store.limits.take_token(admin, LIMITS)  # a key: the tenant's bucket only
+        removed = await store.agents.remove(tenant, alice.id, admin)  # still holding two leases
         assert removed.released_leases == 2 and third[0].contact_email == contacts[2]
     finally:
         await store.redis.aclose()
@@ -193,10 +205,10 @@ def script_calls() -> list[ScriptCall]:
 def test_the_scenario_runs_every_script(script_calls):
     every_script = set(scripts.sources()) - {scripts.LIB}
     assert {call.script for call in script_calls} == every_script
-    # The calls that name the most keys: both rate buckets, a consensus request with
-    # an Idempotency-Key, and a removal that releases two leases.
-    assert max(len(c.keys) for c in script_calls if c.script == "rate_limit") == 2
-    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 11
+    # The calls that name the most keys: the agent and both rate buckets, a consensus
+    # request with an Idempotency-Key, and a removal that releases two leases.
+    assert max(len(c.keys) for c in script_calls if c.script == "rate_limit") == 3
+    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 12
     assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 7
 
 

@@ -2,6 +2,12 @@
 request fields its rules draw from, and MachineBase, one example's app, Redis client
 and reference model (model.py) with the plumbing that the rules (machine_rules.py)
 and the invariant (machine_invariants.py) share.
+
+Requests authenticate as a fleet's would: the admin key registers, rotates and
+removes agents; each agent acts with the credential it was last answered; reads go
+with the admin key or an agent's current credential; send-check also with the gate
+key. An agent the model has no current credential for acts with the last one it had
+(it was removed) or with a forged one of the right shape (never registered).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from concord.server.settings import Settings, parse_api_keys
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, TENANT, running
 from tests.properties.model import WINDOW_MS, Consensus, Lease, Model, Outcome
-from tests.support.api import ISO_Z, ms, ok, problem
+from tests.support.api import ISO_Z, bearer, ms, ok, problem, tenant_snapshot
+
+GATE_KEY = "model-gate-key-0123456789abcdef"  # a gate key of the tenant: send-check for any agent
 
 NAMES = ["sdr", "retention", "support", "billing"]
 CONTACTS = ["alice@example.com", "bob@example.org"]  # few, so that agents meet on them
@@ -93,7 +101,7 @@ class MachineBase(RuleBasedStateMachine):
             self.redis = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         config = Settings(
             redis_url="redis://injected-by-tests",
-            api_keys=parse_api_keys(f"{TENANT}:{API_KEY}"),
+            api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{TENANT}/gate:{GATE_KEY}"),
             key_prefix=self.keys.prefix,
             heartbeat_window_seconds=WINDOW_MS // 1000,
         )
@@ -103,11 +111,9 @@ class MachineBase(RuleBasedStateMachine):
         except BaseException:
             self.runner.close()  # teardown() only runs for a machine that was built
             raise
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://concord.test",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
+        # Every request says with which credential it goes (headers=): none is sent by default.
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://concord.test")
+        self.admin, self.gate = bearer(API_KEY), bearer(GATE_KEY)
         self.model = Model(TENANT)
         self.tokens: list[int] = []  # every fencing token granted, in grant order
         # Leases that ended by a takeover or by expiring, whose registry entries may stay
@@ -136,8 +142,28 @@ class MachineBase(RuleBasedStateMachine):
     def run(self, awaitable: Any) -> Any:
         return self.runner.run(awaitable)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.run(self.http.request(method, path, **kwargs))
+    def request(self, method: str, path: str, *, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        return self.run(self.http.request(method, path, headers=headers, **kwargs))
+
+    def credential_of(self, agent_id: str) -> str:
+        """What the agent acts with: its current credential; for an agent removed, the
+        last one it had; for one never registered, a forged one of the right shape."""
+        agent = self.model.agents.get(agent_id)
+        if agent is not None and agent.credential is not None:
+            return agent.credential
+        earlier = [credential for credential, owner in self.model.retired.items() if owner == agent_id]
+        return earlier[-1] if earlier else f"concord-agent.{TENANT}.{agent_id}.{'F' * 43}"
+
+    def unchanged(self, send: Any) -> httpx.Response:
+        """``send()``'s answer, asserting that the tenant's keys in Redis, every one and
+        all of its contents, are the same after it as before: a refusal writes nothing."""
+        before = self.run(tenant_snapshot(self.redis, self.keys, TENANT))
+        response = send()
+        after = self.run(tenant_snapshot(self.redis, self.keys, TENANT))
+        if after != before:
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            raise AssertionError(f"a refused request ({response.status_code} {response.text}) changed {changed}")
+        return response
 
     def seen(self, what: str) -> None:
         SEEN[self.backend][what] += 1

@@ -1,6 +1,12 @@
 """The rules of the model-based test (test_model.py): each sends one request and
 checks its answer in full against the reference model (model.py), or, for time
 passing, edits Redis the way time would, without sleeping.
+
+Each request goes with the credential a fleet would use (machine.py); two rules
+attack: an agent acting as another (its own credential, the other's id) and an
+agent acting with a credential it no longer holds (rotated, replaced by registering
+again, or revoked with the agent). The model says both are refused, and the
+snapshot around them says nothing was written.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from tests.properties.machine import (
     vote_reasons,
 )
 from tests.properties.model import WINDOW_MS, Consensus, Lease, Outcome, normalize
-from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, iso, ms
+from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, bearer, iso, ms, unknown_id
 from tests.support.helpers import eventually
 
 leases = Bundle("leases")  # every lease id granted (live or not)
 requests = Bundle("requests")  # every consensus id made
+# What an agent does with its credential: the calls that act as an agent.
+ACTIONS = ("heartbeat", "acquire", "renew", "release", "send_check", "request_consensus", "vote")
 
 
 class ConcordRules(MachineBase):
@@ -47,8 +55,10 @@ class ConcordRules(MachineBase):
         if metadata is not None:
             fields["metadata"] = metadata
         created = self.model.register(name, role, metadata)
-        body = self.expect(self.request("POST", f"{V1}/register", json=fields), Outcome(201 if created else 200))
+        response = self.request("POST", f"{V1}/register", json=fields, headers=self.admin)
+        body = self.expect(response, Outcome(201 if created else 200))
         agent = self.model.agents[self.model.agent_id(name)]
+        self._new_credential(agent.id, body.get("credential"))
         assert ISO_Z.fullmatch(body["lastHeartbeat"]), body
         assert body["updatedAt"] == body["lastHeartbeat"], body  # one moment of Redis time
         if created:
@@ -64,6 +74,7 @@ class ConcordRules(MachineBase):
             "registeredAt": agent.registered_at,
             "updatedAt": body["updatedAt"],
             "metadata": agent.metadata,
+            "credential": agent.credential,
         }
         same(body, expected, "register")
         self.seen("register:created" if created else "register:updated")
@@ -94,13 +105,33 @@ class ConcordRules(MachineBase):
     def register(self, name: str, role: str | None, metadata: dict | None, alias: bool) -> None:
         self._register(name, role, metadata, alias)
 
-    @rule(name=names, with_tenant_id=st.booleans())
-    def heartbeat(self, name: str, with_tenant_id: bool) -> None:
-        """(with_tenant_id: the body names the key's own tenant, which is allowed.)"""
+    def _new_credential(self, agent_id: str, credential: object) -> None:
+        """A credential just answered for the agent: of the documented shape, never seen
+        before; the model's from now on (the one before is retired)."""
+        assert isinstance(credential, str) and credential.startswith(f"concord-agent.{TENANT}.{agent_id}."), credential
+        assert credential not in self.model.retired and all(
+            a.credential != credential for a in self.model.agents.values()
+        ), "a credential answered twice"
+        self.model.issue(agent_id, credential)
+
+    def _send(self, refusal: Outcome | None, send: Any) -> Any:
+        """Send; a request the model refuses must also leave Redis as it was."""
+        return self.unchanged(send) if refusal is not None else send()
+
+    @rule(name=names, with_tenant_id=st.booleans(), named=st.booleans())
+    def heartbeat(self, name: str, with_tenant_id: bool, named: bool) -> None:
+        """With the agent's credential. (with_tenant_id: the body names the credential's
+        own tenant, which is allowed; named: the body names the agent, else the
+        credential's agent is meant.)"""
         agent_id = self.model.agent_id(name)
-        outcome = self.model.heartbeat(agent_id)
-        fields = {"agentId": agent_id, **({"tenantId": TENANT} if with_tenant_id else {})}
-        body = self.expect(self.request("POST", f"{C}/heartbeat", json=fields), outcome)
+        credential = self.credential_of(agent_id)
+        refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+        outcome = refusal or self.model.heartbeat(agent_id)
+        fields = {**({"agentId": agent_id} if named else {}), **({"tenantId": TENANT} if with_tenant_id else {})}
+        response = self._send(
+            refusal, lambda: self.request("POST", f"{C}/heartbeat", json=fields, headers=bearer(credential))
+        )
+        body = self.expect(response, outcome)
         if outcome.code is None:
             last = ms(body["lastHeartbeat"])
             expected = {
@@ -117,7 +148,7 @@ class ConcordRules(MachineBase):
     def remove_agent(self, name: str) -> None:
         agent_id = self.model.agent_id(name)
         released = self.model.deregister(agent_id)
-        response = self.request("DELETE", f"{V1}/agents/{agent_id}")
+        response = self.request("DELETE", f"{V1}/agents/{agent_id}", headers=self.admin)
         if released is None:
             self.expect(response, Outcome(404, "agent_not_found"))
         else:
@@ -126,6 +157,22 @@ class ConcordRules(MachineBase):
             # Its registry goes with it, stale entries too.
             self.lingering = {token: entry for token, entry in self.lingering.items() if entry[0] != agent_id}
         self.seen("remove_agent:unknown" if released is None else f"remove_agent:released {min(released, 2)}")
+
+    @rule(name=names)
+    def rotate_credential(self, name: str) -> None:
+        """The admin key gives the agent a new credential; the one before is refused from now on."""
+        agent_id = self.model.agent_id(name)
+        send = lambda: self.request("POST", f"{V1}/agents/{agent_id}/credentials", headers=self.admin)  # noqa: E731
+        if agent_id not in self.model.agents:
+            self.expect(self.unchanged(send), Outcome(404, "agent_not_found"))
+            self.seen("rotate:agent_not_found")
+            return
+        body = self.expect(send(), Outcome(200))
+        assert ISO_Z.fullmatch(body.get("rotatedAt", "")), body
+        self._new_credential(agent_id, body.get("credential"))
+        expected = {"agentId": agent_id, "credential": self.model.agents[agent_id].credential}
+        same(body, {**expected, "rotatedAt": body["rotatedAt"]}, "rotate")
+        self.seen("rotate:ok")
 
     # --- leases -----------------------------------------------------------------
 
@@ -137,16 +184,26 @@ class ConcordRules(MachineBase):
         who=st.sampled_from(["named", "holder", "rival"]),
         intent=intents,
         duration=lease_durations,
+        named=st.booleans(),
         data=st.data(),
     )
     def acquire(
-        self, name: str, spelling: str, held: bool, who: str, intent: str | None, duration: dict, data: st.DataObject
+        self,
+        name: str,
+        spelling: str,
+        held: bool,
+        who: str,
+        intent: str | None,
+        duration: dict,
+        named: bool,
+        data: st.DataObject,
     ) -> Any:
         """A contact, or (held) one that is leased, asked for by the agent named, by its
-        holder (extend) or by an active rival (conflict; a takeover if the holder lapsed)."""
+        holder (extend) or by an active rival (conflict; a takeover if the holder lapsed),
+        with its credential, the body naming it or not."""
         if held and self.model.leases:
             spelling = data.draw(st.sampled_from(sorted(self.model.leases)), label="held contact").upper()
-        return self._acquire(self._caller(name, normalize(spelling), who), spelling, intent, duration)
+        return self._acquire(self._caller(name, normalize(spelling), who), spelling, intent, duration, named)
 
     def _takeovers(self) -> list[tuple[str, str]]:
         """(contact, agent) pairs where the agent is active and the contact's holder is not."""
@@ -165,14 +222,23 @@ class ConcordRules(MachineBase):
         contact, agent_id = data.draw(st.sampled_from(self._takeovers()), label="contact, agent")
         return self._acquire(agent_id, contact, None, {})
 
-    def _acquire(self, agent_id: str, spelling: str, intent: str | None, duration: dict[str, int]) -> Any:
+    def _acquire(
+        self, agent_id: str, spelling: str, intent: str | None, duration: dict[str, int], named: bool = True
+    ) -> Any:
         contact = normalize(spelling)
-        held = self.model.leases.get(contact)
-        kind = self.model.acquire(agent_id, contact)
-        fields = {"agentId": agent_id, "contactEmail": spelling, **duration}
+        credential = self.credential_of(agent_id)
+        fields = {**({"agentId": agent_id} if named else {}), "contactEmail": spelling, **duration}
         if intent is not None:
             fields["intent"] = intent
-        response = self.request("POST", f"{C}/lease", json=fields)
+        refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+        if refusal is not None:
+            send = lambda: self.request("POST", f"{C}/lease", json=fields, headers=bearer(credential))  # noqa: E731
+            self.expect(self.unchanged(send), refusal)
+            self.seen(f"acquire:{refusal.code}")
+            return multiple()
+        held = self.model.leases.get(contact)
+        kind = self.model.acquire(agent_id, contact)
+        response = self.request("POST", f"{C}/lease", json=fields, headers=bearer(credential))
         self.seen(f"acquire:{'takeover' if kind == 'grant' and held else kind}")
         if kind in ("agent_not_found", "agent_inactive"):
             self.expect(response, Outcome(404 if kind == "agent_not_found" else 409, kind))
@@ -229,8 +295,18 @@ class ConcordRules(MachineBase):
     ) -> None:
         lease_id = self._lease_id(lease_id, live, data)
         agent_id = self.model.granted_to[lease_id] if by_holder else self.model.agent_id(other)
-        outcome = self.model.renew(lease_id, agent_id)
-        response = self.request("POST", f"{C}/lease/{lease_id}/renew", json={"agentId": agent_id, **duration})
+        credential = self.credential_of(agent_id)
+        refusal = self.model.authorize(agent_id, credential, agent_id)
+        outcome = refusal or self.model.renew(lease_id, agent_id)
+        response = self._send(
+            refusal,
+            lambda: self.request(
+                "POST",
+                f"{C}/lease/{lease_id}/renew",
+                json={"agentId": agent_id, **duration},
+                headers=bearer(credential),
+            ),
+        )
         body = self.expect(response, outcome)
         if outcome.code is None:  # same lease and token, expiry moved
             lease = self.model.live_lease(lease_id)
@@ -242,26 +318,48 @@ class ConcordRules(MachineBase):
     @rule(
         lease_id=leases,
         live=st.booleans(),
+        by=st.sampled_from(["admin", "agent"]),
         who=st.sampled_from(["anyone", "holder", "other"]),
         other=names,
         data=st.data(),
     )
-    def release(self, lease_id: str, live: bool, who: str, other: str, data: st.DataObject) -> None:
+    def release(self, lease_id: str, live: bool, by: str, who: str, other: str, data: st.DataObject) -> None:
+        """By the admin key (a forced release, or with ?agentId only if that agent holds
+        it), or by an agent with its credential: the holder (naming itself or not), or
+        another agent naming itself."""
         lease_id = self._lease_id(lease_id, live, data)
-        agent_id = {"anyone": None, "holder": self.model.granted_to[lease_id], "other": self.model.agent_id(other)}[who]
-        outcome = self.model.release(lease_id, agent_id)
-        query = {"agentId": agent_id} if agent_id else {}
-        body = self.expect(self.request("DELETE", f"{C}/lease/{lease_id}", params=query), outcome)
+        holder, rival = self.model.granted_to[lease_id], self.model.agent_id(other)
+        refusal = None
+        if by == "admin":
+            agent_id = {"anyone": None, "holder": holder, "other": rival}[who]
+            query, headers = ({"agentId": agent_id} if agent_id else {}), self.admin
+        else:
+            agent_id = rival if who == "other" else holder
+            credential = self.credential_of(agent_id)
+            claimed = None if who == "anyone" else agent_id
+            refusal = self.model.authorize(agent_id, credential, claimed)
+            query, headers = ({"agentId": claimed} if claimed else {}), bearer(credential)
+        outcome = refusal or self.model.release(lease_id, agent_id)
+        send = lambda: self.request("DELETE", f"{C}/lease/{lease_id}", params=query, headers=headers)  # noqa: E731
+        body = self.expect(self._send(refusal, send), outcome)
         if outcome.code is None:
             assert body == {"id": lease_id, "released": True, "releasedAt": body["releasedAt"]}
             assert ISO_Z.fullmatch(body["releasedAt"]), body
-        self.seen(f"release:{who}:{outcome.code or 'ok'}")
+        self.seen(f"release:{by}:{who}:{outcome.code or 'ok'}")
+
+    def _reader(self, data: st.DataObject) -> dict[str, str]:
+        """Who reads: the admin key, or an agent with its current credential (a read
+        proves it: a retired one might still count for the one second of cache)."""
+        readers = [a.credential for a in self.model.agents.values() if a.credential]
+        if not readers or data.draw(st.booleans(), label="read with the admin key"):
+            return self.admin
+        return bearer(data.draw(st.sampled_from(readers), label="reader"))
 
     @rule(lease_id=leases, live=st.booleans(), data=st.data())
     def read_lease(self, lease_id: str, live: bool, data: st.DataObject) -> None:
         lease_id = self._lease_id(lease_id, live, data)
         lease = self.model.live_lease(lease_id)
-        response = self.request("GET", f"{C}/lease/{lease_id}")
+        response = self.request("GET", f"{C}/lease/{lease_id}", headers=self._reader(data))
         if lease is None:
             self.expect(response, Outcome(404, "lease_not_found"))
         else:
@@ -284,31 +382,42 @@ class ConcordRules(MachineBase):
         spelling=contact_inputs,
         who=st.sampled_from(["named", "holder", "rival"]),
         query=st.sampled_from(["agentId", "contactEmail", "both"]),
+        data=st.data(),
     )
-    def list_leases(self, name: str, spelling: str, who: str, query: str) -> None:
+    def list_leases(self, name: str, spelling: str, who: str, query: str, data: st.DataObject) -> None:
         contact = normalize(spelling)
         agent_id = self._caller(name, contact, who) if query != "contactEmail" else None
         params = {"agentId": agent_id, "contactEmail": spelling if query != "agentId" else None}
         query_string = {k: v for k, v in params.items() if v is not None}
-        body = self.expect(self.request("GET", f"{C}/leases", params=query_string), Outcome(200))
+        response = self.request("GET", f"{C}/leases", params=query_string, headers=self._reader(data))
+        body = self.expect(response, Outcome(200))
         expected = self.model.leases_of(agent_id, contact if query != "agentId" else None)
         listed = {"leases": [self.model.lease_body(lease) for lease in expected], "nextCursor": None}
         same(body, listed, "list leases")
         self.seen(f"list_leases:{min(len(expected), 2)}")
 
-    @rule(name=names, spelling=contact_inputs, who=st.sampled_from(["named", "holder", "rival"]))
-    def send_check(self, name: str, spelling: str, who: str) -> None:
-        """The gate before a send, without a fencing token."""
-        self._send_check(self._caller(name, normalize(spelling), who), spelling, None)
+    @rule(
+        name=names,
+        spelling=contact_inputs,
+        who=st.sampled_from(["named", "holder", "rival"]),
+        via=st.sampled_from(["own", "own, unnamed", "admin", "gate"]),
+    )
+    def send_check(self, name: str, spelling: str, who: str, via: str) -> None:
+        """The gate before a send, without a fencing token: asked by the agent with its
+        credential (the body naming it or not), or by the admin or gate key for it."""
+        self._send_check(self._caller(name, normalize(spelling), who), spelling, None, via)
 
     @rule(
         name=names,
         spelling=contact_inputs,
         who=st.sampled_from(["named", "holder", "rival"]),
         token=st.sampled_from(["current", "earlier", "other contact's"]),
+        via=st.sampled_from(["own", "own, unnamed", "admin", "gate"]),
         data=st.data(),
     )
-    def send_check_with_token(self, name: str, spelling: str, who: str, token: str, data: st.DataObject) -> None:
+    def send_check_with_token(
+        self, name: str, spelling: str, who: str, token: str, via: str, data: st.DataObject
+    ) -> None:
         """The gate with a fencing token: the contact's current one, any granted earlier
         (stale unless it is the current one), or another contact's."""
         contact = normalize(spelling)
@@ -316,15 +425,27 @@ class ConcordRules(MachineBase):
         others = [other.token for c, other in self.model.leases.items() if c != contact]
         pick = {"current": [lease.token] if lease else [], "earlier": self.tokens}.get(token, others)
         value = data.draw(st.sampled_from(pick), label=f"{token} token") if pick else 1
-        self._send_check(self._caller(name, contact, who), spelling, value)
+        self._send_check(self._caller(name, contact, who), spelling, value, via)
 
-    def _send_check(self, agent_id: str, spelling: str, token: int | None) -> None:
-        fields: dict[str, Any] = {"agentId": agent_id, "contactEmail": spelling}
+    def _send_check(self, agent_id: str, spelling: str, token: int | None, via: str) -> None:
+        named = via != "own, unnamed"  # a key must name the agent; a credential may leave it out
+        fields: dict[str, Any] = {**({"agentId": agent_id} if named else {}), "contactEmail": spelling}
         if token is not None:
             fields["fencingToken"] = token
+        refusal = None
+        if via.startswith("own"):
+            credential = self.credential_of(agent_id)
+            headers = bearer(credential)
+            refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+        else:
+            headers = self.admin if via == "admin" else self.gate
+        send = lambda: self.request("POST", f"{C}/send-check", json=fields, headers=headers)  # noqa: E731
+        if refusal is not None:
+            self.expect(self.unchanged(send), refusal)
+            self.seen(f"send_check:{refusal.code}")
+            return
         expected = self.model.send_check(agent_id, normalize(spelling), token)
-        body = self.expect(self.request("POST", f"{C}/send-check", json=fields), Outcome(200))
-        same(body, expected, "send-check")
+        same(self.expect(send(), Outcome(200)), expected, "send-check")
         self.seen(f"send_check:{expected.get('reason', 'allowed')}{'' if token is None else ' (token)'}")
 
     # --- consensus --------------------------------------------------------------
@@ -352,8 +473,11 @@ class ConcordRules(MachineBase):
             fields["contactEmail"] = spelling
         if reason is not None:
             fields["reason"] = reason
-        response = self.request("POST", f"{C}/consensus", json=fields)
-        error = self.model.agent_error(agent_id)
+        credential = self.credential_of(agent_id)
+        refusal = self.model.authorize(agent_id, credential, agent_id)
+        send = lambda: self.request("POST", f"{C}/consensus", json=fields, headers=bearer(credential))  # noqa: E731
+        response = self._send(refusal, send)
+        error = refusal or self.model.agent_error(agent_id)
         self.seen(f"request_consensus:{error.code if error else 'created'}")
         if error is not None:
             self.expect(response, error)
@@ -378,11 +502,15 @@ class ConcordRules(MachineBase):
     def _vote(self, consensus_id: str, agent_id: str, choice: str, reason: str | None) -> None:
         c = self.model.consensus[consensus_id]
         before, voted_before = c.status, agent_id in c.ballots
-        outcome = self.model.vote(c, agent_id, choice, reason)
+        credential = self.credential_of(agent_id)
+        refusal = self.model.authorize(agent_id, credential, agent_id)
+        outcome = refusal or self.model.vote(c, agent_id, choice, reason)
         fields = {"agentId": agent_id, "vote": choice}
         if reason is not None:
             fields["reason"] = reason
-        body = self.expect(self.request("POST", f"{C}/consensus/{consensus_id}/vote", json=fields), outcome)
+        url = f"{C}/consensus/{consensus_id}/vote"
+        response = self._send(refusal, lambda: self.request("POST", url, json=fields, headers=bearer(credential)))
+        body = self.expect(response, outcome)
         if outcome.code is None:
             self.check_consensus(c, body)
         elif outcome.code == "consensus_closed":
@@ -448,13 +576,78 @@ class ConcordRules(MachineBase):
         consensus_id, agent_id = data.draw(st.sampled_from(self._peers("counting")), label="vote")
         self._vote(consensus_id, agent_id, choice, None)
 
-    @rule(consensus_id=requests)
-    def read_consensus(self, consensus_id: str) -> None:
+    @rule(consensus_id=requests, data=st.data())
+    def read_consensus(self, consensus_id: str, data: st.DataObject) -> None:
         c = self.model.consensus[consensus_id]
         before = c.status
         self.model.settle(c)
-        self.check_consensus(c, self.expect(self.request("GET", f"{C}/consensus/{consensus_id}"), Outcome(200)))
+        response = self.request("GET", f"{C}/consensus/{consensus_id}", headers=self._reader(data))
+        self.check_consensus(c, self.expect(response, Outcome(200)))
         self.seen(f"read_consensus:{before}" + (f" -> {c.status}" if c.status != before else ""))
+
+    # --- attacks: acting as another agent, or with a credential no longer held ------
+
+    def _acting(
+        self, action: str, agent_id: str, name_it: bool, data: st.DataObject
+    ) -> tuple[str, str, dict[str, Any]]:
+        """The request of ``action`` for agent ``agent_id``, naming it (``name_it``) or
+        leaving the agent out: method, path, and its body or query. A lease it needs is
+        that agent's live lease if it has one (what an attacker aims at), else one drawn
+        from all those granted, else an id that names nothing; a request, one drawn."""
+        claimed = agent_id if name_it else None
+        named = {"agentId": claimed} if claimed else {}
+        contact = data.draw(contact_inputs, label="contact")
+        if action == "heartbeat":
+            return "POST", f"{C}/heartbeat", {"json": named}
+        if action == "acquire":
+            return "POST", f"{C}/lease", {"json": {**named, "contactEmail": contact}}
+        if action == "send_check":
+            return "POST", f"{C}/send-check", {"json": {**named, "contactEmail": contact}}
+        if action == "request_consensus":
+            asking = {"requestingAgentId": claimed} if claimed else {}
+            return "POST", f"{C}/consensus", {"json": {**asking, "action": "send_pricing_override"}}
+        if action == "vote":
+            made = list(self.model.consensus)  # in the order they were made: the draw never depends on ids
+            consensus_id = data.draw(st.sampled_from(made), label="request") if made else unknown_id("cons")
+            return "POST", f"{C}/consensus/{consensus_id}/vote", {"json": {**named, "vote": "approve"}}
+        own = [lease.id for _, lease in sorted(self.model.leases.items()) if lease.holder == agent_id]
+        granted = own or list(self.model.granted_to)
+        lease_id = data.draw(st.sampled_from(granted), label="lease") if granted else unknown_id("lease")
+        if action == "renew":
+            return "POST", f"{C}/lease/{lease_id}/renew", {"json": named}
+        assert action == "release", action
+        return "DELETE", f"{C}/lease/{lease_id}", {"params": named}
+
+    @precondition(lambda self: any(agent.credential for agent in self.model.agents.values()))
+    @rule(action=st.sampled_from(ACTIONS), data=st.data())
+    def impersonate(self, action: str, data: st.DataObject) -> None:
+        """A registered agent acts as another (registered or not): its own current
+        credential, the other's id. 403 agent_mismatch, naming its own id; nothing written."""
+        actors = [agent.id for agent in self.model.agents.values() if agent.credential]
+        actor = data.draw(st.sampled_from(actors), label="actor")
+        victim = self.model.agent_id(data.draw(st.sampled_from([n for n in NAMES if self.model.agent_id(n) != actor])))
+        credential = self.model.agents[actor].credential
+        outcome = self.model.authorize(actor, credential, victim)
+        assert outcome == Outcome(403, "agent_mismatch", {"agentId": actor}), outcome
+        method, path, kwargs = self._acting(action, victim, True, data)
+        response = self.unchanged(lambda: self.request(method, path, headers=bearer(credential), **kwargs))
+        body = self.expect(response, outcome)
+        assert actor in body["detail"] and victim in body["detail"], body
+        self.seen(f"impersonate:{action}")
+
+    @precondition(lambda self: self.model.retired)
+    @rule(action=st.sampled_from(ACTIONS), named=st.booleans(), data=st.data())
+    def act_with_a_stale_credential(self, action: str, named: bool, data: st.DataObject) -> None:
+        """An agent acts as itself with a credential it no longer holds: rotated, replaced
+        by registering again, or revoked when the agent was removed. 401; nothing written."""
+        credential = data.draw(st.sampled_from(list(self.model.retired)), label="stale credential")
+        agent_id = self.model.retired[credential]
+        outcome = self.model.authorize(agent_id, credential, agent_id if named else None)
+        assert outcome == Outcome(401, "unauthorized"), outcome
+        method, path, kwargs = self._acting(action, agent_id, named, data)
+        response = self.unchanged(lambda: self.request(method, path, headers=bearer(credential), **kwargs))
+        self.expect(response, outcome)
+        self.seen(f"stale:{action}")
 
     # --- time passing, without sleeping -------------------------------------------
 

@@ -6,6 +6,11 @@ behaves", DESIGN-NOTES) but not the values the service makes up (ids, times,
 token values): the test reads those from the service's first answer that carries
 them ("learns" them) and from then on holds the service to them.
 
+Credentials are learned too: the model keeps each agent's current credential (the
+last one registering or rotating answered) and every earlier one, retired. An agent
+acts only with its current credential and only as itself (``authorize``); a
+retired, forged or unknown agent's credential is refused before anything else.
+
 Time does not pass here on its own. An agent is active until the test makes it
 lapse, a lease lives until the test expires it, a consensus request is pending
 until a vote or read decides it or the test moves its deadline into the past.
@@ -34,6 +39,7 @@ class Agent:
     metadata: dict[str, Any] = field(default_factory=dict)
     active: bool = True
     registered_at: str | None = None  # learned from the answer that created it
+    credential: str | None = None  # its current credential, learned from registering or rotating
 
 
 @dataclass
@@ -95,6 +101,9 @@ class Model:
         self.leases: dict[str, Lease] = {}
         self.granted_to: dict[str, str] = {}  # every lease id ever granted -> its holder
         self.consensus: dict[str, Consensus] = {}
+        # Every credential answered that is no longer its agent's current one (rotated,
+        # replaced by registering again, or its agent removed) -> that agent's id.
+        self.retired: dict[str, str] = {}
 
     # --- agents -----------------------------------------------------------------
 
@@ -119,6 +128,26 @@ class Model:
         agent.active = True  # registering counts as a heartbeat
         return created
 
+    def issue(self, agent_id: str, credential: str) -> None:
+        """The agent's new credential (registering, rotating): the one before is retired."""
+        agent = self.agents[agent_id]
+        if agent.credential is not None:
+            self.retired[agent.credential] = agent_id
+        agent.credential = credential
+
+    def authorize(self, own: str, credential: str, claimed: str | None) -> Outcome | None:
+        """A request sent with ``credential``, the credential of agent ``own``, naming
+        agent ``claimed`` (None: left out, so ``own``). None when it may go on; else its
+        refusal, which changes nothing: another agent named is 403 agent_mismatch (the
+        credential's agent in the problem); a credential that is not its agent's
+        current one (retired, forged, of an agent removed or never registered) is 401."""
+        if claimed is not None and claimed != own:
+            return Outcome(403, "agent_mismatch", {"agentId": own})
+        agent = self.agents.get(own)
+        if agent is None or agent.credential != credential:
+            return Outcome(401, "unauthorized")
+        return None
+
     def heartbeat(self, agent_id: str) -> Outcome:
         if agent_id not in self.agents:
             return Outcome(404, "agent_not_found")
@@ -127,8 +156,11 @@ class Model:
 
     def deregister(self, agent_id: str) -> int | None:
         """Remove the agent and its leases; the number of leases released, or None if unknown."""
-        if self.agents.pop(agent_id, None) is None:
+        agent = self.agents.pop(agent_id, None)
+        if agent is None:
             return None
+        if agent.credential is not None:  # revoked with the agent
+            self.retired[agent.credential] = agent_id
         held = [contact for contact, lease in self.leases.items() if lease.holder == agent_id]
         for contact in held:
             del self.leases[contact]

@@ -6,7 +6,9 @@ on the embedded fakeredis and on the session's real Redis, under a key prefix of
 its own. Every operation of the document is fuzzed twice: with data that fits
 the document (positive) and with data that breaks it (negative: wrong types,
 out-of-bounds values, missing and unknown fields). Every request carries a valid
-API key of the test settings. Each answer must pass:
+credential of a role the operation admits (docs/api.md, Roles): the admin key of
+the test settings, or the credential of a real agent (for the operations that act
+as an agent, always; for reads and send-check, at random). Each answer must pass:
 
 * not_a_server_error: no 5xx;
 * status_code_conformance: the status is documented for the operation;
@@ -19,7 +21,9 @@ Random data alone almost never names a real agent, lease or request, so before
 each operation the test creates some, and each positive case swaps, at random
 (Hypothesis decides, so it shrinks too), its generated ids, agent ids and
 contact for real ones; a tenantId that fits the document is set to the key's
-tenant (another tenant's is a 403 before anything else is looked at). Both keep
+tenant (another tenant's is a 403 before anything else is looked at). A case sent
+with an agent's credential mostly names that agent where it names one (another is
+a 403 agent_mismatch before anything else is looked at). Both keep
 a positive case positive and a negative case negative: only values that fit the
 document are replaced, by values that fit it too.
 
@@ -57,9 +61,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from concord.server.app import create_app
+from concord.server.http.endpoint import ENDPOINTS
+from concord.server.principals import AGENT
 from concord.server.settings import Settings, parse_api_keys
 from tests.conftest import API_KEY, OTHER_API_KEY, OTHER_TENANT, TENANT
-from tests.support.api import V1, C
+from tests.support.api import V1, C, bearer
 from tests.support.reports import append_report
 
 # How much fuzzing each backend gets (quoted in the docs): cases per operation and
@@ -101,6 +107,8 @@ EXCLUSIVE = [
 ]
 AT_LEAST_ONE = {"/v1/agent/coordination/leases": ("agentId", "contactEmail")}
 ID_KINDS = {"agentId": "agents", "leaseId": "leases", "consensusId": "consensus"}
+# Who may call each operation: the roles its declaration admits.
+ROLES = {f"{e.method} {e.path}": e.roles for e in ENDPOINTS}
 
 
 @dataclass
@@ -153,21 +161,32 @@ class World:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.ids: dict[str, list[str]] = {"agents": [], "leases": [], "consensus": []}
+        self.credentials: dict[str, str] = {}  # agent id -> its current credential
 
     def refresh(self) -> None:
         """(Re-)create the things: a fuzzed DELETE may have removed some. Registering a
         name again gives the same agent id; leases and requests are made anew."""
         with asgi.get_client(self.app) as http:
 
-            def post(path: str, body: dict[str, Any], *statuses: int) -> dict[str, Any]:
-                response = http.post(path, json=body, headers=AUTH)
+            def post(path: str, body: dict[str, Any], auth: dict[str, str], *statuses: int) -> dict[str, Any]:
+                response = http.post(path, json=body, headers=auth)
                 assert response.status_code in statuses, (path, response.status_code, response.text)
                 return response.json()
 
-            agents = [post(f"{V1}/register", {"agentName": name}, 200, 201)["id"] for name in ("fz-1", "fz-2", "fz-3")]
-            lease = post(f"{C}/lease", {"agentId": agents[0], "contactEmail": CONTACTS[0]}, 200, 201)["id"]
-            cons = post(f"{C}/consensus", {"requestingAgentId": agents[0], "action": "fuzz"}, 201)["id"]
+            made = [post(f"{V1}/register", {"agentName": name}, AUTH, 200, 201) for name in ("fz-1", "fz-2", "fz-3")]
+            self.credentials = {agent["id"]: agent["credential"] for agent in made}
+            agents = [agent["id"] for agent in made]
+            as_first = bearer(self.credentials[agents[0]])
+            lease = post(f"{C}/lease", {"agentId": agents[0], "contactEmail": CONTACTS[0]}, as_first, 200, 201)["id"]
+            cons = post(f"{C}/consensus", {"requestingAgentId": agents[0], "action": "fuzz"}, as_first, 201)["id"]
         self.ids = {"agents": agents, "leases": [lease], "consensus": [cons]}
+
+    def learn(self, response: Any) -> None:
+        """A fuzzed registration or rotation makes a new credential: later cases use it."""
+        if response.status_code in (200, 201) and "json" in response.headers.get("content-type", ""):
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("credential"), str):
+                self.credentials[body.get("agentId") or body["id"]] = body["credential"]
 
 
 def _realistic(case: schemathesis.Case, world: World, data: st.DataObject, mode: GenerationMode) -> None:
@@ -219,6 +238,26 @@ def _realistic(case: schemathesis.Case, world: World, data: st.DataObject, mode:
                 del container[second]
 
 
+def _credential(case: schemathesis.Case, world: World, data: st.DataObject) -> dict[str, str]:
+    """The Authorization header of a case: the admin key where the operation admits it,
+    an agent's credential where it admits only that, either at random where it admits
+    both. The agent is the one the case names, when it names a real one (then the
+    case acts as itself), else a real agent drawn at random."""
+    roles = ROLES[f"{case.operation.method.upper()} {case.operation.path}"]
+    if AGENT not in roles or ("admin" in roles and data.draw(st.booleans(), label="admin_key")):
+        return AUTH
+    named = [
+        container.get(name)
+        for container in (case.query, case.body if isinstance(case.body, dict) else None)
+        if container
+        for name in AGENT_FIELDS
+    ]
+    agent = next((a for a in named if isinstance(a, str) and a in world.credentials), None)
+    if agent is None:
+        agent = data.draw(st.sampled_from(sorted(world.credentials)), label="acting_agent")
+    return bearer(world.credentials[agent])
+
+
 def _mostly(data: st.DataObject, label: str) -> bool:
     """True about three times in four (and shrinks towards True)."""
     return data.draw(st.integers(0, 3), label=label) != 3
@@ -239,9 +278,11 @@ def _fuzz(run: Run, schema: Any, operation: Any, mode: GenerationMode, world: Wo
         _realistic(case, world, data, mode)
         run.cases += 1
         run.cases_by_operation[label] += 1
-        response = case.call(headers=AUTH)
+        auth = _credential(case, world, data)
+        response = case.call(headers=auth)
+        world.learn(response)
         run.statuses[response.status_code] += 1
-        case.validate_response(response, checks=CHECKS, headers=AUTH)
+        case.validate_response(response, checks=CHECKS, headers=auth)
         # Beyond the document: an error never shows a traceback.
         assert "Traceback" not in response.text, response.text[:2000]
 
@@ -260,7 +301,8 @@ def test_fuzz_every_operation_against_the_document(fuzz_app):
     backend, app = fuzz_app
     started = time.monotonic()
     # Explicit, so no schemathesis.toml is picked up. Security parameters are not generated (nor,
-    # in negative mode, left out): every case carries AUTH, so negative data reaches the validation.
+    # in negative mode, left out): every case carries a credential the operation admits, so
+    # negative data reaches the validation.
     config = schemathesis.Config.from_dict({"generation": {"with-security-parameters": False}})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -184,6 +184,7 @@ def test_a_server_time_outside_its_request_flight_is_a_clock_violation():
 # --- the contention run -------------------------------------------------------------
 
 TENANT, API_KEY = "history", "history-key-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {API_KEY}"}  # registers the agents; each then acts with its own credential
 PROCESSES = 4
 AGENTS = 40  # one request in flight per agent: at most 40 at once
 CONTACTS = 120
@@ -245,10 +246,13 @@ class Contention:
         return response, response.json(), sent, answered, f"p{process}"
 
     async def register(self, agent: Agent) -> None:
+        """With the tenant's admin key; from then on the agent's client carries the
+        agent's own credential, as a fleet's process does."""
         _, body, *_ = await self.call(
-            agent, "register", "POST", f"{V1}/register", {201}, json={"agentName": agent.name}
+            agent, "register", "POST", f"{V1}/register", {201}, json={"agentName": agent.name}, headers=ADMIN
         )
         agent.id = body["id"]
+        agent.client.headers["Authorization"] = f"Bearer {body['credential']}"
 
     async def heartbeat(self, agent: Agent) -> None:
         if time.monotonic() - agent.last_heartbeat > HEARTBEAT_EVERY_S:
@@ -425,7 +429,7 @@ async def contend(urls: list[str], seed: int = SEED) -> tuple[Contention, float]
     async with AsyncExitStack() as clients:
         agents = []
         for i in range(AGENTS):
-            client = httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=HANG_SECONDS, verify=tls)
+            client = httpx.AsyncClient(timeout=HANG_SECONDS, verify=tls)
             agents.append(Agent(i, f"history-agent-{i:02d}", await clients.enter_async_context(client)))
         started = time.monotonic()
         await run.run(agents)

@@ -4,12 +4,20 @@ checked against the reference model in tests/properties/model.py.
 A Hypothesis RuleBasedStateMachine drives the app in process (httpx ASGITransport,
 the app's real lifespan) on fakeredis, on the session's real Redis and on its 3+3
 Redis Cluster (tests/support/cluster.py), through
-register (and re-register), heartbeat, removing an agent, acquire (free, own,
-contended, takeover), renew, release (with and without agentId), reading and
-listing leases, send-check (with and without fencing tokens, current and stale),
-consensus requests, votes (approve/reject, repeats, changed votes, the requester,
-inactive voters) and reads. Time passes without sleeping, through three "time"
-rules that edit Redis the way time would: an agent lapses (its heartbeat score
+register (and re-register), heartbeat, removing an agent, rotating its
+credential, acquire (free, own, contended, takeover), renew, release (by the
+holder, another agent, or the admin key: forced, or with agentId), reading and
+listing leases, send-check (by the agent, the admin or the gate key; with and
+without fencing tokens, current and stale), consensus requests, votes
+(approve/reject, repeats, changed votes, the requester, inactive voters) and
+reads. Each request goes with the credential a fleet would use: the admin key
+registers, rotates and removes; each agent acts with its own credential. Two
+rules attack, and the model refuses both with nothing written (a snapshot of the
+tenant's keys before and after): an agent acting as another (its credential, the
+other's id: 403 agent_mismatch), and an agent acting with a credential it no
+longer holds, rotated, replaced by registering again or revoked with the agent
+(401). Time passes without sleeping, through three "time" rules that edit Redis
+the way time would: an agent lapses (its heartbeat score
 becomes 1), a lease expires (its lease key gets a 1 ms TTL, then the rule polls
 until Redis has removed it; the entry in its holder's registry is left stale, as
 real expiry leaves it), a consensus request's deadline moves into the past.
@@ -46,7 +54,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from tests.properties.machine import SEEN
 from tests.properties.machine_invariants import RedisInvariants
-from tests.properties.machine_rules import ConcordRules
+from tests.properties.machine_rules import ACTIONS, ConcordRules
 from tests.support.cluster import Cluster
 
 # How much random testing each backend gets in CI (quoted in docs/reliability.md).
@@ -99,6 +107,9 @@ MUST_SEE = {
     "an agent lapsing": ("time:agent lapses",),
     "a lease expiring": ("time:lease expires",),
     "a deadline passing": ("time:deadline passes",),
+    "a credential rotated": ("rotate:ok",),
+    "an agent acting as another": tuple(f"impersonate:{action}" for action in ACTIONS),
+    "a stale credential": tuple(f"stale:{action}" for action in ACTIONS),
 }
 
 

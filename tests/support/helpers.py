@@ -16,13 +16,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import pytest
 import redis
 
 from concord.server.store.keys import Keys
+
+if TYPE_CHECKING:
+    from tests.support.api import Fleet
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -166,6 +169,7 @@ class ServiceProcess:
         self.workers = workers
         self.log = log
         self.process: subprocess.Popen | None = None
+        self.fleets: dict[str | None, Fleet] = {}  # api key -> what its clients learned
 
     # What is started, and the path that answers 200 once it is ready.
     ready_path = "/readyz"
@@ -210,10 +214,15 @@ class ServiceProcess:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log else ""
 
-    def client(self, api_key: str | None) -> httpx.AsyncClient:
-        """An HTTP client of this service; a request that hangs past HANG_SECONDS fails."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HANG_SECONDS)
+    def client(self, api_key: str | None, fleet: Fleet | None = None) -> httpx.AsyncClient:
+        """An HTTP client of this service that authenticates as a fleet does
+        (support/api.py Fleet): each agent with its own credential, the rest with
+        ``api_key``. The clients of one key share what they learn (one Fleet per key
+        per process, or ``fleet``), as a fleet's processes share their agents'
+        credentials; a request that hangs past HANG_SECONDS fails."""
+        if fleet is None:
+            fleet = self.fleets.setdefault(api_key, _fleet(api_key))
+        return httpx.AsyncClient(base_url=self.url, auth=fleet, timeout=HANG_SECONDS)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -228,6 +237,12 @@ class ServiceProcess:
 # A request that has not answered after this long is hung: that is the failure the
 # process tests look for, never a fine timing.
 HANG_SECONDS = 10.0
+
+
+def _fleet(api_key: str | None) -> Fleet:
+    from tests.support.api import Fleet  # support/api.py imports this module
+
+    return Fleet(api_key)
 
 
 def concord_env(settings: dict[str, str]) -> dict[str, str]:

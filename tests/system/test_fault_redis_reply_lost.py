@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from concord.server.errors import ConcordError
+from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.redis.connect import connect
-from concord.server.settings import Settings
+from concord.server.settings import Settings, key_digest
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_tag, lease_id
 from concord.server.store.scripts import LIB, lib_text, sources
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.real
 # --- 3b. A lost reply: the service runs the script again -------------------------------------
 
 LOST = "lostreply"
+ADMIN = KeyGrant(id="cfg-1", tenant=LOST)  # the admin key that registers and deregisters
 
 
 def first(result: Any) -> Any:
@@ -80,17 +82,29 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                     return sum(1 for _ in db.scan_iter(match=f"{keys.tenant(LOST)}:{pattern}", count=1000))
 
                 # Registration: one agent, created once.
-                sdr, created = await lost_once(lambda: store.agents.register(LOST, "sdr", None, None))
+                sdr, created = await lost_once(lambda: store.agents.register(LOST, "sdr", None, None, ADMIN))
                 answers["register"] = "updated" if not created else "created"
                 assert db.zcard(keys.agents(LOST)) == 1 and db.zcard(keys.heartbeats(LOST)) == 1
                 assert db.hget(keys.agent(LOST, sdr.id), "registeredAt") == str(ms(sdr.registered_at))
+                # Both runs stored the credential the caller was answered: it works.
+                as_sdr = key_digest(sdr.credential)
+                assert db.hget(keys.agent(LOST, sdr.id), "credential") == as_sdr
 
-                beat = await lost_once(lambda: store.agents.heartbeat(LOST, sdr.id))
+                beat = await lost_once(lambda: store.agents.heartbeat(LOST, sdr.id, as_sdr))
+                assert db.zscore(keys.heartbeats(LOST), sdr.id) == ms(beat.last_heartbeat)
+
+                # A rotation: both runs store the one new credential answered; the old one is refused.
+                rotated = await lost_once(lambda: store.agents.rotate(LOST, sdr.id, ADMIN))
+                stale, as_sdr = as_sdr, key_digest(rotated.credential)
+                assert db.hget(keys.agent(LOST, sdr.id), "credential") == as_sdr != stale
+                with pytest.raises(ConcordError) as stale_beat:
+                    await store.agents.heartbeat(LOST, sdr.id, stale)
+                assert stale_beat.value.code == "unauthorized"
                 assert db.zscore(keys.heartbeats(LOST), sdr.id) == ms(beat.last_heartbeat)
 
                 # A grant: one lease, one token taken from the fence.
                 lease, created = await lost_once(
-                    lambda: store.leases.acquire(LOST, sdr.id, "alice@example.com", None, 600_000)
+                    lambda: store.leases.acquire(LOST, sdr.id, "alice@example.com", None, 600_000, as_sdr)
                 )
                 answers["acquire"] = "extended" if not created else "granted"
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
@@ -105,16 +119,18 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(lease.expires_at)}:alice@example.com"}
                 assert count("lease:*") == 1 and count("leases:*") == 1
 
-                renewed = await lost_once(lambda: store.leases.renew(LOST, lease.id, sdr.id, 900_000))
+                renewed = await lost_once(lambda: store.leases.renew(LOST, lease.id, sdr.id, 900_000, as_sdr))
                 assert (renewed.id, renewed.fencing_token) == (lease.id, lease.fencing_token)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
                 assert db.pexpiretime(lease_key) == ms(renewed.expires_at)
                 assert db.hgetall(registry) == {str(lease.fencing_token): f"{ms(renewed.expires_at)}:alice@example.com"}
 
                 # A consensus request: one request, in each of its lists once.
-                peers = [first(await store.agents.register(LOST, f"peer-{i}", None, None)) for i in range(3)]
+                peers = [first(await store.agents.register(LOST, f"peer-{i}", None, None, ADMIN)) for i in range(3)]
                 request = first(
-                    await lost_once(lambda: store.consensus.request(LOST, sdr.id, "offer", None, None, 3_600_000))
+                    await lost_once(
+                        lambda: store.consensus.request(LOST, sdr.id, "offer", None, None, 3_600_000, as_sdr)
+                    )
                 )
                 assert count("consensus:cons_*") == 1
                 for listed in ("all", "pending"):
@@ -122,10 +138,15 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert db.zrange(keys.consensus_due(LOST), 0, -1) == [request.id]
 
                 # Votes: each counted once; the deciding one decides once.
-                voted = await lost_once(lambda: store.consensus.vote(LOST, request.id, peers[0].id, "approve", None))
+                as_peer = [key_digest(peer.credential) for peer in peers]
+                voted = await lost_once(
+                    lambda: store.consensus.vote(LOST, request.id, peers[0].id, "approve", None, as_peer[0])
+                )
                 assert (voted.status, voted.tally.approve, len(voted.votes)) == ("pending", 1, 1)
                 assert db.hlen(keys.votes(LOST, request.id)) == 1
-                decided = await lost_once(lambda: store.consensus.vote(LOST, request.id, peers[1].id, "approve", None))
+                decided = await lost_once(
+                    lambda: store.consensus.vote(LOST, request.id, peers[1].id, "approve", None, as_peer[1])
+                )
                 assert (decided.status, decided.tally.approve, len(decided.votes)) == ("approved", 2, 2), decided
                 assert db.hlen(keys.votes(LOST, request.id)) == 2
                 assert db.zrange(keys.consensus_list(LOST, "approved"), 0, -1) == [request.id]
@@ -134,11 +155,12 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
                 assert (read.status, read.resolved_at, read.votes) == ("approved", decided.resolved_at, decided.votes)
 
                 # Release and deregistration: done once; the second run finds nothing to do.
-                released = await lost_once(lambda: store.leases.release(LOST, lease.id, sdr.id))
+                holder = AgentPrincipal(LOST, sdr.id, as_sdr)
+                released = await lost_once(lambda: store.leases.release(LOST, lease.id, sdr.id, holder))
                 answers["release"] = getattr(released, "code", "released")
                 assert not db.exists(lease_key, registry)
                 assert db.get(keys.fence(LOST)) == str(lease.fencing_token)
-                removed = await lost_once(lambda: store.agents.remove(LOST, peers[2].id))
+                removed = await lost_once(lambda: store.agents.remove(LOST, peers[2].id, ADMIN))
                 answers["remove"] = getattr(removed, "code", "removed")
                 assert not db.exists(keys.agent(LOST, peers[2].id))
                 assert db.zscore(keys.agents(LOST), peers[2].id) is None

@@ -14,29 +14,33 @@ import httpx
 import pytest
 
 from tests.api.test_metrics import parse_exposition
-from tests.support.api import V1, C
+from tests.support.api import V1, C, bearer
 from tests.support.helpers import HANG_SECONDS, redis_server, service, wait_until
 
 KEY = "first-start-key-0123456789"
 
 
 async def exercise(url: str, key: str) -> None:
-    """One request of every kind that runs a script, as a first day would."""
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=HANG_SECONDS) as c:
+    """One request of every kind that runs a script, as a first day would: the admin
+    key registers the agents, each agent acts with its own credential."""
+    async with httpx.AsyncClient(base_url=url, headers=bearer(key), timeout=HANG_SECONDS) as c:
         sdr = (await c.post(f"{V1}/register", json={"agentName": "sdr"})).json()
         peer = (await c.post(f"{V1}/register", json={"agentName": "peer"})).json()
-        assert (await c.post(f"{C}/heartbeat", json={"agentId": sdr["id"]})).status_code == 200
-        lease = (await c.post(f"{C}/lease", json={"agentId": sdr["id"], "contactEmail": "a@example.com"})).json()
-        assert (await c.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": sdr["id"]})).status_code == 200
-        check = {"agentId": sdr["id"], "contactEmail": "a@example.com"}
-        assert (await c.post(f"{C}/send-check", json=check)).json() == {"allowed": True}
-        asked = (await c.post(f"{C}/consensus", json={"requestingAgentId": sdr["id"], "action": "discount"})).json()
-        assert (
-            await c.post(f"{C}/consensus/{asked['id']}/vote", json={"agentId": peer["id"], "vote": "approve"})
-        ).status_code == 200
-        assert (await c.get(f"{C}/consensus/{asked['id']}")).status_code == 200
+        rotated = await c.post(f"{V1}/agents/{sdr['id']}/credentials")
+        assert rotated.status_code == 200, rotated.text
+        as_sdr, as_peer = bearer(rotated.json()["credential"]), bearer(peer["credential"])
+        assert (await c.post(f"{C}/heartbeat", json={}, headers=as_sdr)).status_code == 200
+        leased = await c.post(f"{C}/lease", json={"contactEmail": "a@example.com"}, headers=as_sdr)
+        lease = leased.json()
+        assert (await c.post(f"{C}/lease/{lease['id']}/renew", json={}, headers=as_sdr)).status_code == 200
+        check = {"contactEmail": "a@example.com"}
+        assert (await c.post(f"{C}/send-check", json=check, headers=as_sdr)).json() == {"allowed": True}
+        asked = (await c.post(f"{C}/consensus", json={"action": "discount"}, headers=as_sdr)).json()
+        voted = await c.post(f"{C}/consensus/{asked['id']}/vote", json={"vote": "approve"}, headers=as_peer)
+        assert voted.status_code == 200, voted.text
+        assert (await c.get(f"{C}/consensus/{asked['id']}", headers=as_peer)).status_code == 200
         assert (await c.get(f"{C}/consensus")).status_code == 200
-        assert (await c.delete(f"{C}/lease/{lease['id']}")).status_code == 200
+        assert (await c.delete(f"{C}/lease/{lease['id']}", headers=as_sdr)).status_code == 200
         assert (await c.delete(f"{V1}/agents/{peer['id']}")).status_code == 200
 
 

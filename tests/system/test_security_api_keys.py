@@ -3,7 +3,8 @@
 API keys
   * Only hashes at rest: after `concord keys create`, no key name or value in
     Redis contains the key, and a key of CONCORD_API_KEYS never reaches Redis at
-    all (MONITOR sees neither it nor its digest).
+    all (MONITOR sees neither it nor its digest). An agent's credential reaches
+    Redis only as its digest.
   * A revoked key is refused (401) by EVERY instance within the documented one
     second of cache: two `concord serve` processes on one Redis, both holding the
     key in their cache, answer 401 once one second has passed since
@@ -174,15 +175,17 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
         assert created.returncode == 0, created.stderr
         stored_key, stored_key_id = json.loads(created.stdout)["apiKey"], json.loads(created.stdout)["id"]
         with service({**settings, "CONCORD_API_KEYS": f"acme:{static_key}"}, tmp_path / "concord.log") as proc:
+            credentials = []
             for api_key, tenant in ((static_key, "acme"), (stored_key, "initech")):
                 agent = httpx.post(
                     f"{proc.url}{V1}/register", json={"agentName": "sdr"}, headers=bearer(api_key), timeout=10
                 )
                 assert agent.status_code == 201 and agent.json()["tenantId"] == tenant, agent.text
+                credentials.append((tenant, agent.json()["id"], agent.json()["credential"]))
                 beat = httpx.post(
                     f"{proc.url}{C}/heartbeat",
                     json={"agentId": agent.json()["id"]},
-                    headers=bearer(api_key),
+                    headers=bearer(agent.json()["credential"]),
                     timeout=10,
                 )
                 assert beat.status_code == 200, beat.text
@@ -198,18 +201,24 @@ def test_only_digests_of_api_keys_reach_redis(private_redis: RedisServer, tmp_pa
         # The key's digest (its grant) and its id (naming the digest): never the key.
         assert set(stored) == {key_digest(stored_key), f"id:{stored_key_id}"}
         assert stored[f"id:{stored_key_id}"] == key_digest(stored_key)
+        # An agent's credential is held as its digest, in the agent's hash.
+        for tenant, agent_id, credential in credentials:
+            assert client.hget(Keys(prefix).agent(tenant, agent_id), "credential") == key_digest(credential)
     finally:
         client.close()
     never = {
         "the stored key": stored_key,
         "the configured key": static_key,
         "the configured key's digest": key_digest(static_key),
+        **{f"agent {agent_id}'s credential": credential for _, agent_id, credential in credentials},
     }
     for what, secret in never.items():
         assert not [item for item in at_rest if secret in item], f"{what} is in Redis"
         assert not [c for c in monitor.commands if secret in c], f"{what} was sent to Redis"
+        assert secret not in log, f"{what} is in the service's log"
     assert any(key_digest(stored_key) in c for c in monitor.commands)  # stored keys are found by digest
-    assert stored_key not in log and static_key not in log
+    for _, _, credential in credentials:  # and a heartbeat's script is handed the credential's digest
+        assert any(key_digest(credential) in c for c in monitor.commands)
 
 
 # --- API keys: revocation on every instance --------------------------------------

@@ -30,7 +30,7 @@ from concord.server.http.endpoint import ENDPOINTS
 from concord.server.store.keys import Keys
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY
-from tests.support.api import V1, C
+from tests.support.api import V1, C, credential_of
 from tests.support.cluster import Cluster
 from tests.support.helpers import RedisServer, ServiceProcess, service
 from tests.system.security_support import bearer, security_report
@@ -104,6 +104,11 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         assert len((await call("GET", f"{V1}/agents", 200, params={"status": "active"}))["agents"]) == 3
         await call("GET", f"{V1}/agents/{{agentId}}", 200, agentId=sdr)
         await call("POST", f"{C}/heartbeat", 200, {"agentId": sdr})
+        stale = credential_of(c, sdr)
+        rotated = await call("POST", f"{V1}/agents/{{agentId}}/credentials", 200, agentId=sdr)
+        assert rotated["agentId"] == sdr and rotated["credential"] != stale
+        await call("POST", f"{C}/heartbeat", 401, {"agentId": sdr}, headers=bearer(stale))
+        await call("POST", f"{C}/heartbeat", 200, {"agentId": sdr})  # with the new one
 
         alice = {"contactEmail": "alice@example.com"}
         lease = await call("POST", f"{C}/lease", 201, {"agentId": sdr, "intent": "outbound", **alice})
