@@ -8,6 +8,7 @@
   KEYS[2] agents_key      keys.agents(tenant)                   zset agentId -> registeredAt
   KEYS[3] heartbeats_key  keys.heartbeats(tenant)               zset agentId -> last heartbeat
   KEYS[4] events_key      keys.events(tenant)                   stream: agent.registered
+  KEYS[5] since_key       keys.active_since(tenant)             zset agentId -> run start µs (lib.lua note_heartbeat)
 
   ARGV[1] agent_id        agent_<uuid5>
   ARGV[2] agent_name
@@ -18,6 +19,7 @@
   ARGV[7] credential      SHA-256 hex of the agent's new credential: it replaces the current one
   ARGV[8] key_id          the registering key (the event's actor)
   ARGV[9] key_role        its role
+  ARGV[10] window_ms      heartbeat liveness window, milliseconds
 
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
@@ -31,6 +33,7 @@ local agent_key = KEYS[1]
 local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
 local events_key = KEYS[4]
+local since_key = KEYS[5]
 local agent_id = ARGV[1]
 local agent_name = ARGV[2]
 local agent_role = ARGV[3]
@@ -40,17 +43,19 @@ local allowed_roles = ARGV[6]
 local credential = ARGV[7]
 local key_id = ARGV[8]
 local key_role = ARGV[9]
+local window_ms = tonumber(ARGV[10])
 
 ACTOR, ACTOR_ROLE = key_id, key_role
 
-local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream'})
+local wrong = wrong_type({[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [events_key] = 'stream',
+  [since_key] = 'zset'})
 if wrong then return wrong end
 
 local role = agent_role
 if role == '' then role = redis.call('HGET', agent_key, 'agentRole') or 'general' end
 if not role_allowed(allowed_roles, role) then return {ROLE_NOT_ALLOWED, role} end
 
-local now_ms = clock()
+local now_ms, now_us = clock()
 local code = OK
 if redis.call('EXISTS', agent_key) == 0 then
   code = CREATED
@@ -61,6 +66,7 @@ end
 redis.call('HSET', agent_key, 'updatedAt', int(now_ms), 'credential', credential)
 if agent_role ~= '' then redis.call('HSET', agent_key, 'agentRole', agent_role) end
 if metadata ~= '' then redis.call('HSET', agent_key, 'metadata', metadata) end
+note_heartbeat(since_key, agent_id, redis.call('ZSCORE', heartbeats_key, agent_id), now_ms, now_us, window_ms)
 redis.call('ZADD', heartbeats_key, int(now_ms), agent_id)
 emit(events_key, events_max, 'agent.registered', 'agentId', agent_id, 'agentName', agent_name,
   'agentRole', redis.call('HGET', agent_key, 'agentRole'), 'created', code == CREATED and '1' or '0')

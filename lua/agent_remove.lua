@@ -11,12 +11,13 @@
   KEYS[3]   heartbeats_key  keys.heartbeats(tenant)                 zset
   KEYS[4]   registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
   KEYS[5]   events_key      keys.events(tenant)                     stream: lease.released, agent.removed
-  KEYS[6..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[3..]
+  KEYS[6]   since_key       keys.active_since(tenant)               zset
+  KEYS[7..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[4..]
 
   ARGV[1]   agent_id
   ARGV[2]   events_max      the event stream's cap, entries (0: no events)
   ARGV[3]   key_id          the admin key that deregisters: the events' actor
-  ARGV[4..] contacts        the contacts read from the registry, in KEYS[6..] order
+  ARGV[4..] contacts        the contacts read from the registry, in KEYS[7..] order
 
   Replies:
     {OK, number of leases released}
@@ -29,7 +30,8 @@ local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
 local registry_key = KEYS[4]
 local events_key = KEYS[5]
-local lease_keys = {unpack(KEYS, 6)}
+local since_key = KEYS[6]
+local lease_keys = {unpack(KEYS, 7)}
 local agent_id = ARGV[1]
 local events_max = tonumber(ARGV[2])
 local key_id = ARGV[3]
@@ -38,7 +40,7 @@ local contacts = {unpack(ARGV, 4)}
 ACTOR, ACTOR_ROLE = key_id, 'admin'
 
 local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash',
-  [events_key] = 'stream'}
+  [events_key] = 'stream', [since_key] = 'zset'}
 for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
@@ -76,4 +78,5 @@ emit(events_key, events_max, 'agent.removed', 'agentId', agent_id,
 redis.call('DEL', agent_key)
 redis.call('ZREM', agents_key, agent_id)
 redis.call('ZREM', heartbeats_key, agent_id)
+redis.call('ZREM', since_key, agent_id)
 return {OK, #deletes}

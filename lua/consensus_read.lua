@@ -12,6 +12,8 @@
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.resolved, .expired
+  KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
+  KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
 
   ARGV[1] consensus_id
   ARGV[2] window_ms       heartbeat liveness window, milliseconds
@@ -39,4 +41,5 @@ if redis.call('EXISTS', k.cons) == 0 then
   end
   return {CONSENSUS_NOT_FOUND}
 end
-return consensus_reply(OK, k, clock(), window_ms, retention_ms, events_max)
+local now_ms, now_us = clock()
+return consensus_reply(OK, k, now_ms, now_us, window_ms, retention_ms, events_max)

@@ -1,6 +1,9 @@
 --[[
   consensus_request: open a consensus request for peers to vote on.
 
+  The electorate is fixed here: the agents active now, other than the requester
+  (electorateAt; lib.lua, the electorate).
+
   The id comes from the store, so running the script twice (redis-py's retry after a
   lost reply) finds the request already made and returns it unchanged. With an
   Idempotency-Key, the first answer is recorded in the same script, so a client
@@ -17,8 +20,10 @@
   KEYS[8] expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9] due_key         keys.consensus_due(tenant)               zset id -> expiresAt
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.requested
-  KEYS[11] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
-  KEYS[12..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
+  KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
+  KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
+  KEYS[13] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
+  KEYS[14..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -54,12 +59,12 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
-local idempotency_key = KEYS[12]  -- nil without an Idempotency-Key
+local idempotency_key = KEYS[14]  -- nil without an Idempotency-Key
 local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
 local events_max = tonumber(ARGV[12])
 local credential = ARGV[13]
-local requester_key = KEYS[11]
+local requester_key = KEYS[13]
 
 local expected = consensus_types(k)
 if idempotency_key then expected[idempotency_key] = 'hash' end
@@ -68,14 +73,14 @@ if wrong then return wrong end
 
 if not agent_credential_ok(requester_key, credential) then return {BAD_CREDENTIAL} end
 act(requester_id, credential)
-local now_ms = clock()
+local now_ms, now_us = clock()
 if idempotency_key then
   local seen = redis.call('HGET', idempotency_key, 'fingerprint')
   if seen and seen ~= fingerprint then return {IDEMPOTENCY_KEY_REUSED} end
   if seen then return {REPLAYED, redis.call('HGETALL', idempotency_key)} end
 end
 if redis.call('EXISTS', k.cons) == 1 then
-  return consensus_reply(OK, k, now_ms, window_ms, retention_ms, events_max)
+  return consensus_reply(OK, k, now_ms, now_us, window_ms, retention_ms, events_max)
 end
 if not redis.call('ZSCORE', k.heartbeats, requester_id) then return {AGENT_NOT_FOUND} end
 if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
@@ -83,7 +88,7 @@ if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGE
 local expires_ms = now_ms + timeout_ms
 redis.call('HSET', k.cons, 'id', consensus_id, 'requestingAgentId', requester_id, 'action', action,
   'contactEmail', contact, 'reason', reason, 'status', 'pending',
-  'createdAt', int(now_ms), 'expiresAt', int(expires_ms))
+  'createdAt', int(now_ms), 'expiresAt', int(expires_ms), 'electorateAt', int(now_us))
 redis.call('PEXPIREAT', k.cons, int(expires_ms + retention_ms))
 redis.call('ZADD', k.all, int(now_ms), consensus_id)
 redis.call('ZADD', k.pending, int(now_ms), consensus_id)
@@ -93,7 +98,7 @@ for _, list in ipairs({k.all, k.approved, k.rejected, k.expired}) do
 end
 emit(k.events, events_max, 'consensus.requested', 'consensusId', consensus_id, 'agentId', requester_id,
   'action', action, 'contactEmail', contact, 'expiresAt', int(expires_ms))
-local reply = consensus_reply(CREATED, k, now_ms, window_ms, retention_ms, events_max)
+local reply = consensus_reply(CREATED, k, now_ms, now_us, window_ms, retention_ms, events_max)
 if idempotency_key then
   -- The first answer as it was: the request's fields and its tally at creation.
   redis.call('HSET', idempotency_key, 'fingerprint', fingerprint, 'eligible', reply[6], 'needed', reply[7],

@@ -14,7 +14,9 @@
   KEYS[8]  expired_key     keys.consensus_list(tenant, 'expired')   zset id -> createdAt
   KEYS[9]  due_key         keys.consensus_due(tenant)               zset id -> expiresAt
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.voted, .resolved, .expired
-  KEYS[11] voter_key       keys.agent(tenant, agent_id)             hash (read: agentName)
+  KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
+  KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
+  KEYS[13] voter_key       keys.agent(tenant, agent_id)             hash (read: agentName)
 
   ARGV[1] agent_id        the voter
   ARGV[2] vote            'approve' | 'reject'
@@ -29,12 +31,14 @@
     {OK, consensus...}     the same vote was counted before (by an earlier run, or an earlier call)
     {BAD_CREDENTIAL}       not the voter's current credential (or no such agent)
     {CONSENSUS_NOT_FOUND} | {AGENT_NOT_FOUND} | {REQUESTER_CANNOT_VOTE} | {AGENT_INACTIVE}
+    {NOT_ELIGIBLE, electorateAt µs}  active, but not of the request's electorate: registered
+                           after the request was made, or lapsed and back since
     {ALREADY_VOTED, the agent's earlier vote}
     {CONSENSUS_CLOSED, status}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
-local voter_key = KEYS[11]
+local voter_key = KEYS[13]
 local agent_id = ARGV[1]
 local vote = ARGV[2]
 local reason = ARGV[3]
@@ -60,11 +64,13 @@ if agent_id == requester then return {REQUESTER_CANNOT_VOTE} end
 local earlier = redis.call('HGET', k.votes, agent_id)
 if earlier then
   if vote_of(earlier) ~= vote then return {ALREADY_VOTED, vote_of(earlier)} end
-  return consensus_reply(OK, k, now_ms, window_ms, retention_ms, events_max)
+  return consensus_reply(OK, k, now_ms, now_us, window_ms, retention_ms, events_max)
 end
-local status = consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
+local status = consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
 if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
 if not is_active(k.heartbeats, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+local electorate_us = redis.call('HGET', k.cons, 'electorateAt')
+if not in_electorate(k, agent_id, electorate_us) then return {NOT_ELIGIBLE, electorate_us} end
 act(agent_id, credential)
 
 -- Microseconds, so that votes list in the order they were cast.
@@ -72,4 +78,4 @@ redis.call('HSET', k.votes, agent_id, vote .. '|' .. int(now_us) .. '|' .. agent
 redis.call('PEXPIREAT', k.votes, int(tonumber(redis.call('HGET', k.cons, 'expiresAt')) + retention_ms))
 emit(k.events, events_max, 'consensus.voted', 'consensusId', redis.call('HGET', k.cons, 'id'), 'agentId', agent_id,
   'agentName', agent_name, 'vote', vote)
-return consensus_reply(CREATED, k, now_ms, window_ms, retention_ms, events_max)
+return consensus_reply(CREATED, k, now_ms, now_us, window_ms, retention_ms, events_max)

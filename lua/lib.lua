@@ -25,6 +25,7 @@ local RATE_LIMITED = -11
 local IDEMPOTENCY_KEY_REUSED = -12
 local ROLE_NOT_ALLOWED = -13       -- agent_register: the enrolling key may not register this role
 local BAD_CREDENTIAL = -14         -- the agent credential is not the agent's current one; nothing written
+local NOT_ELIGIBLE = -15           -- consensus_vote: the voter is not of the request's electorate
 
 -- Who the call is for, written into every event the script emits: the agent id
 -- (role 'agent'), an API key's id (role 'admin', 'enroll', ...), or 'concord'
@@ -109,6 +110,60 @@ local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   return last ~= false and tonumber(last) > now_ms - window_ms
 end
 
+-- The electorate. active-since (a zset) holds, for each active agent, when its
+-- current run of activity began (µs); a request's electorate is the agents whose
+-- run began by its electorateAt and has not ended. So an agent registered later,
+-- or one that lapsed and came back, is not of it, and the tally costs
+-- O(log n + votes), however large the fleet.
+
+-- A heartbeat (or a registration) at now of an agent whose last heartbeat was
+-- previous_ms (false: none): a run goes on, or a new one begins.
+local function note_heartbeat(since_key, agent_id, previous_ms, now_ms, now_us, window_ms)
+  if previous_ms and tonumber(previous_ms) > now_ms - window_ms then
+    redis.call('ZADD', since_key, 'NX', int(now_us), agent_id)  -- missing only after a rebuild
+  else
+    redis.call('ZADD', since_key, int(now_us), agent_id)
+  end
+end
+
+local function zrem_all(key, members)
+  for i = 1, #members, 1000 do
+    redis.call('ZREM', key, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
+-- Take out of active-since every agent that has lapsed since the last sweep (the
+-- lapse mark: "<ms>:<window ms>"): each agent lapses once per run, so this costs,
+-- over time, O(log n) per lapse and per call. With no mark, or one of another window, it is
+-- rebuilt from the heartbeats: lapsed agents out, active ones missing in (their
+-- run counted from now, which admits them to no earlier electorate).
+local function sweep_lapsed(k, now_ms, now_us, window_ms)
+  local mark = redis.call('GET', k.mark)
+  local swept_ms, swept_window
+  if mark then swept_ms, swept_window = string.match(mark, '^(%d+):(%d+)$') end
+  local lapsed_by = int(now_ms - window_ms)
+  if swept_ms and tonumber(swept_window) == window_ms then
+    -- The mark moves only when agents lapsed since it: a sweep that finds none (one
+    -- range query, O(log n)) writes nothing, so reading a request stays a read.
+    local lapsed = redis.call('ZRANGEBYSCORE', k.heartbeats, '(' .. int(tonumber(swept_ms) - window_ms), lapsed_by)
+    if #lapsed == 0 then return end
+    zrem_all(k.since, lapsed)
+  else
+    zrem_all(k.since, redis.call('ZRANGEBYSCORE', k.heartbeats, '-inf', lapsed_by))
+    local active = redis.call('ZRANGEBYSCORE', k.heartbeats, '(' .. lapsed_by, '+inf')
+    for _, agent_id in ipairs(active) do redis.call('ZADD', k.since, 'NX', int(now_us), agent_id) end
+  end
+  redis.call('SET', k.mark, int(now_ms) .. ':' .. int(window_ms))
+end
+
+-- Whether the agent is of the electorate fixed at electorate_us (false: a request
+-- made before electorates were fixed, whose electorate is every active agent).
+-- Only right after sweep_lapsed.
+local function in_electorate(k, agent_id, electorate_us)
+  local since = redis.call('ZSCORE', k.since, agent_id)
+  return since ~= false and (not electorate_us or tonumber(since) <= tonumber(electorate_us))
+end
+
 -- A lease is one string, "<agent uuid>|<fencingToken>|<acquiredAt>|<agentName>|<intent>"
 -- (the intent last: it may hold a "|"); its expiry is the key's own. The holder is
 -- stored without its "agent_" prefix: six bytes per lease, in a value sized to
@@ -155,7 +210,7 @@ local function consensus_keys()
   return {
     cons = KEYS[1], votes = KEYS[2], heartbeats = KEYS[3], all = KEYS[4],
     pending = KEYS[5], approved = KEYS[6], rejected = KEYS[7], expired = KEYS[8], due = KEYS[9],
-    events = KEYS[10],
+    events = KEYS[10], since = KEYS[11], mark = KEYS[12],
   }
 end
 
@@ -164,7 +219,7 @@ local function consensus_types(k)
   return {
     [k.cons] = 'hash', [k.votes] = 'hash', [k.all] = 'zset', [k.pending] = 'zset',
     [k.approved] = 'zset', [k.rejected] = 'zset', [k.expired] = 'zset', [k.due] = 'zset',
-    [k.events] = 'stream',
+    [k.events] = 'stream', [k.since] = 'zset', [k.mark] = 'string',
   }
 end
 
@@ -173,18 +228,19 @@ local function vote_of(record)
   return string.match(record, '^(%a+)|')
 end
 
--- Tally a request as of now: approvals, rejections, and
--- eligible = active agents other than the requester + voters no longer active
--- (a cast vote stands); needed = floor(eligible / 2) + 1.
-local function consensus_tally(k, requester, now_ms, window_ms)
+-- Tally a request as of now: approvals, rejections, and, within its electorate,
+-- eligible = members still active other than the requester + members who have
+-- voted and are no longer active (a cast vote stands); needed = floor(eligible / 2) + 1.
+local function consensus_tally(k, requester, electorate_us, now_ms, now_us, window_ms)
+  sweep_lapsed(k, now_ms, now_us, window_ms)
   local approve, reject, lapsed = 0, 0, 0
   local votes = redis.call('HGETALL', k.votes)
   for i = 1, #votes, 2 do
     if vote_of(votes[i + 1]) == 'approve' then approve = approve + 1 else reject = reject + 1 end
-    if not is_active(k.heartbeats, votes[i], now_ms, window_ms) then lapsed = lapsed + 1 end
+    if not in_electorate(k, votes[i], electorate_us) then lapsed = lapsed + 1 end
   end
-  local active = redis.call('ZCOUNT', k.heartbeats, '(' .. int(now_ms - window_ms), '+inf')
-  if is_active(k.heartbeats, requester, now_ms, window_ms) then active = active - 1 end
+  local active = redis.call('ZCOUNT', k.since, '-inf', electorate_us or '+inf')
+  if in_electorate(k, requester, electorate_us) then active = active - 1 end
   local eligible = active + lapsed
   return approve, reject, eligible, math.floor(eligible / 2) + 1
 end
@@ -193,10 +249,11 @@ end
 -- final, and its eligible/needed are frozen as they were at the decision; the
 -- decision's event (consensus.resolved or consensus.expired) is written with it.
 -- Returns status, approve, reject, eligible, needed, and whether this call decided it.
-local function consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
-  local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible', 'needed')
+local function consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+  local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible',
+    'needed', 'electorateAt')
   local id, status, requester, created_ms, expires_ms = c[1], c[2], c[3], c[4], tonumber(c[5])
-  local approve, reject, eligible, needed = consensus_tally(k, requester, now_ms, window_ms)
+  local approve, reject, eligible, needed = consensus_tally(k, requester, c[8], now_ms, now_us, window_ms)
   if status ~= 'pending' then
     return status, approve, reject, tonumber(c[6]), tonumber(c[7]), false
   end
@@ -224,8 +281,9 @@ end
 
 -- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed,
 --  decided}: decided is 1 when this call decided the request (its metrics count it), else 0.
-local function consensus_reply(code, k, now_ms, window_ms, retention_ms, events_max)
-  local _, approve, reject, eligible, needed, decided = consensus_settle(k, now_ms, window_ms, retention_ms, events_max)
+local function consensus_reply(code, k, now_ms, now_us, window_ms, retention_ms, events_max)
+  local _, approve, reject, eligible, needed, decided = consensus_settle(k, now_ms, now_us, window_ms, retention_ms,
+    events_max)
   return {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible, needed,
     decided and 1 or 0}
 end

@@ -367,7 +367,7 @@ async def test_requester_cannot_vote(client, requester, peers):
     assert await get(client, cons["id"]) == cons
 
 
-async def test_inactive_voter_is_409(client, redis_client, keys, requester, peers):
+async def test_inactive_voter_is_409_and_not_eligible_once_back(client, redis_client, keys, requester, peers):
     a, b, c = peers
     cons = await request_consensus(client, requester["id"])
     await make_inactive(redis_client, keys, TENANT, c["id"])
@@ -376,9 +376,13 @@ async def test_inactive_voter_is_409(client, redis_client, keys, requester, peer
     # c no longer counts: it is neither active nor a voter.
     assert after["votes"] == [] and after["status"] == "pending"
     assert after["tally"] == {"approve": 0, "reject": 0, "eligible": 2, "needed": 2}
-    # Heartbeating makes it eligible again.
+    # Heartbeating makes it active again, but not a member of this request's electorate
+    # (fixed when it was made): its vote cannot count here, and the tally stays.
     ok(await client.post(f"{C}/heartbeat", json={"agentId": c["id"]}))
-    assert ok(await vote(client, cons["id"], c["id"], "approve"))["tally"]["eligible"] == 3
+    problem(await vote(client, cons["id"], c["id"], "approve"), 403, "not_eligible")
+    assert (await get(client, cons["id"]))["tally"]["eligible"] == 2
+    # A request made now counts it.
+    assert (await request_consensus(client, requester["id"]))["tally"]["eligible"] == 3
 
 
 async def test_an_unknown_voter_is_refused(client, requester, peers):

@@ -8,7 +8,7 @@ its query (and in its body, if it has one) is 403 tenant_mismatch. An endpoint t
 acts as an agent (Endpoint.acts_as) is called by B's own agent with its credential,
 naming itself there, with A's ids everywhere else; and twice more as A's agent: with
 B's agent's credential (403 agent_mismatch) and with a forged credential claiming
-A's agent (401), each answering exactly as for ids that never existed (FAILS today for
+A's agent (401), each answering exactly as for ids that never existed (before its fix this failed for
 renew and release: the lease is looked up before the credential is checked, so a
 forged credential tells A's lease, 401, from an unknown one, 404; see
 test_isolation_leases.py). Declared request

@@ -86,7 +86,7 @@ def _cells() -> CellTable:
         """A forged credential claiming A's holder: refused (401) before the lease is
         looked up, so it cannot tell A's lease from one that never existed.
 
-        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        Before its fix this failed: Leases.renew/release (server/store/leases.py) look the lease id up
         (_find) before the script checks the credential, so a lease that does not exist
         is 404 lease_not_found to any credential, and one that does 401: with no valid
         secret, anyone learns which lease ids exist (they are guessable: the holder's
@@ -125,7 +125,7 @@ def _cells() -> CellTable:
         """A forged credential claiming A's holder: refused (401) before the lease is
         looked up, so it cannot tell A's lease from one that never existed.
 
-        FAILS today: Leases.renew/release (server/store/leases.py) look the lease id up
+        Before its fix this failed: Leases.renew/release (server/store/leases.py) look the lease id up
         (_find) before the script checks the credential, so a lease that does not exist
         is 404 lease_not_found to any credential, and one that does 401: with no valid
         secret, anyone learns which lease ids exist (they are guessable: the holder's

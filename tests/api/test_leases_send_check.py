@@ -140,7 +140,7 @@ async def test_send_check_with_a_key_must_name_the_agent(client, redis_client, k
     """An admin (or gate) key asks for some agent: it must say which (422, naming
     the field in words); the agent's own credential asks as itself.
 
-    FAILS today: routes.py send_check raises invalid("$.agentId", ...), so the detail
+    Before its fix this failed: routes.py send_check raises invalid("$.agentId", ...), so the detail
     starts "$.agentId: " where every other 422 names the field in words ("agentId: ")."""
     before = await tenant_snapshot(redis_client, keys, TENANT)
     body = invalid(

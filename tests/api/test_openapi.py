@@ -487,6 +487,7 @@ async def _provoke(
     alice = {"agentId": requester["id"], "contactEmail": "alice@example.com"}
     lease = (await client.post(lease_path, json=alice)).json()
     cons = (await client.post(consensus_path, json={"requestingAgentId": requester["id"], "action": "x"})).json()
+    still_open = (await client.post(consensus_path, json={"requestingAgentId": requester["id"], "action": "y"})).json()
     r, v = {"agentId": requester["id"]}, {"agentId": voter["id"]}
     c = {"consensusId": cons["id"]}
 
@@ -510,6 +511,9 @@ async def _provoke(
     await call(client, "POST", vote_path, c, status=409, json={**v, "vote": "reject"})
     late = (await client.post(register, json={"agentName": "late"})).json()
     await call(client, "POST", vote_path, c, status=409, json={"agentId": late["id"], "vote": "approve"})
+    # Nor vote on a request still open: it was made before the newcomer registered.
+    open_c = {"consensusId": still_open["id"]}
+    await call(client, "POST", vote_path, open_c, status=403, json={"agentId": late["id"], "vote": "approve"})
     await make_inactive(redis_client, keys, TENANT, late["id"])
     await call(client, "POST", lease_path, status=409, json={"agentId": late["id"], "contactEmail": "bob@example.com"})
     await call(client, "POST", register, status=413, content=b'{"agentName": "x"}' + b" " * 65536, headers=JSON)

@@ -331,7 +331,7 @@ async def test_every_accepted_limit_can_be_kept(redis_client, prefix, keys, limi
     start naming the variable (as docs/configuration.md promises for a malformed value), or
     requests are served under it.
 
-    FAILS today: parse_rate_limits (server/settings.py) puts no upper bound on BURST,
+    Before its fix this failed: parse_rate_limits (server/settings.py) puts no upper bound on BURST,
     and lua/rate_limit.lua sets the bucket's expiry to ceil(burst / rate) ms. When
     that is 1e17 ms or more (here 1e11 tokens at 1/h, or 1e14 at 1/s), Lua passes it
     to PEXPIRE in exponent form ("3.6e+20"), Redis answers "value is not an integer
@@ -439,7 +439,7 @@ async def test_a_burst_of_concurrent_requests_is_served_not_refused(real_redis_u
     case here. (A burst is what rate limits are for; they cannot help if the
     process refuses the burst before the bucket is even asked.)
 
-    FAILS today: server/redis/connect.py connect() builds its client with Redis.from_url and
+    Before its fix this failed: server/redis/connect.py connect() builds its client with Redis.from_url and
     no pool size, and redis-py 8's asyncio ConnectionPool defaults to
     max_connections=100 and raises MaxConnectionsError (a ConnectionError) at once
     when all are in use, which the app answers as 503. A BlockingConnectionPool

@@ -53,6 +53,8 @@ def tenant_keys(keys: Keys, tenant: str, contact: str) -> dict[str, str]:
         "agent": keys.agent(tenant, agent_id),
         "agents": keys.agents(tenant),
         "heartbeats": keys.heartbeats(tenant),
+        "active_since": keys.active_since(tenant),
+        "lapse_mark": keys.lapse_mark(tenant),
         "lease": keys.lease(tenant, contact),
         "lease_registry": keys.lease_registry(tenant, agent_tag(agent_id)),
         "fence": keys.fence(tenant),
@@ -208,8 +210,8 @@ def test_the_scenario_runs_every_script(script_calls):
     # The calls that name the most keys: the agent and both rate buckets, a consensus
     # request with an Idempotency-Key, and a removal that releases two leases.
     assert max(len(c.keys) for c in script_calls if c.script == "rate_limit") == 3
-    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 12
-    assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 7
+    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 14
+    assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 8
 
 
 @pytest.mark.real

@@ -128,7 +128,13 @@ async def register(
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
-        keys=[k.agent(TENANT, agent_id), k.agents(TENANT), k.heartbeats(TENANT), k.events(TENANT)],
+        keys=[
+            k.agent(TENANT, agent_id),
+            k.agents(TENANT),
+            k.heartbeats(TENANT),
+            k.events(TENANT),
+            k.active_since(TENANT),
+        ],
         args=[
             agent_id,
             name,
@@ -139,6 +145,7 @@ async def register(
             digest(agent_id, new_credential),
             KEY_ID,
             key_role,
+            store.ctx.window_ms,
         ],
     )
 
@@ -161,15 +168,18 @@ async def new_agent(store: Store, name: str) -> str:
 
 
 async def lapse(store: Store, agent_id: str) -> None:
-    """Make a registered agent inactive: its last heartbeat moves back to the epoch."""
+    """Make a registered agent inactive: its last heartbeat moves back to the epoch.
+    The lapse mark goes too, so the next consensus script sweeps every lapsed agent
+    (a lapse in time is swept as it happens; one made by hand is behind the mark)."""
     assert await store.redis.zadd(store.keys.heartbeats(TENANT), {agent_id: 1}, xx=True, ch=True) == 1
+    await store.redis.delete(store.keys.lapse_mark(TENANT))
 
 
 async def heartbeat(store: Store, agent_id: str, as_credential: str | None = None) -> list:
     k = store.keys
     return await store.scripts.agent_heartbeat(
-        keys=[k.heartbeats(TENANT), k.agent(TENANT, agent_id)],
-        args=[agent_id, digest(agent_id, as_credential)],
+        keys=[k.heartbeats(TENANT), k.agent(TENANT, agent_id), k.active_since(TENANT)],
+        args=[agent_id, digest(agent_id, as_credential), store.ctx.window_ms],
     )
 
 
@@ -192,6 +202,7 @@ async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
             k.heartbeats(TENANT),
             registry(store, agent_id),
             k.events(TENANT),
+            k.active_since(TENANT),
         ]
         + [k.lease(TENANT, c) for c in contacts],
         args=[agent_id, EVENTS_MAX, KEY_ID, *contacts],
@@ -315,6 +326,8 @@ def consensus_keys(store: Store, consensus_id: str) -> list[str]:
         *(k.consensus_list(TENANT, s) for s in ("all", "pending", "approved", "rejected", "expired")),
         k.consensus_due(TENANT),
         k.events(TENANT),
+        k.active_since(TENANT),
+        k.lapse_mark(TENANT),
     ]
 
 

@@ -37,15 +37,18 @@ async def test_request_opens_a_pending_consensus(store, redis_client):
     peers = [await new_agent(store, name) for name in ("retention", "support")]
     await lapse(store, await new_agent(store, "sleeper"))
     consensus_id = new_id("cons")
-    before, _ = await clock(redis_client)
+    before, before_us = await clock(redis_client)
 
     reply = cons(await request(store, requester, consensus_id, timeout_ms=HOUR_MS, contact=CONTACT, reason="bounced"))
 
-    after, _ = await clock(redis_client)
+    after, after_us = await clock(redis_client)
     assert reply.code == Reply.CREATED
     assert reply.fields == await redis_client.hgetall(k.consensus(TENANT, consensus_id))
     created = int(reply.fields["createdAt"])
     assert before <= created <= after
+    # The electorate is fixed now, to the microsecond (when each member's run began is too).
+    electorate_us = int(reply.fields["electorateAt"])
+    assert before_us <= electorate_us <= after_us and electorate_us // 1000 == created
     assert reply.fields == {
         "id": consensus_id,
         "requestingAgentId": requester,
@@ -55,6 +58,7 @@ async def test_request_opens_a_pending_consensus(store, redis_client):
         "status": "pending",
         "createdAt": str(created),
         "expiresAt": str(created + HOUR_MS),
+        "electorateAt": str(electorate_us),
     }
     assert reply.votes == {}
     # The two active peers are eligible; the requester and the inactive agent are not.
@@ -274,6 +278,10 @@ async def test_vote_by_an_inactive_agent_is_agent_inactive(store, redis_client, 
     await new_agent(store, "retention")
     consensus_id = await opened(store, requester)
     await lapse(store, voter)
+    # The sweep that takes the lapsed voter out of active-since is the clock's doing,
+    # done by whichever consensus script runs first: here a read.
+    assert (await read(store, consensus_id))[0] == Reply.OK
+    assert await redis_client.zscore(store.keys.active_since(TENANT), voter) is None
     before = await dump(redis_client, prefix)
 
     assert await vote(store, consensus_id, voter, "approve") == [Reply.AGENT_INACTIVE]

@@ -183,7 +183,20 @@ def test_lib_reads_keys_only_in_consensus_keys_and_never_argv():
     assert consensus_key_fields() == {
         i: f
         for i, f in enumerate(
-            ("cons", "votes", "heartbeats", "all", "pending", "approved", "rejected", "expired", "due", "events"),
+            (
+                "cons",
+                "votes",
+                "heartbeats",
+                "all",
+                "pending",
+                "approved",
+                "rejected",
+                "expired",
+                "due",
+                "events",
+                "since",
+                "mark",
+            ),
             start=1,
         )
     }

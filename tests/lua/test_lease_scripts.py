@@ -67,6 +67,7 @@ async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
         k.agent(TENANT, agent_id),
         k.agents(TENANT),
         k.heartbeats(TENANT),
+        k.active_since(TENANT),  # written by registering, not by the grant
         lease_key,
         registry(store, agent_id),
         k.fence(TENANT),

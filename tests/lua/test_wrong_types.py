@@ -166,6 +166,8 @@ def consensus_cases(script: str, op: Op, cons: Callable[[World], str]) -> list[C
         *(Case(script, name, "zset", lambda k, w, s=status: k.consensus_list(TENANT, s), op) for name, status in lists),
         Case(script, "due_key", "zset", lambda k, w: k.consensus_due(TENANT), op),
         Case(script, "events_key", "stream", lambda k, w: k.events(TENANT), op),
+        Case(script, "since_key", "zset", lambda k, w: k.active_since(TENANT), op),
+        Case(script, "mark_key", "string", lambda k, w: k.lapse_mark(TENANT), op),
     ]
 
 
@@ -276,15 +278,18 @@ CASES = [
     Case("agent_register", "agents_key", "zset", lambda k, w: k.agents(TENANT), register_newbie),
     Case("agent_register", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), register_newbie),
     Case("agent_register", "events_key", "stream", events_key, register_newbie),
+    Case("agent_register", "since_key", "zset", lambda k, w: k.active_since(TENANT), register_newbie),
     Case("agent_credential", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), rotate_sdr),
     Case("agent_credential", "events_key", "stream", events_key, rotate_sdr),
     Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), heartbeat_sdr),
     Case("agent_heartbeat", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), heartbeat_sdr),
+    Case("agent_heartbeat", "since_key", "zset", lambda k, w: k.active_since(TENANT), heartbeat_sdr),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr),
     Case("agent_remove", "events_key", "stream", events_key, remove_sdr),
+    Case("agent_remove", "since_key", "zset", lambda k, w: k.active_since(TENANT), remove_sdr),
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr_directly, "script"),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr_directly, "script"),

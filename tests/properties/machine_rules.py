@@ -494,6 +494,7 @@ class ConcordRules(MachineBase):
             reason=reason or None,
             created_at=iso(created),
             expires_at=iso(expires),
+            members=self.model.electorate(agent_id),
         )
         self.model.consensus[c.id] = c
         self.check_consensus(c, body)
@@ -521,8 +522,9 @@ class ConcordRules(MachineBase):
     def _peers(self, kind: str) -> list[tuple[str, str]]:
         """(request, voter) pairs of registered agents other than the requester: on every
         request ("any"), with an earlier vote ("voted"), or on pending requests only, the
-        agents that have not voted yet and are active ("counting": their vote will count)
-        or lapsed ("lapsed")."""
+        agents that have not voted yet and are of the electorate ("counting": their vote
+        will count), lapsed ("lapsed"), or active but of no electorate of the request
+        ("outsider": registered after it, or lapsed and back since)."""
         return [
             (c.id, agent.id)
             for c in self.model.consensus.values()
@@ -532,7 +534,8 @@ class ConcordRules(MachineBase):
             and {
                 "any": True,
                 "voted": agent.id in c.ballots,
-                "counting": agent.id not in c.ballots and agent.active,
+                "counting": agent.id not in c.ballots and agent.id in c.members,
+                "outsider": agent.id not in c.ballots and agent.active and agent.id not in c.members,
                 "lapsed": agent.id not in c.ballots and not agent.active,
             }[kind]
         ]
@@ -566,6 +569,15 @@ class ConcordRules(MachineBase):
     def vote_while_lapsed(self, choice: str, data: st.DataObject) -> None:
         """A lapsed peer that has not voted tries to vote on a pending request."""
         consensus_id, agent_id = data.draw(st.sampled_from(self._peers("lapsed")), label="vote")
+        self._vote(consensus_id, agent_id, choice, None)
+
+    @precondition(lambda self: self._peers("outsider"))
+    @rule(choice=st.sampled_from(["approve", "reject"]), data=st.data())
+    def vote_from_outside(self, choice: str, data: st.DataObject) -> None:
+        """An active agent outside a pending request's electorate (registered after it was
+        made, or lapsed and back since) tries to vote: 403 not_eligible, nothing counted.
+        This is how a consensus would be stacked."""
+        consensus_id, agent_id = data.draw(st.sampled_from(self._peers("outsider")), label="vote")
         self._vote(consensus_id, agent_id, choice, None)
 
     @precondition(lambda self: self._peers("counting"))
@@ -666,6 +678,9 @@ class ConcordRules(MachineBase):
         }[whom]
         agent_id = data.draw(st.sampled_from(preferred or active), label="agent")
         assert self.run(self.redis.zadd(self.keys.heartbeats(TENANT), {agent_id: 1}, xx=True)) == 0
+        # A lapse made by hand lies behind the lapse mark: without it, the next consensus
+        # script sweeps every lapsed agent (tests/support/api.py make_inactive).
+        self.run(self.redis.delete(self.keys.lapse_mark(TENANT)))
         self.model.lapse(agent_id)
         self.seen("time:agent lapses")
 

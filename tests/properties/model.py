@@ -72,6 +72,9 @@ class Consensus:
     created_at: str
     expires_at: str
     ballots: dict[str, Ballot] = field(default_factory=dict)
+    # The electorate still active: the agents active when it was made, other than the
+    # requester, that have not lapsed or been deregistered since.
+    members: set[str] = field(default_factory=set)
     status: str = "pending"
     deadline_passed: bool = False
     resolved_at: str | None = None  # learned, except for "expired" (= expiresAt)
@@ -161,6 +164,7 @@ class Model:
             return None
         if agent.credential is not None:  # revoked with the agent
             self.retired[agent.credential] = agent_id
+        self.leave_electorates(agent_id)
         held = [contact for contact, lease in self.leases.items() if lease.holder == agent_id]
         for contact in held:
             del self.leases[contact]
@@ -168,6 +172,17 @@ class Model:
 
     def lapse(self, agent_id: str) -> None:
         self.agents[agent_id].active = False
+        self.leave_electorates(agent_id)
+
+    def leave_electorates(self, agent_id: str) -> None:
+        """An agent that lapses or is deregistered is of no electorate from then on (one
+        that comes back is counted by requests made after)."""
+        for c in self.consensus.values():
+            c.members.discard(agent_id)
+
+    def electorate(self, requester: str) -> set[str]:
+        """The electorate of a request made now: the active agents but the requester."""
+        return {a.id for a in self.agents.values() if a.active and a.id != requester}
 
     def agent_error(self, agent_id: str) -> Outcome | None:
         if agent_id not in self.agents:
@@ -273,16 +288,15 @@ class Model:
     # --- consensus --------------------------------------------------------------
 
     def tally(self, c: Consensus) -> tuple[int, int, int, int]:
-        """approve, reject, eligible, needed. eligible = active agents other than the
-        requester + voters no longer active; needed = floor(eligible / 2) + 1. Once
-        decided, eligible and needed stay as they were at the decision."""
+        """approve, reject, eligible, needed. eligible = members of the electorate still
+        active + voters no longer so (every voter was a member when it voted); needed =
+        floor(eligible / 2) + 1. Once decided, eligible and needed stay as they were at
+        the decision."""
         approve = sum(b.vote == "approve" for b in c.ballots.values())
         reject = len(c.ballots) - approve
         if c.frozen is not None:
             return approve, reject, *c.frozen
-        eligible = sum(1 for a in self.agents.values() if a.active and a.id != c.requester) + sum(
-            1 for voter in c.ballots if not self.is_active(voter)
-        )
+        eligible = len(c.members) + sum(1 for voter in c.ballots if voter not in c.members)
         return approve, reject, eligible, eligible // 2 + 1
 
     def settle(self, c: Consensus) -> None:
@@ -303,7 +317,8 @@ class Model:
     def vote(self, c: Consensus, agent_id: str, choice: str, reason: str | None) -> Outcome:
         """Order (DESIGN-NOTES): agent_not_found, requester_cannot_vote, an earlier vote
         (the same again: 200 unchanged; another: already_voted), then settle:
-        consensus_closed, then agent_inactive, then the vote is recorded and settled."""
+        consensus_closed, then agent_inactive, then not_eligible (active, but not of the
+        electorate), then the vote is recorded and settled."""
         voter = self.agents.get(agent_id)
         if voter is None:
             return Outcome(404, "agent_not_found")
@@ -320,6 +335,8 @@ class Model:
             return Outcome(409, "consensus_closed", {"consensusStatus": c.status})
         if not voter.active:
             return Outcome(409, "agent_inactive")
+        if agent_id not in c.members:
+            return Outcome(403, "not_eligible")
         c.ballots[agent_id] = Ballot(choice, voter.name, reason or None)
         self.settle(c)
         return OK

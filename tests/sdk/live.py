@@ -38,6 +38,8 @@ def solo(stack: Stack, n: int) -> tuple[str, str]:
 
 
 def make_inactive(r: redis.Redis, stack: Stack, agent_id: str) -> None:
-    """Age the agent's last heartbeat past the window, as if it stopped long ago (no waiting)."""
+    """Age the agent's last heartbeat past the window, as if it stopped long ago (no
+    waiting); the lapse mark goes too (tests/support/api.py make_inactive says why)."""
     seconds, micros = r.time()
     r.zadd(stack.keys.heartbeats(TENANT), {agent_id: seconds * 1000 + micros // 1000 - WINDOW_MS - 60_000})
+    r.delete(stack.keys.lapse_mark(TENANT))

@@ -230,10 +230,13 @@ async def redis_ms(redis_client: redis.asyncio.Redis) -> int:
 
 async def make_inactive(redis_client: redis.asyncio.Redis, keys: Keys, tenant: str, agent_id: str) -> None:
     """Age the agent's last heartbeat past the window, as if it had stopped
-    heartbeating long ago (no waiting)."""
+    heartbeating long ago (no waiting). The lapse mark goes too: a lapse in time is
+    swept as it happens, one made by hand lies behind the mark, so the next consensus
+    script rebuilds the active agents from the heartbeats (lua/lib.lua sweep_lapsed)."""
     heartbeats = keys.heartbeats(tenant)
     assert await redis_client.zscore(heartbeats, agent_id) is not None, f"{agent_id} has no heartbeat"
     await redis_client.zadd(heartbeats, {agent_id: await redis_ms(redis_client) - WINDOW_MS - 60_000})
+    await redis_client.delete(keys.lapse_mark(tenant))
 
 
 async def tenant_snapshot(redis_client: redis.asyncio.Redis, keys: Keys, tenant: str) -> dict[str, Any]:

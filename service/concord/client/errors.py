@@ -36,6 +36,7 @@ __all__ = [
     "AgentMismatch",
     "NotLeaseHolder",
     "RequesterCannotVote",
+    "NotEligible",
     "EndpointNotFound",
     "AgentNotFound",
     "LeaseNotFound",
@@ -144,6 +145,13 @@ class NotLeaseHolder(ConcordError):
 
 class RequesterCannotVote(ConcordError):
     code = "requester_cannot_vote"
+
+
+class NotEligible(ConcordError):
+    """The voter is not of the request's electorate: the agents active when it was
+    made that have stayed active since."""
+
+    code = "not_eligible"
 
 
 class EndpointNotFound(ConcordError):
@@ -320,6 +328,7 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
         AgentMismatch,
         NotLeaseHolder,
         RequesterCannotVote,
+        NotEligible,
         EndpointNotFound,
         AgentNotFound,
         LeaseNotFound,

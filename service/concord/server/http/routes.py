@@ -259,7 +259,7 @@ async def request_consensus(c: Call) -> Answer | Response:
     "Vote on a consensus request",
     answers={200: p.Consensus},
     body=p.VoteBody,
-    own_errors=("requester_cannot_vote", "already_voted", "consensus_closed", "agent_inactive"),
+    own_errors=("requester_cannot_vote", "not_eligible", "already_voted", "consensus_closed", "agent_inactive"),
     roles=AS_AGENT,
     acts_as="agent_id",
 )

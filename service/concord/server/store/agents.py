@@ -37,7 +37,13 @@ class Agents:
         metadata_json = msgspec.json.encode(metadata) if metadata is not None else b""
         credential = new_credential(tenant, agent_id)
         reply = await ctx.scripts.agent_register(
-            [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), k.events(tenant)],
+            [
+                k.agent(tenant, agent_id),
+                k.agents(tenant),
+                k.heartbeats(tenant),
+                k.events(tenant),
+                k.active_since(tenant),
+            ],
             [
                 agent_id,
                 name,
@@ -48,6 +54,7 @@ class Agents:
                 key_digest(credential),
                 key.id,
                 key.role,
+                ctx.window_ms,
             ],
         )
         code = Reply(reply[0])
@@ -78,7 +85,8 @@ class Agents:
     async def heartbeat(self, tenant: str, agent_id: str, credential: str) -> Heartbeat:
         ctx = self.ctx
         reply = await ctx.scripts.agent_heartbeat(
-            [ctx.keys.heartbeats(tenant), ctx.keys.agent(tenant, agent_id)], [agent_id, credential]
+            [ctx.keys.heartbeats(tenant), ctx.keys.agent(tenant, agent_id), ctx.keys.active_since(tenant)],
+            [agent_id, credential, ctx.window_ms],
         )
         code = Reply(reply[0])
         if code < 0:
@@ -127,7 +135,14 @@ class Agents:
         for _ in range(MAX_ATTEMPTS):
             contacts = sorted({entry.partition(":")[2] for entry in await ctx.redis.hvals(registry)})
             reply = await ctx.scripts.agent_remove(
-                [k.agent(tenant, agent_id), k.agents(tenant), k.heartbeats(tenant), registry, k.events(tenant)]
+                [
+                    k.agent(tenant, agent_id),
+                    k.agents(tenant),
+                    k.heartbeats(tenant),
+                    registry,
+                    k.events(tenant),
+                    k.active_since(tenant),
+                ]
                 + [k.lease(tenant, c) for c in contacts],
                 [agent_id, ctx.events_max, key.id, *contacts],
             )

@@ -165,4 +165,6 @@ class ConsensusRequests:
             k.consensus_list(tenant, "expired"),
             k.consensus_due(tenant),
             k.events(tenant),
+            k.active_since(tenant),
+            k.lapse_mark(tenant),
         ]

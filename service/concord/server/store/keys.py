@@ -16,6 +16,12 @@ key                                       type    contents (TTL)
 <p>:{t}:agents                            zset    agentId -> registeredAt ms (none)
 <p>:{t}:heartbeats                        zset    agentId -> last heartbeat ms, Redis time; holds
                                                   exactly the registered agents (none)
+<p>:{t}:active-since                      zset    agentId -> when its current run of activity
+                                                  began, µs: the active agents (and those lapsed
+                                                  since the last sweep), which fixes each
+                                                  request's electorate (none)
+<p>:{t}:lapse-mark                        string  "<ms>:<window ms>": active-since holds no agent
+                                                  that had lapsed at <ms> (none)
 <p>:{t}:lease:<contact>                   string  "<agent uuid>|fencingToken|acquiredAt|agentName|
                                                   intent" (the holder without "agent_"), set NX
                                                   with its expiry (PXAT)
@@ -25,7 +31,8 @@ key                                       type    contents (TTL)
                                                   read (expires with its last lease)
 <p>:{t}:fence                             string  the last fencing token granted (none)
 <p>:{t}:consensus:<consId>                hash    id requestingAgentId action contactEmail reason
-                                                  status createdAt expiresAt resolvedAt, and once
+                                                  status createdAt expiresAt resolvedAt
+                                                  electorateAt (µs), and once
                                                   resolved eligible needed (7 days past
                                                   expiresAt, or past resolvedAt once decided)
 <p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt µs|agentName|reason"
@@ -113,6 +120,12 @@ class Keys:
 
     def heartbeats(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:heartbeats"
+
+    def active_since(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:active-since"
+
+    def lapse_mark(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:lapse-mark"
 
     def lease(self, tenant: str, contact: str) -> str:
         return f"{self.tenant(tenant)}:lease:{contact}"

@@ -52,6 +52,7 @@ class Reply(IntEnum):
     IDEMPOTENCY_KEY_REUSED = -12
     ROLE_NOT_ALLOWED = -13
     BAD_CREDENTIAL = -14
+    NOT_ELIGIBLE = -15
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,15 @@ def _inactive(reply: list[Any], s: Subject) -> ConcordError:
         "agent_inactive",
         f"Agent {s.agent_id} has sent no heartbeat in the last {s.window_ms // 1000} s; "
         f"send one (POST {routes.HEARTBEAT}), then try again",
+    )
+
+
+def _not_eligible(reply: list[Any], s: Subject) -> ConcordError:
+    return ConcordError(
+        "not_eligible",
+        f"Agent {s.agent_id} may not vote on consensus request {s.consensus_id}: its electorate is the agents "
+        "that were active when it was made and have stayed active since, and this agent was registered later "
+        "or has lapsed since. Its vote cannot count; the request's own electorate decides it",
     )
 
 
@@ -123,6 +133,7 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
         f"Agent {s.agent_id} made consensus request {s.consensus_id} and cannot vote on it",
     ),
     Reply.ALREADY_VOTED: _already_voted,
+    Reply.NOT_ELIGIBLE: _not_eligible,
     Reply.CONSENSUS_CLOSED: _closed,
     Reply.RATE_LIMITED: _rate_limited,
     Reply.ROLE_NOT_ALLOWED: lambda reply, s: ConcordError(
