@@ -23,7 +23,8 @@ local window_ms = tonumber(ARGV[3])
 
 if not agent_credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 -- No TYPE checks on the hot path: ZSCORE fails on a heartbeats key of another type,
--- and the first write, to since_key, on one of its own, each before anything is written.
+-- and the first write of a returning agent, to since_key, on one of its own, each
+-- before anything is written.
 local previous_ms = redis.call('ZSCORE', heartbeats_key, agent_id)
 if not previous_ms then return {AGENT_NOT_FOUND} end
 local now_ms, now_us = clock()

@@ -9,6 +9,7 @@
   KEYS[3] heartbeats_key  keys.heartbeats(tenant)               zset agentId -> last heartbeat
   KEYS[4] events_key      keys.events(tenant)                   stream: agent.registered
   KEYS[5] since_key       keys.active_since(tenant)             zset agentId -> run start µs (lib.lua note_heartbeat)
+  KEYS[6] quotas_key      keys.quotas(tenant)                   hash (read: agents)
 
   ARGV[1] agent_id        agent_<uuid5>
   ARGV[2] agent_name
@@ -20,11 +21,13 @@
   ARGV[8] key_id          the registering key (the event's actor)
   ARGV[9] key_role        its role
   ARGV[10] window_ms      heartbeat liveness window, milliseconds
+  ARGV[11] agents_quota   the deployment's default quota of agents (lib.lua quota)
 
   Replies:
     {CREATED, {agent hash flat}, lastHeartbeat ms}   a new agent
     {OK, {agent hash flat}, lastHeartbeat ms}        an existing agent, updated; its
                               earlier credential is refused from now on
+    {QUOTA_EXCEEDED, 'agents', quota}  a new agent, and the tenant has that many; nothing written
     {ROLE_NOT_ALLOWED, role}  the agent would have a role the key may not register
                               (its new role, or the current one it keeps); nothing written
     error WRONGTYPE      a key it would write holds another type; nothing was written
@@ -34,6 +37,7 @@ local agents_key = KEYS[2]
 local heartbeats_key = KEYS[3]
 local events_key = KEYS[4]
 local since_key = KEYS[5]
+local quotas_key = KEYS[6]
 local agent_id = ARGV[1]
 local agent_name = ARGV[2]
 local agent_role = ARGV[3]
@@ -44,6 +48,7 @@ local credential = ARGV[7]
 local key_id = ARGV[8]
 local key_role = ARGV[9]
 local window_ms = tonumber(ARGV[10])
+local agents_quota = ARGV[11]
 
 ACTOR, ACTOR_ROLE = key_id, key_role
 
@@ -57,7 +62,12 @@ if not role_allowed(allowed_roles, role) then return {ROLE_NOT_ALLOWED, role} en
 
 local now_ms, now_us = clock()
 local code = OK
-if redis.call('EXISTS', agent_key) == 0 then
+local new = redis.call('EXISTS', agent_key) == 0
+if new then
+  local limit = quota(quotas_key, 'agents', agents_quota)
+  if redis.call('ZCOUNT', agents_key, '-inf', '+inf') >= limit then return {QUOTA_EXCEEDED, 'agents', limit} end
+end
+if new then
   code = CREATED
   redis.call('HSET', agent_key, 'id', agent_id, 'agentName', agent_name, 'agentRole', 'general',
     'metadata', '{}', 'registeredAt', int(now_ms))

@@ -23,7 +23,8 @@
   KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
   KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
   KEYS[13] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
-  KEYS[14..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
+  KEYS[14] quotas_key      keys.quotas(tenant)                      hash (read: pendingConsensus)
+  KEYS[15..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -38,6 +39,7 @@
   ARGV[11] idempotency_ms how long an Idempotency-Key is remembered, milliseconds
   ARGV[12] events_max     the event stream's cap, entries (0: no events)
   ARGV[13] credential     SHA-256 hex of the requester's credential (lib.lua agent_credential_ok: never '')
+  ARGV[14] pending_quota  the deployment's default quota of pending requests (lib.lua quota)
 
   Replies:
     {CREATED, consensus...}    (consensus: see lib.lua consensus_reply)
@@ -47,6 +49,8 @@
     {IDEMPOTENCY_KEY_REUSED}   the Idempotency-Key was seen with another fingerprint
     {BAD_CREDENTIAL}           not the requester's current credential (or no such agent)
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
+    {QUOTA_EXCEEDED, 'pendingConsensus', quota}  the tenant has that many requests pending and
+                               not yet past their deadline; nothing written
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
 local k = consensus_keys()
@@ -59,12 +63,14 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
-local idempotency_key = KEYS[14]  -- nil without an Idempotency-Key
+local idempotency_key = KEYS[15]  -- nil without an Idempotency-Key
 local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
 local events_max = tonumber(ARGV[12])
 local credential = ARGV[13]
 local requester_key = KEYS[13]
+local quotas_key = KEYS[14]
+local pending_quota = ARGV[14]
 
 local expected = consensus_types(k)
 if idempotency_key then expected[idempotency_key] = 'hash' end
@@ -84,6 +90,10 @@ if redis.call('EXISTS', k.cons) == 1 then
 end
 if not redis.call('ZSCORE', k.heartbeats, requester_id) then return {AGENT_NOT_FOUND} end
 if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+local limit = quota(quotas_key, 'pendingConsensus', pending_quota)
+if redis.call('ZCOUNT', k.due, '(' .. int(now_ms), '+inf') >= limit then
+  return {QUOTA_EXCEEDED, 'pendingConsensus', limit}
+end
 
 local expires_ms = now_ms + timeout_ms
 redis.call('HSET', k.cons, 'id', consensus_id, 'requestingAgentId', requester_id, 'action', action,

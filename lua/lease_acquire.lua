@@ -17,6 +17,7 @@
   KEYS[4] registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
   KEYS[5] fence_key       keys.fence(tenant)                      string, the last token
   KEYS[6] events_key      keys.events(tenant)                     stream: lease.acquired | lease.renewed | lease.taken_over
+  KEYS[7] quotas_key      keys.quotas(tenant)                     hash (read: leasesPerAgent)
 
   ARGV[1] agent_id
   ARGV[2] contact         normalized address
@@ -25,6 +26,7 @@
   ARGV[5] window_ms       heartbeat liveness window, milliseconds
   ARGV[6] events_max      the event stream's cap, entries (0: no events)
   ARGV[7] credential      SHA-256 hex of the agent's credential (lib.lua agent_credential_ok: never '')
+  ARGV[8] leases_quota    the deployment's default quota of leases per agent (lib.lua quota)
 
   Replies:
     {CREATED, lease..., previousHolderId}   granted (lease: see lib.lua lease_reply); the
@@ -33,6 +35,8 @@
     {OK, lease...}        the caller's own lease, same token, expiry now + duration
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
     {BAD_CREDENTIAL}      not the agent's current credential (or no such agent)
+    {QUOTA_EXCEEDED, 'leasesPerAgent', quota}  a new lease, and the agent holds that many
+                          live ones (its registry's entries not yet expired); nothing written
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
     error WRONGTYPE      a key it would write holds another type; nothing was written
 ]]
@@ -42,6 +46,7 @@ local lease_key = KEYS[3]
 local registry_key = KEYS[4]
 local fence_key = KEYS[5]
 local events_key = KEYS[6]
+local quotas_key = KEYS[7]
 local agent_id = ARGV[1]
 local contact = ARGV[2]
 local intent = ARGV[3]
@@ -49,6 +54,7 @@ local duration_ms = tonumber(ARGV[4])
 local window_ms = tonumber(ARGV[5])
 local events_max = tonumber(ARGV[6])
 local credential = ARGV[7]
+local leases_quota = ARGV[8]
 
 local wrong = wrong_type({[lease_key] = 'string', [registry_key] = 'hash', [fence_key] = 'string', [events_key] = 'stream'})
 if wrong then return wrong end
@@ -73,6 +79,20 @@ if held and held.holder == agent_id then
 end
 if held and is_active(heartbeats_key, held.holder, now_ms, window_ms) then
   return {LEASE_CONFLICT, held.holder, held.name, held.intent, redis.call('PEXPIRETIME', lease_key)}
+end
+
+-- A new lease counts against the agent's quota: its registry holds an entry per lease
+-- (expired ones linger until sampled out), so it is cleaned only when it looks full.
+local limit = quota(quotas_key, 'leasesPerAgent', leases_quota)
+if redis.call('HLEN', registry_key) >= limit then
+  local entries, live = redis.call('HGETALL', registry_key), 0
+  for i = 2, #entries, 2 do
+    if tonumber(string.match(entries[i], '^(%d+):')) >= now_ms then live = live + 1 end
+  end
+  if live >= limit then return {QUOTA_EXCEEDED, 'leasesPerAgent', limit} end
+  for i = 1, #entries, 2 do
+    if tonumber(string.match(entries[i + 1], '^(%d+):')) < now_ms then redis.call('HDEL', registry_key, entries[i]) end
+  end
 end
 
 local token = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)

@@ -26,6 +26,7 @@ local IDEMPOTENCY_KEY_REUSED = -12
 local ROLE_NOT_ALLOWED = -13       -- agent_register: the enrolling key may not register this role
 local BAD_CREDENTIAL = -14         -- the agent credential is not the agent's current one; nothing written
 local NOT_ELIGIBLE = -15           -- consensus_vote: the voter is not of the request's electorate
+local QUOTA_EXCEEDED = -16         -- {QUOTA_EXCEEDED, quota name, its value}: nothing written
 
 -- Who the call is for, written into every event the script emits: the agent id
 -- (role 'agent'), an API key's id (role 'admin', 'enroll', ...), or 'concord'
@@ -104,6 +105,12 @@ local function act(agent_id, credential, key_id, key_role)
   if credential ~= '' then ACTOR, ACTOR_ROLE = agent_id, 'agent' else ACTOR, ACTOR_ROLE = key_id, key_role end
 end
 
+-- A tenant's quota `name`: what an admin set in its quotas hash, else the
+-- deployment's default, which the caller passes.
+local function quota(quotas_key, name, default)
+  return tonumber(redis.call('HGET', quotas_key, name) or default)
+end
+
 -- Active means a heartbeat strictly within the window: last > now - window.
 local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   local last = redis.call('ZSCORE', heartbeats_key, agent_id)
@@ -117,11 +124,11 @@ end
 -- O(log n + votes), however large the fleet.
 
 -- A heartbeat (or a registration) at now of an agent whose last heartbeat was
--- previous_ms (false: none): a run goes on, or a new one begins.
+-- previous_ms (false: none): a run goes on, and nothing is written (the hot path),
+-- or a new one begins. An active agent missing from active-since (a deployment
+-- from before it) is put in by the rebuild that the missing lapse mark causes.
 local function note_heartbeat(since_key, agent_id, previous_ms, now_ms, now_us, window_ms)
-  if previous_ms and tonumber(previous_ms) > now_ms - window_ms then
-    redis.call('ZADD', since_key, 'NX', int(now_us), agent_id)  -- missing only after a rebuild
-  else
+  if not previous_ms or tonumber(previous_ms) <= now_ms - window_ms then
     redis.call('ZADD', since_key, int(now_us), agent_id)
   end
 end

@@ -10,6 +10,7 @@ import asyncio
 import msgspec
 import pytest
 
+from concord.server.store import paging
 from tests.api.credential_support import CREDENTIAL, digest, forged
 from tests.conftest import API_KEY
 from tests.support.api import (
@@ -368,6 +369,49 @@ async def test_list_agents_paginates_a_status_filter(client, redis_client, keys)
     got = [a["id"] for a in first["agents"] + rest["agents"]]
     assert set(got) == expected and len(got) == 3
     assert all(a["status"] == "active" for a in first["agents"] + rest["agents"])
+
+
+async def test_a_status_page_costs_what_it_returns_and_lists_the_latest_heartbeat_first(
+    client, redis_client, keys, monkeypatch
+):
+    """3 active agents among 300: listing the active ones reads 3 agents (4 would
+    say nothing more), not 300; the inactive ones are read page by page, each
+    page's agents only, and every agent is listed once."""
+    agents = [await register(client, f"fleet-{i:03d}") for i in range(300)]
+    for agent in agents[3:]:
+        await make_inactive(redis_client, keys, TENANT, agent["id"])
+    awake = [agent["id"] for agent in agents[:3]]
+    for agent_id in awake:
+        ok(await client.post(f"{C}/heartbeat", json={"agentId": agent_id}))
+    read: list[int] = []
+    original = paging._zset_after
+
+    async def counted(*args, **kwargs):
+        found = await original(*args, **kwargs)
+        read.append(len(found))
+        return found
+
+    monkeypatch.setattr(paging, "_zset_after", counted)
+
+    active = await list_agents(client, status="active", limit=10)
+
+    listed = [a["id"] for a in active["agents"]]
+    assert set(listed) == set(awake) and active["nextCursor"] is None
+    # Latest heartbeat first (two in one millisecond: in reverse id order, as ZRANGE REV gives them).
+    scores = [(await redis_client.zscore(keys.heartbeats(TENANT), agent_id), agent_id) for agent_id in listed]
+    assert scores == sorted(scores, reverse=True)
+    assert sum(read) == 3
+    read.clear()
+    listed, cursor = [], None
+    while True:
+        page = await list_agents(client, status="inactive", limit=50, **({"cursor": cursor} if cursor else {}))
+        assert {a["status"] for a in page["agents"]} == {"inactive"}
+        listed += [a["id"] for a in page["agents"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert sorted(listed) == sorted(a["id"] for a in agents[3:]) and len(set(listed)) == 297
+    assert max(read) <= 51  # one page and one more, never the fleet
 
 
 async def test_list_agents_is_newest_first(client, redis_client):

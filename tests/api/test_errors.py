@@ -84,6 +84,7 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         "/v1/agent/coordination/send-check": {"agentId": agent, "contactEmail": "alice@example.com"},
         "/v1/agent/coordination/consensus": {"requestingAgentId": agent, "action": "x"},
         "/v1/agent/coordination/consensus/{consensusId}/vote": {"agentId": peer, "vote": "approve"},
+        "/v1/agent/quotas": {"agents": 20_000},
     }
     calls = []
     for route in routes:
@@ -91,9 +92,9 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
             continue
         path = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], route.path)
         for method in sorted(route.methods - {"HEAD"}):
-            body = bodies.get(route.path) if method == "POST" else None
-            takes_body = method == "POST" and route.endpoint.body is not None  # rotating takes none
-            assert body is not None or not takes_body, f"no body for POST {route.path}"
+            body = bodies.get(route.path) if method in ("POST", "PUT") else None
+            takes_body = method in ("POST", "PUT") and route.endpoint.body is not None  # rotating takes none
+            assert body is not None or not takes_body, f"no body for {method} {route.path}"
             if route.path == "/v1/agent/coordination/leases":
                 path = f"{path}?agentId={agent}"
             if route.path == "/v1/agent/coordination/events":
@@ -106,7 +107,7 @@ def test_every_v1_route_is_exercised():
     """The tables below follow concord.server.http.routes.routes: a new route joins them by itself."""
     calls = every_v1_call()
     assert len(calls) == len([r for r in routes if r.path.startswith("/v1/")])
-    assert {m for m, _, _ in calls} == {"GET", "POST", "DELETE"}
+    assert {m for m, _, _ in calls} == {"GET", "POST", "PUT", "DELETE"}
 
 
 # --- 401 ----------------------------------------------------------------------
@@ -251,7 +252,7 @@ async def test_tenant_id_of_another_tenant_in_the_query_of_a_post_is_403(client,
 
 
 async def test_tenant_id_of_the_own_tenant_is_accepted_everywhere(client, world):
-    expected = {"GET": 200, "POST": (200, 201), "DELETE": 200}
+    expected = {"GET": 200, "POST": (200, 201), "PUT": 200, "DELETE": 200}
     calls = every_v1_call(world)
     # Deleting comes last, the agent (and with it its leases) very last.
     calls.sort(key=lambda call: (call[0] == "DELETE", "/agents/" in call[1]))

@@ -165,6 +165,13 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
             "timeoutMinutes": 60,
         },
         s.VoteBody: {"agentId": w.peer, "vote": "approve", "reason": "ok"},
+        s.QuotasBody: {
+            "tenantId": TENANT,
+            "agents": 20_000,
+            "leasesPerAgent": 2_000,
+            "pendingConsensus": 500,
+            "streams": 50,
+        },
     }
     assert e.body in bodies, f"no valid body for {e.body.__name__} ({e.method} {e.path}): add one here"
     return path, dict(bodies[e.body])
@@ -234,12 +241,12 @@ def encoded(body: Any) -> bytes:
 
 
 def test_every_body_endpoint_is_attacked():
-    """Every POST but rotating a credential takes a body (so every one is attacked
+    """Every POST but rotating a credential, and every PUT, takes a body (so every one is attacked
     here), and every body has string fields to attack; a body struct without a
     valid_request fails below. Rotating takes nothing but its path's agent id,
     whose hostile shapes test_errors.py and test_first_contact.py send."""
     assert BODY_ENDPOINTS
-    posts = {e.name for e in ENDPOINTS if e.method == "POST"}
+    posts = {e.name for e in ENDPOINTS if e.method in ("POST", "PUT")}
     assert {e.name for e in BODY_ENDPOINTS} == posts - {"rotate_credential"}
     (rotate,) = [e for e in ENDPOINTS if e.name == "rotate_credential"]
     assert rotate.body is None and rotate.ids == ("agentId",)

@@ -1,5 +1,5 @@
 """Tenant isolation, hand-written cells of the agent routes: register, list, read
-and remove agents, heartbeat. What every cell checks: isolation_support.py.
+and remove agents, heartbeat, and the tenant's quotas. What every cell checks: isolation_support.py.
 """
 
 from __future__ import annotations
@@ -86,7 +86,25 @@ def _cells() -> CellTable:
     async def heartbeat_tenant(bc, w):
         await mismatch(w, await bc.post(f"{C}/heartbeat", json={"tenantId": TENANT, "agentId": w.b["agent"]["id"]}))
 
+    def quotas(method):
+        async def cell(bc, w):
+            """B's own quotas: its tenant's, and A's quotas key untouched (run_cell checks A)."""
+            body = ok(await bc.request(method, f"{V1}/quotas", json={"agents": 7} if method == "PUT" else None))
+            assert body["tenantId"] == OTHER_TENANT and body["agents"] == (7 if method == "PUT" else 10_000)
+            w.cells += 1
+
+        return cell
+
+    def quotas_tenant(method):
+        async def cell(bc, w):
+            body = {"tenantId": TENANT, "agents": 7} if method == "PUT" else None
+            params = None if method == "PUT" else {"tenantId": TENANT}
+            await mismatch(w, await bc.request(method, f"{V1}/quotas", json=body, params=params))
+
+        return cell
+
     return {
+        **{(m, f"{V1}/quotas"): {"own": quotas(m), "tenantId-A": quotas_tenant(m)} for m in ("GET", "PUT", "DELETE")},
         ("POST", f"{V1}/register"): {
             "same-name-as-A": register_a_name,
             "tenantId-A": register_tenant,

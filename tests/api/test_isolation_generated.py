@@ -391,4 +391,4 @@ def test_every_route_has_cells():
     declared = {(m, r.path) for r in routes if r.path.startswith("/v1/") for m in r.methods - {"HEAD"}}
     assert set(CELLS) == declared
     assert all("tenantId-A" in cells for cells in CELLS.values())
-    assert len(CELL_PARAMS) == 58
+    assert len(CELL_PARAMS) == 64

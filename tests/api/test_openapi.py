@@ -431,6 +431,8 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     forced = await call(client, "POST", lease_path, status=201, json={**b, "contactEmail": "bob@example.com"})
     await call(client, "DELETE", f"{lease_path}/{{leaseId}}", {"leaseId": forced["id"]}, status=200)  # an admin's
     await call(client, "DELETE", f"{V1}/agents/{{agentId}}", {"agentId": third["id"]}, status=200)
+    for method in ("GET", "PUT", "DELETE"):
+        await call(client, method, f"{V1}/quotas", status=200, json={"streams": 20} if method == "PUT" else None)
     page = await call(client, "GET", f"{C}/events", status=200, query="?after=0&limit=1000")
     assert {e["type"] for e in page["events"]} >= {"agent.registered", "lease.acquired", "consensus.voted"}
     return {"sdr": sdr, "peer": peer, "cons": cons}
@@ -537,6 +539,12 @@ async def _provoke(
         headers={"Idempotency-Key": "once"},
         json={"requestingAgentId": requester["id"], "action": "b"},
     )
+    # One agent allowed: a new one is past the tenant's quota. Then the defaults again.
+    quotas = f"{V1}/quotas"
+    await call(client, "GET", quotas, status=200)
+    await call(client, "PUT", quotas, status=200, json={"agents": 1})
+    await call(client, "POST", register, status=403, json={"agentName": "one-too-many"})
+    await call(client, "DELETE", quotas, status=200)
     # A key of the wrong type where the register script writes: Redis refuses.
     await redis_client.set(keys.agents(OTHER_TENANT), "not a zset")
     async with app_client(settings, redis_client, OTHER_API_KEY) as other:

@@ -41,6 +41,7 @@ from redis.exceptions import ResponseError
 
 from concord.server.app import create_app
 from concord.server.errors import ConcordError
+from concord.server.http.auth import FAILURE_BURST
 from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_api_keys, parse_rate_limits
 from concord.server.store import Store
@@ -213,6 +214,25 @@ async def test_a_forged_credential_never_drains_the_agents_bucket(redis_client, 
         assert 0.99 < float(tenant_bucket["tokens"]) < 1.01, tenant_bucket
         assert (await a.get(AGENTS)).status_code == 200
         limited(await a.get(AGENTS))
+
+
+async def test_an_address_guessing_credentials_is_limited_before_they_cost_a_lookup(redis_client, prefix, keys):
+    """Rate limits off: still, an address that presents FAILURE_BURST refused
+    credentials gets 429 for the next credential that would cost Redis work (an
+    unknown key, a forged agent credential), while a configured key goes on
+    (docs/security.md, Guessing credentials)."""
+    async with deployment(redis_client, prefix, "") as (a, _):
+        agent = await register(a, "victim")
+        for i in range(FAILURE_BURST):
+            problem(await a.get(AGENTS, headers=bearer(f"guess-{i:04d}-0123456789")), 401, "unauthorized")
+            if i == 0:  # an honest agent acting from the same address meanwhile
+                assert (await heartbeat(a, agent)).status_code == 200
+
+        body = problem(await a.get(AGENTS, headers=bearer("guess-next-0123456789")), 429, "rate_limited")
+        assert "does not know" in body["detail"] and body["retryAfterMs"] >= 1
+        limited(await heartbeat(a, agent, forged(TENANT, agent)))
+        assert (await a.get(AGENTS)).status_code == 200  # the configured key
+        assert (await heartbeat(a, agent)).status_code == 200  # the agent has acted from here
 
 
 async def test_one_tenants_buckets_never_limit_another(redis_client, prefix, keys):

@@ -55,6 +55,7 @@ def tenant_keys(keys: Keys, tenant: str, contact: str) -> dict[str, str]:
         "heartbeats": keys.heartbeats(tenant),
         "active_since": keys.active_since(tenant),
         "lapse_mark": keys.lapse_mark(tenant),
+        "quotas": keys.quotas(tenant),
         "lease": keys.lease(tenant, contact),
         "lease_registry": keys.lease_registry(tenant, agent_tag(agent_id)),
         "fence": keys.fence(tenant),
@@ -210,7 +211,7 @@ def test_the_scenario_runs_every_script(script_calls):
     # The calls that name the most keys: the agent and both rate buckets, a consensus
     # request with an Idempotency-Key, and a removal that releases two leases.
     assert max(len(c.keys) for c in script_calls if c.script == "rate_limit") == 3
-    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 14
+    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 15
     assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 8
 
 

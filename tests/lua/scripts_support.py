@@ -134,6 +134,7 @@ async def register(
             k.heartbeats(TENANT),
             k.events(TENANT),
             k.active_since(TENANT),
+            k.quotas(TENANT),
         ],
         args=[
             agent_id,
@@ -146,6 +147,7 @@ async def register(
             KEY_ID,
             key_role,
             store.ctx.window_ms,
+            store.ctx.quotas.agents,
         ],
     )
 
@@ -226,8 +228,18 @@ async def acquire(
             registry(store, agent_id),
             k.fence(TENANT),
             k.events(TENANT),
+            k.quotas(TENANT),
         ],
-        args=[agent_id, contact, intent, duration_ms, store.ctx.window_ms, EVENTS_MAX, digest(agent_id, as_credential)],
+        args=[
+            agent_id,
+            contact,
+            intent,
+            duration_ms,
+            store.ctx.window_ms,
+            EVENTS_MAX,
+            digest(agent_id, as_credential),
+            store.ctx.quotas.leases_per_agent,
+        ],
     )
 
 
@@ -343,7 +355,7 @@ async def request(
 ) -> list:
     consensus_id = consensus_id or new_id("cons")
     return await store.scripts.consensus_request(
-        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, requester)],
+        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, requester), store.keys.quotas(TENANT)],
         args=[
             consensus_id,
             requester,
@@ -358,6 +370,7 @@ async def request(
             IDEMPOTENCY_MS,
             EVENTS_MAX,
             digest(requester, as_credential),
+            store.ctx.quotas.pending_consensus,
         ],
     )
 

@@ -78,7 +78,8 @@ async def plant(db: redis.asyncio.Redis, key: str, kind: str) -> None:
 @dataclass
 class World:
     """Made through the Store: agents sdr (holding leases on ALSO and HELD), peer and
-    third; a pending request by sdr; one past its deadline that a read would expire.
+    third (lapsed since the requests were made); a pending request by sdr; one past its
+    deadline that a read would expire.
     Each agent acts with its own credential (``as_`` its principal)."""
 
     sdr: str
@@ -115,6 +116,8 @@ async def build_world(store: Store) -> World:
     await store.redis.hset(
         store.keys.consensus(TENANT, overdue), "expiresAt", str(seconds * 1000 + micros // 1000 - 1000)
     )
+    # A heartbeat of a returning agent begins its run in active-since.
+    await store.redis.zadd(store.keys.heartbeats(TENANT), {third: 1}, xx=True)
     world = World(sdr, peer, third, lease.id, pending, overdue, digests)
     await store.limits.take_token(world.as_(sdr), LIMITS)
     return world
@@ -187,6 +190,10 @@ def heartbeat_sdr(store: Store, w: World) -> Awaitable[Any]:
     return store.agents.heartbeat(TENANT, w.sdr, w.digest(w.sdr))
 
 
+def heartbeat_returning(store: Store, w: World) -> Awaitable[Any]:
+    return store.agents.heartbeat(TENANT, w.third, w.digest(w.third))
+
+
 def remove_sdr(store: Store, w: World) -> Awaitable[Any]:
     return store.agents.remove(TENANT, w.sdr, KEY)
 
@@ -201,6 +208,7 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
             k.heartbeats(TENANT),
             registry_of(k, w.sdr),
             k.events(TENANT),
+            k.active_since(TENANT),
             k.lease(TENANT, ALSO),
             k.lease(TENANT, HELD),
         ],
@@ -279,11 +287,12 @@ CASES = [
     Case("agent_register", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), register_newbie),
     Case("agent_register", "events_key", "stream", events_key, register_newbie),
     Case("agent_register", "since_key", "zset", lambda k, w: k.active_since(TENANT), register_newbie),
+    Case("agent_register", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), register_newbie),
     Case("agent_credential", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), rotate_sdr),
     Case("agent_credential", "events_key", "stream", events_key, rotate_sdr),
     Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), heartbeat_sdr),
     Case("agent_heartbeat", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), heartbeat_sdr),
-    Case("agent_heartbeat", "since_key", "zset", lambda k, w: k.active_since(TENANT), heartbeat_sdr),
+    Case("agent_heartbeat", "since_key", "zset", lambda k, w: k.active_since(TENANT), heartbeat_returning),
     Case("agent_remove", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), remove_sdr),
     Case("agent_remove", "agents_key", "zset", lambda k, w: k.agents(TENANT), remove_sdr),
     Case("agent_remove", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), remove_sdr),
@@ -300,6 +309,7 @@ CASES = [
     Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_free),
     Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_held_again),
     Case("lease_acquire", "fence_key", "string", lambda k, w: k.fence(TENANT), acquire_free),
+    Case("lease_acquire", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), acquire_free),
     Case("lease_acquire", "events_key", "stream", events_key, acquire_free),
     Case("lease_acquire", "events_key", "stream", events_key, acquire_held_again),
     Case("lease_renew", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), renew_held),
@@ -322,6 +332,7 @@ CASES = [
         request_new,
     ),
     Case("consensus_request", "requester_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), request_new),
+    Case("consensus_request", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), request_new),
     *consensus_cases("consensus_vote", vote_pending, lambda w: w.pending),
     Case("consensus_vote", "voter_key", "hash", lambda k, w: k.agent(TENANT, w.peer), vote_pending),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),

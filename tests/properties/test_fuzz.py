@@ -164,7 +164,8 @@ class World:
         self.credentials: dict[str, str] = {}  # agent id -> its current credential
 
     def refresh(self) -> None:
-        """(Re-)create the things: a fuzzed DELETE may have removed some. Registering a
+        """(Re-)create the things: a fuzzed DELETE may have removed some, a fuzzed PUT
+        lowered a quota. Registering a
         name again gives the same agent id; leases and requests are made anew."""
         with asgi.get_client(self.app) as http:
 
@@ -173,6 +174,8 @@ class World:
                 assert response.status_code in statuses, (path, response.status_code, response.text)
                 return response.json()
 
+            # A fuzzed PUT may have set a quota of 1: the defaults again, before anything is made.
+            assert http.delete(f"{V1}/quotas", headers=AUTH).status_code == 200
             made = [post(f"{V1}/register", {"agentName": name}, AUTH, 200, 201) for name in ("fz-1", "fz-2", "fz-3")]
             self.credentials = {agent["id"]: agent["credential"] for agent in made}
             agents = [agent["id"] for agent in made]

@@ -109,6 +109,9 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         assert rotated["agentId"] == sdr and rotated["credential"] != stale
         await call("POST", f"{C}/heartbeat", 401, {"agentId": sdr}, headers=bearer(stale))
         await call("POST", f"{C}/heartbeat", 200, {"agentId": sdr})  # with the new one
+        await call("PUT", f"{V1}/quotas", 200, {"leasesPerAgent": 500})
+        assert (await call("GET", f"{V1}/quotas", 200))["leasesPerAgent"] == 500
+        await call("DELETE", f"{V1}/quotas", 200)
 
         alice = {"contactEmail": "alice@example.com"}
         lease = await call("POST", f"{C}/lease", 201, {"agentId": sdr, "intent": "outbound", **alice})

@@ -37,6 +37,7 @@ __all__ = [
     "NotLeaseHolder",
     "RequesterCannotVote",
     "NotEligible",
+    "QuotaExceeded",
     "EndpointNotFound",
     "AgentNotFound",
     "LeaseNotFound",
@@ -152,6 +153,21 @@ class NotEligible(ConcordError):
     made that have stayed active since."""
 
     code = "not_eligible"
+
+
+class QuotaExceeded(ConcordError):
+    """A quota of the tenant is reached; nothing was done. ``quota`` names it
+    (agents, leasesPerAgent, pendingConsensus, streams), ``limit`` is its value."""
+
+    code = "quota_exceeded"
+
+    @property
+    def quota(self) -> str | None:
+        return self.problem.get("quota")
+
+    @property
+    def limit(self) -> int | None:
+        return self.problem.get("limit")
 
 
 class EndpointNotFound(ConcordError):
@@ -329,6 +345,7 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
         NotLeaseHolder,
         RequesterCannotVote,
         NotEligible,
+        QuotaExceeded,
         EndpointNotFound,
         AgentNotFound,
         LeaseNotFound,

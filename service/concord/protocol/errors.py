@@ -23,6 +23,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "not_lease_holder": (403, "Only the lease holder may do this"),
     "requester_cannot_vote": (403, "The requester cannot vote on its own request"),
     "not_eligible": (403, "The agent is not of this request's electorate"),
+    "quota_exceeded": (403, "A quota of the tenant is reached"),
     "not_found": (404, "No such endpoint"),
     "agent_not_found": (404, "Agent not found"),
     "lease_not_found": (404, "Lease not found"),

@@ -34,6 +34,7 @@ from concord.protocol.types import (
     Label,
     Limit,
     Minutes,
+    QuotaValue,
     RawEmail,
     Reason,
     Seconds,
@@ -191,6 +192,15 @@ class ConsensusListQuery(Input):
     status: ConsensusStatus | None = None
     limit: Limit = 100
     cursor: Cursor | None = None
+
+
+class QuotasBody(Input):
+    """The quotas to set for the tenant; those left out stay as they are."""
+
+    agents: QuotaValue | None = None
+    leases_per_agent: QuotaValue | None = None
+    pending_consensus: QuotaValue | None = None
+    streams: QuotaValue | None = None
 
 
 class ReleaseQuery(Input):

@@ -133,6 +133,16 @@ class Consensus(Output):
     votes: list[Vote]
 
 
+class Quotas(Output):
+    """A tenant's quotas in force (docs/api.md, Quotas)."""
+
+    tenant_id: str
+    agents: int
+    leases_per_agent: int
+    pending_consensus: int
+    streams: int
+
+
 class ConsensusList(Output):
     consensus: list[Consensus]
     next_cursor: str | None
@@ -197,3 +207,5 @@ class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
     retry_after_ms: int | None = None  # rate_limited
     key_role: str | None = None  # insufficient_scope: the role of the credential that was refused (or "agent")
     agent_id: str | None = None  # agent_mismatch: the credential's own agent
+    quota: str | None = None  # quota_exceeded: the quota reached (agents, leasesPerAgent, ...)
+    limit: int | None = None  # quota_exceeded: its value for the tenant

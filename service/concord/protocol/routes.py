@@ -18,6 +18,7 @@ REGISTER = f"{V1}/register"
 AGENTS = f"{V1}/agents"
 AGENT = f"{V1}/agents/{{agentId}}"
 AGENT_CREDENTIALS = f"{V1}/agents/{{agentId}}/credentials"
+QUOTAS = f"{V1}/quotas"
 HEARTBEAT = f"{COORDINATION}/heartbeat"
 
 LEASE = f"{COORDINATION}/lease"

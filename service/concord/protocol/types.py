@@ -83,6 +83,7 @@ TimeoutMinutes = Annotated[int, Meta(ge=1, le=MAX_CONSENSUS_TIMEOUT_S // 60)]
 TimeoutSeconds = Annotated[int, Meta(ge=1, le=MAX_CONSENSUS_TIMEOUT_S)]
 FencingToken = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
+QuotaValue = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 Cursor = Annotated[str, Meta(max_length=512, description="the nextCursor of an earlier page")]
 # Long poll: answer as soon as the request leaves pending, or after this many seconds.
 WaitSeconds = Annotated[int, Meta(ge=0, le=60)]

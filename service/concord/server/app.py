@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
             settings.redis_timeout_seconds,
             settings.events_max_length,
             Replication.within(settings.min_replicas, settings.redis_timeout_seconds),
+            settings.quotas,
         )
         if settings.redis_url is None and redis is None:
             await _start_embedded(settings, store)

@@ -69,6 +69,26 @@ def agent_mismatch(claimed: str, own: str) -> ConcordError:
     )
 
 
+# What each quota bounds, and what to do when it is reached.
+_QUOTA_ADVICE = {
+    "agents": "registered agents: deregister agents it no longer runs",
+    "leasesPerAgent": "live leases of one agent: release the leases it is done with, or let them expire",
+    "pendingConsensus": "consensus requests pending: wait for requests to be decided or to expire",
+    "streams": "event streams and long polls open at once on this instance: close one, or share one stream",
+}
+
+
+def quota_exceeded(quota: str, limit: int) -> ConcordError:
+    """403 for a change past one of the tenant's quotas (nothing was written)."""
+    return ConcordError(
+        "quota_exceeded",
+        f"The tenant has reached its quota of {limit:,} {_QUOTA_ADVICE[quota]}. An admin can raise it "
+        f"(PUT {routes.QUOTAS})",
+        quota=quota,
+        limit=limit,
+    )
+
+
 def lease_not_found(lease_id: str, tenant: str) -> ConcordError:
     return ConcordError(
         "lease_not_found",

@@ -40,6 +40,28 @@ class RateLimit:
 RATE_SCOPES = ("tenant", "agent")
 # Bounds COUNT and BURST, so a bucket's refill time (BURST / rate) stays a sane TTL.
 RATE_MAX = 1_000_000
+QUOTA_MAX = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """What one tenant may hold at once (docs/configuration.md, Quotas): the
+    deployment's defaults (CONCORD_QUOTAS), which an admin may change per tenant."""
+
+    agents: int = 10_000  # registered agents
+    leases_per_agent: int = 1_000  # live leases of one agent
+    pending_consensus: int = 1_000  # consensus requests pending and not yet past their deadline
+    streams: int = 100  # event streams and long polls open at once, on each instance
+
+    # The API's name of each quota -> its attribute.
+    NAMES = {
+        "agents": "agents",
+        "leasesPerAgent": "leases_per_agent",
+        "pendingConsensus": "pending_consensus",
+        "streams": "streams",
+    }
+
+
 _RATE = re.compile(r"(?P<scope>\w+)=(?P<count>\d+)/(?P<unit>[smh])(?::(?P<burst>\d+))?")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -69,6 +91,8 @@ class Settings:
     events_max_length: int = 10_000
     # A state change is answered only once this many replicas hold it (WAIT); 0: at once.
     min_replicas: int = 0
+    # Each tenant's quotas unless an admin set its own.
+    quotas: Quotas = Quotas()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -115,6 +139,7 @@ class Settings:
             metrics_dir=metrics_dir,
             events_max_length=_number(env, "CONCORD_EVENTS_MAX_LENGTH", 10_000, int, 0, 10_000_000),
             min_replicas=min_replicas,
+            quotas=parse_quotas(env.get("CONCORD_QUOTAS", "")),
         )
 
 
@@ -167,6 +192,25 @@ def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
             raise ConfigError(f"CONCORD_RATE_LIMITS: {match['scope']} is limited twice")
         limits[match["scope"]] = RateLimit(count / _UNIT_SECONDS[match["unit"]], burst)
     return limits
+
+
+def parse_quotas(raw: str) -> Quotas:
+    """Parse ``agents=20000,leasesPerAgent=50``: the quotas named, each 1 to QUOTA_MAX;
+    the others keep their defaults."""
+    given: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in Quotas.NAMES or not value.isdigit():
+            raise ConfigError(
+                f"CONCORD_QUOTAS: {item!r} is not NAME=COUNT with NAME one of {', '.join(Quotas.NAMES)} "
+                "(e.g. agents=20000,leasesPerAgent=50)"
+            )
+        if not 1 <= int(value) <= QUOTA_MAX:
+            raise ConfigError(f"CONCORD_QUOTAS: {item!r}: COUNT must be 1 to {QUOTA_MAX:,}")
+        if Quotas.NAMES[name] in given:
+            raise ConfigError(f"CONCORD_QUOTAS: {name} is given twice")
+        given[Quotas.NAMES[name]] = int(value)
+    return Quotas(**given)
 
 
 def _number(env: Mapping[str, str], name: str, default, kind, low, high):

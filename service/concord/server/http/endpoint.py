@@ -148,35 +148,57 @@ class Endpoint:
         store, deadlines = state["store"], state["deadlines"]
         if not self.authenticated:
             call = Call(store, "", None, None, None, {}, headers, deadlines.seconds)
+            answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
         else:
-            auth, authorization = state["auth"], headers.get("authorization")
-            principal = auth.known(authorization)
-            if principal is None:  # a key stored in Redis, not looked up in the last second
-                principal = await deadlines.run(auth.grant(authorization))
-            tenant = principal.tenant
-            scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
-            if principal.role not in self.roles:
-                raise insufficient_scope(principal, self.method, self.path)
-            query = decode_query(scope, self.query, tenant) if self.query else None
-            body = None
-            if self.decoder is not None:
-                body = decode_body(self.decoder, await read_body(headers, receive), tenant)
-            ids = {name: path_id(scope, name, tenant) for name in self.ids}
-            # The agent the request names, for the access line: set before act_as, so a
-            # refused impersonation is logged with the agent it tried to act as.
-            scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
-            if principal.role == AGENT:
-                if self.acts_as is None:
-                    await deadlines.run(auth.prove(principal))
-                else:
-                    act_as(principal, body if self.body is not None else query, self.acts_as)
-                    scope["concord.agent"] = getattr(body if self.body is not None else query, self.acts_as)
-            call = Call(store, tenant, principal, body, query, ids, headers, deadlines.seconds)
-        answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
+            auth, client = state["auth"], scope.get("client")
+            address = client[0] if client else ""
+            try:
+                call = await self._authenticated(scope, receive, headers, auth, address)
+                answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
+            except ConcordError as error:
+                if error.code == "unauthorized":  # a credential refused: the address's budget (auth.py)
+                    auth.refused(address)
+                raise
+            if call.credential:
+                auth.accepted(address, call.principal)
         if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
             await answer(scope, receive, send)
             return
         await send_answer(send, answer)
+
+    async def _authenticated(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], auth: Any, address: str
+    ) -> Call:
+        """The call of an authenticated request: its principal, which must be of a role
+        the endpoint admits, its decoded body, query and ids, and, with an agent
+        credential, the agent it acts as (its own). A credential that would cost Redis
+        work is first admitted by the address's failure budget (auth.py)."""
+        deadlines, authorization = scope["state"]["deadlines"], headers.get("authorization")
+        principal = auth.known(authorization)
+        if principal is None:  # a key stored in Redis, not looked up in the last second
+            auth.admit(address, None)
+            principal = await deadlines.run(auth.grant(authorization))
+        elif principal.role == AGENT:
+            auth.admit(address, principal)
+        tenant = principal.tenant
+        scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
+        if principal.role not in self.roles:
+            raise insufficient_scope(principal, self.method, self.path)
+        query = decode_query(scope, self.query, tenant) if self.query else None
+        body = None
+        if self.decoder is not None:
+            body = decode_body(self.decoder, await read_body(headers, receive), tenant)
+        ids = {name: path_id(scope, name, tenant) for name in self.ids}
+        # The agent the request names, for the access line: set before act_as, so a
+        # refused impersonation is logged with the agent it tried to act as.
+        scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
+        if principal.role == AGENT:
+            if self.acts_as is None:
+                await deadlines.run(auth.prove(principal))
+            else:
+                act_as(principal, body if self.body is not None else query, self.acts_as)
+                scope["concord.agent"] = getattr(body if self.body is not None else query, self.acts_as)
+        return Call(scope["state"]["store"], tenant, principal, body, query, ids, headers, deadlines.seconds)
 
     async def _work(self, call: Call, limits: Any) -> Answer | Response:
         """The request's Redis work: its rate limits, then its handler."""

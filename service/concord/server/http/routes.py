@@ -18,12 +18,13 @@ from starlette.routing import Route
 
 from concord import protocol as p
 from concord.protocol import routes as paths
-from concord.server.errors import invalid
+from concord.server.errors import invalid, quota_exceeded
 from concord.server.http.endpoint import ENDPOINTS, Answer, Call, endpoint, respond
 from concord.server.http.openapi import document
 from concord.server.http.problems import problem
 from concord.server.http.streaming import EventStream, LongPoll
 from concord.server.principals import AGENT
+from concord.server.settings import Quotas
 from concord.server.store.events import EventFilter
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -77,6 +78,7 @@ async def openapi(c: Call) -> Answer | Response:
     answers={201: p.RegisteredAgent, 200: p.RegisteredAgent},
     body=p.RegisterBody,
     roles=frozenset({"admin", "enroll"}),
+    own_errors=("quota_exceeded",),
 )
 async def register(c: Call) -> Answer | Response:
     body: p.RegisterBody = c.body
@@ -139,7 +141,7 @@ async def heartbeat(c: Call) -> Answer | Response:
     "Lease a contact: granted, extended for its holder, or refused",
     answers={201: p.Lease, 200: p.Lease},
     body=p.LeaseBody,
-    own_errors=("agent_inactive", "lease_conflict"),
+    own_errors=("agent_inactive", "lease_conflict", "quota_exceeded"),
     roles=AS_AGENT,
     acts_as="agent_id",
 )
@@ -226,7 +228,7 @@ async def send_check(c: Call) -> Answer | Response:
     "Ask the active peers to approve an action",
     answers={201: p.Consensus},
     body=p.ConsensusBody,
-    own_errors=("agent_inactive", "idempotency_key_reused"),
+    own_errors=("agent_inactive", "idempotency_key_reused", "quota_exceeded"),
     roles=AS_AGENT,
     acts_as="requesting_agent_id",
     request_headers={
@@ -277,11 +279,13 @@ async def vote(c: Call) -> Answer | Response:
     "Read a consensus request; with waitSeconds, wait for its decision",
     answers={200: p.Consensus},
     query=p.ConsensusReadQuery,
+    own_errors=("quota_exceeded",),
 )
 async def get_consensus(c: Call) -> Answer | Response:
     consensus = await c.store.consensus.get(c.tenant, c.ids["consensusId"])
     if consensus.status != "pending" or not c.query.wait_seconds:
         return respond(consensus)
+    await within_streams_quota(c)
     return LongPoll(c, consensus.id, c.query.wait_seconds)
 
 
@@ -307,6 +311,7 @@ async def list_consensus(c: Call) -> Answer | Response:
     answers={200: p.EventPage},
     query=p.EventsQuery,
     event_stream=True,
+    own_errors=("quota_exceeded",),
     request_headers={
         "Last-Event-ID": "The stream resumes after this event id (`0`: from the oldest event kept). Without it, "
         "the stream starts with the next event. Ignored by a JSON page."
@@ -323,7 +328,60 @@ async def events(c: Call) -> Answer | Response:
             start = p.stream_id(start.strip(), "header Last-Event-ID")
         except p.FieldError as exc:
             raise invalid("header Last-Event-ID", exc.rule, exc.field) from None
+    await within_streams_quota(c)
     return EventStream(c, start if start is not None else await c.store.events.last_id(c.tenant), match)
+
+
+async def within_streams_quota(c: Call) -> None:
+    """A stream or long poll may open while the tenant has fewer open on this instance
+    than its quota (checked as it opens: a burst of opens may pass it by a few)."""
+    limit = (await c.store.quotas.get(c.tenant)).streams
+    if c.store.feed.listening(c.tenant) >= limit:
+        raise quota_exceeded("streams", limit)
+
+
+# --- quotas ------------------------------------------------------------------
+
+
+def quotas_answer(tenant: str, quotas: Quotas) -> Answer:
+    return respond(
+        p.Quotas(
+            tenant_id=tenant,
+            agents=quotas.agents,
+            leases_per_agent=quotas.leases_per_agent,
+            pending_consensus=quotas.pending_consensus,
+            streams=quotas.streams,
+        )
+    )
+
+
+@endpoint("GET", paths.QUOTAS, "The tenant's quotas in force", answers={200: p.Quotas}, query=p.TenantQuery)
+async def get_quotas(c: Call) -> Answer | Response:
+    return quotas_answer(c.tenant, await c.store.quotas.get(c.tenant))
+
+
+@endpoint(
+    "PUT",
+    paths.QUOTAS,
+    "Set some of the tenant's quotas; those left out stay as they are",
+    answers={200: p.Quotas},
+    body=p.QuotasBody,
+)
+async def set_quotas(c: Call) -> Answer | Response:
+    body: p.QuotasBody = c.body
+    changes = {name: getattr(body, attr) for name, attr in Quotas.NAMES.items() if getattr(body, attr) is not None}
+    return quotas_answer(c.tenant, await c.store.quotas.set(c.tenant, changes))
+
+
+@endpoint(
+    "DELETE",
+    paths.QUOTAS,
+    "Forget the tenant's own quotas: the deployment's defaults apply again",
+    answers={200: p.Quotas},
+    query=p.TenantQuery,
+)
+async def reset_quotas(c: Call) -> Answer | Response:
+    return quotas_answer(c.tenant, await c.store.quotas.reset(c.tenant))
 
 
 # The router's table. Starlette tries routes in order, so the calls agents make on

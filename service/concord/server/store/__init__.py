@@ -13,6 +13,7 @@ into the store.
     store.feed        live fan-out to streams and long polls     (feed.py)
     store.limits      take_token                                 (limits.py)
     store.apikeys     grant_of, create, revoke, all              (apikeys.py)
+    store.quotas      get, set, reset: a tenant's quotas          (quotas.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from concord.server.redis.batcher import Replication
+from concord.server.settings import Quotas
 from concord.server.store.agents import Agents
 from concord.server.store.apikeys import ApiKeys
 from concord.server.store.consensus import ConsensusRequests
@@ -29,6 +31,7 @@ from concord.server.store.feed import EventFeed
 from concord.server.store.keys import Keys
 from concord.server.store.leases import Leases
 from concord.server.store.limits import RateLimits
+from concord.server.store.quotas import TenantQuotas
 from concord.server.store.scripts import Scripts
 
 
@@ -49,11 +52,12 @@ class Store:
         timeout: float | None = None,
         events_max_length: int = 10_000,
         replication: Replication = Replication(),
+        quotas: Quotas = Quotas(),
     ) -> None:
         # ``timeout`` bounds each batch of script calls (redis/batcher.py); with
         # ``replication``, every state change waits for replicas before its answer.
         scripts = Scripts(redis, timeout, replication)
-        self.ctx = Context(redis, keys, scripts, heartbeat_window_seconds * 1000, events_max_length)
+        self.ctx = Context(redis, keys, scripts, heartbeat_window_seconds * 1000, events_max_length, quotas)
         self.redis, self.keys, self.scripts = redis, keys, scripts
         self.agents = Agents(self.ctx)
         self.leases = Leases(self.ctx)
@@ -61,6 +65,7 @@ class Store:
         self.events = EventLog(self.ctx)
         self.limits = RateLimits(self.ctx)
         self.apikeys = ApiKeys(self.ctx)
+        self.quotas = TenantQuotas(self.ctx)
         self.feed = EventFeed(redis, keys, self.consensus.expire_due, scripts.slots)
 
     async def ping(self) -> bool:

@@ -43,6 +43,7 @@ class Agents:
                 k.heartbeats(tenant),
                 k.events(tenant),
                 k.active_since(tenant),
+                k.quotas(tenant),
             ],
             [
                 agent_id,
@@ -55,6 +56,7 @@ class Agents:
                 key.id,
                 key.role,
                 ctx.window_ms,
+                ctx.quotas.agents,
             ],
         )
         code = Reply(reply[0])
@@ -105,8 +107,10 @@ class Agents:
         return agent(tenant, fields, optional_int(last), now, ctx.window_ms)
 
     async def page(self, tenant: str, status: str | None, limit: int, cursor: str | None) -> AgentList:
-        """One page of the tenant's agents, newest registration first; ``status``
-        keeps only the active or the inactive ones."""
+        """One page of the tenant's agents, newest registration first; or, by
+        ``status``, the active or the inactive ones, latest heartbeat first, read from
+        the heartbeats zset within the window's bound: a page costs what it returns,
+        whatever the size of the fleet."""
         ctx = self.ctx
 
         async def load(ids: list[str]) -> list[Agent | None]:
@@ -121,7 +125,14 @@ class Agents:
             )
             return [a if a and status in (None, a.status) else None for a in agents]
 
-        agents, next_cursor = await paging.page(ctx.redis, ctx.keys.agents(tenant), cursor, limit, load)
+        if status is None:
+            agents, next_cursor = await paging.page(ctx.redis, ctx.keys.agents(tenant), cursor, limit, load)
+        else:
+            # Active: a heartbeat strictly within the window (lua/lib.lua is_active).
+            lapsed_by = await ctx.now(tenant) - ctx.window_ms
+            top, bottom = ("+inf", f"({lapsed_by}") if status == "active" else (str(lapsed_by), "-inf")
+            heartbeats = ctx.keys.heartbeats(tenant)
+            agents, next_cursor = await paging.page(ctx.redis, heartbeats, cursor, limit, load, top, bottom)
         return AgentList(agents=agents, next_cursor=next_cursor)
 
     async def remove(self, tenant: str, agent_id: str, key: KeyGrant) -> AgentRemoved:

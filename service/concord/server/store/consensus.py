@@ -45,7 +45,7 @@ class ConsensusRequests:
         ``credential`` is the digest of the requester's credential, checked by the script."""
         ctx = self.ctx
         consensus_id = new_id("cons")
-        keys = self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, requester_id)]
+        keys = self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, requester_id), ctx.keys.quotas(tenant)]
         fingerprint = ""
         if idempotency_key is not None:
             keys.append(ctx.keys.idempotency(tenant, key_digest(idempotency_key)))
@@ -67,6 +67,7 @@ class ConsensusRequests:
                 IDEMPOTENCY_MS,
                 ctx.events_max,
                 credential,
+                ctx.quotas.pending_consensus,
             ],
         )
         code = Reply(reply[0])

@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
+from concord.server.settings import Quotas
 from concord.server.store.keys import Keys
 from concord.server.store.replies import ms
 from concord.server.store.scripts import Scripts
@@ -20,6 +21,7 @@ class Context:
     scripts: Scripts
     window_ms: int  # the heartbeat window: an agent without a heartbeat this long is inactive
     events_max: int  # the cap of each tenant's event stream (0: no events)
+    quotas: Quotas = Quotas()  # each tenant's, unless an admin set its own (quotas.py)
 
     async def now(self, tenant: str) -> int:
         """Redis's time in ms, on the server that holds ``tenant`` (its scripts' clock)."""

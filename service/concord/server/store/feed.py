@@ -108,6 +108,11 @@ class EventFeed:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def listening(self, tenant: str) -> int:
+        """How many streams and long polls of ``tenant`` this worker has open."""
+        state = self._tenants.get(tenant)
+        return len(state.listeners) if state is not None else 0
+
     @asynccontextmanager
     async def listen(self, tenant: str, timeout: float) -> AsyncIterator[Listener]:
         """A Listener for the block; TimeoutError if the feed cannot reach Redis within ``timeout``."""

@@ -45,6 +45,9 @@ key                                       type    contents (TTL)
 <p>:{t}:events                            stream  the tenant's events, one entry per state change:
                                                   type and its fields (capped near
                                                   CONCORD_EVENTS_MAX_LENGTH entries; none)
+<p>:{t}:quotas                            hash    the quotas an admin set for the tenant: agents
+                                                  leasesPerAgent pendingConsensus streams; a
+                                                  missing field is the deployment's default (none)
 <p>:{t}:rate                              hash    tokens at: the tenant's rate-limit bucket
                                                   (until it would be full again)
 <p>:{t}:rate:agent:<agentId>              hash    tokens at: one agent's bucket, drawn from by its
@@ -153,6 +156,9 @@ class Keys:
 
     def events(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:events"
+
+    def quotas(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:quotas"
 
     def rate_bucket(self, tenant: str, agent_id: str | None = None) -> str:
         if agent_id is None:

@@ -41,8 +41,18 @@ class Leases:
                 k.lease_registry(tenant, agent_tag(agent_id)),
                 k.fence(tenant),
                 k.events(tenant),
+                k.quotas(tenant),
             ],
-            [agent_id, contact, intent or "", duration_ms, ctx.window_ms, ctx.events_max, credential],
+            [
+                agent_id,
+                contact,
+                intent or "",
+                duration_ms,
+                ctx.window_ms,
+                ctx.events_max,
+                credential,
+                ctx.quotas.leases_per_agent,
+            ],
         )
         code = Reply(reply[0])
         if code < 0:

@@ -19,16 +19,20 @@ async def page(
     cursor: str | None,
     limit: int,
     load: Callable[[list[str]], Awaitable[Sequence[T | None]]],
+    top: str = "+inf",
+    bottom: str = "-inf",
 ) -> tuple[list[T], str | None]:
-    """Up to ``limit`` items, newest first, after ``cursor``; and the next cursor.
+    """Up to ``limit`` items, highest score first, after ``cursor``; and the next cursor.
 
     ``load`` turns a batch of ids into items, or None for one to skip. One item
     more than the page is gathered, so nextCursor is null exactly on the last page.
+    Only scores from ``top`` down to ``bottom`` (ZRANGE BYSCORE bounds: "(" makes
+    one exclusive) are read: a page costs what it returns, not what the zset holds.
     """
     after = decode_cursor(cursor) if cursor else None
     picked: list[tuple[T, tuple[int, str]]] = []
     while len(picked) <= limit:
-        batch = await _zset_after(redis, index_key, after, limit + 1)
+        batch = await _zset_after(redis, index_key, after, limit + 1, top, bottom)
         items = await load([member for _, member in batch]) if batch else []
         picked += [(item, position) for position, item in zip(batch, items) if item is not None]
         if len(batch) < limit + 1:
@@ -38,20 +42,27 @@ async def page(
     return [item for item, _ in picked[:limit]], next_cursor
 
 
-async def _zset_after(redis: Any, key: str, after: tuple[int, str] | None, count: int) -> list[tuple[int, str]]:
+async def _zset_after(
+    redis: Any, key: str, after: tuple[int, str] | None, count: int, top: str = "+inf", bottom: str = "-inf"
+) -> list[tuple[int, str]]:
     """Up to ``count`` (score, member) of a zset, highest score first, strictly after
-    the position ``after``. Equal scores come in reverse member order
-    (ZRANGE ... REV), so a position needs the member as well as the score."""
-    top = "+inf" if after is None else after[0]
+    the position ``after``, within ``top`` .. ``bottom``. Equal scores come in reverse
+    member order (ZRANGE ... REV), so a position needs the member as well as the score."""
+    if after is not None:
+        top = str(after[0]) if top == "+inf" or after[0] < _bound(top) else top
     found: list[tuple[int, str]] = []
     offset = 0
     while len(found) < count:
-        batch = await redis.zrange(key, top, "-inf", desc=True, byscore=True, offset=offset, num=count, withscores=True)
+        batch = await redis.zrange(key, top, bottom, desc=True, byscore=True, offset=offset, num=count, withscores=True)
         found += [(int(score), member) for member, score in batch if after is None or (int(score), member) < after]
         if len(batch) < count:
             break
         offset += count
     return found[:count]
+
+
+def _bound(bound: str) -> float:
+    return float(bound.lstrip("("))
 
 
 def encode_cursor(score: int, member: str) -> str:

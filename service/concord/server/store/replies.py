@@ -26,6 +26,7 @@ from concord.server.errors import (
     consensus_not_found,
     credential_refused,
     lease_not_found,
+    quota_exceeded,
 )
 from concord.server.metrics import METRICS
 from concord.server.store.keys import lease_id
@@ -53,6 +54,7 @@ class Reply(IntEnum):
     ROLE_NOT_ALLOWED = -13
     BAD_CREDENTIAL = -14
     NOT_ELIGIBLE = -15
+    QUOTA_EXCEEDED = -16
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
     ),
     Reply.ALREADY_VOTED: _already_voted,
     Reply.NOT_ELIGIBLE: _not_eligible,
+    Reply.QUOTA_EXCEEDED: lambda reply, s: quota_exceeded(reply[1], int(reply[2])),
     Reply.CONSENSUS_CLOSED: _closed,
     Reply.RATE_LIMITED: _rate_limited,
     Reply.ROLE_NOT_ALLOWED: lambda reply, s: ConcordError(
