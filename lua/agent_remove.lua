@@ -12,12 +12,14 @@
   KEYS[4]   registry_key    keys.lease_registry(tenant, agent_tag(agent_id))   hash token -> "expiresAt:contact"
   KEYS[5]   events_key      keys.events(tenant)                     stream: lease.released, agent.removed
   KEYS[6]   since_key       keys.active_since(tenant)               zset
-  KEYS[7..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[4..]
+  KEYS[7]   humans_key      keys.humans(tenant)                     zset humanId -> registeredAt µs
+  KEYS[8]   roles_key       keys.agent_roles(tenant)                hash agentId -> agentRole
+  KEYS[9..] lease_keys      keys.lease(tenant, contact), one per contact in ARGV[4..]
 
   ARGV[1]   agent_id
   ARGV[2]   events_max      the event stream's cap, entries (0: no events)
   ARGV[3]   key_id          the admin key that deregisters: the events' actor
-  ARGV[4..] contacts        the contacts read from the registry, in KEYS[7..] order
+  ARGV[4..] contacts        the contacts read from the registry, in KEYS[9..] order
 
   Replies:
     {OK, number of leases released}
@@ -31,7 +33,9 @@ local heartbeats_key = KEYS[3]
 local registry_key = KEYS[4]
 local events_key = KEYS[5]
 local since_key = KEYS[6]
-local lease_keys = {unpack(KEYS, 7)}
+local humans_key = KEYS[7]
+local roles_key = KEYS[8]
+local lease_keys = {unpack(KEYS, 9)}
 local agent_id = ARGV[1]
 local events_max = tonumber(ARGV[2])
 local key_id = ARGV[3]
@@ -40,7 +44,7 @@ local contacts = {unpack(ARGV, 4)}
 ACTOR, ACTOR_ROLE = key_id, 'admin'
 
 local expected = {[agent_key] = 'hash', [agents_key] = 'zset', [heartbeats_key] = 'zset', [registry_key] = 'hash',
-  [events_key] = 'stream', [since_key] = 'zset'}
+  [events_key] = 'stream', [since_key] = 'zset', [humans_key] = 'zset', [roles_key] = 'hash'}
 for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
@@ -78,5 +82,7 @@ emit(events_key, events_max, 'agent.removed', 'agentId', agent_id,
 redis.call('DEL', agent_key)
 redis.call('ZREM', agents_key, agent_id)
 redis.call('ZREM', heartbeats_key, agent_id)
+redis.call('ZREM', humans_key, agent_id)
+redis.call('HDEL', roles_key, agent_id)
 redis.call('ZREM', since_key, agent_id)
 return {OK, #deletes}

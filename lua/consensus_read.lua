@@ -14,6 +14,7 @@
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.resolved, .expired
   KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
   KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
+  KEYS[13] electorate_key  keys.electorate(tenant, id)              set (read; its expiry set on a decision)
 
   ARGV[1] consensus_id
   ARGV[2] window_ms       heartbeat liveness window, milliseconds

@@ -2,7 +2,10 @@
   consensus_request: open a consensus request for peers to vote on.
 
   The electorate is fixed here: the agents active now, other than the requester
-  (electorateAt; lib.lua, the electorate).
+  (electorateAt; lib.lua, the electorate), that the action's policy admits. The
+  policy in force (the policies hash's entry for the action) is copied into the
+  request, so a later change does not move it; with voter roles, the members are
+  written into the request's electorate set, which costs O(active agents) once.
 
   The id comes from the store, so running the script twice (redis-py's retry after a
   lost reply) finds the request already made and returns it unchanged. With an
@@ -22,9 +25,12 @@
   KEYS[10] events_key      keys.events(tenant)                      stream: consensus.requested
   KEYS[11] since_key       keys.active_since(tenant)                zset agentId -> run start µs (swept)
   KEYS[12] mark_key        keys.lapse_mark(tenant)                  string
-  KEYS[13] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
-  KEYS[14] quotas_key      keys.quotas(tenant)                      hash (read: pendingConsensus)
-  KEYS[15..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
+  KEYS[13] electorate_key  keys.electorate(tenant, id)              set: the members, with voter roles
+  KEYS[14] requester_key   keys.agent(tenant, requester_id)          hash (read: credential)
+  KEYS[15] quotas_key      keys.quotas(tenant)                      hash (read: pendingConsensus)
+  KEYS[16] policies_key    keys.consensus_policies(tenant)          hash (read: the action's policy)
+  KEYS[17] roles_key       keys.agent_roles(tenant)                 hash (read, with voter roles)
+  KEYS[18..] idempotency_key  keys.idempotency(tenant, key digest) hash, only with an Idempotency-Key
 
   ARGV[1] consensus_id    cons_<uuid>
   ARGV[2] requester_id    the requesting agent
@@ -63,16 +69,20 @@ local timeout_ms = tonumber(ARGV[6])
 local window_ms = tonumber(ARGV[7])
 local retention_ms = tonumber(ARGV[8])
 local max_age_ms = tonumber(ARGV[9])
-local idempotency_key = KEYS[15]  -- nil without an Idempotency-Key
+local idempotency_key = KEYS[18]  -- nil without an Idempotency-Key
 local fingerprint = ARGV[10]
 local idempotency_ms = tonumber(ARGV[11])
 local events_max = tonumber(ARGV[12])
 local credential = ARGV[13]
-local requester_key = KEYS[13]
-local quotas_key = KEYS[14]
+local requester_key = KEYS[14]
+local quotas_key = KEYS[15]
+local policies_key = KEYS[16]
+local roles_key = KEYS[17]
 local pending_quota = ARGV[14]
 
 local expected = consensus_types(k)
+-- Read only, but read after the first write (the policy's voter roles).
+expected[policies_key], expected[roles_key] = 'hash', 'hash'
 if idempotency_key then expected[idempotency_key] = 'hash' end
 local wrong = wrong_type(expected)
 if wrong then return wrong end
@@ -96,10 +106,28 @@ if redis.call('ZCOUNT', k.due, '(' .. int(now_ms), '+inf') >= limit then
 end
 
 local expires_ms = now_ms + timeout_ms
+local policy_value = redis.call('HGET', policies_key, action) or ''
+local policy = policy_parse(policy_value)
 redis.call('HSET', k.cons, 'id', consensus_id, 'requestingAgentId', requester_id, 'action', action,
   'contactEmail', contact, 'reason', reason, 'status', 'pending',
   'createdAt', int(now_ms), 'expiresAt', int(expires_ms), 'electorateAt', int(now_us))
+if policy_value ~= '' then redis.call('HSET', k.cons, 'policy', policy_value) end
 redis.call('PEXPIREAT', k.cons, int(expires_ms + retention_ms))
+if policy.roles ~= '' then
+  -- The members: the agents active now, of a voter role, other than the requester.
+  local roles = {}
+  for role in string.gmatch(policy.roles, '[^\n]+') do roles[role] = true end
+  sweep_lapsed(k, now_ms, now_us, window_ms)
+  local active = redis.call('ZRANGE', k.since, 0, -1)
+  for i = 1, #active, 1000 do
+    local ids = {unpack(active, i, math.min(i + 999, #active))}
+    local of = redis.call('HMGET', roles_key, unpack(ids))
+    for j, agent_id in ipairs(ids) do
+      if roles[of[j]] and agent_id ~= requester_id then redis.call('SADD', k.electorate, agent_id) end
+    end
+  end
+  redis.call('PEXPIREAT', k.electorate, int(expires_ms + retention_ms))
+end
 redis.call('ZADD', k.all, int(now_ms), consensus_id)
 redis.call('ZADD', k.pending, int(now_ms), consensus_id)
 redis.call('ZADD', k.due, int(expires_ms), consensus_id)

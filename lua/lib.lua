@@ -27,6 +27,7 @@ local ROLE_NOT_ALLOWED = -13       -- agent_register: the enrolling key may not 
 local BAD_CREDENTIAL = -14         -- the agent credential is not the agent's current one; nothing written
 local NOT_ELIGIBLE = -15           -- consensus_vote: the voter is not of the request's electorate
 local QUOTA_EXCEEDED = -16         -- {QUOTA_EXCEEDED, quota name, its value}: nothing written
+local KIND_MISMATCH = -17          -- agent_register: the member of this name is of the other kind
 
 -- Who the call is for, written into every event the script emits: the agent id
 -- (role 'agent'), an API key's id (role 'admin', 'enroll', ...), or 'concord'
@@ -217,7 +218,7 @@ local function consensus_keys()
   return {
     cons = KEYS[1], votes = KEYS[2], heartbeats = KEYS[3], all = KEYS[4],
     pending = KEYS[5], approved = KEYS[6], rejected = KEYS[7], expired = KEYS[8], due = KEYS[9],
-    events = KEYS[10], since = KEYS[11], mark = KEYS[12],
+    events = KEYS[10], since = KEYS[11], mark = KEYS[12], electorate = KEYS[13],
   }
 end
 
@@ -226,71 +227,129 @@ local function consensus_types(k)
   return {
     [k.cons] = 'hash', [k.votes] = 'hash', [k.all] = 'zset', [k.pending] = 'zset',
     [k.approved] = 'zset', [k.rejected] = 'zset', [k.expired] = 'zset', [k.due] = 'zset',
-    [k.events] = 'stream', [k.since] = 'zset', [k.mark] = 'string',
+    [k.events] = 'stream', [k.since] = 'zset', [k.mark] = 'string', [k.electorate] = 'set',
   }
 end
 
--- Votes are stored as "approve|<votedAt, microseconds>|<agentName>|<reason>".
+-- Votes are stored as "approve|<votedAt, microseconds>|<agentName>|<reason>", an
+-- agent's under its id, a human's under "h:" .. its id.
 local function vote_of(record)
   return string.match(record, '^(%a+)|')
 end
 
--- Tally a request as of now: approvals, rejections, and, within its electorate,
--- eligible = members still active other than the requester + members who have
--- voted and are no longer active (a cast vote stands); needed = floor(eligible / 2) + 1.
-local function consensus_tally(k, requester, electorate_us, now_ms, now_us, window_ms)
+-- A consensus policy as the policies hash and a request's `policy` field hold it:
+-- "<rule>|<minVotes>|<humanApprovals>|<updatedAt ms>|<updatedBy>|<voter roles, one
+-- per line>"; false or '' is the default: a majority of the active agents.
+local function policy_parse(value)
+  if not value or value == '' then return {rule = 'majority', min_votes = 0, humans = 0, roles = ''} end
+  local rule, min_votes, humans, roles = string.match(value, '^([%a_]+)|(%d+)|(%d+)|[^|]*|[^|]*|(.*)$')
+  if not rule then error('a consensus policy holds a value that is not a policy: ' .. string.sub(value, 1, 80)) end
+  return {rule = rule, min_votes = tonumber(min_votes), humans = tonumber(humans), roles = roles}
+end
+
+-- The approvals an electorate of `eligible` agents must give under `rule`, and the
+-- rejections that reject: for a majority the seed's rule (as many rejections as
+-- approvals needed); for the others, enough that the approvals needed can no
+-- longer come.
+local function thresholds(rule, eligible)
+  local needed
+  if rule == 'unanimous' then
+    needed = math.max(1, eligible)
+  elseif rule == 'two_thirds' then
+    needed = math.max(1, math.floor((2 * eligible + 2) / 3))
+  else
+    return math.floor(eligible / 2) + 1, math.floor(eligible / 2) + 1
+  end
+  return needed, math.max(1, eligible - needed + 1)
+end
+
+-- Tally a request as of now. Agents: approvals, rejections, and, within its
+-- electorate, eligible = members still active other than the requester + members
+-- who have voted and are no longer active (a cast vote stands); with voter roles,
+-- the members are those the request's electorate set names. Humans: their
+-- approvals and rejections. Returns approve, reject, eligible, needed, rejections
+-- that reject, human approve, human reject.
+local function consensus_tally(k, requester, electorate_us, policy, now_ms, now_us, window_ms)
   sweep_lapsed(k, now_ms, now_us, window_ms)
-  local approve, reject, lapsed = 0, 0, 0
+  local approve, reject, lapsed, human_approve, human_reject = 0, 0, 0, 0, 0
   local votes = redis.call('HGETALL', k.votes)
   for i = 1, #votes, 2 do
-    if vote_of(votes[i + 1]) == 'approve' then approve = approve + 1 else reject = reject + 1 end
-    if not in_electorate(k, votes[i], electorate_us) then lapsed = lapsed + 1 end
+    local approves = vote_of(votes[i + 1]) == 'approve'
+    if string.sub(votes[i], 1, 2) == 'h:' then
+      if approves then human_approve = human_approve + 1 else human_reject = human_reject + 1 end
+    else
+      if approves then approve = approve + 1 else reject = reject + 1 end
+      if not in_electorate(k, votes[i], electorate_us) then lapsed = lapsed + 1 end
+    end
   end
-  local active = redis.call('ZCOUNT', k.since, '-inf', electorate_us or '+inf')
-  if in_electorate(k, requester, electorate_us) then active = active - 1 end
+  local active = 0
+  if policy.roles ~= '' then
+    for _, member in ipairs(redis.call('SMEMBERS', k.electorate)) do
+      if in_electorate(k, member, electorate_us) then active = active + 1 end
+    end
+  else
+    active = redis.call('ZCOUNT', k.since, '-inf', electorate_us or '+inf')
+    if in_electorate(k, requester, electorate_us) then active = active - 1 end
+  end
   local eligible = active + lapsed
-  return approve, reject, eligible, math.floor(eligible / 2) + 1
+  local needed, rejecting = thresholds(policy.rule, eligible)
+  return approve, reject, eligible, needed, rejecting, human_approve, human_reject
 end
 
 -- Decide a pending request if its votes or its deadline say so; a decided one is
 -- final, and its eligible/needed are frozen as they were at the decision; the
 -- decision's event (consensus.resolved or consensus.expired) is written with it.
--- Returns status, approve, reject, eligible, needed, and whether this call decided it.
+-- Under its policy: nothing is decided with fewer than minVotes votes cast, but a
+-- human's rejection, where humans are asked, rejects at once; approval needs the
+-- agents' rule (met by no agent when the agent electorate is empty and humans are
+-- asked) and humanApprovals human approvals.
+-- Returns status, approve, reject, eligible, needed, whether this call decided it,
+-- human approve, human reject.
 local function consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
   local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible',
-    'needed', 'electorateAt')
+    'needed', 'electorateAt', 'policy')
   local id, status, requester, created_ms, expires_ms = c[1], c[2], c[3], c[4], tonumber(c[5])
-  local approve, reject, eligible, needed = consensus_tally(k, requester, c[8], now_ms, now_us, window_ms)
+  local policy = policy_parse(c[9])
+  local approve, reject, eligible, needed, rejecting, human_approve, human_reject =
+    consensus_tally(k, requester, c[8], policy, now_ms, now_us, window_ms)
   if status ~= 'pending' then
-    return status, approve, reject, tonumber(c[6]), tonumber(c[7]), false
+    return status, approve, reject, tonumber(c[6]), tonumber(c[7]), false, human_approve, human_reject
   end
+  local quorum = approve + reject + human_approve + human_reject >= policy.min_votes
+  local agents_approve = approve >= needed or (eligible == 0 and policy.humans > 0)
   local resolved_ms = now_ms
   if now_ms >= expires_ms then
     status, resolved_ms = 'expired', expires_ms
-  elseif approve >= needed then
-    status = 'approved'
-  elseif reject >= needed then
+  elseif (policy.humans > 0 and human_reject > 0) or (quorum and reject >= rejecting) then
     status = 'rejected'
+  elseif quorum and agents_approve and human_approve >= policy.humans then
+    status = 'approved'
   else
-    return status, approve, reject, eligible, needed, false
+    return status, approve, reject, eligible, needed, false, human_approve, human_reject
   end
   redis.call('HSET', k.cons, 'status', status, 'resolvedAt', int(resolved_ms), 'eligible', eligible, 'needed', needed)
   redis.call('ZREM', k.pending, id)
   redis.call('ZREM', k.due, id)
   redis.call('ZADD', k[status], created_ms, id)
-  redis.call('PEXPIREAT', k.cons, int(resolved_ms + retention_ms))
-  redis.call('PEXPIREAT', k.votes, int(resolved_ms + retention_ms))
+  for _, key in ipairs({k.cons, k.votes, k.electorate}) do
+    redis.call('PEXPIREAT', key, int(resolved_ms + retention_ms))
+  end
   local event = status == 'expired' and 'consensus.expired' or 'consensus.resolved'
   emit(k.events, events_max, event, 'consensusId', id, 'agentId', requester, 'status', status,
     'approve', approve, 'reject', reject, 'eligible', eligible, 'needed', needed)
-  return status, approve, reject, eligible, needed, true
+  return status, approve, reject, eligible, needed, true, human_approve, human_reject
 end
 
 -- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed,
---  decided}: decided is 1 when this call decided the request (its metrics count it), else 0.
+--  decided[, human approve, human reject]}: decided is 1 when this call decided the
+--  request (its metrics count it), else 0; the humans' votes only once there are any.
 local function consensus_reply(code, k, now_ms, now_us, window_ms, retention_ms, events_max)
-  local _, approve, reject, eligible, needed, decided = consensus_settle(k, now_ms, now_us, window_ms, retention_ms,
-    events_max)
-  return {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible, needed,
-    decided and 1 or 0}
+  local _, approve, reject, eligible, needed, decided, human_approve, human_reject =
+    consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+  local reply = {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible,
+    needed, decided and 1 or 0}
+  if human_approve + human_reject > 0 then
+    reply[9], reply[10] = human_approve, human_reject
+  end
+  return reply
 end

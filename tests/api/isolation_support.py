@@ -99,6 +99,8 @@ async def build_world(client: httpx.AsyncClient, other_client: httpx.AsyncClient
     for voter in (a2, a3):
         ok(await client.post(f"{C}/consensus/{decided['id']}/vote", json={"agentId": voter["id"], "vote": "reject"}))
     assert ok(await client.get(f"{C}/consensus/{decided['id']}"))["status"] == "rejected"
+    # A's policy for its action, set after its requests: their world stays as it was.
+    ok(await client.put(f"{C}/consensus-policies/acme-action", json={"voterRoles": ["acme-role"], "minVotes": 3}))
 
     b1 = await register(other_client, "globex-sdr")
     b2 = await register(other_client, "globex-support")
@@ -141,6 +143,7 @@ async def a_view(client, world: World) -> dict[str, Any]:
         "pending": ok(await client.get(f"{C}/consensus/{a['pending']['id']}")),
         "decided": ok(await client.get(f"{C}/consensus/{a['decided']['id']}")),
         "consensus": ok(await client.get(f"{C}/consensus")),
+        "policies": ok(await client.get(f"{C}/consensus-policies")),
     }
 
 

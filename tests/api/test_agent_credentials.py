@@ -34,6 +34,7 @@ AGENT_FIELDS = {
     "registeredAt",
     "updatedAt",
     "metadata",
+    "kind",
 }
 
 

@@ -46,6 +46,7 @@ AGENT_FIELDS = {
     "registeredAt",
     "updatedAt",
     "metadata",
+    "kind",
 }
 
 

@@ -44,6 +44,7 @@ CONSENSUS_FIELDS = {
     "resolvedAt",
     "tally",
     "votes",
+    "policy",
 }
 HOUR_MS = 3600 * 1000
 RETENTION_MS = 7 * 24 * HOUR_MS

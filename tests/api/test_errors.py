@@ -73,6 +73,7 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         "agentId": world["agent"]["id"] if world else unknown_id("agent"),
         "leaseId": world["lease"]["id"] if world else unknown_id("lease"),
         "consensusId": world["cons"]["id"] if world else unknown_id("cons"),
+        "action": "refund",
     }
     agent = ids["agentId"]
     peer = world["peer"]["id"] if world else unknown_id("agent")
@@ -85,6 +86,7 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         "/v1/agent/coordination/consensus": {"requestingAgentId": agent, "action": "x"},
         "/v1/agent/coordination/consensus/{consensusId}/vote": {"agentId": peer, "vote": "approve"},
         "/v1/agent/quotas": {"agents": 20_000},
+        "/v1/agent/coordination/consensus-policies/{action}": {"rule": "two_thirds"},
     }
     calls = []
     for route in routes:

@@ -150,7 +150,8 @@ async def world(client) -> World:
 
 def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
     """A request the endpoint serves with a 2xx, as (concrete path, body)."""
-    path = re.sub(r"\{(\w+)\}", lambda m: {"leaseId": w.lease, "consensusId": w.cons, "agentId": w.agent}[m[1]], e.path)
+    ids = {"leaseId": w.lease, "consensusId": w.cons, "agentId": w.agent, "action": "refund"}
+    path = re.sub(r"\{(\w+)\}", lambda m: ids[m[1]], e.path)
     bodies: dict[type, dict[str, Any]] = {
         s.RegisterBody: {"agentName": "hostile-new", "agentRole": "sdr", "metadata": {"k": "v"}},
         s.HeartbeatBody: {"agentId": w.agent},
@@ -171,6 +172,13 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
             "leasesPerAgent": 2_000,
             "pendingConsensus": 500,
             "streams": 50,
+        },
+        s.ConsensusPolicyBody: {
+            "tenantId": TENANT,
+            "rule": "two_thirds",
+            "voterRoles": ["support", "finance"],
+            "minVotes": 2,
+            "humanApprovals": 1,
         },
     }
     assert e.body in bodies, f"no valid body for {e.body.__name__} ({e.method} {e.path}): add one here"

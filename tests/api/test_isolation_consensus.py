@@ -1,5 +1,5 @@
 """Tenant isolation, hand-written cells of the consensus routes: request, list, read,
-vote. What every cell checks: isolation_support.py.
+vote, and the consensus policies. What every cell checks: isolation_support.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tests.api.credential_support import forged
 from tests.api.isolation_support import CellTable, cell_params, hidden, mismatch, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
-from tests.support.api import TENANT, C, bearer, credential_of, ok
+from tests.support.api import OTHER_TENANT, TENANT, C, bearer, credential_of, ok
 
 # --- the cells: (method, route path) -> name -> async cell(b, world) -------------
 
@@ -115,7 +115,43 @@ def _cells() -> CellTable:
             ),
         )
 
+    def policy(method):
+        async def cell(bc, w):
+            """B's own policy of the action A has one for: B's default, then B's own;
+            A's untouched (run_cell checks A's view)."""
+            body = {"rule": "unanimous"} if method == "PUT" else None
+            response = await bc.request(method, f"{C}/consensus-policies/acme-action", json=body)
+            got = ok(response)
+            assert got["tenantId"] == OTHER_TENANT and got["voterRoles"] == [] and got["minVotes"] == 0
+            assert got["default"] is (method != "PUT")
+            no_leak(w, response, {"acme-action"})
+            w.cells += 1
+
+        return cell
+
+    def policy_tenant(method):
+        async def cell(bc, w):
+            body = {"tenantId": TENANT, "rule": "unanimous"} if method == "PUT" else None
+            params = None if method == "PUT" else {"tenantId": TENANT}
+            await mismatch(w, await bc.request(method, f"{C}/consensus-policies/acme-action", json=body, params=params))
+
+        return cell
+
+    async def policies(bc, w):
+        response = await bc.get(f"{C}/consensus-policies")
+        assert ok(response) == {"policies": []}
+        no_leak(w, response)
+        w.cells += 1
+
+    async def policies_tenant(bc, w):
+        await mismatch(w, await bc.get(f"{C}/consensus-policies", params={"tenantId": TENANT}))
+
     return {
+        ("GET", f"{C}/consensus-policies"): {"own": policies, "tenantId-A": policies_tenant},
+        **{
+            (m, f"{C}/consensus-policies/{{action}}"): {"own": policy(m), "tenantId-A": policy_tenant(m)}
+            for m in ("GET", "PUT", "DELETE")
+        },
         ("POST", f"{C}/consensus"): {
             "A-requester": consensus_as_a,
             "A-requester-forged": consensus_as_a_forged,

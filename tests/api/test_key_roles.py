@@ -38,7 +38,7 @@ SPECIAL = {
     ("POST", paths.LEASE_RENEW): AGENT_ONLY,
     ("DELETE", paths.LEASE_BY_ID): {"admin", "agent"},
     ("POST", paths.CONSENSUS): AGENT_ONLY,
-    ("POST", paths.VOTE): AGENT_ONLY,
+    ("POST", paths.VOTE): {"agent", "human"},
 }
 # The body or query field that names the agent a route acts as.
 ACTS_AS = {
@@ -51,11 +51,13 @@ ACTS_AS = {
     ("POST", paths.VOTE): "agent_id",
 }
 ID_KINDS = {"agentId": "agent", "leaseId": "lease", "consensusId": "cons"}
-ROLES = (*ROLE_KEYS, "agent")
+PATH_VALUES = {"action": "refund"}  # path parameters that are names, not ids
+ROLES = (*ROLE_KEYS, "agent", "human")
+MEMBERS = {"agent": "agent", "human": "human member"}  # a member's own credential, as a refusal names it
 
 
 def expected_roles(e: Endpoint) -> set[str]:
-    return SPECIAL.get((e.method, e.path), {"admin", "read", "agent"} if e.method == "GET" else {"admin"})
+    return SPECIAL.get((e.method, e.path), {"admin", "read", "agent", "human"} if e.method == "GET" else {"admin"})
 
 
 ENDPOINTS = [r.endpoint for r in routes if isinstance(r.endpoint, Endpoint) and r.endpoint.authenticated]
@@ -78,7 +80,7 @@ def as_key(app, key: str) -> httpx.AsyncClient:
 
 
 def path_of(e: Endpoint) -> str:
-    return e.path.format(**{name: unknown_id(ID_KINDS[name]) for name in e.ids})
+    return e.path.format(**{name: PATH_VALUES.get(name) or unknown_id(ID_KINDS[name]) for name in e.ids})
 
 
 def test_every_route_has_its_expected_roles_declared():
@@ -94,9 +96,9 @@ def test_every_route_that_acts_as_an_agent_names_its_field():
 @pytest.mark.parametrize("e, role", CELLS, ids=[f"{e.method} {e.path.removeprefix(V1)} as {r}" for e, r in CELLS])
 async def test_a_key_calls_only_what_its_role_may(role_app, redis_client, keys, e: Endpoint, role: str):
     agent_id = None
-    if role == "agent":  # an agent of the tenant, calling with its own credential
+    if role in MEMBERS:  # a member of the tenant, calling with its own credential
         async with as_key(role_app, ROLE_KEYS["admin"]) as admin:
-            agent = ok(await admin.post(f"{V1}/register", json={"agentName": "roles-agent"}), 201)
+            agent = ok(await admin.post(f"{V1}/register", json={"agentName": f"roles-{role}", "kind": role}), 201)
         agent_id, token = agent["id"], agent["credential"]
     else:
         token = ROLE_KEYS[role]
@@ -109,8 +111,9 @@ async def test_a_key_calls_only_what_its_role_may(role_app, redis_client, keys, 
         assert not (response.status_code == 403 and response.json()["code"] == "insufficient_scope"), response.text
         return
     body = problem(response, 403, "insufficient_scope", keyRole=role)
-    if role == "agent":
-        assert f"The credential of agent {agent_id} may not" in body["detail"] and token not in body["detail"], body
+    if role in MEMBERS:
+        assert f"The credential of {MEMBERS[role]} {agent_id} may not" in body["detail"], body
+        assert token not in body["detail"], body
     else:
         position = list(ROLE_KEYS).index(role) + 1  # the key's id names its place in CONCORD_API_KEYS
         assert f"cfg-{position} (role {role})" in body["detail"] and token not in body["detail"], body

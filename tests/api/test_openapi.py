@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from concord import protocol as s
 from concord.protocol import ERRORS, ID_PATTERNS
 from concord.server.app import create_app
-from concord.server.http.decoding import PATH_IDS
+from concord.server.http.decoding import PATH_IDS, PATH_NAMES
 from concord.server.http.endpoint import ENDPOINTS, Endpoint
 from concord.server.http.openapi import document
 from concord.server.http.routes import routes
@@ -203,7 +203,10 @@ def test_every_parameter_and_body_of_each_declaration_is_documented(doc):
         for name in e.ids:
             parameter = parameters[(name, "path")]
             assert parameter["required"] is True
-            assert parameter["schema"] == {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"}
+            if name in PATH_NAMES:
+                assert parameter["schema"] == msgspec.json.schema(PATH_NAMES[name])
+            else:
+                assert parameter["schema"] == {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"}
         if e.query is not None:
             for f in msgspec.structs.fields(e.query):
                 expected.add((f.encode_name, "query"))
@@ -433,6 +436,13 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "DELETE", f"{V1}/agents/{{agentId}}", {"agentId": third["id"]}, status=200)
     for method in ("GET", "PUT", "DELETE"):
         await call(client, method, f"{V1}/quotas", status=200, json={"streams": 20} if method == "PUT" else None)
+    policy = f"{C}/consensus-policies/{{action}}"
+    await call(
+        client, "PUT", policy, {"action": "refund"}, status=200, json={"rule": "two_thirds", "humanApprovals": 1}
+    )
+    await call(client, "GET", policy, {"action": "refund"}, status=200)
+    await call(client, "GET", f"{C}/consensus-policies", status=200)
+    await call(client, "DELETE", policy, {"action": "refund"}, status=200)
     page = await call(client, "GET", f"{C}/events", status=200, query="?after=0&limit=1000")
     assert {e["type"] for e in page["events"]} >= {"agent.registered", "lease.acquired", "consensus.voted"}
     return {"sdr": sdr, "peer": peer, "cons": cons}
@@ -545,6 +555,8 @@ async def _provoke(
     await call(client, "PUT", quotas, status=200, json={"agents": 1})
     await call(client, "POST", register, status=403, json={"agentName": "one-too-many"})
     await call(client, "DELETE", quotas, status=200)
+    # A member's kind is fixed: the agent of that name is no human.
+    await call(client, "POST", register, status=409, json={"agentName": requester["agentName"], "kind": "human"})
     # A key of the wrong type where the register script writes: Redis refuses.
     await redis_client.set(keys.agents(OTHER_TENANT), "not a zset")
     async with app_client(settings, redis_client, OTHER_API_KEY) as other:

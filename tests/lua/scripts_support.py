@@ -122,9 +122,10 @@ async def register(
     allowed_roles: str = "",
     new_credential: str | None = None,
     key_role: str = "admin",
+    kind: str = "agent",
 ) -> list:
-    """agent_register by the key KEY_ID (of ``key_role``), storing ``new_credential``
-    (by default the agent's ``credential(agent_id)``)."""
+    """agent_register of a member of ``kind`` by the key KEY_ID (of ``key_role``),
+    storing ``new_credential`` (by default the agent's ``credential(agent_id)``)."""
     agent_id = agent_id_for(TENANT, name)
     k = store.keys
     return await store.scripts.agent_register(
@@ -135,6 +136,8 @@ async def register(
             k.events(TENANT),
             k.active_since(TENANT),
             k.quotas(TENANT),
+            k.humans(TENANT),
+            k.agent_roles(TENANT),
         ],
         args=[
             agent_id,
@@ -148,18 +151,33 @@ async def register(
             key_role,
             store.ctx.window_ms,
             store.ctx.quotas.agents,
+            kind,
         ],
     )
 
 
 async def rotate(
-    store: Store, agent_id: str, new_credential: str, allowed_roles: str = "", key_role: str = "admin"
+    store: Store,
+    agent_id: str,
+    new_credential: str,
+    allowed_roles: str = "",
+    key_role: str = "admin",
+    human_credential: str = "",
 ) -> list:
-    """agent_credential by the key KEY_ID (of ``key_role``): ``new_credential`` replaces the agent's."""
+    """agent_credential by the key KEY_ID (of ``key_role``): ``new_credential`` replaces
+    the agent's (``human_credential`` a human's)."""
     k = store.keys
     return await store.scripts.agent_credential(
         keys=[k.agent(TENANT, agent_id), k.events(TENANT)],
-        args=[agent_id, new_credential, allowed_roles, EVENTS_MAX, KEY_ID, key_role],
+        args=[
+            agent_id,
+            new_credential,
+            allowed_roles,
+            EVENTS_MAX,
+            KEY_ID,
+            key_role,
+            human_credential or new_credential,
+        ],
     )
 
 
@@ -205,6 +223,8 @@ async def remove(store: Store, agent_id: str, contacts: list[str]) -> list:
             registry(store, agent_id),
             k.events(TENANT),
             k.active_since(TENANT),
+            k.humans(TENANT),
+            k.agent_roles(TENANT),
         ]
         + [k.lease(TENANT, c) for c in contacts],
         args=[agent_id, EVENTS_MAX, KEY_ID, *contacts],
@@ -340,6 +360,7 @@ def consensus_keys(store: Store, consensus_id: str) -> list[str]:
         k.events(TENANT),
         k.active_since(TENANT),
         k.lapse_mark(TENANT),
+        k.electorate(TENANT, consensus_id),
     ]
 
 
@@ -355,7 +376,13 @@ async def request(
 ) -> list:
     consensus_id = consensus_id or new_id("cons")
     return await store.scripts.consensus_request(
-        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, requester), store.keys.quotas(TENANT)],
+        keys=consensus_keys(store, consensus_id)
+        + [
+            store.keys.agent(TENANT, requester),
+            store.keys.quotas(TENANT),
+            store.keys.consensus_policies(TENANT),
+            store.keys.agent_roles(TENANT),
+        ],
         args=[
             consensus_id,
             requester,
@@ -386,7 +413,7 @@ async def vote(
     store: Store, consensus_id: str, agent_id: str, choice: str, reason: str = "", as_credential: str | None = None
 ) -> list:
     return await store.scripts.consensus_vote(
-        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id)],
+        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, agent_id), store.keys.humans(TENANT)],
         args=[agent_id, choice, reason, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX, digest(agent_id, as_credential)],
     )
 

@@ -272,10 +272,10 @@ async def test_rotate_replaces_the_credential_and_records_who_did_it(store, redi
     agent_before = await redis_client.hgetall(k.agent(TENANT, agent_id))
     before_ms, _ = await clock(redis_client)
 
-    code, rotated_at = await rotate(store, agent_id, NEW)
+    code, rotated_at, kind = await rotate(store, agent_id, NEW)
 
     after_ms, _ = await clock(redis_client)
-    assert code == Reply.OK
+    assert code == Reply.OK and kind == "agent"
     assert before_ms <= rotated_at <= after_ms
     # Only the digest changes.
     assert await redis_client.hgetall(k.agent(TENANT, agent_id)) == {**agent_before, "credential": NEW}

@@ -83,7 +83,7 @@ async def test_an_agent_registered_after_the_request_is_not_eligible_and_nothing
     electorate_at = before[store.keys.consensus(TENANT, consensus_id)][1]["electorateAt"]
 
     for latecomer in latecomers:
-        assert await vote(store, consensus_id, latecomer, "approve") == [Reply.NOT_ELIGIBLE, electorate_at]
+        assert await vote(store, consensus_id, latecomer, "approve") == [Reply.NOT_ELIGIBLE, electorate_at, "later"]
 
     assert await dump(redis_client, prefix) == before
     # The one member decides: eligible 1, needed 1, whatever joined since.

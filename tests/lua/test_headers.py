@@ -40,7 +40,7 @@ _INPUT_LINE = re.compile(
     r"|(?P<consensus>consensus_keys\(\))"
     r")$"
 )
-_KIND = r"(hash|zset|string|stream)"
+_KIND = r"(hash|zset|string|stream|set)"
 # What a script's wrong_type check expects of a key: "[lease_key] = 'string'" in a table or as
 # "expected[idempotency_key] = 'hash'"; "for _, lease_key in ipairs(lease_keys) do expected[lease_key] = 'string'"
 # for a variadic KEYS; lib.lua's consensus_types() as "[k.cons] = 'hash'".
@@ -121,7 +121,7 @@ def header_types(source: Source) -> dict[str, str]:
             depth += {"(": 1, ")": -1}.get(line[i], 0)
             i += 1
         words = line[i:].replace(",", " ").split()
-        if words and words[0] in ("hash", "zset", "string", "stream"):
+        if words and words[0] in ("hash", "zset", "string", "stream", "set"):
             found[match.group(1)] = words[0]
     return found
 
@@ -196,6 +196,7 @@ def test_lib_reads_keys_only_in_consensus_keys_and_never_argv():
                 "events",
                 "since",
                 "mark",
+                "electorate",
             ),
             start=1,
         )

@@ -68,6 +68,7 @@ async def test_acquire_grants_a_free_contact(store, redis_client, prefix):
         k.agents(TENANT),
         k.heartbeats(TENANT),
         k.active_since(TENANT),  # written by registering, not by the grant
+        k.agent_roles(TENANT),  # likewise
         lease_key,
         registry(store, agent_id),
         k.fence(TENANT),

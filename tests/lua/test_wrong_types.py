@@ -31,6 +31,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 import concord.server.store.consensus as store_module
+from concord.protocol import ConsensusPolicyBody
 from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import RateLimit, key_digest
 from concord.server.store import Store
@@ -50,7 +51,7 @@ FIXED_CONS = f"cons_{uuid.UUID(int=1)}"
 IDEMPOTENCY_KEY = "retry-me-1"
 LIMITS = {"tenant": RateLimit(per_second=100.0, burst=100), "agent": RateLimit(per_second=100.0, burst=100)}
 # What is planted where a key of each type belongs.
-PLANTED = {"hash": "string", "zset": "hash", "string": "list", "stream": "string"}
+PLANTED = {"hash": "string", "zset": "hash", "string": "list", "stream": "string", "set": "string"}
 # Scripts that write nothing: a wrong type there is refused by the read itself.
 READ_ONLY = {"lease_send_check"}
 KEY = KeyGrant("cfg-1", TENANT)  # the admin key that registers, rotates and removes
@@ -171,6 +172,7 @@ def consensus_cases(script: str, op: Op, cons: Callable[[World], str]) -> list[C
         Case(script, "events_key", "stream", lambda k, w: k.events(TENANT), op),
         Case(script, "since_key", "zset", lambda k, w: k.active_since(TENANT), op),
         Case(script, "mark_key", "string", lambda k, w: k.lapse_mark(TENANT), op),
+        Case(script, "electorate_key", "set", lambda k, w: k.electorate(TENANT, cons(w)), op),
     ]
 
 
@@ -209,6 +211,8 @@ def remove_sdr_directly(store: Store, w: World) -> Awaitable[Any]:
             registry_of(k, w.sdr),
             k.events(TENANT),
             k.active_since(TENANT),
+            k.humans(TENANT),
+            k.agent_roles(TENANT),
             k.lease(TENANT, ALSO),
             k.lease(TENANT, HELD),
         ],
@@ -267,6 +271,10 @@ def vote_pending(store: Store, w: World) -> Awaitable[Any]:
     return store.consensus.vote(TENANT, w.pending, w.peer, "approve", None, w.digest(w.peer))
 
 
+def set_policy(store: Store, w: World) -> Awaitable[Any]:
+    return store.policies.set(TENANT, "discount", ConsensusPolicyBody(rule="unanimous"), KEY)
+
+
 def read_overdue(store: Store, w: World) -> Awaitable[Any]:
     return store.consensus.get(TENANT, w.overdue)
 
@@ -288,6 +296,8 @@ CASES = [
     Case("agent_register", "events_key", "stream", events_key, register_newbie),
     Case("agent_register", "since_key", "zset", lambda k, w: k.active_since(TENANT), register_newbie),
     Case("agent_register", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), register_newbie),
+    Case("agent_register", "humans_key", "zset", lambda k, w: k.humans(TENANT), register_newbie),
+    Case("agent_register", "roles_key", "hash", lambda k, w: k.agent_roles(TENANT), register_newbie),
     Case("agent_credential", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), rotate_sdr),
     Case("agent_credential", "events_key", "stream", events_key, rotate_sdr),
     Case("agent_heartbeat", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), heartbeat_sdr),
@@ -299,6 +309,8 @@ CASES = [
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr),
     Case("agent_remove", "events_key", "stream", events_key, remove_sdr),
     Case("agent_remove", "since_key", "zset", lambda k, w: k.active_since(TENANT), remove_sdr),
+    Case("agent_remove", "humans_key", "zset", lambda k, w: k.humans(TENANT), remove_sdr),
+    Case("agent_remove", "roles_key", "hash", lambda k, w: k.agent_roles(TENANT), remove_sdr),
     Case("agent_remove", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), remove_sdr_directly, "script"),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr),
     Case("agent_remove", "lease_keys", "string", lambda k, w: k.lease(TENANT, HELD), remove_sdr_directly, "script"),
@@ -333,8 +345,13 @@ CASES = [
     ),
     Case("consensus_request", "requester_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), request_new),
     Case("consensus_request", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), request_new),
+    Case("consensus_request", "policies_key", "hash", lambda k, w: k.consensus_policies(TENANT), request_new),
+    Case("consensus_request", "roles_key", "hash", lambda k, w: k.agent_roles(TENANT), request_new),
     *consensus_cases("consensus_vote", vote_pending, lambda w: w.pending),
     Case("consensus_vote", "voter_key", "hash", lambda k, w: k.agent(TENANT, w.peer), vote_pending),
+    Case("consensus_vote", "humans_key", "zset", lambda k, w: k.humans(TENANT), vote_pending),
+    Case("consensus_policy", "policies_key", "hash", lambda k, w: k.consensus_policies(TENANT), set_policy),
+    Case("consensus_policy", "events_key", "stream", events_key, set_policy),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT), take_token),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT, w.sdr), take_token),

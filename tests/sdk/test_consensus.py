@@ -108,3 +108,25 @@ def test_wait_long_polls_until_the_decision():
     concord, script = scripted(httpx.Response(200, json=consensus()))
     assert concord.wait_consensus(CONS_ID, timeout=0.1).status == "pending"  # too short to wait: one plain read
     assert len(script.requests) == 1 and "waitSeconds" not in script.requests[0].url.params
+
+
+def test_a_human_member_approves_with_its_own_credential(stack: Stack):
+    """An admin registers a human (kind="human"); the action's policy asks for one
+    human approval; the human's own client, made from its credential alone, votes."""
+    tenant, key = solo(stack, 7)
+    with Concord(stack.service.url, key) as concord:
+        requester, peer = concord.register(unique("sdr")), concord.register(unique("retention"))
+        dana = concord.register(unique("dana"), role="approver", kind="human")
+        assert dana.info.kind == "human" and dana.credential.startswith("concord-human.")
+        put = httpx.put(
+            f"{stack.service.url}/v1/agent/coordination/consensus-policies/wire_funds",
+            json={"humanApprovals": 1},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert put.status_code == 200, put.text
+        request = requester.request_consensus("wire_funds")
+        assert request.info.policy.human_approvals == 1 and request.info.tally.humans_needed == 1
+        assert peer.vote(request, "approve").status == "pending"
+        with Concord(stack.service.url, agent_credential=dana.credential) as as_dana:
+            decided = as_dana.me().vote(request.id, "approve", reason="checked the invoice")
+        assert decided.status == "approved" and [v.kind for v in decided.votes] == ["agent", "human"]

@@ -84,7 +84,9 @@ def invalid(response: httpx.Response, field: str) -> dict[str, Any]:
     says the rule without a regex or a library's message."""
     body = problem(response, 422, "validation_error", field=field)
     name = "body" if field == "$" else field.removeprefix("$.")
-    assert body["detail"].startswith((f"{name}: ", f"query parameter {name}: ")), body
+    assert body["detail"].startswith(
+        (f"{name}: ", f"query parameter {name}: ", f"path parameter {name.removeprefix('path ')}: ")
+    ), body
     assert not any(internal in body["detail"] for internal in WORDS_ONLY), body
     assert set(body) == PROBLEM_MEMBERS | {"field"}, body
     return body

@@ -10,7 +10,9 @@ refused, with the code docs/errors.md names, and the victim is unharmed:
   * squatting: registering the victim's name again, deregistering the victim;
   * stacking by registration: sock-puppets registered after a request vote on it;
   * stacking by deregistration: the attacker deregisters the peers first;
-  * a claimed id draining a victim's rate-limit bucket.
+  * a claimed id draining a victim's rate-limit bucket;
+  * bypassing a policy that asks for a human approval (voting as the human,
+    registering one, changing the policy, a human's secret passed off as an agent's).
 
 Figures (attempts, refusals, breaches) are printed with `pytest -s` and appended to
 CONCORD_SECURITY_REPORT, if set (tests/system/security_support.py).
@@ -154,3 +156,59 @@ async def test_every_attack_of_an_agent_is_refused_end_to_end(deployment: Servic
         {"suite": "attacks-end-to-end", "deployment": request.node.callspec.id, **figures},
     )
     assert figures["breaches"] == 0 and figures["refused"] == figures["attempts"] == 28
+
+
+@pytest.mark.real
+async def test_a_policy_that_asks_for_a_human_cannot_be_bypassed(deployment: ServiceProcess, request):
+    """An action whose policy asks for a human approval: the agents' majority alone does
+    not approve it, the attacker cannot vote as the human, register one, change the
+    policy, or pass a human's secret off as an agent's; an admin's change of the policy
+    while the request is in flight does not move it; and the human's rejection rejects."""
+    tally = Tally()
+    async with deployment.client(KEY) as client:
+        attacker = await register(client, "support-9", agentRole="support")
+        peers = [await register(client, f"peer-{i}") for i in range(2)]
+        dana = ok(await client.post(f"{V1}/register", json={"agentName": "dana", "kind": "human"}), 201)
+        as_attacker = bearer(credential_of(client, attacker["id"]))
+        ok(await client.put(f"{C}/consensus-policies/wire_funds", json={"humanApprovals": 1}))
+        cons = await request_consensus(client, attacker["id"], action="wire_funds")
+        for peer in peers:
+            ok(await client.post(f"{C}/consensus/{cons['id']}/vote", json={"agentId": peer["id"], "vote": "approve"}))
+        assert ok(await client.get(f"{C}/consensus/{cons['id']}"))["status"] == "pending"
+
+        vote_as_dana = {"agentId": dana["id"], "vote": "approve"}
+        r = await client.post(f"{C}/consensus/{cons['id']}/vote", json=vote_as_dana, headers=as_attacker)
+        tally.refused(r, 403, "agent_mismatch")
+        forged = dana["credential"].rsplit(".", 1)[0] + "." + "A" * 43
+        r = await client.post(f"{C}/consensus/{cons['id']}/vote", json=vote_as_dana, headers=bearer(forged))
+        tally.refused(r, 401, "unauthorized")
+        posing = dana["credential"].replace("concord-human.", "concord-agent.", 1)
+        r = await client.post(f"{C}/heartbeat", json={}, headers=bearer(posing))
+        tally.refused(r, 401, "unauthorized")
+        r = await client.post(f"{V1}/register", json={"agentName": "eve", "kind": "human"}, headers=as_attacker)
+        tally.refused(r, 403, "insufficient_scope")
+        r = await client.put(f"{C}/consensus-policies/wire_funds", json={}, headers=as_attacker)
+        tally.refused(r, 403, "insufficient_scope")
+        r = await client.delete(f"{C}/consensus-policies/wire_funds", headers=as_attacker)
+        tally.refused(r, 403, "insufficient_scope")
+        r = await client.post(f"{C}/heartbeat", json={}, headers=bearer(dana["credential"]))
+        tally.refused(r, 403, "insufficient_scope")  # a human never joins an agents' electorate
+
+        ok(await client.delete(f"{C}/consensus-policies/wire_funds"))  # an admin's change, mid-flight
+        assert ok(await client.get(f"{C}/consensus/{cons['id']}"))["status"] == "pending"
+        decided = ok(
+            await client.post(
+                f"{C}/consensus/{cons['id']}/vote",
+                json={"vote": "reject", "reason": "no invoice"},
+                headers=bearer(dana["credential"]),
+            )
+        )
+        assert decided["status"] == "rejected" and decided["policy"]["humanApprovals"] == 1
+
+    figures = tally.figures
+    security_report(
+        f"{request.node.callspec.id}: {figures['attempts']} attacks on a human-approval policy, "
+        f"{figures['refused']} refused, {figures['breaches']} breaches",
+        {"suite": "policy-attacks-end-to-end", "deployment": request.node.callspec.id, **figures},
+    )
+    assert figures["breaches"] == 0 and figures["refused"] == figures["attempts"] == 7

@@ -46,6 +46,14 @@ def add_parser(commands: Commands) -> None:
     p.add_argument("name", metavar="NAME", help="agent name: 1-128 of A-Z a-z 0-9 . _ - (the name is its identity)")
     p.add_argument("--role", help='agent role (a new agent gets "general"; omitted keeps the current one)')
     p.add_argument("--metadata", type=json_object, metavar="JSON", help="a JSON object of at most 4 KiB")
+    p.add_argument(
+        "--human",
+        action="store_const",
+        const="human",
+        dest="kind",
+        help="register a human member (an admin key's): it votes where a consensus policy asks for human "
+        "approvals, with its own credential, and needs no heartbeat",
+    )
     save_option(p)
     p = api_command(
         agents,
@@ -115,7 +123,7 @@ def register(client: Any, args: argparse.Namespace) -> Any:
     """The registered agent with its new credential, or without it once saved to --save-credential."""
     from concord import protocol as p
 
-    agent = client.register(args.name, role=args.role, metadata=args.metadata)
+    agent = client.register(args.name, role=args.role, metadata=args.metadata, kind=args.kind)
     if args.save_credential is not None:
         save_credential(args.save_credential, agent.credential)
         return agent.info

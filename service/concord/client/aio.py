@@ -81,9 +81,9 @@ class AsyncConcord(_ClientBase):
     # Each method: as the method of the same name on Concord.
 
     async def register(
-        self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None
+        self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None, kind: str | None = None
     ) -> AsyncAgentHandle:
-        return AsyncAgentHandle(self, self._registered(await self._run(_Wire.register(name, role, metadata))))
+        return AsyncAgentHandle(self, self._registered(await self._run(_Wire.register(name, role, metadata, kind))))
 
     def agent(self, agent_id: str, credential: str | None = None) -> AsyncAgentHandle:
         if credential is not None:

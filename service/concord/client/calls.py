@@ -114,10 +114,10 @@ class _Wire:
     """Each operation as the HTTP call that performs it."""
 
     @staticmethod
-    def register(name: str, role: str | None, metadata: dict[str, Any] | None) -> _Call:
+    def register(name: str, role: str | None, metadata: dict[str, Any] | None, kind: str | None = None) -> _Call:
         # Safe to repeat: every registration answers a new credential and refuses the
         # earlier ones, so the answer of the last attempt holds the current one.
-        body = _fields(agentName=name, agentRole=role, metadata=metadata)
+        body = _fields(agentName=name, agentRole=role, metadata=metadata, kind=kind)
         return _Call("POST", routes.REGISTER, _REGISTERED, body, principal=KEY)
 
     @staticmethod

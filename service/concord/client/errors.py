@@ -38,6 +38,7 @@ __all__ = [
     "RequesterCannotVote",
     "NotEligible",
     "QuotaExceeded",
+    "KindMismatch",
     "EndpointNotFound",
     "AgentNotFound",
     "LeaseNotFound",
@@ -150,9 +151,15 @@ class RequesterCannotVote(ConcordError):
 
 class NotEligible(ConcordError):
     """The voter is not of the request's electorate: the agents active when it was
-    made that have stayed active since."""
+    made that have stayed active since, of the policy's voter roles (and, where the
+    policy asks for human approvals, the humans registered by then). ``why`` says
+    which: later, role or human."""
 
     code = "not_eligible"
+
+    @property
+    def why(self) -> str | None:
+        return self.problem.get("why")
 
 
 class QuotaExceeded(ConcordError):
@@ -209,6 +216,17 @@ class LeaseConflict(ConcordError):
     def holder(self) -> p.LeaseHolder | None:
         raw = self.problem.get("leaseHolder")
         return msgspec.convert(raw, p.LeaseHolder) if isinstance(raw, dict) else None
+
+
+class KindMismatch(ConcordError):
+    """The member of this name is of the other kind (an agent, or a human), which is
+    fixed when it is first registered. ``kind`` is the member's."""
+
+    code = "kind_mismatch"
+
+    @property
+    def kind(self) -> str | None:
+        return self.problem.get("kind")
 
 
 class AlreadyVoted(ConcordError):
@@ -346,6 +364,7 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
         RequesterCannotVote,
         NotEligible,
         QuotaExceeded,
+        KindMismatch,
         EndpointNotFound,
         AgentNotFound,
         LeaseNotFound,
@@ -368,14 +387,17 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
 
 _any_json = msgspec.json.Decoder()
 
-# How an agent credential begins: concord-agent.<tenant>.<agentId>.<secret>.
+# How a member's credential begins: concord-agent.<tenant>.<agentId>.<secret> for an
+# agent, concord-human.… for a human member (which only votes and reads).
 CREDENTIAL_PREFIX = "concord-agent."
+HUMAN_PREFIX = "concord-human."
 
 
 def credential_agent(credential: str) -> str | None:
-    """The agent id an agent credential names, or None for a token of another shape."""
+    """The member id a member's credential names, or None for a token of another shape."""
     parts = credential.split(".")
-    if len(parts) == 4 and parts[0] == CREDENTIAL_PREFIX[:-1] and parts[2].startswith("agent_") and all(parts):
+    kinds = (CREDENTIAL_PREFIX[:-1], HUMAN_PREFIX[:-1])
+    if len(parts) == 4 and parts[0] in kinds and parts[2].startswith("agent_") and all(parts):
         return parts[2]
     return None
 
@@ -400,7 +422,7 @@ def error_from_response(response: httpx.Response) -> ConcordError:
         "retry_after": _retry_after(response, problem),
     }
     token = request.headers.get("authorization", "").removeprefix("Bearer ")
-    if code == "unauthorized" and token.startswith(CREDENTIAL_PREFIX):
+    if code == "unauthorized" and token.startswith((CREDENTIAL_PREFIX, HUMAN_PREFIX)):
         return CredentialRefused(detail, agent_id=credential_agent(token), **options)
     return ERROR_CLASSES.get(code, ConcordError)(detail, **options)
 

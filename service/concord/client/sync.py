@@ -97,13 +97,16 @@ class Concord(_ClientBase):
 
     # agents
 
-    def register(self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None) -> AgentHandle:
+    def register(
+        self, name: str, role: str | None = None, metadata: dict[str, Any] | None = None, kind: str | None = None
+    ) -> AgentHandle:
         """Register the agent ``name``, or update it (omitted role and metadata keep
         their values), with the API key (admin or enroll). Registering counts as a
         heartbeat. The handle carries the agent's new credential (``credential``),
         which its calls act with; the agent's earlier credential is refused from now
-        on. Safe to repeat."""
-        return AgentHandle(self, self._registered(self._run(_Wire.register(name, role, metadata))))
+        on. ``kind="human"`` registers a human member (an admin key's), whose handle
+        only votes. Safe to repeat."""
+        return AgentHandle(self, self._registered(self._run(_Wire.register(name, role, metadata, kind))))
 
     def agent(self, agent_id: str, credential: str | None = None) -> AgentHandle:
         """A handle for an existing agent (no request; ``info`` stays None until

@@ -17,6 +17,8 @@ EVENT_TYPES = (
     "consensus.voted",
     "consensus.resolved",
     "consensus.expired",
+    "consensus.policy_set",
+    "consensus.policy_deleted",
 )
 FAMILIES = frozenset(t.partition(".")[0] for t in EVENT_TYPES)
 # A stream id as a client may give it: "<ms>-<seq>", "<ms>", or "0" for the start.

@@ -12,27 +12,32 @@ their strings into the declared types.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from concord.protocol.errors import FieldError
 from concord.protocol.normalize import check_id, duration_ms, event_types, normalize_email, stream_id
 from concord.protocol.types import (
     DEFAULT_CONSENSUS_TIMEOUT_MS,
     DEFAULT_LEASE_MS,
+    MAX_HUMAN_APPROVALS,
+    MAX_MIN_VOTES,
+    MAX_VOTER_ROLES,
     METADATA_MAX_BYTES,
     Action,
     AgentId,
     AgentName,
     AgentStatus,
+    ConsensusRule,
     ConsensusStatus,
     Cursor,
     EventTypes,
     FencingToken,
     Label,
     Limit,
+    MemberKind,
     Minutes,
     QuotaValue,
     RawEmail,
@@ -60,6 +65,9 @@ class RegisterBody(Input):
     agent_role: Label | None = None
     role: Label | None = None  # alias of agentRole
     metadata: dict[str, Any] | None = None
+    # "human": a human member, registered by an admin key (docs/api.md, Humans). A
+    # member's kind is fixed when it is first registered.
+    kind: MemberKind = "agent"
 
     def __post_init__(self) -> None:
         # After this, agent_name holds the name and agent_role the role, however given.
@@ -201,6 +209,23 @@ class QuotasBody(Input):
     leases_per_agent: QuotaValue | None = None
     pending_consensus: QuotaValue | None = None
     streams: QuotaValue | None = None
+
+
+class ConsensusPolicyBody(Input):
+    """A consensus policy for one action (docs/api.md, Consensus policies); what is
+    left out takes its default, so the body is the whole policy."""
+
+    rule: ConsensusRule = "majority"
+    voter_roles: list[Label] = msgspec.field(default_factory=list)
+    min_votes: Annotated[int, Meta(ge=0, le=MAX_MIN_VOTES)] = 0
+    human_approvals: Annotated[int, Meta(ge=0, le=MAX_HUMAN_APPROVALS)] = 0
+
+    def __post_init__(self) -> None:
+        if len(self.voter_roles) > MAX_VOTER_ROLES:
+            raise FieldError("$.voterRoles", f"at most {MAX_VOTER_ROLES} roles, got {len(self.voter_roles)}")
+        if len(set(self.voter_roles)) != len(self.voter_roles):
+            raise FieldError("$.voterRoles", "each role once")
+        self.voter_roles = sorted(self.voter_roles)
 
 
 class ReleaseQuery(Input):

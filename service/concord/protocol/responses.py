@@ -9,7 +9,7 @@ import msgspec
 from msgspec import Struct
 
 from concord.protocol.errors import ErrorCode
-from concord.protocol.types import AgentStatus, ConsensusStatus, VoteChoice
+from concord.protocol.types import AgentStatus, ConsensusRule, ConsensusStatus, MemberKind, VoteChoice
 
 
 class Output(Struct, rename="camel", kw_only=True):
@@ -30,9 +30,11 @@ class Agent(Output):
     registered_at: str
     updated_at: str
     metadata: msgspec.Raw  # stored as the JSON the client sent
+    # A human votes only and needs no heartbeat: its status is always active.
+    kind: MemberKind = "agent"
 
 
-class RegisteredAgent(Agent):
+class RegisteredAgent(Agent, kw_only=True):
     """An agent as registering answers it: with its new credential, shown this once
     (Redis keeps only its digest). Every registration makes a new one, and the
     agent's earlier credential is refused from then on."""
@@ -103,11 +105,18 @@ class SendCheck(Output, omit_defaults=True):
     lease_holder: LeaseHolder | None = None
 
 
-class Tally(Output):
+class Tally(Output, omit_defaults=True):
+    """The agents' votes (approve, reject), the agent electorate's size (eligible) and
+    the approvals its rule needs; with a policy that asks for human approvals, the
+    humans' votes and how many approvals it asks for."""
+
     approve: int
     reject: int
     eligible: int
     needed: int
+    human_approve: int | None = None
+    human_reject: int | None = None
+    humans_needed: int | None = None
 
 
 class Vote(Output):
@@ -116,6 +125,30 @@ class Vote(Output):
     vote: VoteChoice
     reason: str | None
     voted_at: str
+    kind: MemberKind = "agent"
+
+
+class PolicyRules(Output):
+    """What decides a consensus request (docs/api.md, Consensus policies)."""
+
+    rule: ConsensusRule = "majority"
+    voter_roles: list[str] = msgspec.field(default_factory=list)  # empty: agents of any role
+    min_votes: int = 0
+    human_approvals: int = 0
+
+
+class ConsensusPolicy(PolicyRules, kw_only=True):
+    """The policy in force for one action of a tenant: its own (default false), or the default."""
+
+    tenant_id: str
+    action: str
+    default: bool
+    updated_at: str | None = None
+    updated_by: str | None = None  # the id of the admin key that set it
+
+
+class ConsensusPolicyList(Output):
+    policies: list[ConsensusPolicy]
 
 
 class Consensus(Output):
@@ -131,6 +164,8 @@ class Consensus(Output):
     resolved_at: str | None
     tally: Tally
     votes: list[Vote]
+    # The policy in force when the request was made (a server before policies: the default).
+    policy: PolicyRules = msgspec.field(default_factory=PolicyRules)
 
 
 class Quotas(Output):
@@ -162,6 +197,7 @@ class Event(Output, omit_defaults=True):
     agent_name: str | None = None
     agent_role: str | None = None
     created: bool | None = None  # agent.registered: a new agent, not an update
+    kind: MemberKind | None = None  # agent.registered: "human" for a human member (left out for an agent)
     released_leases: int | None = None  # agent.removed
     contact_email: str | None = None
     lease_id: str | None = None
@@ -180,6 +216,7 @@ class Event(Output, omit_defaults=True):
     reject: int | None = None
     eligible: int | None = None
     needed: int | None = None
+    policy: PolicyRules | None = None  # consensus.policy_set: the policy of `action` now
 
 
 class EventPage(Output):
@@ -209,3 +246,5 @@ class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
     agent_id: str | None = None  # agent_mismatch: the credential's own agent
     quota: str | None = None  # quota_exceeded: the quota reached (agents, leasesPerAgent, ...)
     limit: int | None = None  # quota_exceeded: its value for the tenant
+    why: Literal["later", "role", "human"] | None = None  # not_eligible: why the voter is not of the electorate
+    kind: MemberKind | None = None  # kind_mismatch: the kind of the member of that name

@@ -30,5 +30,7 @@ SEND_CHECK = f"{COORDINATION}/send-check"
 CONSENSUS = f"{COORDINATION}/consensus"
 CONSENSUS_BY_ID = f"{COORDINATION}/consensus/{{consensusId}}"
 VOTE = f"{COORDINATION}/consensus/{{consensusId}}/vote"
+CONSENSUS_POLICIES = f"{COORDINATION}/consensus-policies"
+CONSENSUS_POLICY = f"{COORDINATION}/consensus-policies/{{action}}"
 
 EVENTS = f"{COORDINATION}/events"

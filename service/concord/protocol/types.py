@@ -100,6 +100,14 @@ EventTypes = Annotated[
 ]
 VoteChoice = Literal["approve", "reject"]
 AgentStatus = Literal["active", "inactive"]
+# A member of a tenant: an agent (heartbeats, leases, votes) or a human (votes only,
+# where a consensus policy asks for human approvals; docs/api.md, Humans).
+MemberKind = Literal["agent", "human"]
+# How many of a request's agent electorate must approve (docs/api.md, Consensus policies).
+ConsensusRule = Literal["majority", "two_thirds", "unanimous"]
+MAX_VOTER_ROLES = 32
+MAX_MIN_VOTES = 10_000
+MAX_HUMAN_APPROVALS = 100
 ConsensusStatus = Literal["pending", "approved", "rejected", "expired"]
 
 METADATA_MAX_BYTES = 4096

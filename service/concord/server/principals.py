@@ -10,6 +10,12 @@ credential. A tenant API key grants a role:
   pipeline's key);
 - ``read``: GET endpoints and the event stream (dashboards, auditors).
 
+A human member's credential (``concord-human.<tenant>.<agentId>.<secret>``,
+made when an admin registers a human) is the principal of role ``human``: it
+votes on consensus requests and reads its tenant, nothing else. Its prefix
+tells its kind, so the service refuses it on every other route with no lookup,
+and it cannot pass for an agent's: the digest covers the prefix.
+
 An agent credential (``concord-agent.<tenant>.<agentId>.<secret>``, made when
 the agent is registered and shown once) is the principal of role ``agent``: it
 acts as that one agent (heartbeat, leases, send-check, consensus, votes) and
@@ -34,6 +40,8 @@ from concord.protocol.types import UUID
 
 KEY_ROLES = ("admin", "enroll", "gate", "read")
 AGENT = "agent"  # the role of an agent credential
+HUMAN = "human"  # the role of a human member's credential
+MEMBERS = (AGENT, HUMAN)  # the roles of a member's own credential (AgentPrincipal)
 # What each role may do, as a refusal says it (403 insufficient_scope).
 MAY = {
     "admin": "an admin key manages agents and keys, reads everything, deregisters agents and force-releases "
@@ -43,6 +51,8 @@ MAY = {
     "read": "a read key may only read: GET endpoints and the event stream",
     AGENT: "an agent credential may only act as its own agent (heartbeat, leases, send-check, consensus "
     "requests and votes) and read its tenant",
+    HUMAN: "a human member's credential may only vote on consensus requests (POST "
+    "/v1/agent/coordination/consensus/{consensusId}/vote) and read its tenant",
 }
 
 
@@ -68,33 +78,37 @@ class KeyGrant(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
 
 
 class AgentPrincipal(msgspec.Struct, frozen=True):
-    """The agent an agent credential claims to be. Claimed, not yet proven: the
-    script that acts checks ``credential`` (the digest), and so does a read."""
+    """The member (an agent, or a human: ``role``) a member's credential claims to
+    be. Claimed, not yet proven: the script that acts checks ``credential`` (the
+    digest), and so does a read."""
 
     tenant: str
     id: str  # the agent id
     credential: str  # SHA-256 hex of the credential
-    role: str = AGENT
+    role: str = AGENT  # or HUMAN
 
     def describe(self) -> str:
-        return f"the credential of agent {self.id}"
+        return f"the credential of {'human member' if self.role == HUMAN else 'agent'} {self.id}"
 
 
 Principal = KeyGrant | AgentPrincipal
 
 CREDENTIAL_PREFIX = "concord-agent."
-_CREDENTIAL = re.compile(rf"concord-agent\.([A-Za-z0-9_-]{{1,64}})\.(agent_{UUID})\.[A-Za-z0-9_-]{{32,128}}")
+HUMAN_PREFIX = "concord-human."
+_CREDENTIAL = re.compile(rf"concord-(agent|human)\.([A-Za-z0-9_-]{{1,64}})\.(agent_{UUID})\.[A-Za-z0-9_-]{{32,128}}")
 
 
-def new_credential(tenant: str, agent_id: str) -> str:
-    """A fresh agent credential: it names its tenant and agent, then 256 random bits."""
-    return f"{CREDENTIAL_PREFIX}{tenant}.{agent_id}.{secrets.token_urlsafe(32)}"
+def new_credential(tenant: str, agent_id: str, kind: str = AGENT) -> str:
+    """A fresh credential of a member of ``kind`` (agent or human): it names its
+    tenant and member, then 256 random bits."""
+    prefix = HUMAN_PREFIX if kind == HUMAN else CREDENTIAL_PREFIX
+    return f"{prefix}{tenant}.{agent_id}.{secrets.token_urlsafe(32)}"
 
 
 def agent_principal(token: str, digest: str) -> AgentPrincipal | None:
-    """The principal of an agent credential, or None for a token of another shape."""
+    """The principal of a member's credential, or None for a token of another shape."""
     found = _CREDENTIAL.fullmatch(token)
-    return AgentPrincipal(found[1], found[2], digest) if found else None
+    return AgentPrincipal(found[2], found[3], digest, found[1]) if found else None
 
 
 _encode = msgspec.json.Encoder().encode

@@ -31,7 +31,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from concord.server.errors import ConcordError, credential_refused
-from concord.server.principals import CREDENTIAL_PREFIX, AgentPrincipal, KeyGrant, Principal, agent_principal
+from concord.server.principals import (
+    CREDENTIAL_PREFIX,
+    HUMAN_PREFIX,
+    AgentPrincipal,
+    KeyGrant,
+    Principal,
+    agent_principal,
+)
 from concord.server.settings import key_digest
 
 T = TypeVar("T")
@@ -71,12 +78,13 @@ class Authenticator:
         key known to be unknown."""
         token = _token(authorization)
         digest = key_digest(token)
-        if token.startswith(CREDENTIAL_PREFIX):
+        if token.startswith((CREDENTIAL_PREFIX, HUMAN_PREFIX)):
             principal = agent_principal(token, digest)
             if principal is None:
                 raise ConcordError(
                     "unauthorized",
-                    "This agent credential is not one Concord made: send it exactly as registering answered it",
+                    f"This {'human' if token.startswith(HUMAN_PREFIX) else 'agent'} credential is not one Concord "
+                    "made: send it exactly as registering answered it",
                 )
             return principal
         grant = self._static.get(digest)

@@ -11,7 +11,7 @@ never a library's message. An id that cannot name anything is answered as the
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from starlette.datastructures import QueryParams
@@ -26,6 +26,8 @@ _NO_QUERY = p.TenantQuery()
 _check_json = msgspec.json.Decoder(msgspec.Raw).decode
 # An id in the path, by parameter name: its kind (protocol.normalize.ID_PATTERNS).
 PATH_IDS = {"agentId": "agent", "leaseId": "lease", "consensusId": "consensus"}
+# Path parameters that are names, not ids: a value off its type's rule is 422.
+PATH_NAMES = {"action": p.Action}
 # How a value of the wrong type is named in a refusal ("got a string").
 _GOT = {
     "str": "a string",
@@ -108,6 +110,13 @@ def path_id(scope: Scope, name: str, tenant: str) -> str:
     """The path parameter ``name``, an id of its kind; one of another shape names
     nothing, so it gets the same 404 as an unknown one."""
     value = scope["path_params"][name]
+    if name in PATH_NAMES:
+        kind_of_name = PATH_NAMES[name]
+        try:
+            return msgspec.convert(value, kind_of_name)
+        except msgspec.ValidationError:
+            rule = get_args(kind_of_name)[1].description
+            raise invalid(f"path parameter {name}", rule, f"path {name}") from None
     kind = PATH_IDS[name]
     try:
         return p.check_id(kind, value)
@@ -143,7 +152,10 @@ def _refusal(exc: msgspec.ValidationError, kind: Any, where: str) -> ConcordErro
         info = fields.get(name)
         return invalid(f"{where}{name}", "required: " + (_rule(info) if info else "see the API reference"), f"$.{name}")
     name = path.removeprefix("$.")
-    info = fields.get(name)
+    base, item, _ = name.partition("[")
+    info = fields.get(base)
+    if item and isinstance(info, msgspec.inspect.ListType):  # one item of a list: the items' rule
+        info = info.item_type
     if path == "$" or info is None:
         rule, name = f"a JSON object with the fields {', '.join(fields)}", "body"
     else:

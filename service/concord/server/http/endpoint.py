@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from concord import protocol as p
 from concord.server.errors import ConcordError, agent_mismatch
 from concord.server.http.decoding import PATH_IDS, decode_body, decode_query, path_id, read_body
-from concord.server.principals import AGENT, MAY, KeyGrant, Principal
+from concord.server.principals import AGENT, HUMAN, MAY, MEMBERS, KeyGrant, Principal
 
 if TYPE_CHECKING:
     from concord.server.store import Store
@@ -97,9 +97,9 @@ class Endpoint:
     request_headers: dict[str, str] = field(default_factory=dict)  # name -> what it does
     answer_headers: dict[str, str] = field(default_factory=dict)  # on success answers
     event_stream: bool = False  # also answers 200 as text/event-stream
-    # The roles that may call it (principals.py: the key roles, and "agent" for an
-    # agent credential); by default a GET is admin's, read's and the agents', and
-    # everything else admin's alone.
+    # The roles that may call it (principals.py: the key roles, "agent" for an
+    # agent credential and "human" for a human member's); by default a GET is
+    # admin's, read's and the members', and everything else admin's alone.
     roles: frozenset[str] = frozenset()
     # The body or query field naming the agent the call acts as ("agent_id",
     # "requesting_agent_id"). With an agent credential it is filled in when left
@@ -114,7 +114,7 @@ class Endpoint:
         self.decoder = msgspec.json.Decoder(self.body) if self.body is not None else None
         self.ids = tuple(re.findall(r"{(\w+)}", self.path))
         if not self.roles:
-            self.roles = frozenset({"admin", "read", AGENT} if self.method == "GET" else {"admin"})
+            self.roles = frozenset({"admin", "read", AGENT, HUMAN} if self.method == "GET" else {"admin"})
 
     @property
     def name(self) -> str:
@@ -125,7 +125,7 @@ class Endpoint:
         """Every problem code this endpoint can answer with."""
         if not self.authenticated:
             return self.own_errors
-        found = [NOT_FOUND_CODES[PATH_IDS[name]] for name in self.ids]
+        found = [NOT_FOUND_CODES[PATH_IDS[name]] for name in self.ids if name in PATH_IDS]
         for kind in (self.body, self.query):
             names = {f.encode_name for f in msgspec.structs.fields(kind)} if kind is not None else set()
             if names & AGENT_FIELDS:
@@ -178,7 +178,7 @@ class Endpoint:
         if principal is None:  # a key stored in Redis, not looked up in the last second
             auth.admit(address, None)
             principal = await deadlines.run(auth.grant(authorization))
-        elif principal.role == AGENT:
+        elif principal.role in MEMBERS:
             auth.admit(address, principal)
         tenant = principal.tenant
         scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
@@ -192,7 +192,7 @@ class Endpoint:
         # The agent the request names, for the access line: set before act_as, so a
         # refused impersonation is logged with the agent it tried to act as.
         scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
-        if principal.role == AGENT:
+        if principal.role in MEMBERS:
             if self.acts_as is None:
                 await deadlines.run(auth.prove(principal))
             else:

@@ -16,7 +16,7 @@ import msgspec
 
 from concord import protocol as s
 from concord.protocol import ERRORS, ID_PATTERNS
-from concord.server.http.decoding import PATH_IDS
+from concord.server.http.decoding import PATH_IDS, PATH_NAMES
 from concord.server.http.endpoint import Endpoint
 
 REF = "#/components/schemas/{name}"
@@ -74,16 +74,20 @@ def _operation(e: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
 
 
 def _path_parameters(e: Endpoint) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "in": "path",
-            "required": True,
-            "description": "An id of another shape, or of another tenant, answers 404",
-            "schema": {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"},
-        }
-        for name in e.ids
-    ]
+    return [_path_parameter(name) for name in e.ids]
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    if name in PATH_NAMES:  # a name, such as an action: its type's own schema
+        schema = msgspec.json.schema(PATH_NAMES[name])
+        return {"name": name, "in": "path", "required": True, "description": schema["description"], "schema": schema}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": "An id of another shape, or of another tenant, answers 404",
+        "schema": {"type": "string", "pattern": f"^{ID_PATTERNS[PATH_IDS[name]].pattern}$"},
+    }
 
 
 def _query_parameters(e: Endpoint, components: dict[str, Any]) -> list[dict[str, Any]]:

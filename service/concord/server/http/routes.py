@@ -23,12 +23,13 @@ from concord.server.http.endpoint import ENDPOINTS, Answer, Call, endpoint, resp
 from concord.server.http.openapi import document
 from concord.server.http.problems import problem
 from concord.server.http.streaming import EventStream, LongPoll
-from concord.server.principals import AGENT
+from concord.server.principals import AGENT, HUMAN
 from concord.server.settings import Quotas
 from concord.server.store.events import EventFilter
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 AS_AGENT = frozenset({AGENT})  # only an agent's own credential acts as the agent
+AS_MEMBER = frozenset({AGENT, HUMAN})  # an agent's or a human's own credential (votes)
 
 # --- operations (no API key) -------------------------------------------------
 
@@ -78,11 +79,13 @@ async def openapi(c: Call) -> Answer | Response:
     answers={201: p.RegisteredAgent, 200: p.RegisteredAgent},
     body=p.RegisterBody,
     roles=frozenset({"admin", "enroll"}),
-    own_errors=("quota_exceeded",),
+    own_errors=("quota_exceeded", "kind_mismatch"),
 )
 async def register(c: Call) -> Answer | Response:
     body: p.RegisterBody = c.body
-    agent, created = await c.store.agents.register(c.tenant, body.agent_name, body.agent_role, body.metadata, c.key)
+    agent, created = await c.store.agents.register(
+        c.tenant, body.agent_name, body.agent_role, body.metadata, c.key, body.kind
+    )
     return respond(agent, 201 if created else 200)
 
 
@@ -262,7 +265,7 @@ async def request_consensus(c: Call) -> Answer | Response:
     answers={200: p.Consensus},
     body=p.VoteBody,
     own_errors=("requester_cannot_vote", "not_eligible", "already_voted", "consensus_closed", "agent_inactive"),
-    roles=AS_AGENT,
+    roles=AS_MEMBER,
     acts_as="agent_id",
 )
 async def vote(c: Call) -> Answer | Response:
@@ -338,6 +341,50 @@ async def within_streams_quota(c: Call) -> None:
     limit = (await c.store.quotas.get(c.tenant)).streams
     if c.store.feed.listening(c.tenant) >= limit:
         raise quota_exceeded("streams", limit)
+
+
+# --- consensus policies ------------------------------------------------------
+
+
+@endpoint(
+    "GET",
+    paths.CONSENSUS_POLICIES,
+    "List the tenant's own consensus policies, by action",
+    answers={200: p.ConsensusPolicyList},
+)
+async def list_policies(c: Call) -> Answer | Response:
+    return respond(await c.store.policies.all(c.tenant))
+
+
+@endpoint(
+    "GET",
+    paths.CONSENSUS_POLICY,
+    "The consensus policy in force for an action: the tenant's own, or the default",
+    answers={200: p.ConsensusPolicy},
+)
+async def get_policy(c: Call) -> Answer | Response:
+    return respond(await c.store.policies.get(c.tenant, c.ids["action"]))
+
+
+@endpoint(
+    "PUT",
+    paths.CONSENSUS_POLICY,
+    "Set the consensus policy of an action, for requests made from now on",
+    answers={200: p.ConsensusPolicy},
+    body=p.ConsensusPolicyBody,
+)
+async def set_policy(c: Call) -> Answer | Response:
+    return respond(await c.store.policies.set(c.tenant, c.ids["action"], c.body, c.key))
+
+
+@endpoint(
+    "DELETE",
+    paths.CONSENSUS_POLICY,
+    "Delete an action's consensus policy: requests made from now on get the default",
+    answers={200: p.ConsensusPolicy},
+)
+async def delete_policy(c: Call) -> Answer | Response:
+    return respond(await c.store.policies.delete(c.tenant, c.ids["action"], c.key))
 
 
 # --- quotas ------------------------------------------------------------------

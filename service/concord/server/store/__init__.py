@@ -14,6 +14,7 @@ into the store.
     store.limits      take_token                                 (limits.py)
     store.apikeys     grant_of, create, revoke, all              (apikeys.py)
     store.quotas      get, set, reset: a tenant's quotas          (quotas.py)
+    store.policies    get, all, set, delete: consensus policies  (policies.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from concord.server.store.feed import EventFeed
 from concord.server.store.keys import Keys
 from concord.server.store.leases import Leases
 from concord.server.store.limits import RateLimits
+from concord.server.store.policies import ConsensusPolicies
 from concord.server.store.quotas import TenantQuotas
 from concord.server.store.scripts import Scripts
 
@@ -66,6 +68,7 @@ class Store:
         self.limits = RateLimits(self.ctx)
         self.apikeys = ApiKeys(self.ctx)
         self.quotas = TenantQuotas(self.ctx)
+        self.policies = ConsensusPolicies(self.ctx)
         self.feed = EventFeed(redis, keys, self.consensus.expire_due, scripts.slots)
 
     async def ping(self) -> bool:

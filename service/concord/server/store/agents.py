@@ -8,7 +8,7 @@ import msgspec
 
 from concord.protocol import Agent, AgentCredential, AgentList, AgentRemoved, Heartbeat, RegisteredAgent
 from concord.server.errors import StoreUnavailable, agent_not_found
-from concord.server.principals import KeyGrant, new_credential
+from concord.server.principals import CREDENTIAL_PREFIX, HUMAN_PREFIX, KeyGrant, new_credential
 from concord.server.settings import key_digest
 from concord.server.store import paging
 from concord.server.store.context import Context
@@ -25,17 +25,24 @@ class Agents:
         self.ctx = ctx
 
     async def register(
-        self, tenant: str, name: str, role: str | None, metadata: dict[str, Any] | None, key: KeyGrant
+        self,
+        tenant: str,
+        name: str,
+        role: str | None,
+        metadata: dict[str, Any] | None,
+        key: KeyGrant,
+        kind: str = "agent",
     ) -> tuple[RegisteredAgent, bool]:
         """Upsert the agent of ``name``, with a new credential; True when it was created.
         Registering counts as a heartbeat, and the agent's earlier credential is refused
         from then on. An enroll key limited to roles (``key.roles``) registers only
         agents that end up of one of them, checked in the script: nothing is written
-        otherwise."""
+        otherwise. A human (``kind``) is an admin key's to register; a member's kind is
+        fixed when it is created (409 kind_mismatch)."""
         ctx, agent_id = self.ctx, agent_id_for(tenant, name)
         k = ctx.keys
         metadata_json = msgspec.json.encode(metadata) if metadata is not None else b""
-        credential = new_credential(tenant, agent_id)
+        credential = new_credential(tenant, agent_id, kind)
         reply = await ctx.scripts.agent_register(
             [
                 k.agent(tenant, agent_id),
@@ -44,6 +51,8 @@ class Agents:
                 k.events(tenant),
                 k.active_since(tenant),
                 k.quotas(tenant),
+                k.humans(tenant),
+                k.agent_roles(tenant),
             ],
             [
                 agent_id,
@@ -57,6 +66,7 @@ class Agents:
                 key.role,
                 ctx.window_ms,
                 ctx.quotas.agents,
+                kind,
             ],
         )
         code = Reply(reply[0])
@@ -70,15 +80,27 @@ class Agents:
     async def rotate(self, tenant: str, agent_id: str, key: KeyGrant) -> AgentCredential:
         """Give the agent a new credential; the current one is refused from now on."""
         ctx = self.ctx
+        # The member's kind is the script's to read: it is passed the new secret's
+        # digest under either prefix, and keeps the one of the member's kind.
         credential = new_credential(tenant, agent_id)
+        human = HUMAN_PREFIX + credential.removeprefix(CREDENTIAL_PREFIX)
         reply = await ctx.scripts.agent_credential(
             [ctx.keys.agent(tenant, agent_id), ctx.keys.events(tenant)],
-            [agent_id, key_digest(credential), "\n".join(key.roles), ctx.events_max, key.id, key.role],
+            [
+                agent_id,
+                key_digest(credential),
+                "\n".join(key.roles),
+                ctx.events_max,
+                key.id,
+                key.role,
+                key_digest(human),
+            ],
         )
         code = Reply(reply[0])
         if code < 0:
             raise refused(code, reply, tenant=tenant, agent_id=agent_id, roles=key.roles)
-        return AgentCredential(agent_id=agent_id, credential=credential, rotated_at=iso(reply[1]))
+        shown = human if reply[2] == "human" else credential
+        return AgentCredential(agent_id=agent_id, credential=shown, rotated_at=iso(reply[1]))
 
     async def credential(self, tenant: str, agent_id: str) -> str | None:
         """The digest of the agent's current credential (None: no such agent)."""
@@ -153,6 +175,8 @@ class Agents:
                     registry,
                     k.events(tenant),
                     k.active_since(tenant),
+                    k.humans(tenant),
+                    k.agent_roles(tenant),
                 ]
                 + [k.lease(tenant, c) for c in contacts],
                 [agent_id, ctx.events_max, key.id, *contacts],

@@ -45,7 +45,12 @@ class ConsensusRequests:
         ``credential`` is the digest of the requester's credential, checked by the script."""
         ctx = self.ctx
         consensus_id = new_id("cons")
-        keys = self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, requester_id), ctx.keys.quotas(tenant)]
+        keys = self._keys(tenant, consensus_id) + [
+            ctx.keys.agent(tenant, requester_id),
+            ctx.keys.quotas(tenant),
+            ctx.keys.consensus_policies(tenant),
+            ctx.keys.agent_roles(tenant),
+        ]
         fingerprint = ""
         if idempotency_key is not None:
             keys.append(ctx.keys.idempotency(tenant, key_digest(idempotency_key)))
@@ -85,7 +90,7 @@ class ConsensusRequests:
     ) -> Consensus:
         ctx = self.ctx
         reply = await ctx.scripts.consensus_vote(
-            self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, agent_id)],
+            self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, agent_id), ctx.keys.humans(tenant)],
             [agent_id, vote, reason or "", ctx.window_ms, RETENTION_MS, ctx.events_max, credential],
         )
         code = Reply(reply[0])
@@ -168,4 +173,5 @@ class ConsensusRequests:
             k.events(tenant),
             k.active_since(tenant),
             k.lapse_mark(tenant),
+            k.electorate(tenant, consensus_id),
         ]

@@ -17,7 +17,7 @@ from typing import Any
 from concord.protocol import Event, EventPage
 from concord.server.store.context import Context
 from concord.server.store.keys import lease_id
-from concord.server.store.replies import iso
+from concord.server.store.replies import iso, policy_rules
 
 # The most stream entries one page of events reads, however selective its filter.
 SCAN_EVENTS = 10_000
@@ -38,6 +38,8 @@ def event(tenant: str, entry_id: str, fields: Iterable[str] | dict[str, str]) ->
             values["expires_at"] = iso(value)
         elif name == "created":
             values["created"] = value == "1"
+        elif name == "policy":
+            values["policy"] = policy_rules(value)
         else:
             values[_ATTRS[name]] = value
     if values.get("type", "").startswith("lease.") and "fencing_token" in values:

@@ -12,7 +12,8 @@ key                                       type    contents (TTL)
 ========================================  ======  ===================================================
 <p>:{t}:agent:<agentId>                   hash    id agentName agentRole metadata registeredAt
                                                   updatedAt credential (SHA-256 hex of its
-                                                  current credential) (none; removed by DELETE)
+                                                  current credential), kind (only "human" is
+                                                  written) (none; removed by DELETE)
 <p>:{t}:agents                            zset    agentId -> registeredAt ms (none)
 <p>:{t}:heartbeats                        zset    agentId -> last heartbeat ms, Redis time; holds
                                                   exactly the registered agents (none)
@@ -22,6 +23,8 @@ key                                       type    contents (TTL)
                                                   request's electorate (none)
 <p>:{t}:lapse-mark                        string  "<ms>:<window ms>": active-since holds no agent
                                                   that had lapsed at <ms> (none)
+<p>:{t}:humans                            zset    humanId -> registeredAt µs: the human members (none)
+<p>:{t}:agent-roles                       hash    agentId -> agentRole, of every agent (none)
 <p>:{t}:lease:<contact>                   string  "<agent uuid>|fencingToken|acquiredAt|agentName|
                                                   intent" (the holder without "agent_"), set NX
                                                   with its expiry (PXAT)
@@ -32,11 +35,15 @@ key                                       type    contents (TTL)
 <p>:{t}:fence                             string  the last fencing token granted (none)
 <p>:{t}:consensus:<consId>                hash    id requestingAgentId action contactEmail reason
                                                   status createdAt expiresAt resolvedAt
-                                                  electorateAt (µs), and once
+                                                  electorateAt (µs), policy, and once
                                                   resolved eligible needed (7 days past
                                                   expiresAt, or past resolvedAt once decided)
-<p>:{t}:consensus:<consId>:votes          hash    agentId -> "vote|votedAt µs|agentName|reason"
-                                                  (as its request)
+<p>:{t}:consensus:<consId>:votes          hash    agentId (a human's: "h:" agentId) ->
+                                                  "vote|votedAt µs|agentName|reason" (as its request)
+<p>:{t}:consensus:<consId>:electorate     set     the agent members, under a policy with voter
+                                                  roles (as its request)
+<p>:{t}:consensus-policies                hash    action -> "rule|minVotes|humanApprovals|updatedAt|
+                                                  updatedBy|roles, one per line" (none)
 <p>:{t}:consensus-list:<all|status>       zset    consId -> createdAt ms, one list per status
                                                   and one of all (pruned after 14 days)
 <p>:{t}:consensus-due                     zset    pending consId -> expiresAt ms (none)
@@ -130,6 +137,15 @@ class Keys:
     def lapse_mark(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:lapse-mark"
 
+    def humans(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:humans"
+
+    def agent_roles(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:agent-roles"
+
+    def consensus_policies(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:consensus-policies"
+
     def lease(self, tenant: str, contact: str) -> str:
         return f"{self.tenant(tenant)}:lease:{contact}"
 
@@ -147,6 +163,9 @@ class Keys:
 
     def votes(self, tenant: str, consensus_id: str) -> str:
         return f"{self.tenant(tenant)}:consensus:{consensus_id}:votes"
+
+    def electorate(self, tenant: str, consensus_id: str) -> str:
+        return f"{self.tenant(tenant)}:consensus:{consensus_id}:electorate"
 
     def consensus_list(self, tenant: str, status: str = "all") -> str:
         return f"{self.tenant(tenant)}:consensus-list:{status}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from concord.protocol import Agent, Consensus, Lease, LeaseHolder, Tally, Vote, routes
+from concord.protocol import Agent, Consensus, Lease, LeaseHolder, PolicyRules, Tally, Vote, routes
 from concord.server.errors import (
     ConcordError,
     agent_not_found,
@@ -55,6 +55,7 @@ class Reply(IntEnum):
     BAD_CREDENTIAL = -14
     NOT_ELIGIBLE = -15
     QUOTA_EXCEEDED = -16
+    KIND_MISMATCH = -17
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +79,50 @@ def _inactive(reply: list[Any], s: Subject) -> ConcordError:
     )
 
 
+# Why a voter is not of a request's electorate (consensus_vote.lua's NOT_ELIGIBLE).
+_NOT_ELIGIBLE = {
+    "later": "its electorate is the members there were when it was made (agents then active, that have stayed "
+    "active since), and this one was registered later or has lapsed since",
+    "role": "the policy of its action admits agents of its voter roles only, and this agent was of none of "
+    "them when the request was made",
+    "human": "the policy of its action asks for no human approval, so humans are not of its electorate",
+}
+
+
 def _not_eligible(reply: list[Any], s: Subject) -> ConcordError:
+    why = reply[2] if len(reply) > 2 else "later"
     return ConcordError(
         "not_eligible",
-        f"Agent {s.agent_id} may not vote on consensus request {s.consensus_id}: its electorate is the agents "
-        "that were active when it was made and have stayed active since, and this agent was registered later "
-        "or has lapsed since. Its vote cannot count; the request's own electorate decides it",
+        f"Member {s.agent_id} may not vote on consensus request {s.consensus_id}: {_NOT_ELIGIBLE[why]}. Its vote "
+        "cannot count; the request's own electorate decides it",
+        why=why,
+    )
+
+
+def _kind_mismatch(reply: list[Any], s: Subject) -> ConcordError:
+    kind = reply[1]
+    return ConcordError(
+        "kind_mismatch",
+        f"The member {s.agent_id} of this name is {'a human' if kind == 'human' else 'an agent'}, and a member's "
+        f'kind is fixed when it is first registered: register it again with "kind": "{kind}", or choose '
+        "another name",
+        kind=kind,
+    )
+
+
+def _role_not_allowed(reply: list[Any], s: Subject) -> ConcordError:
+    if reply[1] == "human":
+        return ConcordError(
+            "insufficient_scope",
+            f"{s.agent_id} is a human member, and only an admin key registers a human or rotates its "
+            "credential: use an admin key",
+            keyRole="enroll",
+        )
+    return ConcordError(
+        "insufficient_scope",
+        f"This enroll key may register agents of the roles {', '.join(s.roles)} only, "
+        f"and agent {s.agent_id} would be of role {reply[1]!r}: use a key for that role, or an admin key",
+        keyRole="enroll",
     )
 
 
@@ -139,12 +178,8 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
     Reply.QUOTA_EXCEEDED: lambda reply, s: quota_exceeded(reply[1], int(reply[2])),
     Reply.CONSENSUS_CLOSED: _closed,
     Reply.RATE_LIMITED: _rate_limited,
-    Reply.ROLE_NOT_ALLOWED: lambda reply, s: ConcordError(
-        "insufficient_scope",
-        f"This enroll key may register agents of the roles {', '.join(s.roles)} only, "
-        f"and agent {s.agent_id} would be of role {reply[1]!r}: use a key for that role, or an admin key",
-        keyRole="enroll",
-    ),
+    Reply.ROLE_NOT_ALLOWED: _role_not_allowed,
+    Reply.KIND_MISMATCH: _kind_mismatch,
     Reply.BAD_CREDENTIAL: lambda reply, s: credential_refused(s.agent_id or "", s.tenant),
     Reply.IDEMPOTENCY_KEY_REUSED: lambda reply, s: ConcordError(
         "idempotency_key_reused",
@@ -191,19 +226,33 @@ def ms(redis_time: tuple[int, int]) -> int:
 
 
 def agent(tenant: str, h: dict[str, str], last: int | None, now_ms: int, window_ms: int) -> Agent:
-    """An agent from its hash and last heartbeat; active when the heartbeat is
-    within the window (as lib.lua's is_active)."""
-    active = last is not None and last > now_ms - window_ms
+    """A member from its hash and last heartbeat: an agent is active when the
+    heartbeat is within the window (as lib.lua's is_active); a human has none and
+    is always active (it may vote whenever a policy asks for it)."""
+    human = h.get("kind") == "human"
+    active = human or (last is not None and last > now_ms - window_ms)
     return Agent(
         id=h["id"],
         tenant_id=tenant,
         agent_name=h["agentName"],
         agent_role=h["agentRole"],
         status="active" if active else "inactive",
-        last_heartbeat=iso(last) if last is not None else None,
+        last_heartbeat=iso(last) if last is not None and not human else None,
         registered_at=iso(h["registeredAt"]),
         updated_at=iso(h["updatedAt"]),
         metadata=msgspec.Raw(h["metadata"].encode()),
+        kind="human" if human else "agent",
+    )
+
+
+def policy_rules(value: str | None) -> PolicyRules:
+    """A policy as lib.lua policy_parse reads it ("<rule>|<minVotes>|<humanApprovals>|
+    <updatedAt>|<updatedBy>|<voter roles, one per line>"); '' or None: the default."""
+    if not value:
+        return PolicyRules()
+    rule, min_votes, humans, _, _, roles = value.split("|", 5)
+    return PolicyRules(
+        rule=rule, voter_roles=roles.split("\n") if roles else [], min_votes=int(min_votes), human_approvals=int(humans)
     )
 
 
@@ -236,9 +285,14 @@ def consensus(tenant: str, reply: list[Any]) -> Consensus:
     if len(reply) > 7 and reply[7]:
         METRICS.consensus(c["status"])
     approve, reject, eligible, needed = (int(n) for n in reply[3:7])
+    policy = policy_rules(c.get("policy"))
+    tally = Tally(approve=approve, reject=reject, eligible=eligible, needed=needed)
+    if policy.human_approvals:
+        tally.human_approve, tally.human_reject = (int(n) for n in reply[8:10]) if len(reply) > 9 else (0, 0)
+        tally.humans_needed = policy.human_approvals
     ballots = sorted(
-        (int(voted_us), agent_id, vote, agent_name, reason)
-        for agent_id, (vote, voted_us, agent_name, reason) in ((a, r.split("|", 3)) for a, r in votes.items())
+        (int(voted_us), member, vote, agent_name, reason)
+        for member, (vote, voted_us, agent_name, reason) in ((a, r.split("|", 3)) for a, r in votes.items())
     )
     return Consensus(
         id=c["id"],
@@ -251,9 +305,17 @@ def consensus(tenant: str, reply: list[Any]) -> Consensus:
         created_at=iso(c["createdAt"]),
         expires_at=iso(c["expiresAt"]),
         resolved_at=iso(c["resolvedAt"]) if "resolvedAt" in c else None,
-        tally=Tally(approve=approve, reject=reject, eligible=eligible, needed=needed),
+        tally=tally,
         votes=[
-            Vote(agent_id=agent_id, agent_name=name, vote=vote, reason=reason or None, voted_at=iso(voted_us // 1000))
-            for voted_us, agent_id, vote, name, reason in ballots
+            Vote(
+                agent_id=member.removeprefix("h:"),
+                agent_name=name,
+                vote=vote,
+                reason=reason or None,
+                voted_at=iso(voted_us // 1000),
+                kind="human" if member.startswith("h:") else "agent",
+            )
+            for voted_us, member, vote, name, reason in ballots
         ],
+        policy=policy,
     )

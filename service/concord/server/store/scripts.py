@@ -135,6 +135,7 @@ class Scripts:
     consensus_request: Script
     consensus_vote: Script
     consensus_read: Script
+    consensus_policy: Script
     rate_limit: Script
 
     def __init__(self, client: Redis, timeout: float | None = None, replication: Replication = Replication()) -> None:
