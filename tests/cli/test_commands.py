@@ -288,6 +288,15 @@ def test_an_agent_process_reads_with_its_credential_and_registers_nothing(stack:
     assert problem["title"] == "No API key" and "CONCORD_API_KEY" in problem["detail"], problem
 
 
+def test_a_human_registered_from_the_command_line_only_votes(stack: Stack):
+    env = settings_of(stack)
+    human = answer(concord("agents", "register", unique("dana"), "--human", settings=env))
+    assert human["kind"] == "human" and human["credential"].startswith("concord-human."), human
+    as_human = {**env, "CONCORD_AGENT_CREDENTIAL": human["credential"]}
+    refused = failure(concord("agents", "heartbeat", settings=as_human), "insufficient_scope")
+    assert refused["status"] == 403 and refused["keyRole"] == "human", refused
+
+
 def test_rotating_refuses_the_old_credential(stack: Stack, tmp_path: Path):
     env = settings_of(stack)
     path = tmp_path / "agent.cred"

@@ -20,7 +20,7 @@ import fakeredis.aioredis
 import pytest
 import redis
 
-from concord.protocol import ConsensusStatus, FieldError, normalize_email
+from concord.protocol import ConsensusPolicyBody, ConsensusStatus, FieldError, normalize_email
 from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
 from concord.server.store import Store, scripts
@@ -55,12 +55,16 @@ def tenant_keys(keys: Keys, tenant: str, contact: str) -> dict[str, str]:
         "heartbeats": keys.heartbeats(tenant),
         "active_since": keys.active_since(tenant),
         "lapse_mark": keys.lapse_mark(tenant),
+        "humans": keys.humans(tenant),
+        "agent_roles": keys.agent_roles(tenant),
+        "consensus_policies": keys.consensus_policies(tenant),
         "quotas": keys.quotas(tenant),
         "lease": keys.lease(tenant, contact),
         "lease_registry": keys.lease_registry(tenant, agent_tag(agent_id)),
         "fence": keys.fence(tenant),
         "consensus": keys.consensus(tenant, consensus_id),
         "votes": keys.votes(tenant, consensus_id),
+        "electorate": keys.electorate(tenant, consensus_id),
         "consensus_due": keys.consensus_due(tenant),
         "idempotency": keys.idempotency(tenant, key_digest(f"{{{contact}}}:retry")),
         "rate_bucket": keys.rate_bucket(tenant),
@@ -173,6 +177,13 @@ async def run_scenario(tenant: str, keys: Keys) -> None:
         _, replayed = await store.consensus.request(*ask, idempotency_key="{retry}:1")
         assert replayed
         await store.consensus.vote(tenant, request.id, bob.id, "approve", None, own[bob.id])
+        # A policy with voter roles and a human approval: the electorate set, the humans zset.
+        rules = ConsensusPolicyBody(voter_roles=["general"], human_approvals=1)
+        await store.policies.set(tenant, "{wire}", rules, admin)
+        human, _ = await store.agents.register(tenant, "{dana}", None, None, admin, "human")
+        guarded, _ = await store.consensus.request(tenant, alice.id, "{wire}", None, None, 60_000, own[alice.id])
+        await store.consensus.vote(tenant, guarded.id, human.id, "approve", None, key_digest(human.credential))
+        await store.policies.delete(tenant, "{wire}", admin)
         await store.consensus.get(tenant, request.id)
         await store.consensus.page(tenant, None, 10, None)  # consensus_read in a pipeline
         await store.limits.take_token(AgentPrincipal(tenant, carol.id, own[carol.id]), LIMITS)
@@ -211,8 +222,8 @@ def test_the_scenario_runs_every_script(script_calls):
     # The calls that name the most keys: the agent and both rate buckets, a consensus
     # request with an Idempotency-Key, and a removal that releases two leases.
     assert max(len(c.keys) for c in script_calls if c.script == "rate_limit") == 3
-    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 15
-    assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 8
+    assert max(len(c.keys) for c in script_calls if c.script == "consensus_request") == 18
+    assert max(len(c.keys) for c in script_calls if c.script == "agent_remove") == 10
 
 
 @pytest.mark.real

@@ -155,6 +155,22 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         approved = await call("GET", f"{C}/consensus", 200, params={"status": "approved"})
         assert [x["id"] for x in approved["consensus"]] == [consensus["id"]]
 
+        # A policy with voter roles and a human approval: the electorate set, the humans.
+        human = await call("POST", f"{V1}/register", 201, {"agentName": "dana", "kind": "human"})
+        policy = f"{C}/consensus-policies/{{action}}"
+        await call("PUT", policy, 200, {"voterRoles": ["general"], "humanApprovals": 1}, action="wire-funds")
+        assert (await call("GET", policy, 200, action="wire-funds"))["humanApprovals"] == 1
+        assert len((await call("GET", f"{C}/consensus-policies", 200))["policies"]) == 1
+        wire = await call("POST", f"{C}/consensus", 201, {"requestingAgentId": sdr, "action": "wire-funds"})
+        for voter in (ret, human["id"]):
+            body = {"agentId": voter, "vote": "approve"}
+            last = await call("POST", f"{C}/consensus/{{consensusId}}/vote", 200, body, consensusId=wire["id"])
+        assert last["status"] == "pending"  # the electorate is ret and sup: a majority is 2
+        body = {"agentId": sup, "vote": "approve"}
+        last = await call("POST", f"{C}/consensus/{{consensusId}}/vote", 200, body, consensusId=wire["id"])
+        assert last["status"] == "approved"
+        await call("DELETE", policy, 200, action="wire-funds")
+
         # Events: a page (XRANGE), a live stream (XREVRANGE for where it starts, then the feed's
         # blocked XREAD), and a long poll that waits on the feed.
         page = await call("GET", f"{C}/events", 200, params={"after": "0", "limit": 5})

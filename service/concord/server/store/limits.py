@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from concord.server.principals import AGENT, Principal
+from concord.server.principals import MEMBERS, Principal
 from concord.server.settings import RateLimit
 from concord.server.store.context import Context
 from concord.server.store.replies import Reply, refused
@@ -21,7 +21,7 @@ class RateLimits:
         id the request claims, and the script draws from it only once the credential
         proves to be the agent's (a forged one is refused, 401, nothing taken)."""
         tenant, k = principal.tenant, self.ctx.keys
-        agent_id = principal.id if principal.role == AGENT else None
+        agent_id = principal.id if principal.role in MEMBERS else None
         keys, args = [k.agent(tenant, agent_id or "")], [principal.credential]
         for scope, bucket in (("tenant", None), ("agent", agent_id)):
             limit = limits.get(scope)
