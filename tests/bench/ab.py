@@ -329,7 +329,8 @@ def method(o: argparse.Namespace) -> list[str]:
             f"- **The {BUDGET:.0%} rule**: *within {BUDGET:.0%}* when the whole interval of after / before "
             f"throughput is at or above {1 - BUDGET:.2f}; *costs X%* (X from the median) when the whole interval "
             f"is below {1 - BUDGET:.2f}; *cannot tell* when the interval holds {1 - BUDGET:.2f}: this run can "
-            "neither show nor rule out a cost above the rule, and more rounds narrow the interval."
+            "neither show nor rule out a cost above the rule (it names the cost the interval shows, if it lies "
+            "below 1), and more rounds narrow the interval."
         ),
     ]
 

@@ -114,6 +114,8 @@ def verdict(throughput: Interval, pairs: int) -> str:
         return f"within {BUDGET:.0%}"
     if throughput.high < floor:
         return f"**costs {1 - throughput.median:.1%}**"
+    if throughput.high < 1:  # a cost, shown; whether it passes the rule, not
+        return f"cannot tell (costs {1 - throughput.high:.1%} to {1 - throughput.low:.1%})"
     return "cannot tell"
 
 
