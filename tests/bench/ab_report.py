@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests.bench.report import DISTURBED_CORES
+from tests.bench.report import DISTURBED_CORES, opening, unexpected
 
 # Our rule: a change on the hot path costs at most this share of its throughput.
 BUDGET = 0.05
@@ -144,18 +144,14 @@ def span(interval: Interval) -> str:
 
 def render(report: ABReport) -> str:
     out = [f"### Paired A/B: {report.title}", ""]
-    out += [
-        (
-            "Figures of one run of `tests/bench/ab.py`: both versions served side by side, each its own "
-            "`concord serve` and Redis, measured in alternating short wrk slices, every figure a ratio of "
-            "the two sides within a pair of slices run back to back."
-        ),
-        "",
-        "```",
+    out += opening(
+        "Figures of one run of `tests/bench/ab.py`: both versions served side by side, each its own "
+        "`concord serve` and Redis, measured in alternating short wrk slices, every figure a ratio of "
+        "the two sides within a pair of slices run back to back.",
         report.command,
-        "```",
-        "",
-        f"- **Date**: {report.date}",
+        report.date,
+    )
+    out += [
         f"- **Before**: {report.before}",
         f"- **After**: {report.after}",
         *report.machine,
@@ -223,16 +219,13 @@ def render(report: ABReport) -> str:
     out += report.method
     out.append("")
 
-    out += ["#### Unexpected answers", ""]
-    if report.problems:
-        out += ["**The run saw answers other than expected; the figures above are suspect:**", ""]
-        out += [f"- {problem}" for problem in report.problems]
-    else:
-        out.append(
-            "None: every request of every slice, warm-ups included, got its expected status (and body, "
-            "where one is checked) on both sides, and wrk saw no socket error."
-        )
-    out.append("")
+    out += unexpected(
+        "#### Unexpected answers",
+        report.problems,
+        "above",
+        "None: every request of every slice, warm-ups included, got its expected status (and body, "
+        "where one is checked) on both sides, and wrk saw no socket error.",
+    )
     return "\n".join(out)
 
 
