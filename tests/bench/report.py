@@ -135,18 +135,14 @@ def cores(result: Result) -> str:
 
 def render(report: Report, kept: str | None = None) -> str:
     out: list[str] = ["# Performance", ""]
-    out += [
-        (
-            "Figures of one run of the benchmark, `tests/bench/run.py`, on the machine below; every figure "
-            "here was measured by that run. It starts everything it needs itself (a private `redis-server`, "
-            "`concord serve`, the floor, `wrk`) and rewrites this file, except the last section."
-        ),
-        "",
-        "```",
+    out += opening(
+        "Figures of one run of the benchmark, `tests/bench/run.py`, on the machine below; every figure "
+        "here was measured by that run. It starts everything it needs itself (a private `redis-server`, "
+        "`concord serve`, the floor, `wrk`) and rewrites this file, except the last section.",
         report.command,
-        "```",
-        "",
-        f"- **Date**: {report.date}",
+        report.date,
+    )
+    out += [
         *report.machine,
         f"- **Event loop and HTTP parser** (both servers): {report.loop_http}",
         "",
@@ -154,16 +150,13 @@ def render(report: Report, kept: str | None = None) -> str:
     out += _summary(report)
     out += _disturbed(report)
 
-    out += ["## Unexpected answers", ""]
-    if report.problems:
-        out += ["**The run saw answers other than expected; the figures below are suspect:**", ""]
-        out += [f"- {problem}" for problem in report.problems]
-    else:
-        out.append(
-            "None: every request of every run, warm-ups included, got its expected status (and body, "
-            "where one is checked) and wrk saw no socket error."
-        )
-    out.append("")
+    out += unexpected(
+        "## Unexpected answers",
+        report.problems,
+        "below",
+        "None: every request of every run, warm-ups included, got its expected status (and body, "
+        "where one is checked) and wrk saw no socket error.",
+    )
 
     out += ["## Method", ""]
     out += report.method
@@ -286,6 +279,23 @@ def render(report: Report, kept: str | None = None) -> str:
     out.append(kept.strip() if kept and kept.strip() else PLACEHOLDER)
     out.append("")
     return "\n".join(out)
+
+
+def opening(what: str, command: str, date: str) -> list[str]:
+    """A report's first lines: what it holds, the command that made it, and when."""
+    return [what, "", "```", command, "```", "", f"- **Date**: {date}"]
+
+
+def unexpected(heading: str, problems: list[str], where: str, none: str) -> list[str]:
+    """The section that lists every answer other than expected (the figures ``where``
+    are then suspect), or says ``none`` when there was none."""
+    out = [heading, ""]
+    if problems:
+        out += [f"**The run saw answers other than expected; the figures {where} are suspect:**", ""]
+        out += [f"- {problem}" for problem in problems]
+    else:
+        out.append(none)
+    return [*out, ""]
 
 
 def _summary(report: Report) -> list[str]:

@@ -479,13 +479,14 @@ def machine() -> list[str]:
     ]
 
 
-def command_line(argv: list[str]) -> str:
+def command_line(argv: list[str], script: str = "tests/bench/run.py") -> str:
+    """How ``script`` was run, with the interpreter relative to the repository when it is inside it."""
     python = Path(sys.executable)
     try:
         python = python.relative_to(REPO)
     except ValueError:
         pass
-    return shlex.join([str(python), "tests/bench/run.py", *argv])
+    return shlex.join([str(python), script, *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
