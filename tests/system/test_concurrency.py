@@ -126,12 +126,13 @@ async def test_exactly_one_winner_per_contact(deployment: Stack):
             entries = expected.setdefault(keys.lease_registry(RACE_TENANT, agent_tag(won["agentId"])), {})
             entries[str(won["fencingToken"])] = f"{ms(won['expiresAt'])}:{contact}"
         assert registries == expected, registries
-        # And nothing else: no key but the agents' (and their runs of activity), the leases,
+        # And nothing else: no key but the agents' (their runs of activity and roles), the leases,
         # the registries, the fence and the events.
         everything = set(redis.scan_iter(match=f"{keys.tenant(RACE_TENANT)}:*", count=1000))
         assert everything == (
             {keys.agent(RACE_TENANT, agent_id) for agent_id in by_id}
             | {keys.agents(RACE_TENANT), keys.heartbeats(RACE_TENANT), keys.active_since(RACE_TENANT)}
+            | {keys.agent_roles(RACE_TENANT)}
             | {keys.fence(RACE_TENANT)}
             | {keys.lease(RACE_TENANT, contact) for contact in winners}
             | set(expected)

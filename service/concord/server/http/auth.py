@@ -13,6 +13,10 @@ credential here (``prove``): one read of the agent's hash, remembered for at mos
 one second, so a rotated or revoked credential is refused everywhere within one
 second. Only proven credentials are remembered: random ones cannot fill that memory.
 
+Each Authorization header that names a member's credential or a configured key
+is parsed and hashed once, then remembered (as claimed, not as proven): that
+saves most of what authenticating a request costs.
+
 Abuse. Known keys, unknown keys and proven credentials are remembered apart, so
 random keys can flush only the memory of unknown ones, never a real key's. Each
 client address has a budget of refused credentials (FAILURE_BURST, refilled at
@@ -70,14 +74,22 @@ class Authenticator:
         self._proven: dict[str, float] = {}  # credential digest -> until when it counts as proven
         self._accepted: dict[str, float] = {}  # credential digest -> until when, from an address with failures
         self._failures: dict[str, tuple[float, float]] = {}  # address -> (tokens, at), once it has failed
+        # Authorization header -> the principal it names, for a member's credential (as
+        # claimed) or a configured key: parsing and hashing it once per header, not per
+        # request, is the larger part of what authenticating costs.
+        self._parsed: dict[str, Principal] = {}
 
     def known(self, authorization: str | None) -> Principal | None:
         """The principal of the request's ``Authorization: Bearer <credential>`` when no
         Redis lookup is needed (an agent credential, as claimed; a configured key; a
         key's answer cached), else None; 401 for a missing or malformed header, or a
         key known to be unknown."""
+        parsed = self._parsed.get(authorization)  # type: ignore[arg-type]
+        if parsed is not None:
+            return parsed
         token = _token(authorization)
         digest = key_digest(token)
+        principal: Principal | None
         if token.startswith((CREDENTIAL_PREFIX, HUMAN_PREFIX)):
             principal = agent_principal(token, digest)
             if principal is None:
@@ -86,10 +98,15 @@ class Authenticator:
                     f"This {'human' if token.startswith(HUMAN_PREFIX) else 'agent'} credential is not one Concord "
                     "made: send it exactly as registering answered it",
                 )
+        else:
+            principal = self._static.get(digest)
+        if principal is not None:
+            # What the header names, never proven here: a member's credential is
+            # checked by the script that acts (or prove), as if parsed anew.
+            if len(self._parsed) >= CACHE_MAX:
+                self._parsed.clear()
+            self._parsed[authorization] = principal  # type: ignore[index]
             return principal
-        grant = self._static.get(digest)
-        if grant is not None:
-            return grant
         good = self._good.get(digest)
         if good is not None and good[1] > time.monotonic():
             return good[0]
