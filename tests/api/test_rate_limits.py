@@ -1,7 +1,20 @@
-"""Rate limits (CONCORD_RATE_LIMITS): token buckets per tenant and per agent.
+"""Rate limits (CONCORD_RATE_LIMITS): token buckets per principal and per API key in
+each instance's memory (on by default), and per tenant and per agent in Redis.
 
 Through the API, on fakeredis and on a real Redis (the app in process, built with
-the Settings `concord serve` would read):
+the Settings `concord serve` would read). In process, on a clock the test moves:
+
+* by default an agent credential gets its burst (200), then 429 rate_limited
+  with Retry-After and retryAfterMs; an API key gets its own (key scope);
+* a credential's bucket is its digest's: a forged credential claiming the
+  victim's id drains only its own bucket, and the victim is still served; two
+  agents have two buckets; a key's bucket is its own, and registering draws from
+  the enrolling key's;
+* a request the in-process limit refuses costs no Redis work: it is 429 with Redis
+  down, it issues no Redis command, and takes no token from a Redis bucket;
+* `off` means no limit at all; unauthenticated endpoints are never limited.
+
+In Redis:
 
 * a bucket lets its burst through, then answers 429 rate_limited with
   Retry-After (whole seconds, at least 1) and retryAfterMs;
@@ -17,7 +30,7 @@ the Settings `concord serve` would read):
 * tokens come back at the configured rate (polled, with a deadline);
 * N concurrent requests against a bucket of B tokens get exactly B answers;
   across `concord serve` worker processes too;
-* unset means no limit, and then no rate key is ever written;
+* unset means the in-process defaults only, and then no rate key is ever written;
 * a malformed CONCORD_RATE_LIMITS stops `concord` with a message naming it.
 
 And lua/rate_limit.lua itself, called directly on both backends: every reply
@@ -28,22 +41,34 @@ refill and its cap, and nothing written when it refuses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import fakeredis
+import fakeredis.aioredis
 import httpx
 import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from concord.server import app as app_module
 from concord.server.app import create_app
 from concord.server.errors import ConcordError
 from concord.server.http.auth import FAILURE_BURST
+from concord.server.http.throttle import Throttle
 from concord.server.principals import AgentPrincipal, KeyGrant
-from concord.server.settings import ConfigError, RateLimit, Settings, key_digest, parse_api_keys, parse_rate_limits
+from concord.server.settings import (
+    DEFAULT_RATE_LIMITS,
+    ConfigError,
+    Settings,
+    key_digest,
+    parse_api_keys,
+    parse_rate_limits,
+)
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_id_for
 from concord.server.store.replies import Reply
@@ -65,6 +90,7 @@ from tests.support.api import (
 )
 from tests.support.helpers import Stack, eventually, free_port, running_stack, wait_until
 from tests.system.security_support import security_report
+from tests.unit.test_throttle import Clock
 
 AGENTS = f"{V1}/agents"
 HOUR_RATE_MS = 1 / 3_600_000  # one token an hour, in tokens per millisecond
@@ -83,13 +109,14 @@ def http(app, api_key: str) -> httpx.AsyncClient:
 
 @asynccontextmanager
 async def deployment(
-    redis_client: redis.asyncio.Redis, prefix: str, limits: str
+    redis_client: redis.asyncio.Redis, prefix: str, limits: str, more_keys: str = ""
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """Clients of tenants acme and globex on an app whose CONCORD_RATE_LIMITS is
-    ``limits``. Apps on one Redis and prefix share their buckets, as instances do."""
+    ``limits`` (and ``more_keys`` in CONCORD_API_KEYS). Apps on one Redis and prefix
+    share their Redis buckets, as instances do; each has its in-process ones."""
     settings = Settings(
         redis_url="redis://injected-by-tests",
-        api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{OTHER_TENANT}:{OTHER_API_KEY}"),
+        api_keys=parse_api_keys(f"{TENANT}:{API_KEY},{OTHER_TENANT}:{OTHER_API_KEY},{more_keys}"),
         key_prefix=prefix,
         rate_limits=parse_rate_limits(limits),
     )
@@ -134,7 +161,190 @@ async def rate_keys(redis_client: redis.asyncio.Redis, keys: Keys) -> list[str]:
     return sorted([key async for key in redis_client.scan_iter(match=f"{keys.prefix}:*:rate*")])
 
 
-# --- through the API -----------------------------------------------------------
+# --- in process: a bucket per principal and per key ---------------------------
+
+ENROLL_KEY, GATE_KEY = "acme-enroll-key-0123456789", "acme-gate-key-0123456789"
+MORE_KEYS = f"{TENANT}/enroll:{ENROLL_KEY},{TENANT}/gate:{GATE_KEY}"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of the in-process buckets of every app this test starts, stopped: a
+    bucket refills only when the test moves it, so counts are exact."""
+    stopped = Clock()
+    monkeypatch.setattr(app_module, "Throttle", functools.partial(Throttle, clock=stopped))
+    return stopped
+
+
+async def served(requests: int, send: Callable[[], Awaitable[httpx.Response]]) -> tuple[int, httpx.Response]:
+    """Send ``requests`` one after the other: how many were served (2xx) before the
+    first refusal, which must be 429 rate_limited, and the last answer."""
+    count = 0
+    for _ in range(requests):
+        response = await send()
+        if response.status_code == 429:
+            limited(response)
+            break
+        assert response.status_code in (200, 201), response.text
+        count += 1
+    return count, response
+
+
+async def test_by_default_an_agent_gets_its_burst_then_429(redis_client, prefix, keys, clock):
+    """CONCORD_RATE_LIMITS unset: an agent's credential is served its burst of 200,
+    then answered 429 with Retry-After; a token is due 10 ms later (100 a second)."""
+    burst = DEFAULT_RATE_LIMITS["principal"].burst
+    async with deployment(redis_client, prefix, "") as (a, _):
+        x = await register(a, "x")
+        count, refused = await served(burst + 1, lambda: heartbeat(a, x))
+        assert count == burst
+        assert limited(refused) == 10 and refused.headers["retry-after"] == "1"  # 10 ms, in whole seconds
+        assert "CONCORD_RATE_LIMITS principal" in refused.json()["detail"]
+        # Reads with the credential draw from the same bucket; the key, from its own.
+        limited(await a.get(AGENTS, headers=bearer(credential_of(a, x))))
+        assert (await a.get(AGENTS)).status_code == 200
+        clock.now += 0.015  # a token and a half
+        assert (await heartbeat(a, x)).status_code == 200
+        limited(await heartbeat(a, x))
+    assert await rate_keys(redis_client, keys) == []  # in process: nothing in Redis
+
+
+async def test_a_forged_credential_drains_only_its_own_bucket(redis_client, prefix, clock):
+    """Credentials forged for the victim's id are each a bucket of their own (their
+    digests differ): they are refused, 401 and then 429, and the victim is served its
+    whole burst."""
+    async with deployment(redis_client, prefix, "principal=1/h:3") as (a, _):
+        victim = await register(a, "victim")
+        for forgery in (forged(TENANT, victim), forged(TENANT, victim)):
+            for _ in range(3):
+                problem(await heartbeat(a, victim, forgery), 401, "unauthorized")
+            for _ in range(10):
+                limited(await heartbeat(a, victim, forgery))
+                limited(await a.get(AGENTS, headers=bearer(forgery)))
+        count, _ = await served(4, lambda: heartbeat(a, victim))
+        assert count == 3, "a forged credential drew from the victim's bucket"
+
+
+async def test_two_agents_have_two_buckets(redis_client, prefix, clock):
+    async with deployment(redis_client, prefix, "principal=1/h:2") as (a, b):
+        x, y = await register(a, "x"), await register(a, "y")
+        g = await register(b, "g")  # another tenant's agent
+        assert (await served(3, lambda: heartbeat(a, x)))[0] == 2
+        assert (await served(3, lambda: heartbeat(a, y)))[0] == 2
+        assert (await served(3, lambda: heartbeat(b, g)))[0] == 2
+        # x's refusals took nothing from y's bucket, nor the other way round.
+        clock.now += 3600
+        assert (await served(3, lambda: heartbeat(a, x)))[0] == 1
+        assert (await served(3, lambda: heartbeat(a, y)))[0] == 1
+
+
+async def test_a_keys_bucket_is_its_own(redis_client, prefix, clock):
+    """Each API key its bucket: acme's admin key spending its own holds back neither
+    acme's gate key, nor globex's key, nor the agents acme registered (whose
+    credentials are the principal scope's). Unauthenticated endpoints are not limited."""
+    async with deployment(redis_client, prefix, "key=1/h:3", MORE_KEYS) as (a, b):
+        x = await register(a, "x")  # one of the admin key's three
+        assert (await served(3, lambda: a.get(AGENTS)))[0] == 2
+        assert limited(await a.post(f"{V1}/register", json={"agentName": "y"})) > 3_500_000  # a token an hour
+        assert (await served(4, lambda: b.get(AGENTS)))[0] == 3
+        send_check = {"agentId": x, "contactEmail": "alice@example.com"}
+        assert (await served(4, lambda: a.post(f"{C}/send-check", json=send_check, headers=bearer(GATE_KEY))))[0] == 3
+        assert (await served(10, lambda: heartbeat(a, x)))[0] == 10
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            for _ in range(5):
+                assert (await a.get(path)).status_code == 200, path
+
+
+async def test_registering_draws_from_the_enrolling_keys_bucket(redis_client, prefix, keys, clock):
+    """An enroll key registers three agents, then is refused (nothing written), while
+    the admin key still registers, and the new agents act on their own buckets."""
+    async with deployment(redis_client, prefix, "key=1/h:3", MORE_KEYS) as (a, _):
+
+        async def enrol_with_key(name: str) -> httpx.Response:
+            return await a.post(f"{V1}/register", json={"agentName": name}, headers=bearer(ENROLL_KEY))
+
+        names = iter(f"sdr-{n}" for n in range(10))
+        count, _ = await served(4, lambda: enrol_with_key(next(names)))
+        assert count == 3
+        # The refused registration wrote nothing: three agents, and sdr-3 is none of them.
+        listed = {agent["agentName"] for agent in (await a.get(AGENTS)).json()["agents"]}
+        assert listed == {"sdr-0", "sdr-1", "sdr-2"}, listed
+        assert (await register(a, "by-the-admin-key")).startswith("agent_")
+        beats = [await heartbeat(a, agent_id_for(TENANT, f"sdr-{n}")) for n in range(3)]
+        assert [r.status_code for r in beats] == [200, 200, 200]
+        clock.now += 3600
+        assert (await enrol_with_key("sdr-3")).status_code in (200, 201)
+
+
+async def test_off_means_no_limit_at_all(redis_client, prefix, keys, clock):
+    """`off`: with the clock stopped, an agent goes far past the default burst, and
+    so does a key; no rate key is written either. `principal=off` lifts that scope
+    only: the key is still limited."""
+    burst = DEFAULT_RATE_LIMITS["principal"].burst
+    async with deployment(redis_client, prefix, "off") as (a, _):
+        x, token = await enrol(a, "x")
+        assert (await served(burst + 50, lambda: heartbeat(a, x)))[0] == burst + 50
+        assert (await served(burst + 50, lambda: a.get(f"{AGENTS}/{x}")))[0] == burst + 50
+    async with deployment(redis_client, prefix, "key=1/h:1,principal=off") as (a, _):
+        assert (await served(burst + 50, lambda: heartbeat(a, x, token)))[0] == burst + 50
+        assert (await served(2, lambda: a.get(AGENTS)))[0] == 1
+    assert await rate_keys(redis_client, keys) == []
+
+
+async def test_the_in_process_limit_comes_first_and_takes_no_redis_token(redis_client, prefix, keys, clock):
+    """principal and tenant limits together: once the principal's bucket is empty, its
+    refused requests take no token from the tenant's bucket in Redis."""
+    async with deployment(redis_client, prefix, "") as (setup, _):
+        x, x_credential = await enrol(setup, "x")
+    async with deployment(redis_client, prefix, "principal=1/h:2,tenant=100/h") as (a, _):
+        assert (await served(3, lambda: heartbeat(a, x, x_credential)))[0] == 2
+        tenant_bucket = await redis_client.hgetall(keys.rate_bucket(TENANT))
+        for _ in range(10):
+            limited(await heartbeat(a, x, x_credential))
+        assert await redis_client.hgetall(keys.rate_bucket(TENANT)) == tenant_bucket
+
+
+async def test_a_refused_request_costs_redis_nothing_it_is_429_with_redis_down(prefix, clock):
+    """Redis stops answering once the agent's and the key's buckets are empty: their
+    next requests are still 429, never 503, as they ask Redis nothing. A principal
+    with tokens left is 503 then: Redis is really down."""
+    server = fakeredis.FakeServer()
+    client = fakeredis.aioredis.FakeRedis(server=server, decode_responses=True)
+    async with deployment(client, prefix, "principal=1/h:1,key=1/h:2") as (a, b):
+        x = await register(a, "x")
+        assert (await heartbeat(a, x)).status_code == 200
+        assert (await a.get(AGENTS)).status_code == 200
+        server.connected = False
+        for _ in range(5):
+            limited(await heartbeat(a, x))
+            limited(await a.post(f"{C}/lease", json={"agentId": x, "contactEmail": "alice@example.com"}))
+            limited(await a.get(AGENTS))
+        problem(await b.get(AGENTS), 503, "store_unavailable")
+    await client.aclose()
+
+
+def redis_calls(stats: dict[str, dict[str, int]]) -> dict[str, int]:
+    """INFO commandstats as {command: calls}, without INFO itself (the test's own)."""
+    return {name: stat["calls"] for name, stat in stats.items() if name != "cmdstat_info"}
+
+
+async def test_a_refused_request_issues_no_redis_command(real_client, prefix, clock):
+    """On a real Redis: no command is counted (INFO commandstats) while an agent and a
+    key whose buckets are empty send twenty requests of every kind."""
+    async with deployment(real_client, prefix, "principal=1/h:1,key=1/h:2") as (a, _):
+        x = await register(a, "x")
+        assert (await heartbeat(a, x)).status_code == 200
+        assert (await a.get(AGENTS)).status_code == 200
+        before = redis_calls(await real_client.info("commandstats"))
+        for _ in range(5):
+            limited(await heartbeat(a, x))
+            limited(await a.get(AGENTS, headers=bearer(credential_of(a, x))))
+            limited(await a.get(f"{AGENTS}/{x}"))
+            limited(await a.post(f"{V1}/register", json={"agentName": "y"}))
+        assert redis_calls(await real_client.info("commandstats")) == before
+
+
+# --- in Redis, through the API --------------------------------------------------
 
 
 async def test_a_burst_then_429_with_retry_after(redis_client, prefix, keys):
@@ -221,7 +431,7 @@ async def test_an_address_guessing_credentials_is_limited_before_they_cost_a_loo
     credentials gets 429 for the next credential that would cost Redis work (an
     unknown key, a forged agent credential), while a configured key goes on
     (docs/security.md, Guessing credentials)."""
-    async with deployment(redis_client, prefix, "") as (a, _):
+    async with deployment(redis_client, prefix, "off") as (a, _):
         agent = await register(a, "victim")
         for i in range(FAILURE_BURST):
             problem(await a.get(AGENTS, headers=bearer(f"guess-{i:04d}-0123456789")), 401, "unauthorized")
@@ -236,7 +446,7 @@ async def test_an_address_guessing_credentials_is_limited_before_they_cost_a_loo
 
 
 async def test_one_tenants_buckets_never_limit_another(redis_client, prefix, keys):
-    async with deployment(redis_client, prefix, "") as (setup, _):  # no limits: registering takes nothing
+    async with deployment(redis_client, prefix, "") as (setup, _):  # no Redis limits: registering takes nothing
         x, x_credential = await enrol(setup, "x")
     async with deployment(redis_client, prefix, "tenant=3/h,agent=2/h") as (a, b):
         for _ in range(3):
@@ -275,7 +485,7 @@ async def test_registration_takes_from_the_tenant_only(redis_client, prefix, key
 
 
 async def test_a_request_takes_from_both_buckets_or_from_neither(redis_client, prefix, keys):
-    async with deployment(redis_client, prefix, "") as (setup, _):  # no limits: registering takes nothing
+    async with deployment(redis_client, prefix, "") as (setup, _):  # no Redis limits: registering takes nothing
         (x, x_credential), (y, y_credential) = await enrol(setup, "x"), await enrol(setup, "y")
     async with deployment(redis_client, prefix, "tenant=5/h,agent=2/h") as (a, _):
         for _ in range(2):
@@ -321,9 +531,10 @@ async def test_concurrent_requests_get_exactly_the_burst(redis_client, prefix):
             limited(response)
 
 
-async def test_unset_means_no_limit_and_no_rate_keys(redis_client, prefix, keys):
-    assert Settings.from_env({}).rate_limits == {}
-    assert Settings.from_env({"CONCORD_RATE_LIMITS": ""}).rate_limits == {}
+async def test_unset_means_no_redis_limit_and_no_rate_keys(redis_client, prefix, keys):
+    """Unset, only the in-process defaults apply: 160 heartbeats of one agent and 80
+    reads of a key, within their bursts, are all served, and no rate key is written."""
+    assert Settings.from_env({}).rate_limits.keys() == {"principal", "key"}
     async with deployment(redis_client, prefix, "") as (a, b):
         x = await register(a, "x")
         # (At most 80 at once: the test's Redis client, like the service's, holds at most 100 connections.)
@@ -331,18 +542,6 @@ async def test_unset_means_no_limit_and_no_rate_keys(redis_client, prefix, keys)
         answers += await asyncio.gather(*(heartbeat(a, x) for _ in range(40)), *(b.get(AGENTS) for _ in range(40)))
         assert {r.status_code for r in answers} == {200}
     assert await rate_keys(redis_client, keys) == []
-
-
-def test_rate_limits_parse_as_documented():
-    assert parse_rate_limits("tenant=1000/s,agent=20/s:40") == {
-        "tenant": RateLimit(1000.0, 1000),
-        "agent": RateLimit(20.0, 40),
-    }
-    assert parse_rate_limits(" tenant=60/m , agent=7200/h:5 ") == {
-        "tenant": RateLimit(1.0, 60),
-        "agent": RateLimit(2.0, 5),
-    }
-    assert parse_rate_limits("agent=1/h") == {"agent": RateLimit(1 / 3600, 1)}
 
 
 @pytest.mark.parametrize("limits", ["tenant=1/h:100000000000", "agent=1/s:100000000000000"])
@@ -388,6 +587,9 @@ BAD_LIMITS = [
     "tenant=10/s,tenant=5/s",
     "tenant=10/s;agent=5/s",
     "tenant=10/s:20:30",
+    "off,tenant=10/s",
+    "principal=none",
+    "key=off,key=10/s",
 ]
 
 

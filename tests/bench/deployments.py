@@ -146,6 +146,7 @@ def main(argv: list[str]) -> None:
                 "CONCORD_KEY_PREFIX": prepare.KEY_PREFIX,
                 "CONCORD_LOG_LEVEL": "warning",
                 "CONCORD_HEARTBEAT_WINDOW_SECONDS": str(prepare.WINDOW_SECONDS),
+                "CONCORD_RATE_LIMITS": prepare.RATE_LIMITS,
             }
             setup.service = ServiceProcess(env, 1, work / f"concord-{index}.log").start()
             stack.callback(setup.service.stop)

@@ -166,6 +166,7 @@ class Bench:
             "CONCORD_KEY_PREFIX": prepare.KEY_PREFIX,
             "CONCORD_LOG_LEVEL": "warning",
             "CONCORD_HEARTBEAT_WINDOW_SECONDS": str(prepare.WINDOW_SECONDS),
+            "CONCORD_RATE_LIMITS": prepare.RATE_LIMITS,
         }
 
     # --- one measurement -----------------------------------------------------
@@ -393,7 +394,8 @@ class Bench:
                 f"(two tenants), `CONCORD_LOG_LEVEL=warning` (no access log), "
                 f"`CONCORD_KEY_PREFIX={prepare.KEY_PREFIX}`, "
                 f"`CONCORD_HEARTBEAT_WINDOW_SECONDS={prepare.WINDOW_SECONDS}` (the prepared agents stay active for "
-                "the whole run) and no rate limits."
+                f"the whole run) and `CONCORD_RATE_LIMITS={prepare.RATE_LIMITS}`: the in-process limits run on "
+                "every request but refuse none (no Redis limit)."
             ),
             (
                 "- **Data**, made beforehand through `concord.server.store.Store` "

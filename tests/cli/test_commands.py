@@ -532,7 +532,7 @@ def test_inspect_an_agent_shows_its_hash_heartbeat_and_leases(stack: Stack, r: r
     assert heartbeat["active"] is True and registered["member"] == holder, report
     check_against_redis(r, registry, "hash", expires=True)
     check_against_redis(r, lease, "string", expires=True)
-    check_against_redis(r, bucket, "none")  # no rate limits configured
+    check_against_redis(r, bucket, "none")  # no Redis rate limit configured (the in-process ones write none)
 
 
 def test_inspect_a_consensus_request_shows_its_votes_and_lists(stack: Stack, r: redis.Redis, scene: dict[str, Any]):

@@ -21,6 +21,7 @@ from concord.server.http.deadlines import Deadlines
 from concord.server.http.observe import Observe
 from concord.server.http.problems import exception_handlers
 from concord.server.http.routes import routes
+from concord.server.http.throttle import Throttle
 from concord.server.metrics import METRICS, Exporter
 from concord.server.redis.batcher import Replication
 from concord.server.redis.connect import connect
@@ -35,6 +36,7 @@ class State(TypedDict):
     settings: Settings
     store: Store
     auth: Authenticator
+    throttle: Throttle
     deadlines: Deadlines
 
 
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
                     "settings": settings,
                     "store": store,
                     "auth": Authenticator(settings.api_keys, store.apikeys.grant_of, store.agents.credential),
+                    "throttle": Throttle(settings.rate_limits),
                     "deadlines": Deadlines(settings.redis_timeout_seconds),
                 }
         finally:

@@ -37,7 +37,15 @@ class RateLimit:
     burst: int
 
 
-RATE_SCOPES = ("tenant", "agent")
+# In process, on each instance, at no Redis round trip (http/throttle.py): "principal"
+# is a bucket per agent credential (by its digest), "key" one per API key (by its id).
+LOCAL_SCOPES = ("principal", "key")
+# In Redis, shared by every instance, at one round trip (store/limits.py).
+SHARED_SCOPES = ("tenant", "agent")
+RATE_SCOPES = LOCAL_SCOPES + SHARED_SCOPES
+# What CONCORD_RATE_LIMITS unset gives, and keeps for the in-process scopes it leaves
+# out: well above what an honest agent or pipeline does (docs/configuration.md, Rate limits).
+DEFAULT_RATE_LIMITS = {"principal": RateLimit(100.0, 200), "key": RateLimit(2000.0, 4000)}
 # Bounds COUNT and BURST, so a bucket's refill time (BURST / rate) stays a sane TTL.
 RATE_MAX = 1_000_000
 QUOTA_MAX = 1_000_000_000
@@ -62,7 +70,7 @@ class Quotas:
     }
 
 
-_RATE = re.compile(r"(?P<scope>\w+)=(?P<count>\d+)/(?P<unit>[smh])(?::(?P<burst>\d+))?")
+_RATE = re.compile(r"(?P<scope>\w+)=(?:(?P<off>off)|(?P<count>\d+)/(?P<unit>[smh])(?::(?P<burst>\d+))?)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -80,8 +88,8 @@ class Settings:
     # Connections to Redis per worker process; requests beyond wait for one.
     redis_max_connections: int = 100
     log_level: str = "info"
-    # scope ("tenant" | "agent") -> its limit; no entry, no limit.
-    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    # scope (RATE_SCOPES) -> its limit; no entry, no limit.
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # One line per request on stdout: "json", "text" or "off" (docs/observability.md).
     access_log: str = "json"
     # Where each worker leaves its metrics snapshot for /metrics to sum; None: this
@@ -175,23 +183,32 @@ def parse_api_keys(raw: str) -> dict[str, KeyGrant]:
 
 
 def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
-    """Parse ``tenant=1000/s,agent=20/s:40``: COUNT per second, minute or hour, and
-    an optional burst (default COUNT) after a colon."""
-    limits: dict[str, RateLimit] = {}
+    """Parse ``principal=50/s:100,tenant=1000/s,agent=20/s:40``: COUNT per second,
+    minute or hour, and an optional burst (default COUNT) after a colon; or
+    ``SCOPE=off``. The in-process scopes left out keep DEFAULT_RATE_LIMITS, the Redis
+    ones stay off; empty gives the defaults, and ``off`` alone no limit at all."""
+    if raw.strip().lower() == "off":
+        return {}
+    given: dict[str, RateLimit | None] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         match = _RATE.fullmatch(item)
         if not match or match["scope"] not in RATE_SCOPES:
             raise ConfigError(
-                f"CONCORD_RATE_LIMITS: {item!r} is not SCOPE=COUNT/UNIT[:BURST] with SCOPE tenant or agent "
-                "and UNIT s, m or h (e.g. tenant=1000/s,agent=20/s:40)"
+                f"CONCORD_RATE_LIMITS: {item!r} is not SCOPE=COUNT/UNIT[:BURST] or SCOPE=off with SCOPE "
+                f"{', '.join(RATE_SCOPES)} and UNIT s, m or h (e.g. principal=50/s:100,tenant=1000/s), "
+                "nor off alone"
             )
+        if match["scope"] in given:
+            raise ConfigError(f"CONCORD_RATE_LIMITS: {match['scope']} is limited twice")
+        if match["off"]:
+            given[match["scope"]] = None
+            continue
         count, burst = int(match["count"]), int(match["burst"] or match["count"])
         if not (1 <= count <= RATE_MAX and 1 <= burst <= RATE_MAX):
             raise ConfigError(f"CONCORD_RATE_LIMITS: {item!r}: COUNT and BURST must be 1 to {RATE_MAX:,}")
-        if match["scope"] in limits:
-            raise ConfigError(f"CONCORD_RATE_LIMITS: {match['scope']} is limited twice")
-        limits[match["scope"]] = RateLimit(count / _UNIT_SECONDS[match["unit"]], burst)
-    return limits
+        given[match["scope"]] = RateLimit(count / _UNIT_SECONDS[match["unit"]], burst)
+    limits = {**DEFAULT_RATE_LIMITS, **given}
+    return {scope: limit for scope, limit in limits.items() if limit is not None}
 
 
 def parse_quotas(raw: str) -> Quotas:

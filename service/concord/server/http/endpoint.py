@@ -7,7 +7,8 @@ declaration is what runs (``Endpoint.__call__``: the credential gives the
 principal and its tenant, and its role must be one the endpoint admits; at most
 64 KiB of JSON is read, body and query are decoded by prebuilt msgspec decoders,
 path ids are checked, an agent credential acts only as its own agent, rate
-limits apply, and the handler's Redis work
+limits apply (the principal's in process as soon as it is known, http/throttle.py;
+the shared ones in Redis with the handler's work), and the handler's Redis work
 runs under the configured deadline so a stalled Redis answers 503 rather than
 hanging), what the router routes, and what openapi.py describes, so the three
 cannot disagree.
@@ -148,13 +149,13 @@ class Endpoint:
         store, deadlines = state["store"], state["deadlines"]
         if not self.authenticated:
             call = Call(store, "", None, None, None, {}, headers, deadlines.seconds)
-            answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
+            answer = await deadlines.run(self._work(call, {}))
         else:
             auth, client = state["auth"], scope.get("client")
             address = client[0] if client else ""
             try:
                 call = await self._authenticated(scope, receive, headers, auth, address)
-                answer = await deadlines.run(self._work(call, state["settings"].rate_limits))
+                answer = await deadlines.run(self._work(call, state["throttle"].shared))
             except ConcordError as error:
                 if error.code == "unauthorized":  # a credential refused: the address's budget (auth.py)
                     auth.refused(address)
@@ -172,7 +173,9 @@ class Endpoint:
         """The call of an authenticated request: its principal, which must be of a role
         the endpoint admits, its decoded body, query and ids, and, with an agent
         credential, the agent it acts as (its own). A credential that would cost Redis
-        work is first admitted by the address's failure budget (auth.py)."""
+        work is first admitted by the address's failure budget (auth.py); the principal
+        then takes a token from its bucket in this process (throttle.py), before the
+        body is read or any Redis work of the request is done."""
         deadlines, authorization = scope["state"]["deadlines"], headers.get("authorization")
         principal = auth.known(authorization)
         if principal is None:  # a key stored in Redis, not looked up in the last second
@@ -182,6 +185,7 @@ class Endpoint:
             auth.admit(address, principal)
         tenant = principal.tenant
         scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
+        scope["state"]["throttle"].take(principal)
         if principal.role not in self.roles:
             raise insufficient_scope(principal, self.method, self.path)
         query = decode_query(scope, self.query, tenant) if self.query else None
@@ -201,7 +205,8 @@ class Endpoint:
         return Call(scope["state"]["store"], tenant, principal, body, query, ids, headers, deadlines.seconds)
 
     async def _work(self, call: Call, limits: Any) -> Answer | Response:
-        """The request's Redis work: its rate limits, then its handler."""
+        """The request's Redis work: its shared rate limits (CONCORD_RATE_LIMITS tenant
+        and agent; none, no call), then its handler."""
         if limits and call.principal is not None:
             await call.store.limits.take_token(call.principal, limits)
         return await self.handler(call)

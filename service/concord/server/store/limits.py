@@ -1,4 +1,5 @@
-"""Rate limits: a token bucket per tenant and per agent (CONCORD_RATE_LIMITS)."""
+"""Rate limits shared by every instance: a token bucket per tenant and per agent in
+Redis (CONCORD_RATE_LIMITS tenant and agent; the in-process ones are http/throttle.py)."""
 
 from __future__ import annotations
 
