@@ -121,6 +121,21 @@ async def test_a_credential_proven_on_a_read_is_refused_within_a_second_of_its_r
     await eventually(refused, timeout=5, what="the rotated credential to be refused on reads")
 
 
+async def test_a_read_of_a_consensus_request_refuses_a_rotated_credential_at_once(role_app, admin):
+    """The script that reads a request proves the reader's credential, as the acting
+    scripts do: no cache lies between a rotation and the refusal."""
+    agent, peer = await enrol(admin, "asker"), await enrol(admin, "peer")
+    async with as_credential(role_app, agent["credential"]) as asker:
+        cons = ok(await asker.post(f"{C}/consensus", json={"action": "x"}), 201)
+    async with as_credential(role_app, peer["credential"]) as reader:
+        ok(await reader.get(f"{C}/consensus/{cons['id']}"))
+        ok(await admin.post(f"{V1}/agents/{peer['id']}/credentials"))
+        body = problem(await reader.get(f"{C}/consensus/{cons['id']}"), 401, "unauthorized")
+        assert peer["id"] in body["detail"], body
+        # A request that does not exist answers alike: the credential is refused first.
+        problem(await reader.get(f"{C}/consensus/cons_{'0' * 8}-0000-4000-8000-{'0' * 12}"), 401, "unauthorized")
+
+
 # --- rotating -----------------------------------------------------------------------
 
 

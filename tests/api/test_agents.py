@@ -76,6 +76,7 @@ async def test_register_new_agent_is_201_with_the_full_agent(client, redis_clien
         "registeredAt": body["registeredAt"],
         "updatedAt": body["registeredAt"],
         "metadata": {},
+        "kind": "agent",
     }
     assert ISO_Z.fullmatch(body["registeredAt"])
 

@@ -104,6 +104,7 @@ async def test_request_is_201_with_the_full_consensus(client, redis_client, keys
         "resolvedAt": None,
         "tally": {"approve": 0, "reject": 0, "eligible": 3, "needed": 2},
         "votes": [],
+        "policy": {"rule": "majority", "voterRoles": [], "minVotes": 0, "humanApprovals": 0},  # the default
     }
     assert ISO_Z.fullmatch(body["createdAt"])
     assert ms(body["expiresAt"]) - ms(body["createdAt"]) == HOUR_MS  # default 60 minutes
@@ -264,6 +265,7 @@ async def test_votes_decide_approval(client, redis_client, keys, requester, peer
             "vote": "approve",
             "reason": "fits the | playbook",
             "votedAt": first["votes"][0]["votedAt"],
+            "kind": "agent",
         }
     ]
     assert ISO_Z.fullmatch(first["votes"][0]["votedAt"])
@@ -283,6 +285,7 @@ async def test_votes_decide_approval(client, redis_client, keys, requester, peer
         "vote": "approve",
         "reason": None,
         "votedAt": decided["votes"][1]["votedAt"],
+        "kind": "agent",
     }
     assert ms(decided["votes"][0]["votedAt"]) <= ms(decided["votes"][1]["votedAt"])
     assert await get(client, cons["id"]) == decided

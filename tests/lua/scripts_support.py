@@ -431,9 +431,11 @@ async def take_token(store: Store, agent_id: str = "", as_credential: str | None
     )
 
 
-async def read(store: Store, consensus_id: str) -> list:
+async def read(store: Store, consensus_id: str, reader: str = "", as_credential: str = "") -> list:
+    """consensus_read as an API key ('') or, with ``reader``, as that member with ``as_credential``."""
     return await store.scripts.consensus_read(
-        keys=consensus_keys(store, consensus_id), args=[consensus_id, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX]
+        keys=consensus_keys(store, consensus_id) + [store.keys.agent(TENANT, reader)],
+        args=[consensus_id, store.ctx.window_ms, RETENTION_MS, EVENTS_MAX, as_credential],
     )
 
 

@@ -279,6 +279,11 @@ def read_overdue(store: Store, w: World) -> Awaitable[Any]:
     return store.consensus.get(TENANT, w.overdue)
 
 
+def read_overdue_as_sdr(store: Store, w: World) -> Awaitable[Any]:
+    """A member's read: the script proves sdr's credential, reading its hash first."""
+    return store.consensus.get(TENANT, w.overdue, w.sdr, w.digest(w.sdr))
+
+
 def take_token(store: Store, w: World) -> Awaitable[Any]:
     return store.limits.take_token(w.as_(w.sdr), LIMITS)
 
@@ -353,6 +358,7 @@ CASES = [
     Case("consensus_policy", "policies_key", "hash", lambda k, w: k.consensus_policies(TENANT), set_policy),
     Case("consensus_policy", "events_key", "stream", events_key, set_policy),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),
+    Case("consensus_read", "reader_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), read_overdue_as_sdr),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT), take_token),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT, w.sdr), take_token),
     Case("rate_limit", "agent_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), take_token),

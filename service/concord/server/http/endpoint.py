@@ -106,8 +106,10 @@ class Endpoint:
     # "requesting_agent_id"). With an agent credential it is filled in when left
     # out and must be the credential's own agent, and the handler's script checks
     # the credential. An endpoint without it checks an agent credential itself
-    # (Authenticator.prove) before its handler runs.
+    # (Authenticator.prove) before its handler runs, unless it ``proves`` it in its
+    # own script (a read that passes the member and its credential's digest).
     acts_as: str | None = None
+    proves: bool = False
     decoder: msgspec.json.Decoder | None = field(init=False)
     ids: tuple[str, ...] = field(init=False)
 
@@ -198,7 +200,8 @@ class Endpoint:
         scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
         if principal.role in MEMBERS:
             if self.acts_as is None:
-                await deadlines.run(auth.prove(principal))
+                if not self.proves:
+                    await deadlines.run(auth.prove(principal))
             else:
                 act_as(principal, body if self.body is not None else query, self.acts_as)
                 scope["concord.agent"] = getattr(body if self.body is not None else query, self.acts_as)

@@ -283,9 +283,11 @@ async def vote(c: Call) -> Answer | Response:
     answers={200: p.Consensus},
     query=p.ConsensusReadQuery,
     own_errors=("quota_exceeded",),
+    proves=True,
 )
 async def get_consensus(c: Call) -> Answer | Response:
-    consensus = await c.store.consensus.get(c.tenant, c.ids["consensusId"])
+    reader = c.principal.id if c.credential else ""  # a member's read: its script proves the credential
+    consensus = await c.store.consensus.get(c.tenant, c.ids["consensusId"], reader, c.credential)
     if consensus.status != "pending" or not c.query.wait_seconds:
         return respond(consensus)
     await within_streams_quota(c)

@@ -102,11 +102,13 @@ class ConsensusRequests:
             METRICS.vote(vote)
         return consensus(tenant, reply)
 
-    async def get(self, tenant: str, consensus_id: str) -> Consensus:
-        reply = await self._read(tenant, consensus_id)
+    async def get(self, tenant: str, consensus_id: str, reader: str = "", credential: str = "") -> Consensus:
+        """Read a request. A member's read (``reader``, the digest of its
+        ``credential``) has its credential proven by the script that reads."""
+        reply = await self._read(tenant, consensus_id, reader=reader, credential=credential)
         code = Reply(reply[0])
         if code < 0:
-            raise refused(code, reply, tenant=tenant, consensus_id=consensus_id)
+            raise refused(code, reply, tenant=tenant, consensus_id=consensus_id, agent_id=reader)
         return consensus(tenant, reply)
 
     async def page(self, tenant: str, status: str | None, limit: int, cursor: str | None) -> ConsensusList:
@@ -150,11 +152,13 @@ class ConsensusRequests:
             await self._read(tenant, consensus_id, client=pipe)
         return await pipe.execute()
 
-    def _read(self, tenant: str, consensus_id: str, client: Any = None) -> Awaitable[Any]:
+    def _read(
+        self, tenant: str, consensus_id: str, client: Any = None, reader: str = "", credential: str = ""
+    ) -> Awaitable[Any]:
         ctx = self.ctx
         return ctx.scripts.consensus_read(
-            self._keys(tenant, consensus_id),
-            [consensus_id, ctx.window_ms, RETENTION_MS, ctx.events_max],
+            self._keys(tenant, consensus_id) + [ctx.keys.agent(tenant, reader)],
+            [consensus_id, ctx.window_ms, RETENTION_MS, ctx.events_max, credential],
             client,
         )
 
