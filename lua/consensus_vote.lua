@@ -79,10 +79,9 @@ if earlier then
   if vote_of(earlier) ~= vote then return {ALREADY_VOTED, vote_of(earlier)} end
   return consensus_reply(OK, k, now_ms, now_us, window_ms, retention_ms, events_max)
 end
-local status = consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
-if status ~= 'pending' then return {CONSENSUS_CLOSED, status} end
-local request = redis.call('HMGET', k.cons, 'electorateAt', 'policy')
-local electorate_us, policy = request[1], policy_parse(request[2])
+local s = consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+if s.status ~= 'pending' then return {CONSENSUS_CLOSED, s.status} end
+local electorate_us, policy = s.electorate_us, s.policy
 if human then
   if policy.humans == 0 then return {NOT_ELIGIBLE, electorate_us, 'human'} end
   local since = redis.call('ZSCORE', humans_key, agent_id)
@@ -99,7 +98,15 @@ if human then ACTOR_ROLE = 'human' end
 
 -- Microseconds, so that votes list in the order they were cast.
 redis.call('HSET', k.votes, field, vote .. '|' .. int(now_us) .. '|' .. agent_name .. '|' .. reason)
-redis.call('PEXPIREAT', k.votes, int(tonumber(redis.call('HGET', k.cons, 'expiresAt')) + retention_ms))
-emit(k.events, events_max, 'consensus.voted', 'consensusId', redis.call('HGET', k.cons, 'id'), 'agentId', agent_id,
+redis.call('PEXPIREAT', k.votes, int(s.expires_ms + retention_ms))
+emit(k.events, events_max, 'consensus.voted', 'consensusId', s.id, 'agentId', agent_id,
   'agentName', agent_name, 'vote', vote)
-return consensus_reply(CREATED, k, now_ms, now_us, window_ms, retention_ms, events_max)
+-- The tally with this vote, without tallying again: the voter was an active member
+-- (or a human, who is of no agent count), so eligible and needed stay as they are.
+local approves = vote == 'approve'
+if human then
+  if approves then s.human_approve = s.human_approve + 1 else s.human_reject = s.human_reject + 1 end
+else
+  if approves then s.approve = s.approve + 1 else s.reject = s.reject + 1 end
+end
+return consensus_answer(CREATED, k, s, consensus_decide(k, s, now_ms, retention_ms, events_max))

@@ -296,60 +296,78 @@ local function consensus_tally(k, requester, electorate_us, policy, now_ms, now_
   return approve, reject, eligible, needed, rejecting, human_approve, human_reject
 end
 
--- Decide a pending request if its votes or its deadline say so; a decided one is
--- final, and its eligible/needed are frozen as they were at the decision; the
--- decision's event (consensus.resolved or consensus.expired) is written with it.
--- Under its policy: nothing is decided with fewer than minVotes votes cast, but a
--- human's rejection, where humans are asked, rejects at once; approval needs the
--- agents' rule (met by no agent when the agent electorate is empty and humans are
--- asked) and humanApprovals human approvals.
--- Returns status, approve, reject, eligible, needed, whether this call decided it,
--- human approve, human reject.
-local function consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+-- A request as a consensus script finds it: its hash's fields, its policy, and its
+-- tally as of now (consensus_tally), as one table that consensus_decide and
+-- consensus_answer take, so a vote tallies its request once.
+local function consensus_state(k, now_ms, now_us, window_ms)
   local c = redis.call('HMGET', k.cons, 'id', 'status', 'requestingAgentId', 'createdAt', 'expiresAt', 'eligible',
     'needed', 'electorateAt', 'policy')
-  local id, status, requester, created_ms, expires_ms = c[1], c[2], c[3], c[4], tonumber(c[5])
-  local policy = policy_parse(c[9])
-  local approve, reject, eligible, needed, rejecting, human_approve, human_reject =
-    consensus_tally(k, requester, c[8], policy, now_ms, now_us, window_ms)
-  if status ~= 'pending' then
-    return status, approve, reject, tonumber(c[6]), tonumber(c[7]), false, human_approve, human_reject
-  end
-  local quorum = approve + reject + human_approve + human_reject >= policy.min_votes
-  local agents_approve = approve >= needed or (eligible == 0 and policy.humans > 0)
-  local resolved_ms = now_ms
-  if now_ms >= expires_ms then
-    status, resolved_ms = 'expired', expires_ms
-  elseif (policy.humans > 0 and human_reject > 0) or (quorum and reject >= rejecting) then
+  local s = {id = c[1], status = c[2], requester = c[3], created_ms = c[4], expires_ms = tonumber(c[5]),
+    electorate_us = c[8], policy = policy_parse(c[9])}
+  s.approve, s.reject, s.eligible, s.needed, s.rejecting, s.human_approve, s.human_reject =
+    consensus_tally(k, s.requester, s.electorate_us, s.policy, now_ms, now_us, window_ms)
+  if s.status ~= 'pending' then s.eligible, s.needed = tonumber(c[6]), tonumber(c[7]) end
+  return s
+end
+
+-- Decide a pending request (s: consensus_state) if its votes or its deadline say so;
+-- a decided one is final, and its eligible/needed are frozen as they were at the
+-- decision; the decision's event (consensus.resolved or consensus.expired) is
+-- written with it. Under its policy: nothing is decided with fewer than minVotes
+-- votes cast, but a human's rejection, where humans are asked, rejects at once;
+-- approval needs the agents' rule (met by no agent when the agent electorate is
+-- empty and humans are asked) and humanApprovals human approvals. Returns whether
+-- this call decided it (s.status is then the decision).
+local function consensus_decide(k, s, now_ms, retention_ms, events_max)
+  if s.status ~= 'pending' then return false end
+  local policy = s.policy
+  local quorum = s.approve + s.reject + s.human_approve + s.human_reject >= policy.min_votes
+  local agents_approve = s.approve >= s.needed or (s.eligible == 0 and policy.humans > 0)
+  local status, resolved_ms = nil, now_ms
+  if now_ms >= s.expires_ms then
+    status, resolved_ms = 'expired', s.expires_ms
+  elseif (policy.humans > 0 and s.human_reject > 0) or (quorum and s.reject >= s.rejecting) then
     status = 'rejected'
-  elseif quorum and agents_approve and human_approve >= policy.humans then
+  elseif quorum and agents_approve and s.human_approve >= policy.humans then
     status = 'approved'
   else
-    return status, approve, reject, eligible, needed, false, human_approve, human_reject
+    return false
   end
-  redis.call('HSET', k.cons, 'status', status, 'resolvedAt', int(resolved_ms), 'eligible', eligible, 'needed', needed)
-  redis.call('ZREM', k.pending, id)
-  redis.call('ZREM', k.due, id)
-  redis.call('ZADD', k[status], created_ms, id)
+  s.status = status
+  redis.call('HSET', k.cons, 'status', status, 'resolvedAt', int(resolved_ms), 'eligible', s.eligible,
+    'needed', s.needed)
+  redis.call('ZREM', k.pending, s.id)
+  redis.call('ZREM', k.due, s.id)
+  redis.call('ZADD', k[status], s.created_ms, s.id)
   for _, key in ipairs({k.cons, k.votes, k.electorate}) do
     redis.call('PEXPIREAT', key, int(resolved_ms + retention_ms))
   end
   local event = status == 'expired' and 'consensus.expired' or 'consensus.resolved'
-  emit(k.events, events_max, event, 'consensusId', id, 'agentId', requester, 'status', status,
-    'approve', approve, 'reject', reject, 'eligible', eligible, 'needed', needed)
-  return status, approve, reject, eligible, needed, true, human_approve, human_reject
+  emit(k.events, events_max, event, 'consensusId', s.id, 'agentId', s.requester, 'status', status,
+    'approve', s.approve, 'reject', s.reject, 'eligible', s.eligible, 'needed', s.needed)
+  return true
+end
+
+-- consensus_state, then consensus_decide: the request as of now, decided if it is.
+local function consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+  local s = consensus_state(k, now_ms, now_us, window_ms)
+  return s, consensus_decide(k, s, now_ms, retention_ms, events_max)
 end
 
 -- {code, {consensus hash flat}, {votes hash flat}, approve, reject, eligible, needed,
 --  decided[, human approve, human reject]}: decided is 1 when this call decided the
 --  request (its metrics count it), else 0; the humans' votes only once there are any.
-local function consensus_reply(code, k, now_ms, now_us, window_ms, retention_ms, events_max)
-  local _, approve, reject, eligible, needed, decided, human_approve, human_reject =
-    consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
-  local reply = {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), approve, reject, eligible,
-    needed, decided and 1 or 0}
-  if human_approve + human_reject > 0 then
-    reply[9], reply[10] = human_approve, human_reject
+local function consensus_answer(code, k, s, decided)
+  local reply = {code, redis.call('HGETALL', k.cons), redis.call('HGETALL', k.votes), s.approve, s.reject,
+    s.eligible, s.needed, decided and 1 or 0}
+  if s.human_approve + s.human_reject > 0 then
+    reply[9], reply[10] = s.human_approve, s.human_reject
   end
   return reply
+end
+
+-- The request settled as of now, as consensus_answer gives it.
+local function consensus_reply(code, k, now_ms, now_us, window_ms, retention_ms, events_max)
+  local s, decided = consensus_settle(k, now_ms, now_us, window_ms, retention_ms, events_max)
+  return consensus_answer(code, k, s, decided)
 end

@@ -93,7 +93,7 @@ async def test_put_sets_the_whole_policy_and_get_list_and_delete_follow(client, 
         ("consensus.policy_set", "refund", "cfg-1", "admin"),
         ("consensus.policy_deleted", "refund", "cfg-1", "admin"),
     ]
-    listed = ok(await client.get(f"{C}/events", params={"type": "consensus.policy_set"}))["events"]
+    listed = ok(await client.get(f"{C}/events", params={"type": "consensus.policy_set", "limit": 100}))["events"]
     assert [e["policy"]["rule"] for e in listed] == ["two_thirds", "unanimous"]
 
 

@@ -96,6 +96,7 @@ async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_cli
         keys.agents(TENANT),
         keys.heartbeats(TENANT),
         keys.active_since(TENANT),  # written by registering, not by the grant
+        keys.agent_roles(TENANT),  # likewise
         key,
         registry(keys, sdr["id"]),
         keys.fence(TENANT),
