@@ -187,7 +187,8 @@ async def test_an_unknown_query_parameter_is_named_as_one(client):
 async def test_an_unknown_body_field_lists_the_fields(client):
     got = invalid(await client.post(f"{V1}/register", json={"agentName": "a", "colour": "red"}), "$.colour")
     assert got["detail"] == (
-        "colour: unknown field; the fields of this request are agentName, name, agentRole, role, metadata, kind, tenantId"
+        "colour: unknown field; the fields of this request are agentName, name, agentRole, role, metadata, kind, "
+        "tenantId"
     )
 
 
