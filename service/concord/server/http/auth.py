@@ -13,9 +13,9 @@ credential here (``prove``): one read of the agent's hash, remembered for at mos
 one second, so a rotated or revoked credential is refused everywhere within one
 second. Only proven credentials are remembered: random ones cannot fill that memory.
 
-Each Authorization header that names a member's credential or a configured key
-is parsed and hashed once, then remembered (as claimed, not as proven): that
-saves most of what authenticating a request costs.
+Each member's credential or configured key is parsed once, then remembered by its
+digest (as claimed, not as proven): that saves much of what authenticating a
+request costs.
 
 Abuse. Known keys, unknown keys and proven credentials are remembered apart, so
 random keys can flush only the memory of unknown ones, never a real key's. Each
@@ -74,9 +74,9 @@ class Authenticator:
         self._proven: dict[str, float] = {}  # credential digest -> until when it counts as proven
         self._accepted: dict[str, float] = {}  # credential digest -> until when, from an address with failures
         self._failures: dict[str, tuple[float, float]] = {}  # address -> (tokens, at), once it has failed
-        # Authorization header -> the principal it names, for a member's credential (as
-        # claimed) or a configured key: parsing and hashing it once per header, not per
-        # request, is the larger part of what authenticating costs.
+        # credential digest -> the principal it names, for a member's credential (as
+        # claimed) or a configured key: parsing it once per credential, not per request,
+        # is much of what authenticating costs (only digests are kept, never a secret).
         self._parsed: dict[str, Principal] = {}
 
     def known(self, authorization: str | None) -> Principal | None:
@@ -84,11 +84,11 @@ class Authenticator:
         Redis lookup is needed (an agent credential, as claimed; a configured key; a
         key's answer cached), else None; 401 for a missing or malformed header, or a
         key known to be unknown."""
-        parsed = self._parsed.get(authorization)  # type: ignore[arg-type]
-        if parsed is not None:
-            return parsed
         token = _token(authorization)
         digest = key_digest(token)
+        parsed = self._parsed.get(digest)
+        if parsed is not None:
+            return parsed
         principal: Principal | None
         if token.startswith((CREDENTIAL_PREFIX, HUMAN_PREFIX)):
             principal = agent_principal(token, digest)
@@ -105,7 +105,7 @@ class Authenticator:
             # checked by the script that acts (or prove), as if parsed anew.
             if len(self._parsed) >= CACHE_MAX:
                 self._parsed.clear()
-            self._parsed[authorization] = principal  # type: ignore[index]
+            self._parsed[digest] = principal
             return principal
         good = self._good.get(digest)
         if good is not None and good[1] > time.monotonic():
@@ -123,6 +123,7 @@ class Authenticator:
         grant = await self._lookup(digest)
         until = time.monotonic() + self._cache_seconds
         if grant is None:
+            self._good.pop(digest, None)  # revoked: no longer a key found before (admit)
             if len(self._unknown) >= CACHE_MAX:  # random keys flush this memory only
                 self._unknown.clear()
             self._unknown[digest] = until
@@ -145,17 +146,20 @@ class Authenticator:
 
     # --- the failure budget of each client address -------------------------------
 
-    def admit(self, address: str, principal: Principal | None) -> None:
+    def admit(self, address: str, principal: Principal | None, authorization: str | None = None) -> None:
         """Before a credential costs Redis work (``principal``: an agent credential as
-        claimed; None: a key to look up): 429 when the address has spent its budget
-        of refused credentials, unless it presented this credential successfully
-        in the last ACCEPTED_SECONDS."""
+        claimed; None: the key of ``authorization`` to look up): 429 when the address
+        has spent its budget of refused credentials, unless it presented this
+        credential successfully in the last ACCEPTED_SECONDS (a key: unless this
+        instance has found it, which only a real key can have been)."""
         bucket = self._failures.get(address)
         if bucket is None:
             return
         now = time.monotonic()
         if isinstance(principal, AgentPrincipal) and self._accepted.get(principal.credential, 0.0) > now:
             return
+        if principal is None and authorization is not None and key_digest(_token(authorization)) in self._good:
+            return  # a key found before (its entry may have expired): looking it up again is honest work
         tokens = min(FAILURE_BURST, bucket[0] + (now - bucket[1]) * FAILURE_RATE)
         if tokens < 1:
             wait_ms = max(1, int((1 - tokens) / FAILURE_RATE * 1000))
