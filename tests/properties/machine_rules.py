@@ -1,12 +1,11 @@
-"""The rules of the model-based test (test_model.py): each sends one request and
-checks its answer in full against the reference model (model.py), or, for time
-passing, edits Redis the way time would, without sleeping.
+"""The rules of the model-based test (test_model.py) for agents, leases and time:
+each sends one request and checks its answer in full against the reference model
+(model.py), or, for time passing, edits Redis the way time would, without sleeping.
+Consensus has its rules in machine_consensus.py, who may do what (humans, attacks,
+refusals by role) in machine_principals.py.
 
-Each request goes with the credential a fleet would use (machine.py); two rules
-attack: an agent acting as another (its own credential, the other's id) and an
-agent acting with a credential it no longer holds (rotated, replaced by registering
-again, or revoked with the agent). The model says both are refused, and the
-snapshot around them says nothing was written.
+Each request goes with the credential a fleet would use (machine.py); a request the
+model refuses must also leave Redis as it was (MachineBase.unchanged).
 """
 
 from __future__ import annotations
@@ -19,9 +18,10 @@ from hypothesis.stateful import Bundle, initialize, multiple, precondition, rule
 from tests.conftest import TENANT
 from tests.properties.machine import (
     CONTACTS,
+    HUMANS,
     NAMES,
     MachineBase,
-    consensus_timeouts,
+    agent_roles,
     contact_inputs,
     duration_ms,
     intents,
@@ -29,55 +29,80 @@ from tests.properties.machine import (
     names,
     registry_entry,
     same,
-    vote_reasons,
 )
-from tests.properties.model import WINDOW_MS, Consensus, Lease, Outcome, normalize
-from tests.support.api import CONS_ID, ISO_Z, LEASE_ID, V1, C, bearer, iso, ms, unknown_id
+from tests.properties.model import (
+    AGENT_PREFIX,
+    HUMAN_PREFIX,
+    WINDOW_MS,
+    Lease,
+    Outcome,
+    normalize,
+)
+from tests.support.api import ISO_Z, LEASE_ID, V1, C, bearer, iso, ms
 from tests.support.helpers import eventually
 
 leases = Bundle("leases")  # every lease id granted (live or not)
 requests = Bundle("requests")  # every consensus id made
-# What an agent does with its credential: the calls that act as an agent.
-ACTIONS = ("heartbeat", "acquire", "renew", "release", "send_check", "request_consensus", "vote")
+members = st.sampled_from(NAMES + HUMANS)  # an agent's name or a human's
 
 
 class ConcordRules(MachineBase):
-    """Every rule of the machine, by domain: agents, leases, consensus, time passing.
-    Each rule sends one request and checks its answer in full; a time rule edits
-    Redis instead, and the model with it."""
+    """The rules of agents, leases and time passing. Each rule sends one request and
+    checks its answer in full; a time rule edits Redis instead, and the model with it."""
 
     # --- agents -----------------------------------------------------------------
 
-    def _register(self, name: str, role: str | None, metadata: dict | None, alias: bool) -> None:
+    def _register(
+        self,
+        name: str,
+        role: str | None,
+        metadata: dict | None,
+        alias: bool,
+        kind: str = "agent",
+        by: str = "admin",
+        kind_field: bool = False,
+    ) -> Outcome:
+        """Register (or register again) the member of ``name``, of ``kind`` (the body
+        says so if it is a human's, or kind_field), with the key of role ``by``."""
         fields: dict[str, Any] = {"name" if alias else "agentName": name}
         if role is not None:
             fields["role" if alias else "agentRole"] = role
         if metadata is not None:
             fields["metadata"] = metadata
-        created = self.model.register(name, role, metadata)
-        response = self.request("POST", f"{V1}/register", json=fields, headers=self.admin)
-        body = self.expect(response, Outcome(201 if created else 200))
-        agent = self.model.agents[self.model.agent_id(name)]
+        if kind == "human" or kind_field:
+            fields["kind"] = kind
+        outcome = self.model.register(name, role, metadata, kind, by)
+        send = lambda: self.request("POST", f"{V1}/register", json=fields, headers=self.keys_by_role[by])  # noqa: E731
+        what = "register" + (" human" if kind == "human" else "")
+        if outcome.code is not None:
+            self.expect(self.unchanged(send), outcome)
+            self.seen(f"{what}:{outcome.code}")
+            return outcome
+        body = self.expect(send(), outcome)
+        agent = self.model.member(self.model.agent_id(name))
         self._new_credential(agent.id, body.get("credential"))
-        assert ISO_Z.fullmatch(body["lastHeartbeat"]), body
-        assert body["updatedAt"] == body["lastHeartbeat"], body  # one moment of Redis time
-        if created:
+        # One moment of Redis time; a human has no heartbeat.
+        moment = body["updatedAt"] if kind == "human" else body["lastHeartbeat"]
+        assert ISO_Z.fullmatch(moment) and body["updatedAt"] == moment, body
+        if outcome.status == 201:
             agent.registered_at = body["registeredAt"]
-            assert body["registeredAt"] == body["lastHeartbeat"], body
+            assert body["registeredAt"] == moment, body
         expected = {
             "id": agent.id,
             "tenantId": TENANT,
             "agentName": name,
             "agentRole": agent.role,
             "status": "active",
-            "lastHeartbeat": body["lastHeartbeat"],
+            "lastHeartbeat": None if kind == "human" else moment,
             "registeredAt": agent.registered_at,
-            "updatedAt": body["updatedAt"],
+            "updatedAt": moment,
             "metadata": agent.metadata,
             "credential": agent.credential,
+            "kind": kind,
         }
         same(body, expected, "register")
-        self.seen("register:created" if created else "register:updated")
+        self.seen(f"{what}:{'created' if outcome.status == 201 else 'updated'}")
+        return outcome
 
     @initialize(
         target=leases,
@@ -85,9 +110,10 @@ class ConcordRules(MachineBase):
         data=st.data(),
     )
     def start_fleet(self, fleet: list[str], data: st.DataObject) -> Any:
-        """Some agents, and leases on some contacts, to start from."""
+        """Some agents (some of a role other than the default, for voter roles to
+        tell apart), and leases on some contacts, to start from."""
         for name in fleet:
-            self._register(name, None, None, alias=False)
+            self._register(name, data.draw(agent_roles, label="role"), None, alias=False)
         holders = data.draw(st.lists(st.sampled_from([None, *fleet]), min_size=len(CONTACTS), max_size=len(CONTACTS)))
         granted = [
             self._acquire(self.model.agent_id(name), contact, None, {})
@@ -98,19 +124,26 @@ class ConcordRules(MachineBase):
 
     @rule(
         name=names,
-        role=st.sampled_from([None, "sdr", "support"]),
+        role=agent_roles,
         metadata=st.sampled_from([None, {}, {"team": "emea"}]),
         alias=st.booleans(),
+        by=st.sampled_from(["admin", "enroll"]),
+        kind_field=st.booleans(),
     )
-    def register(self, name: str, role: str | None, metadata: dict | None, alias: bool) -> None:
-        self._register(name, role, metadata, alias)
+    def register(
+        self, name: str, role: str | None, metadata: dict | None, alias: bool, by: str, kind_field: bool
+    ) -> None:
+        """An agent, by the admin or the enroll key, the body saying "kind": "agent" or not."""
+        self._register(name, role, metadata, alias, by=by, kind_field=kind_field)
 
     def _new_credential(self, agent_id: str, credential: object) -> None:
-        """A credential just answered for the agent: of the documented shape, never seen
-        before; the model's from now on (the one before is retired)."""
-        assert isinstance(credential, str) and credential.startswith(f"concord-agent.{TENANT}.{agent_id}."), credential
+        """A credential just answered for the member: of the documented shape (its
+        kind's prefix), never seen before; the model's from now on (the one before is
+        retired)."""
+        prefix = HUMAN_PREFIX if agent_id in self.model.humans else AGENT_PREFIX
+        assert isinstance(credential, str) and credential.startswith(f"{prefix}{TENANT}.{agent_id}."), credential
         assert credential not in self.model.retired and all(
-            a.credential != credential for a in self.model.agents.values()
+            a.credential != credential for a in [*self.model.agents.values(), *self.model.humans.values()]
         ), "a credential answered twice"
         self.model.issue(agent_id, credential)
 
@@ -125,7 +158,7 @@ class ConcordRules(MachineBase):
         credential's agent is meant.)"""
         agent_id = self.model.agent_id(name)
         credential = self.credential_of(agent_id)
-        refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+        refusal = self.model.authorize(agent_id, credential, agent_id if named else None, "heartbeat")
         outcome = refusal or self.model.heartbeat(agent_id)
         fields = {**({"agentId": agent_id} if named else {}), **({"tenantId": TENANT} if with_tenant_id else {})}
         response = self._send(
@@ -144,9 +177,11 @@ class ConcordRules(MachineBase):
         self.seen(f"heartbeat:{outcome.code or 'ok'}")
 
     @precondition(lambda self: len(self.model.agents) >= 3)  # keep a fleet to work with
-    @rule(name=names)
+    @rule(name=members)
     def remove_agent(self, name: str) -> None:
+        """An agent or a human, by the admin key."""
         agent_id = self.model.agent_id(name)
+        human = agent_id in self.model.humans
         released = self.model.deregister(agent_id)
         response = self.request("DELETE", f"{V1}/agents/{agent_id}", headers=self.admin)
         if released is None:
@@ -156,23 +191,26 @@ class ConcordRules(MachineBase):
             same(self.expect(response, Outcome(200)), expected, "remove agent")
             # Its registry goes with it, stale entries too.
             self.lingering = {token: entry for token, entry in self.lingering.items() if entry[0] != agent_id}
-        self.seen("remove_agent:unknown" if released is None else f"remove_agent:released {min(released, 2)}")
+        if released is None:
+            self.seen("remove_agent:unknown")
+        else:
+            self.seen("remove_agent:human" if human else f"remove_agent:released {min(released, 2)}")
 
-    @rule(name=names)
+    @rule(name=members)
     def rotate_credential(self, name: str) -> None:
-        """The admin key gives the agent a new credential; the one before is refused from now on."""
+        """The admin key gives the member a new credential; the one before is refused from now on."""
         agent_id = self.model.agent_id(name)
         send = lambda: self.request("POST", f"{V1}/agents/{agent_id}/credentials", headers=self.admin)  # noqa: E731
-        if agent_id not in self.model.agents:
+        if self.model.member(agent_id) is None:
             self.expect(self.unchanged(send), Outcome(404, "agent_not_found"))
             self.seen("rotate:agent_not_found")
             return
         body = self.expect(send(), Outcome(200))
         assert ISO_Z.fullmatch(body.get("rotatedAt", "")), body
         self._new_credential(agent_id, body.get("credential"))
-        expected = {"agentId": agent_id, "credential": self.model.agents[agent_id].credential}
+        expected = {"agentId": agent_id, "credential": self.model.member(agent_id).credential}
         same(body, {**expected, "rotatedAt": body["rotatedAt"]}, "rotate")
-        self.seen("rotate:ok")
+        self.seen("rotate:human" if agent_id in self.model.humans else "rotate:ok")
 
     # --- leases -----------------------------------------------------------------
 
@@ -230,7 +268,7 @@ class ConcordRules(MachineBase):
         fields = {**({"agentId": agent_id} if named else {}), "contactEmail": spelling, **duration}
         if intent is not None:
             fields["intent"] = intent
-        refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+        refusal = self.model.authorize(agent_id, credential, agent_id if named else None, "acquire")
         if refusal is not None:
             send = lambda: self.request("POST", f"{C}/lease", json=fields, headers=bearer(credential))  # noqa: E731
             self.expect(self.unchanged(send), refusal)
@@ -296,7 +334,7 @@ class ConcordRules(MachineBase):
         lease_id = self._lease_id(lease_id, live, data)
         agent_id = self.model.granted_to[lease_id] if by_holder else self.model.agent_id(other)
         credential = self.credential_of(agent_id)
-        refusal = self.model.authorize(agent_id, credential, agent_id)
+        refusal = self.model.authorize(agent_id, credential, agent_id, "renew")
         outcome = refusal or self.model.renew(lease_id, agent_id)
         response = self._send(
             refusal,
@@ -337,7 +375,7 @@ class ConcordRules(MachineBase):
             agent_id = rival if who == "other" else holder
             credential = self.credential_of(agent_id)
             claimed = None if who == "anyone" else agent_id
-            refusal = self.model.authorize(agent_id, credential, claimed)
+            refusal = self.model.authorize(agent_id, credential, claimed, "release")
             query, headers = ({"agentId": claimed} if claimed else {}), bearer(credential)
         outcome = refusal or self.model.release(lease_id, agent_id)
         send = lambda: self.request("DELETE", f"{C}/lease/{lease_id}", params=query, headers=headers)  # noqa: E731
@@ -348,11 +386,13 @@ class ConcordRules(MachineBase):
         self.seen(f"release:{by}:{who}:{outcome.code or 'ok'}")
 
     def _reader(self, data: st.DataObject) -> dict[str, str]:
-        """Who reads: the admin key, or an agent with its current credential (a read
-        proves it: a retired one might still count for the one second of cache)."""
-        readers = [a.credential for a in self.model.agents.values() if a.credential]
-        if not readers or data.draw(st.booleans(), label="read with the admin key"):
-            return self.admin
+        """Who reads: the admin or the read key, or a member (an agent or a human) with
+        its current credential (a read proves it: a retired one might still count for
+        the one second of cache)."""
+        members = [*self.model.agents.values(), *self.model.humans.values()]
+        readers = [a.credential for a in members if a.credential]
+        if not readers or data.draw(st.booleans(), label="read with a key"):
+            return self.keys_by_role[data.draw(st.sampled_from(["admin", "read"]), label="key")]
         return bearer(data.draw(st.sampled_from(readers), label="reader"))
 
     @rule(lease_id=leases, live=st.booleans(), data=st.data())
@@ -436,7 +476,7 @@ class ConcordRules(MachineBase):
         if via.startswith("own"):
             credential = self.credential_of(agent_id)
             headers = bearer(credential)
-            refusal = self.model.authorize(agent_id, credential, agent_id if named else None)
+            refusal = self.model.authorize(agent_id, credential, agent_id if named else None, "send_check")
         else:
             headers = self.admin if via == "admin" else self.gate
         send = lambda: self.request("POST", f"{C}/send-check", json=fields, headers=headers)  # noqa: E731
@@ -447,219 +487,6 @@ class ConcordRules(MachineBase):
         expected = self.model.send_check(agent_id, normalize(spelling), token)
         same(self.expect(send(), Outcome(200)), expected, "send-check")
         self.seen(f"send_check:{expected.get('reason', 'allowed')}{'' if token is None else ' (token)'}")
-
-    # --- consensus --------------------------------------------------------------
-
-    @rule(
-        target=requests,
-        name=names,
-        spelling=st.one_of(st.none(), contact_inputs),
-        reason=st.sampled_from([None, "", "custom pricing"]),
-        timeout=consensus_timeouts,
-    )
-    def request_consensus(self, name: str, spelling: str | None, reason: str | None, timeout: dict) -> Any:
-        return self._request_consensus(self.model.agent_id(name), spelling, reason, timeout)
-
-    @initialize(target=requests, name=names)
-    def open_request(self, name: str) -> Any:
-        """A pending request to start from, by an agent registered for it (initialize
-        rules run in any order, so it may be the first agent of the fleet)."""
-        self._register(name, None, None, alias=False)
-        return self._request_consensus(self.model.agent_id(name), None, None, {})
-
-    def _request_consensus(self, agent_id: str, spelling: str | None, reason: str | None, timeout: dict) -> Any:
-        fields: dict[str, Any] = {"requestingAgentId": agent_id, "action": "send_pricing_override", **timeout}
-        if spelling is not None:
-            fields["contactEmail"] = spelling
-        if reason is not None:
-            fields["reason"] = reason
-        credential = self.credential_of(agent_id)
-        refusal = self.model.authorize(agent_id, credential, agent_id)
-        send = lambda: self.request("POST", f"{C}/consensus", json=fields, headers=bearer(credential))  # noqa: E731
-        response = self._send(refusal, send)
-        error = refusal or self.model.agent_error(agent_id)
-        self.seen(f"request_consensus:{error.code if error else 'created'}")
-        if error is not None:
-            self.expect(response, error)
-            return multiple()
-        body = self.expect(response, Outcome(201))
-        assert CONS_ID.fullmatch(body["id"]) and body["id"] not in self.model.consensus, body
-        created = ms(body["createdAt"])
-        expires = created + duration_ms(timeout, 60 * 60_000)
-        c = Consensus(
-            id=body["id"],
-            requester=agent_id,
-            action="send_pricing_override",
-            contact=normalize(spelling) if spelling is not None else None,
-            reason=reason or None,
-            created_at=iso(created),
-            expires_at=iso(expires),
-            members=self.model.electorate(agent_id),
-        )
-        self.model.consensus[c.id] = c
-        self.check_consensus(c, body)
-        return c.id
-
-    def _vote(self, consensus_id: str, agent_id: str, choice: str, reason: str | None) -> None:
-        c = self.model.consensus[consensus_id]
-        before, voted_before = c.status, agent_id in c.ballots
-        credential = self.credential_of(agent_id)
-        refusal = self.model.authorize(agent_id, credential, agent_id)
-        outcome = refusal or self.model.vote(c, agent_id, choice, reason)
-        fields = {"agentId": agent_id, "vote": choice}
-        if reason is not None:
-            fields["reason"] = reason
-        url = f"{C}/consensus/{consensus_id}/vote"
-        response = self._send(refusal, lambda: self.request("POST", url, json=fields, headers=bearer(credential)))
-        body = self.expect(response, outcome)
-        if outcome.code is None:
-            self.check_consensus(c, body)
-        elif outcome.code == "consensus_closed":
-            self.status_seen[consensus_id].append(body["consensusStatus"])
-        what = outcome.code or ("repeat" if voted_before else "counted")
-        self.seen(f"vote:{what}" + (f" -> {c.status}" if c.status != before else ""))
-
-    def _peers(self, kind: str) -> list[tuple[str, str]]:
-        """(request, voter) pairs of registered agents other than the requester: on every
-        request ("any"), with an earlier vote ("voted"), or on pending requests only, the
-        agents that have not voted yet and are of the electorate ("counting": their vote
-        will count), lapsed ("lapsed"), or active but of no electorate of the request
-        ("outsider": registered after it, or lapsed and back since)."""
-        return [
-            (c.id, agent.id)
-            for c in self.model.consensus.values()
-            if kind in ("any", "voted") or c.status == "pending"
-            for agent in self.model.agents.values()
-            if agent.id != c.requester
-            and {
-                "any": True,
-                "voted": agent.id in c.ballots,
-                "counting": agent.id not in c.ballots and agent.id in c.members,
-                "outsider": agent.id not in c.ballots and agent.active and agent.id not in c.members,
-                "lapsed": agent.id not in c.ballots and not agent.active,
-            }[kind]
-        ]
-
-    @rule(
-        consensus_id=requests,
-        name=st.one_of(st.none(), names),
-        choice=st.sampled_from(["approve", "reject"]),
-        reason=vote_reasons,
-    )
-    def vote(self, consensus_id: str, name: str | None, choice: str, reason: str | None) -> None:
-        """A vote by the agent named (registered or not), or (None) by the requester."""
-        c = self.model.consensus[consensus_id]
-        self._vote(consensus_id, c.requester if name is None else self.model.agent_id(name), choice, reason)
-
-    @precondition(lambda self: self._peers("any"))
-    @rule(
-        kind=st.sampled_from(["any", "voted"]),
-        choice=st.sampled_from(["approve", "reject"]),
-        reason=vote_reasons,
-        data=st.data(),
-    )
-    def vote_as_peer(self, kind: str, choice: str, reason: str | None, data: st.DataObject) -> None:
-        """A registered agent other than the requester votes: counted, too late, refused
-        as inactive, or (voted) again: the same vote or a changed one."""
-        consensus_id, agent_id = data.draw(st.sampled_from(self._peers(kind) or self._peers("any")), label="vote")
-        self._vote(consensus_id, agent_id, choice, reason)
-
-    @precondition(lambda self: self._peers("lapsed"))
-    @rule(choice=st.sampled_from(["approve", "reject"]), data=st.data())
-    def vote_while_lapsed(self, choice: str, data: st.DataObject) -> None:
-        """A lapsed peer that has not voted tries to vote on a pending request."""
-        consensus_id, agent_id = data.draw(st.sampled_from(self._peers("lapsed")), label="vote")
-        self._vote(consensus_id, agent_id, choice, None)
-
-    @precondition(lambda self: self._peers("outsider"))
-    @rule(choice=st.sampled_from(["approve", "reject"]), data=st.data())
-    def vote_from_outside(self, choice: str, data: st.DataObject) -> None:
-        """An active agent outside a pending request's electorate (registered after it was
-        made, or lapsed and back since) tries to vote: 403 not_eligible, nothing counted.
-        This is how a consensus would be stacked."""
-        consensus_id, agent_id = data.draw(st.sampled_from(self._peers("outsider")), label="vote")
-        self._vote(consensus_id, agent_id, choice, None)
-
-    @precondition(lambda self: self._peers("counting"))
-    @rule(choice=st.sampled_from(["approve", "reject"]), data=st.data())
-    def vote_that_counts(self, choice: str, data: st.DataObject) -> None:
-        """An active peer that has not voted votes on a pending request, so that requests
-        get decided often enough to matter."""
-        consensus_id, agent_id = data.draw(st.sampled_from(self._peers("counting")), label="vote")
-        self._vote(consensus_id, agent_id, choice, None)
-
-    @rule(consensus_id=requests, data=st.data())
-    def read_consensus(self, consensus_id: str, data: st.DataObject) -> None:
-        c = self.model.consensus[consensus_id]
-        before = c.status
-        self.model.settle(c)
-        response = self.request("GET", f"{C}/consensus/{consensus_id}", headers=self._reader(data))
-        self.check_consensus(c, self.expect(response, Outcome(200)))
-        self.seen(f"read_consensus:{before}" + (f" -> {c.status}" if c.status != before else ""))
-
-    # --- attacks: acting as another agent, or with a credential no longer held ------
-
-    def _acting(
-        self, action: str, agent_id: str, name_it: bool, data: st.DataObject
-    ) -> tuple[str, str, dict[str, Any]]:
-        """The request of ``action`` for agent ``agent_id``, naming it (``name_it``) or
-        leaving the agent out: method, path, and its body or query. A lease it needs is
-        that agent's live lease if it has one (what an attacker aims at), else one drawn
-        from all those granted, else an id that names nothing; a request, one drawn."""
-        claimed = agent_id if name_it else None
-        named = {"agentId": claimed} if claimed else {}
-        contact = data.draw(contact_inputs, label="contact")
-        if action == "heartbeat":
-            return "POST", f"{C}/heartbeat", {"json": named}
-        if action == "acquire":
-            return "POST", f"{C}/lease", {"json": {**named, "contactEmail": contact}}
-        if action == "send_check":
-            return "POST", f"{C}/send-check", {"json": {**named, "contactEmail": contact}}
-        if action == "request_consensus":
-            asking = {"requestingAgentId": claimed} if claimed else {}
-            return "POST", f"{C}/consensus", {"json": {**asking, "action": "send_pricing_override"}}
-        if action == "vote":
-            made = list(self.model.consensus)  # in the order they were made: the draw never depends on ids
-            consensus_id = data.draw(st.sampled_from(made), label="request") if made else unknown_id("cons")
-            return "POST", f"{C}/consensus/{consensus_id}/vote", {"json": {**named, "vote": "approve"}}
-        own = [lease.id for _, lease in sorted(self.model.leases.items()) if lease.holder == agent_id]
-        granted = own or list(self.model.granted_to)
-        lease_id = data.draw(st.sampled_from(granted), label="lease") if granted else unknown_id("lease")
-        if action == "renew":
-            return "POST", f"{C}/lease/{lease_id}/renew", {"json": named}
-        assert action == "release", action
-        return "DELETE", f"{C}/lease/{lease_id}", {"params": named}
-
-    @precondition(lambda self: any(agent.credential for agent in self.model.agents.values()))
-    @rule(action=st.sampled_from(ACTIONS), data=st.data())
-    def impersonate(self, action: str, data: st.DataObject) -> None:
-        """A registered agent acts as another (registered or not): its own current
-        credential, the other's id. 403 agent_mismatch, naming its own id; nothing written."""
-        actors = [agent.id for agent in self.model.agents.values() if agent.credential]
-        actor = data.draw(st.sampled_from(actors), label="actor")
-        victim = self.model.agent_id(data.draw(st.sampled_from([n for n in NAMES if self.model.agent_id(n) != actor])))
-        credential = self.model.agents[actor].credential
-        outcome = self.model.authorize(actor, credential, victim)
-        assert outcome == Outcome(403, "agent_mismatch", {"agentId": actor}), outcome
-        method, path, kwargs = self._acting(action, victim, True, data)
-        response = self.unchanged(lambda: self.request(method, path, headers=bearer(credential), **kwargs))
-        body = self.expect(response, outcome)
-        assert actor in body["detail"] and victim in body["detail"], body
-        self.seen(f"impersonate:{action}")
-
-    @precondition(lambda self: self.model.retired)
-    @rule(action=st.sampled_from(ACTIONS), named=st.booleans(), data=st.data())
-    def act_with_a_stale_credential(self, action: str, named: bool, data: st.DataObject) -> None:
-        """An agent acts as itself with a credential it no longer holds: rotated, replaced
-        by registering again, or revoked when the agent was removed. 401; nothing written."""
-        credential = data.draw(st.sampled_from(list(self.model.retired)), label="stale credential")
-        agent_id = self.model.retired[credential]
-        outcome = self.model.authorize(agent_id, credential, agent_id if named else None)
-        assert outcome == Outcome(401, "unauthorized"), outcome
-        method, path, kwargs = self._acting(action, agent_id, named, data)
-        response = self.unchanged(lambda: self.request(method, path, headers=bearer(credential), **kwargs))
-        self.expect(response, outcome)
-        self.seen(f"stale:{action}")
 
     # --- time passing, without sleeping -------------------------------------------
 
@@ -709,5 +536,5 @@ class ConcordRules(MachineBase):
         past = int(seconds) * 1000 + int(micros) // 1000 - 1
         self.run(self.redis.hset(self.keys.consensus(TENANT, consensus_id), "expiresAt", str(past)))
         self.run(self.redis.zadd(self.keys.consensus_due(TENANT), {consensus_id: past}, xx=True))
-        self.model.pass_deadline(self.model.consensus[consensus_id], iso(past))
+        self.model.consensus[consensus_id].pass_deadline(iso(past))
         self.seen("time:deadline passes")

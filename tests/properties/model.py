@@ -11,6 +11,17 @@ last one registering or rotating answered) and every earlier one, retired. An ag
 acts only with its current credential and only as itself (``authorize``); a
 retired, forged or unknown agent's credential is refused before anything else.
 
+Members are agents or humans (``kind``). A human is registered by an admin key, has
+no heartbeat and is of no agent electorate; its credential may only vote (and
+read), where the request's policy asks for human approvals and the human was
+registered before the request was made. Each action may have a consensus policy
+(``Policy``); a request keeps the one in force when it was made, and decides by
+it alone (model_consensus.py: the request, its tally and its decision). Every member
+incarnation (an agent's run of activity, a human's registration) and every request
+gets a tick of one logical clock, so "registered before the request", "active
+since before it" are comparisons of ticks, and the electorate a request was made
+with is a set of (member, tick) pairs that no later event moves.
+
 Time does not pass here on its own. An agent is active until the test makes it
 lapse, a lease lives until the test expires it, a consensus request is pending
 until a vote or read decides it or the test moves its deadline into the past.
@@ -22,8 +33,21 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from concord.server.store.keys import agent_id_for
+from tests.properties.model_consensus import ADMIN_KEY_ID, DEFAULT_POLICY, Ballot, Consensus, Policy
 
 WINDOW_MS = 300 * 1000  # the heartbeat window the test configures
+AGENT_PREFIX, HUMAN_PREFIX = "concord-agent.", "concord-human."
+# Who may make which of the calls the test makes (docs/api.md, Roles), by the role of
+# the credential: a key's, "agent" or "human" (a member's credential says which by
+# its prefix). Anything else is 403 insufficient_scope before the call is read.
+MAY = {
+    "admin": {"register", "rotate", "remove", "release", "send_check", "set_policy", "delete_policy", "read"},
+    "enroll": {"register", "rotate"},
+    "gate": {"send_check"},
+    "read": {"read"},
+    "agent": {"heartbeat", "acquire", "renew", "release", "send_check", "request_consensus", "vote", "read"},
+    "human": {"vote", "read"},
+}
 
 
 def normalize(email: str) -> str:
@@ -33,8 +57,12 @@ def normalize(email: str) -> str:
 
 @dataclass
 class Agent:
+    """A member: an agent, or a human (``kind``), which is always active."""
+
     id: str
     name: str
+    run: int  # the tick its current run of activity began (a human: its registration)
+    kind: str = "agent"
     role: str = "general"
     metadata: dict[str, Any] = field(default_factory=dict)
     active: bool = True
@@ -54,33 +82,6 @@ class Lease:
     expires_at: str
 
 
-@dataclass
-class Ballot:
-    vote: str
-    agent_name: str
-    reason: str | None
-    voted_at: str | None = None  # learned from the answer that recorded it
-
-
-@dataclass
-class Consensus:
-    id: str
-    requester: str
-    action: str
-    contact: str | None
-    reason: str | None
-    created_at: str
-    expires_at: str
-    ballots: dict[str, Ballot] = field(default_factory=dict)
-    # The electorate still active: the agents active when it was made, other than the
-    # requester, that have not lapsed or been deregistered since.
-    members: set[str] = field(default_factory=set)
-    status: str = "pending"
-    deadline_passed: bool = False
-    resolved_at: str | None = None  # learned, except for "expired" (= expiresAt)
-    frozen: tuple[int, int] | None = None  # (eligible, needed) at the decision
-
-
 class Outcome(NamedTuple):
     """What a request must answer: an HTTP status, and for an error its problem code
     and the extra members the problem document carries."""
@@ -94,18 +95,22 @@ OK = Outcome(200)
 
 
 class Model:
-    """One tenant: its agents, its leases (one per contact) and its consensus requests."""
+    """One tenant: its agents and humans, its leases (one per contact), its consensus
+    policies and requests."""
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
         self.agents: dict[str, Agent] = {}  # registered agents by id
+        self.humans: dict[str, Agent] = {}  # registered human members by id
+        self.policies: dict[str, Policy] = {}  # the tenant's own, by action
+        self.clock = 0  # the logical clock of incarnations and requests
         # Leases whose keys exist, by normalized contact (a lapsed holder's still exists,
         # though it protects nothing until the holder heartbeats again).
         self.leases: dict[str, Lease] = {}
         self.granted_to: dict[str, str] = {}  # every lease id ever granted -> its holder
         self.consensus: dict[str, Consensus] = {}
-        # Every credential answered that is no longer its agent's current one (rotated,
-        # replaced by registering again, or its agent removed) -> that agent's id.
+        # Every credential answered that is no longer its member's current one (rotated,
+        # replaced by registering again, or its member removed) -> that member's id.
         self.retired: dict[str, str] = {}
 
     # --- agents -----------------------------------------------------------------
@@ -117,49 +122,83 @@ class Model:
         agent = self.agents.get(agent_id)
         return agent is not None and agent.active
 
-    def register(self, name: str, role: str | None, metadata: dict[str, Any] | None) -> bool:
-        """Upsert by name; omitted role/metadata keep their values. True when created."""
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def member(self, member_id: str) -> Agent | None:
+        return self.agents.get(member_id) or self.humans.get(member_id)
+
+    def register(
+        self, name: str, role: str | None, metadata: dict[str, Any] | None, kind: str = "agent", by: str = "admin"
+    ) -> Outcome:
+        """Upsert by name; omitted role/metadata keep their values: 201 created, 200
+        updated. Refused with nothing changed: a name of the other kind (409
+        kind_mismatch, checked first), a human by a key that is not an admin's (403)."""
         agent_id = self.agent_id(name)
-        created = agent_id not in self.agents
+        other = (self.humans if kind == "agent" else self.agents).get(agent_id)
+        if other is not None:
+            return Outcome(409, "kind_mismatch", {"kind": other.kind})
+        if kind == "human" and by != "admin":
+            return Outcome(403, "insufficient_scope", {"keyRole": by})
+        members = self.agents if kind == "agent" else self.humans
+        created = agent_id not in members
         if created:
-            self.agents[agent_id] = Agent(agent_id, name)
-        agent = self.agents[agent_id]
+            members[agent_id] = Agent(agent_id, name, self.tick(), kind)
+        member = members[agent_id]
         if role is not None:
-            agent.role = role
+            member.role = role
         if metadata is not None:
-            agent.metadata = metadata
-        agent.active = True  # registering counts as a heartbeat
-        return created
+            member.metadata = metadata
+        self.revive(member)  # registering counts as a heartbeat
+        return Outcome(201 if created else 200)
+
+    def revive(self, agent: Agent) -> None:
+        """A heartbeat: a lapsed agent begins a new run of activity."""
+        if not agent.active:
+            agent.active, agent.run = True, self.tick()
 
     def issue(self, agent_id: str, credential: str) -> None:
-        """The agent's new credential (registering, rotating): the one before is retired."""
-        agent = self.agents[agent_id]
-        if agent.credential is not None:
-            self.retired[agent.credential] = agent_id
-        agent.credential = credential
+        """The member's new credential (registering, rotating): the one before is retired."""
+        member = self.member(agent_id)
+        if member.credential is not None:
+            self.retired[member.credential] = agent_id
+        member.credential = credential
 
-    def authorize(self, own: str, credential: str, claimed: str | None) -> Outcome | None:
-        """A request sent with ``credential``, the credential of agent ``own``, naming
-        agent ``claimed`` (None: left out, so ``own``). None when it may go on; else its
-        refusal, which changes nothing: another agent named is 403 agent_mismatch (the
-        credential's agent in the problem); a credential that is not its agent's
-        current one (retired, forged, of an agent removed or never registered) is 401."""
+    @staticmethod
+    def scope(role: str, call: str) -> Outcome | None:
+        """None when a credential of ``role`` may make ``call``, else its refusal (MAY)."""
+        return None if call in MAY[role] else Outcome(403, "insufficient_scope", {"keyRole": role})
+
+    def authorize(self, own: str, credential: str, claimed: str | None, call: str) -> Outcome | None:
+        """A request sent with ``credential``, the credential of member ``own``, naming
+        agent ``claimed`` (None: left out, so ``own``), to make ``call`` (an acting
+        call, machine_principals.ACTIONS). None when it may go on; else its refusal,
+        which changes nothing: a call its role may not make is 403 insufficient_scope
+        (the prefix says the role: a retired credential is refused so too); another
+        member named is 403 agent_mismatch (the credential's member in the problem); a
+        credential that is not its member's current one (retired, forged, of a member
+        removed or never registered) is 401."""
+        refusal = self.scope("human" if credential.startswith(HUMAN_PREFIX) else "agent", call)
+        if refusal is not None:
+            return refusal
         if claimed is not None and claimed != own:
             return Outcome(403, "agent_mismatch", {"agentId": own})
-        agent = self.agents.get(own)
-        if agent is None or agent.credential != credential:
+        member = self.member(own)
+        if member is None or member.credential != credential:
             return Outcome(401, "unauthorized")
         return None
 
     def heartbeat(self, agent_id: str) -> Outcome:
         if agent_id not in self.agents:
             return Outcome(404, "agent_not_found")
-        self.agents[agent_id].active = True
+        self.revive(self.agents[agent_id])
         return OK
 
     def deregister(self, agent_id: str) -> int | None:
-        """Remove the agent and its leases; the number of leases released, or None if unknown."""
-        agent = self.agents.pop(agent_id, None)
+        """Remove the member and its leases; the number of leases released, or None if
+        unknown. A human's membership of every request goes with it (its cast votes stand)."""
+        agent = self.agents.pop(agent_id, None) or self.humans.pop(agent_id, None)
         if agent is None:
             return None
         if agent.credential is not None:  # revoked with the agent
@@ -178,11 +217,32 @@ class Model:
         """An agent that lapses or is deregistered is of no electorate from then on (one
         that comes back is counted by requests made after)."""
         for c in self.consensus.values():
-            c.members.discard(agent_id)
+            c.continuing.discard(agent_id)
 
-    def electorate(self, requester: str) -> set[str]:
-        """The electorate of a request made now: the active agents but the requester."""
-        return {a.id for a in self.agents.values() if a.active and a.id != requester}
+    def open_request(self, requester: str, action: str, **fields: Any) -> Consensus:
+        """A request made now under the action's policy in force: its electorate is the
+        active agents but the requester, of the policy's voter roles if it has any;
+        the humans registered now are asked if it asks for human approvals."""
+        policy = self.policies.get(action, DEFAULT_POLICY)
+        continuing = {a.id for a in self.agents.values() if a.active and a.id != requester}
+        admitted = None
+        if policy.voter_roles:
+            admitted = frozenset(a for a in continuing if self.agents[a].role in policy.voter_roles)
+        members = continuing if admitted is None else admitted
+        asked = policy.human_approvals > 0
+        c = Consensus(
+            requester=requester,
+            action=action,
+            made=self.tick(),
+            policy=policy,
+            continuing=continuing,
+            admitted=admitted,
+            agents_at_request=frozenset((a, self.agents[a].run) for a in members),
+            humans_at_request=frozenset((h.id, h.run) for h in self.humans.values() if asked),
+            **fields,
+        )
+        self.consensus[c.id] = c
+        return c
 
     def agent_error(self, agent_id: str) -> Outcome | None:
         if agent_id not in self.agents:
@@ -287,82 +347,56 @@ class Model:
 
     # --- consensus --------------------------------------------------------------
 
-    def tally(self, c: Consensus) -> tuple[int, int, int, int]:
-        """approve, reject, eligible, needed. eligible = members of the electorate still
-        active + voters no longer so (every voter was a member when it voted); needed =
-        floor(eligible / 2) + 1. Once decided, eligible and needed stay as they were at
-        the decision."""
-        approve = sum(b.vote == "approve" for b in c.ballots.values())
-        reject = len(c.ballots) - approve
-        if c.frozen is not None:
-            return approve, reject, *c.frozen
-        eligible = len(c.members) + sum(1 for voter in c.ballots if voter not in c.members)
-        return approve, reject, eligible, eligible // 2 + 1
-
-    def settle(self, c: Consensus) -> None:
-        """Decide a pending request if its deadline or its votes say so; a decision is final."""
-        if c.status != "pending":
-            return
-        approve, reject, eligible, needed = self.tally(c)
-        if c.deadline_passed:
-            c.status, c.resolved_at = "expired", c.expires_at
-        elif approve >= needed:
-            c.status = "approved"
-        elif reject >= needed:
-            c.status = "rejected"
-        else:
-            return
-        c.frozen = (eligible, needed)
-
-    def vote(self, c: Consensus, agent_id: str, choice: str, reason: str | None) -> Outcome:
-        """Order (DESIGN-NOTES): agent_not_found, requester_cannot_vote, an earlier vote
-        (the same again: 200 unchanged; another: already_voted), then settle:
-        consensus_closed, then agent_inactive, then not_eligible (active, but not of the
-        electorate), then the vote is recorded and settled."""
-        voter = self.agents.get(agent_id)
+    def vote(self, c: Consensus, voter_id: str, choice: str, reason: str | None) -> Outcome:
+        """Order (DESIGN-NOTES, lua/consensus_vote.lua): agent_not_found,
+        requester_cannot_vote, an earlier vote (the same again: 200 unchanged; another:
+        already_voted), then settle: consensus_closed; then for a human, not_eligible
+        why "human" (the policy asks for none) or "later" (registered after the
+        request); for an agent, agent_inactive, then not_eligible why "later" (not
+        active since before the request) or "role" (not of its voter roles then); then
+        the vote is recorded and settled."""
+        voter = self.member(voter_id)
         if voter is None:
             return Outcome(404, "agent_not_found")
-        if agent_id == c.requester:
+        if voter_id == c.requester:
             return Outcome(403, "requester_cannot_vote")
-        earlier = c.ballots.get(agent_id)
+        earlier = c.ballots.get(voter_id)
         if earlier is not None:
             if earlier.vote != choice:
                 return Outcome(409, "already_voted", {"vote": earlier.vote})
-            self.settle(c)
+            c.settle()
             return OK
-        self.settle(c)
+        c.settle()
         if c.status != "pending":
             return Outcome(409, "consensus_closed", {"consensusStatus": c.status})
-        if not voter.active:
+        why = None
+        if voter.kind == "human":
+            if c.policy.human_approvals == 0:
+                why = "human"
+            elif voter.run > c.made:
+                why = "later"
+        elif not voter.active:
             return Outcome(409, "agent_inactive")
-        if agent_id not in c.members:
-            return Outcome(403, "not_eligible")
-        c.ballots[agent_id] = Ballot(choice, voter.name, reason or None)
-        self.settle(c)
+        elif voter_id not in c.continuing:
+            why = "later"
+        elif c.admitted is not None and voter_id not in c.admitted:
+            why = "role"
+        if why is not None:
+            return Outcome(403, "not_eligible", {"why": why})
+        c.ballots[voter_id] = Ballot(choice, voter.name, reason or None, voter.kind, voter.run)
+        c.settle()
         return OK
 
-    def pass_deadline(self, c: Consensus, expires_at: str) -> None:
-        c.expires_at = expires_at
-        if c.status == "pending":
-            c.deadline_passed = True
+    # --- consensus policies ---------------------------------------------------------
 
-    def consensus_body(self, c: Consensus) -> dict[str, Any]:
-        approve, reject, eligible, needed = self.tally(c)
-        ballots = sorted(c.ballots.items(), key=lambda item: (item[1].voted_at or "", item[0]))
+    def policy_body(self, action: str) -> dict[str, Any]:
+        """The policy in force for ``action``, as GET and PUT answer it."""
+        policy = self.policies.get(action)
         return {
-            "id": c.id,
             "tenantId": self.tenant,
-            "requestingAgentId": c.requester,
-            "action": c.action,
-            "contactEmail": c.contact,
-            "reason": c.reason,
-            "status": c.status,
-            "createdAt": c.created_at,
-            "expiresAt": c.expires_at,
-            "resolvedAt": c.resolved_at,
-            "tally": {"approve": approve, "reject": reject, "eligible": eligible, "needed": needed},
-            "votes": [
-                {"agentId": voter, "agentName": b.agent_name, "vote": b.vote, "reason": b.reason, "votedAt": b.voted_at}
-                for voter, b in ballots
-            ],
+            "action": action,
+            **(policy or DEFAULT_POLICY).rules(),
+            "default": policy is None,
+            "updatedAt": policy.updated_at if policy else None,
+            "updatedBy": ADMIN_KEY_ID if policy else None,
         }

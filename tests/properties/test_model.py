@@ -8,15 +8,22 @@ register (and re-register), heartbeat, removing an agent, rotating its
 credential, acquire (free, own, contended, takeover), renew, release (by the
 holder, another agent, or the admin key: forced, or with agentId), reading and
 listing leases, send-check (by the agent, the admin or the gate key; with and
-without fencing tokens, current and stale), consensus requests, votes
-(approve/reject, repeats, changed votes, the requester, inactive voters) and
-reads. Each request goes with the credential a fleet would use: the admin key
-registers, rotates and removes; each agent acts with its own credential. Two
-rules attack, and the model refuses both with nothing written (a snapshot of the
-tenant's keys before and after): an agent acting as another (its credential, the
-other's id: 403 agent_mismatch), and an agent acting with a credential it no
-longer holds, rotated, replaced by registering again or revoked with the agent
-(401). Time passes without sleeping, through three "time" rules that edit Redis
+without fencing tokens, current and stale), consensus policies (set, deleted and
+read, on a few actions: rule, voter roles, quorum, human approvals), consensus
+requests under them, votes (approve/reject, repeats, changed votes, the
+requester, inactive voters, agents outside the electorate or its voter roles,
+human members) and reads. Each request goes with the credential a fleet would
+use: the admin key registers (agents and human members), rotates, removes and
+sets policies, the enroll key registers agents; each agent and each human acts
+with its own credential. The model decides who may do what, and the attacks are
+refused with nothing written (a snapshot of the tenant's keys before and after):
+a member acting as another (its credential, the other's id: 403 agent_mismatch),
+a member acting with a credential it no longer holds, rotated, replaced by
+registering again or revoked with it (401), a credential calling what its role
+may not (a human's acting as an agent or changing a policy, an agent's or the
+gate, enroll or read key changing a policy, the enroll key registering a human:
+403 insufficient_scope), and a name registered again as the other kind (409
+kind_mismatch). Time passes without sleeping, through three "time" rules that edit Redis
 the way time would: an agent lapses (its heartbeat score
 becomes 1), a lease expires (its lease key gets a 1 ms TTL, then the rule polls
 until Redis has removed it; the entry in its holder's registry is left stale, as
@@ -28,17 +35,25 @@ lease's token (its id is made of the two), and Redis expires it at its expiresAt
 each holder's registry has the live lease's entry, token -> "expiresAt:contact",
 and no entry but those and stale ones of leases that ended by takeover or expiry
 (none of a lost race, a release or a removed agent); fencing tokens strictly
-increase over all grants, and the fence holds the last; each tally equals the
-distinct votes recorded; a status leaves pending at most once and never changes
-after.
+increase over all grants, and the fence holds the last; the heartbeats hold the
+agents (no human), the humans zset the humans in the order they were made, the
+policies hash the policies set; each tally equals the distinct votes recorded,
+agents' and humans' apart; a status leaves pending at most once and never changes
+after; and no vote counts from outside its request's electorate as it was fixed
+when the request was made (an agent member in the run of activity it was a member
+in, a human registered before, where the policy asks for humans): Redis holds the
+policy the request was made under and, with voter roles, exactly its members, and
+a decision held follows from those votes alone under that policy.
 
 Each example runs under a key prefix of its own (on fakeredis, a server of its
 own), so nothing is flushed. MAX_EXAMPLES and STEPS are what docs/reliability.md
 quotes; the test prints how often each outcome was reached (pytest -s shows it).
 
-The machine is ConcordMachine below, made of three parts: machine.py (the app, the
-Redis client, the model and the plumbing of one example), machine_rules.py (the rules)
-and machine_invariants.py (the invariant, read from Redis after every step).
+The machine is ConcordMachine below, made of five parts: machine.py (the app, the
+Redis client, the model and the plumbing of one example), the rules of agents,
+leases and time (machine_rules.py), of consensus (machine_consensus.py) and of who
+may do what (machine_principals.py), and machine_invariants.py (the invariant,
+read from Redis after every step).
 """
 
 from __future__ import annotations
@@ -54,7 +69,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from tests.properties.machine import SEEN
 from tests.properties.machine_invariants import RedisInvariants
-from tests.properties.machine_rules import ACTIONS, ConcordRules
+from tests.properties.machine_principals import ACTIONS, PrincipalRules
 from tests.support.cluster import Cluster
 
 # How much random testing each backend gets in CI (quoted in docs/reliability.md).
@@ -74,13 +89,15 @@ SETTINGS = settings(
 )
 
 
-class ConcordMachine(ConcordRules, RedisInvariants):
+class ConcordMachine(PrincipalRules, RedisInvariants):
     """One example: a fresh app on a fresh key prefix, one tenant, four agent names,
-    two contacts. Each rule sends one request and checks its answer in full.
+    three human names, two contacts, three actions. Each rule sends one request and
+    checks its answer in full.
 
     Besides rules that pick names and contacts at random, a few pick from the model's
-    state (a lapsed holder's contact, a peer yet to vote, a live lease): a random walk
-    alone seldom lines up a takeover or a deciding vote.
+    state (a lapsed holder's contact, a peer yet to vote, a live lease, an action with
+    a policy, a human a request asks for): a random walk alone seldom lines up a
+    takeover or a deciding vote.
     """
 
 
@@ -110,6 +127,20 @@ MUST_SEE = {
     "a credential rotated": ("rotate:ok",),
     "an agent acting as another": tuple(f"impersonate:{action}" for action in ACTIONS),
     "a stale credential": tuple(f"stale:{action}" for action in ACTIONS),
+    "a policy set": ("policy:set", "policy:set (humans)"),
+    "a request under a policy": ("request_consensus:under a policy",),
+    "a decision under a policy": ("decided under a policy",),
+    "an agent of none of the voter roles": ("vote:not_eligible (role)",),
+    "a human's vote counted": tuple(
+        f"vote:counted (human){decided}" for decided in ("", " -> approved", " -> rejected")
+    ),
+    "a human where no human is asked": ("vote:not_eligible (human) (human)",),
+    "a human's credential off its calls": ("out_of_scope:human:acting", "out_of_scope:human:policy"),
+    "a policy change by another role": tuple(
+        f"out_of_scope:{who}:policy" for who in ("agent", "gate", "enroll", "read")
+    ),
+    "an enroll key registering a human": ("register human:insufficient_scope",),
+    "a name registered as the other kind": ("register:kind_mismatch", "register human:kind_mismatch"),
 }
 
 
