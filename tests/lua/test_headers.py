@@ -19,7 +19,7 @@ from concord.server.principals import KeyGrant
 from concord.server.store import Store
 from concord.server.store.keys import Keys
 from concord.server.store.replies import Reply
-from concord.server.store.scripts import LIB, Scripts, Source, lib_text, sources
+from concord.server.store.scripts import LIB, Scripts, Source, script_text, sources
 
 TENANT = "acme"
 SCRIPTS = {name: source for name, source in sources().items() if name != LIB}
@@ -372,7 +372,7 @@ async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
     store, key = Store(real_client, keys, 300), KeyGrant("cfg-1", TENANT)
     agent, created = await store.agents.register(TENANT, "sdr", None, None, key)
     assert created
-    sha = hashlib.sha1((lib_text() + "\n" + SCRIPTS["agent_register"].text).encode()).hexdigest()
+    sha = hashlib.sha1(script_text("agent_register").encode()).hexdigest()
     assert await real_client.script_exists(sha) == [True]
 
     await real_client.script_flush()
@@ -383,6 +383,46 @@ async def test_a_flushed_script_cache_is_reloaded(real_client, keys):
     assert again.id == agent.id and again.agent_role == "retention"
     assert await real_client.script_exists(sha) == [True]
     assert await real_client.hget(keys.agent(TENANT, agent.id), "agentRole") == "retention"
+
+
+_HELPER_CALL = re.compile(r"\b(\w+)\(")
+_HELPER_DEF = re.compile(r"^local function (\w+)\(", re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_each_script_is_sent_with_the_helpers_it_calls_and_no_others(name):
+    """Redis runs the whole text of a script on every call, and each helper of lib.lua
+    it defines is a closure built there: a script carries the helpers it calls (and
+    those they call), each defined before its first caller, and none it never calls."""
+    sent = script_text(name)
+    defined = [match[1] for match in _HELPER_DEF.finditer(sent)]
+    lib_helpers = set(_HELPER_DEF.findall(LIB_SOURCE.text))
+    code = re.sub(r"--\[\[.*?\]\]|--[^\n]*", "", sent, flags=re.DOTALL)
+    called = set(_HELPER_CALL.findall(code.split("local function", 1)[0] + SCRIPTS[name].text)) & lib_helpers
+    reached, pending = set(), called
+    while pending:
+        reached |= pending
+        pending = {
+            helper
+            for caller in pending
+            for helper in _HELPER_CALL.findall(re.sub(r"--[^\n]*", "", _helper_text(caller)))
+            if helper in lib_helpers
+        } - reached
+    assert set(defined) == reached, f"lua/{name}.lua is sent with {sorted(defined)}"
+    assert len(defined) == len(set(defined))
+    for helper in defined:
+        first_call = min(
+            (m.start() for m in re.finditer(rf"\b{helper}\(", code) if not code[: m.start()].endswith("function ")),
+            default=len(code),
+        )
+        assert code.index(f"local function {helper}(") < first_call, f"{helper} is called before it is defined"
+    assert sent.endswith(SCRIPTS[name].text) and sent.startswith(LIB_SOURCE.text.split("local function", 1)[0][:200])
+
+
+def _helper_text(helper: str) -> str:
+    match = re.search(rf"^local function {helper}\(.*?^end\n", LIB_SOURCE.text, re.MULTILINE | re.DOTALL)
+    assert match, helper
+    return match[0]
 
 
 def test_every_script_is_declared_as_an_attribute_of_scripts():

@@ -1,7 +1,11 @@
 """Loads lua/*.lua once and registers them with a Redis client.
 
-Each script is sent to Redis as ``lib.lua`` + the script, so the shared helpers and
-reply codes exist once in the source tree. The KEYS/ARGV lines of a script's
+Each script is sent to Redis as the head of ``lib.lua`` (its reply codes and
+ACTOR), the helpers of lib.lua it uses (those it names, and those they name), and
+then the script, so the shared helpers and reply codes exist once in the source
+tree. Only the helpers used: Redis runs the whole text on every call, and each
+``local function`` builds a closure there, so the whole of lib.lua before each
+script cost every call about 1.3 µs (docs/performance.md). The KEYS/ARGV lines of a script's
 header are parsed, and every call is checked against them: a header cannot drift
 from what the store passes without the first call failing.
 """
@@ -76,9 +80,45 @@ def sources() -> dict[str, Source]:
     }
 
 
+# A helper of lib.lua: a line "local function name(" at the start of a line,
+# with the comment lines just above it; it runs until the next helper's comment
+# or definition. Everything before the first helper is the head (reply codes, ACTOR).
+_HELPER = re.compile(r"^(?:--[^\n]*\n)*local function (\w+)\(", re.MULTILINE)
+_WORD = re.compile(r"\w+")
+_COMMENT = re.compile(r"--\[\[.*?\]\]|--[^\n]*", re.DOTALL)
+
+
+def _names(code: str) -> set[str]:
+    """The words of Lua ``code`` outside its comments."""
+    return set(_WORD.findall(_COMMENT.sub("", code)))
+
+
 @cache
-def lib_text() -> str:
-    return sources()[LIB].text
+def lib_parts() -> tuple[str, dict[str, str]]:
+    """lib.lua as (its head, {helper name: its text}), the helpers in file order."""
+    text = sources()[LIB].text
+    found = list(_HELPER.finditer(text))
+    if not found:
+        return text, {}
+    helpers = {
+        match[1]: text[match.start() : (found[i + 1].start() if i + 1 < len(found) else len(text))]
+        for i, match in enumerate(found)
+    }
+    return text[: found[0].start()], helpers
+
+
+@cache
+def script_text(name: str) -> str:
+    """What is sent to Redis for lua/<name>.lua: lib.lua's head, the helpers the
+    script uses (each before its callers, as in lib.lua), then the script."""
+    head, helpers = lib_parts()
+    wanted: set[str] = set()
+    pending = _names(sources()[name].text) & set(helpers)
+    while pending:  # the helpers named, then those they name, ...
+        wanted |= pending
+        pending = {word for helper in pending for word in _names(helpers[helper])} & set(helpers) - wanted
+    used = "".join(text for helper, text in helpers.items() if helper in wanted)
+    return f"{head}{used}\n{sources()[name].text}"
 
 
 class Script:
@@ -98,7 +138,7 @@ class Script:
 
     @property
     def text(self) -> str:
-        """What is sent to Redis: lib.lua, then the script."""
+        """What is sent to Redis: lib.lua's head and the helpers used, then the script."""
         return self._script.script
 
     def __call__(self, keys: list[str], args: list[Any], client: Any = None):
@@ -155,7 +195,7 @@ class Scripts:
             raise RuntimeError(f"lua/{missing[0]}.lua is not declared as an attribute of Scripts")
         for name in Scripts.__annotations__:
             source = sources()[name]
-            setattr(self, name, Script(source, client.register_script(lib_text() + "\n" + source.text), send))
+            setattr(self, name, Script(source, client.register_script(script_text(name)), send))
 
     def all(self) -> list[Script]:
         """Every script, in the order declared."""
