@@ -101,6 +101,7 @@ async def test_a_batch_past_its_timeout_fails_alone_and_the_next_batch_works(rea
     "command",
     [
         ("SET", "key", "value"),
+        ("EVALSHA", "a" * 40, 3, "{t}:a", "{t}:b", "{t}:c", "agent_1", "", 0, -17, 1800000, 0.25),  # text and numbers
         ("EVALSHA", "a" * 40, 2, "{t}:a", "{t}:b", "", "é ü ✓", b'{"metadata": [1, 2]}', 0, -17, 1800000, 0.25),
         ("HSET", "key", "field", b"\x00\r\n$3\r\n"),  # bytes that look like the protocol itself
     ],

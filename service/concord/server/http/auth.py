@@ -79,6 +79,12 @@ class Authenticator:
         # is much of what authenticating costs (only digests are kept, never a secret).
         self._parsed: dict[str, Principal] = {}
 
+    @property
+    def failing(self) -> bool:
+        """Whether any address has presented a refused credential (within the memory
+        of the failure budget): until one has, admit and accepted have nothing to do."""
+        return bool(self._failures)
+
     def known(self, authorization: str | None) -> Principal | None:
         """The principal of the request's ``Authorization: Bearer <credential>`` when no
         Redis lookup is needed (an agent credential, as claimed; a configured key; a
@@ -200,6 +206,10 @@ def _bounded(memory: dict[str, T]) -> dict[str, T]:
 
 
 def _token(authorization: str | None) -> str:
+    if authorization is not None and authorization.startswith("Bearer "):
+        token = authorization[7:].strip()
+        if token:
+            return token
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

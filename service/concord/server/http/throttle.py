@@ -50,11 +50,16 @@ class Buckets:
         """Take a token from ``name``'s bucket and answer 0.0, or take none and answer
         the seconds until one is due."""
         bucket = self._buckets.get(name)
-        tokens = self._burst if bucket is None else min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
-        if tokens < 1:
-            return (1 - tokens) / self._rate
-        if bucket is None and len(self._buckets) >= self._size:
-            self._evict(now)
+        if bucket is None:
+            tokens = self._burst
+            if len(self._buckets) >= self._size:
+                self._evict(now)
+        else:
+            tokens = bucket[0] + (now - bucket[1]) * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+            elif tokens < 1:
+                return (1 - tokens) / self._rate
         self._buckets[name] = (tokens - 1, now)
         return 0.0
 
@@ -84,14 +89,14 @@ class Throttle:
     def take(self, principal: Principal) -> None:
         """Take a token from the principal's bucket, or raise rate_limited (taking none)."""
         if isinstance(principal, AgentPrincipal):
-            scope, buckets, name = "principal", self._principal, principal.credential
+            buckets, name = self._principal, principal.credential
         else:
-            scope, buckets, name = "key", self._key, principal.id
-        if buckets is None:
-            return
-        wait = buckets.take(name, self._clock())
-        if wait:
-            raise throttled(principal, scope, buckets.limit, wait)
+            buckets, name = self._key, principal.id
+        if buckets is not None:
+            wait = buckets.take(name, self._clock())
+            if wait:
+                scope = "principal" if buckets is self._principal else "key"
+                raise throttled(principal, scope, buckets.limit, wait)
 
 
 def throttled(principal: Principal, scope: str, limit: RateLimit, wait_seconds: float) -> ConcordError:
