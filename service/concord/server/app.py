@@ -18,9 +18,10 @@ from starlette.routing import Route
 from concord.protocol import routes as paths
 from concord.server.http.auth import Authenticator
 from concord.server.http.deadlines import Deadlines
+from concord.server.http.dispatch import HotRoutes
 from concord.server.http.observe import Observe
 from concord.server.http.problems import exception_handlers
-from concord.server.http.routes import routes
+from concord.server.http.routes import HOT, routes
 from concord.server.http.throttle import Throttle
 from concord.server.metrics import METRICS, Exporter
 from concord.server.redis.batcher import Replication
@@ -88,7 +89,11 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
         # /metrics is for the scraper, not an API operation: no key, not in ENDPOINTS or the OpenAPI document.
         routes=[*routes, Route(paths.METRICS, exporter.endpoint, methods=["GET"], name="metrics")],
         exception_handlers=exception_handlers,
-        middleware=[Middleware(Observe, metrics=METRICS, access_log=settings.access_log)],
+        middleware=[
+            Middleware(Observe, metrics=METRICS, access_log=settings.access_log),
+            # The hot routes skip the router and the exception middleware (http/dispatch.py).
+            Middleware(HotRoutes, routes=routes, hot=HOT, handlers=exception_handlers),
+        ],
         lifespan=lifespan,
     )
     # A path with a trailing slash is not redirected (an empty 307 helps no client):

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from concord import protocol as p
 from concord.server.errors import ConcordError, agent_mismatch
 from concord.server.http.decoding import PATH_IDS, decode_body, decode_query, path_id, read_body
+from concord.server.http.dispatch import ANSWERING
 from concord.server.principals import AGENT, HUMAN, MAY, MEMBERS, KeyGrant, Principal
 
 if TYPE_CHECKING:
@@ -162,8 +163,9 @@ class Endpoint:
                 if error.code == "unauthorized":  # a credential refused: the address's budget (auth.py)
                     auth.refused(address)
                 raise
-            if call.credential:
+            if auth.failing and call.credential:
                 auth.accepted(address, call.principal)
+        scope[ANSWERING] = True  # an exception from now on cannot be answered (dispatch.py)
         if isinstance(answer, Response):  # a problem, the OpenAPI document, or a wait (LongPoll, EventStream)
             await answer(scope, receive, send)
             return
@@ -178,34 +180,36 @@ class Endpoint:
         work is first admitted by the address's failure budget (auth.py); the principal
         then takes a token from its bucket in this process (throttle.py), before the
         body is read or any Redis work of the request is done."""
-        deadlines, authorization = scope["state"]["deadlines"], headers.get("authorization")
+        state = scope["state"]
+        deadlines, authorization = state["deadlines"], headers.get("authorization")
         principal = auth.known(authorization)
+        member = principal is not None and principal.role in MEMBERS
         if principal is None:  # a key stored in Redis, not looked up in the last second
             auth.admit(address, None, authorization)
             principal = await deadlines.run(auth.grant(authorization))
-        elif principal.role in MEMBERS:
+        elif member and auth.failing:
             auth.admit(address, principal)
         tenant = principal.tenant
         scope["concord.tenant"], scope["concord.principal"] = tenant, principal  # for the access line
-        scope["state"]["throttle"].take(principal)
+        state["throttle"].take(principal)
         if principal.role not in self.roles:
             raise insufficient_scope(principal, self.method, self.path)
         query = decode_query(scope, self.query, tenant) if self.query else None
         body = None
         if self.decoder is not None:
             body = decode_body(self.decoder, await read_body(headers, receive), tenant)
-        ids = {name: path_id(scope, name, tenant) for name in self.ids}
-        # The agent the request names, for the access line: set before act_as, so a
-        # refused impersonation is logged with the agent it tried to act as.
-        scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
-        if principal.role in MEMBERS:
-            if self.acts_as is None:
-                if not self.proves:
-                    await deadlines.run(auth.prove(principal))
-            else:
-                act_as(principal, body if self.body is not None else query, self.acts_as)
-                scope["concord.agent"] = getattr(body if self.body is not None else query, self.acts_as)
-        return Call(scope["state"]["store"], tenant, principal, body, query, ids, headers, deadlines.seconds)
+        ids = {name: path_id(scope, name, tenant) for name in self.ids} if self.ids else {}
+        if member and self.acts_as is not None:
+            # The agent the request acts as, for the access line: set before act_as,
+            # so a refused impersonation is logged with the agent it tried to act as.
+            request = body if self.body is not None else query
+            scope["concord.agent"] = getattr(request, self.acts_as) or principal.id
+            act_as(principal, request, self.acts_as)
+        else:
+            scope["concord.agent"] = acting_agent(body) or getattr(query, "agent_id", None) or ids.get("agentId")
+            if member and not self.proves:
+                await deadlines.run(auth.prove(principal))
+        return Call(state["store"], tenant, principal, body, query, ids, headers, deadlines.seconds)
 
     async def _work(self, call: Call, limits: Any) -> Answer | Response:
         """The request's Redis work: its shared rate limits (CONCORD_RATE_LIMITS tenant
