@@ -98,8 +98,9 @@ end
 if redis.call('EXISTS', k.cons) == 1 then
   return consensus_reply(OK, k, now_ms, now_us, window_ms, retention_ms, events_max)
 end
-if not redis.call('ZSCORE', k.heartbeats, requester_id) then return {AGENT_NOT_FOUND} end
-if not is_active(k.heartbeats, requester_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+local live = liveness(k.heartbeats, requester_id, now_ms, window_ms)
+if live == nil then return {AGENT_NOT_FOUND} end
+if not live then return {AGENT_INACTIVE} end
 local limit = quota(quotas_key, 'pendingConsensus', pending_quota)
 if redis.call('ZCOUNT', k.due, '(' .. int(now_ms), '+inf') >= limit then
   return {QUOTA_EXCEEDED, 'pendingConsensus', limit}

@@ -32,8 +32,9 @@ local credential = ARGV[4]
 
 if not credential_ok(agent_key, credential) then return {BAD_CREDENTIAL} end
 local now_ms = clock()
-if not redis.call('ZSCORE', heartbeats_key, agent_id) then return {AGENT_NOT_FOUND} end
-if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+local live = liveness(heartbeats_key, agent_id, now_ms, window_ms)
+if live == nil then return {AGENT_NOT_FOUND} end
+if not live then return {AGENT_INACTIVE} end
 
 local held = lease_parse(redis.call('GET', lease_key))
 local mine = held and held.holder == agent_id

@@ -113,9 +113,16 @@ local function quota(quotas_key, name, default)
 end
 
 -- Active means a heartbeat strictly within the window: last > now - window.
-local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
+-- liveness: nil for an agent that is not registered (the heartbeats zset holds
+-- exactly the registered agents), else whether it is active; one ZSCORE.
+local function liveness(heartbeats_key, agent_id, now_ms, window_ms)
   local last = redis.call('ZSCORE', heartbeats_key, agent_id)
-  return last ~= false and tonumber(last) > now_ms - window_ms
+  if last == false then return nil end
+  return tonumber(last) > now_ms - window_ms
+end
+
+local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
+  return liveness(heartbeats_key, agent_id, now_ms, window_ms) == true
 end
 
 -- The electorate. active-since (a zset) holds, for each active agent, when its
