@@ -1,8 +1,12 @@
 --[[
   lib: helpers and reply codes shared by every script in this folder.
 
-  concord/server/store/scripts.py prepends this file to each script before registering it, so
-  each script reaches Redis whole and self-contained. Nothing here builds a key
+  concord/server/store/scripts.py sends each script with the head of this file (up to
+  the first helper: the reply codes and ACTOR) and the helpers it calls, each with
+  the helpers it calls in turn, so each script reaches Redis whole and
+  self-contained, without the closures it would never call (each costs Redis time
+  on every call). A helper is a top-level "local function name(" with its comment
+  lines just above it. Nothing here builds a key
   name: every helper takes the keys its caller received in KEYS.
 
   Reply codes (the first element of every reply; concord/server/store/replies.py: Reply):
