@@ -20,7 +20,7 @@ from concord.server.redis.connect import connect
 from concord.server.settings import Settings, key_digest
 from concord.server.store import Store
 from concord.server.store.keys import Keys, agent_tag, lease_id
-from concord.server.store.scripts import LIB, lib_text, sources
+from concord.server.store.scripts import LIB, script_text, sources
 from tests.support.api import ms
 from tests.support.helpers import RedisServer
 from tests.support.reports import fault_record
@@ -57,9 +57,9 @@ async def test_a_script_whose_reply_is_lost_runs_again_and_changes_nothing_more(
         "a proxy cuts the connection after a script ran, before its reply; the service retries the call",
     ) as record:
         async with FaultyProxy(stall_redis.port) as proxy:
-            for name, source in sources().items():  # loaded already, as in a running service
+            for name in sources():  # loaded already, as in a running service
                 if name != LIB:
-                    db.script_load(lib_text() + "\n" + source.text)
+                    db.script_load(script_text(name))
             client = connect(Settings(redis_url=proxy.url, redis_timeout_seconds=REDIS_TIMEOUT))
             store = Store(client, keys, 300)
             try:
