@@ -29,7 +29,7 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 
-from tests.support.helpers import REDIS_SERVER, RedisServer, free_port, unavailable, wait_until
+from tests.support.helpers import REDIS_SERVER, RedisServer, unavailable, wait_until
 
 REDIS_CLI = shutil.which("redis-cli")
 SLOTS = 16384
@@ -152,13 +152,12 @@ class Cluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                "--cluster-port", str(free_port()),
                 "--appendonly", "no",
                 "--save", "",
                 # A replica's first sync would wait 5 s for more replicas to share it.
                 "--repl-diskless-sync-delay", "0",
             )  # fmt: skip
-            self.nodes.append(Node(RedisServer(self.directory / f"node{i}", *config)))
+            self.nodes.append(Node(RedisServer(self.directory / f"node{i}", *config, cluster_bus=True)))
         self.expected_masters = masters
         self.started_in: float | None = None  # seconds from the first process to cluster_state:ok
         self._lost_slots: dict[str, tuple[tuple[int, int], ...]] = {}  # killed master id -> its slots

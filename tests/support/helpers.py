@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from concord.server.store.keys import Keys
 
@@ -90,12 +92,17 @@ async def snapshot(redis_client, match: str, *, expiry: bool = False) -> dict[st
 class RedisServer:
     """A private redis-server on a free port, with its own directory; never the shared one."""
 
-    def __init__(self, directory: Path, *config: str, port: int | None = None) -> None:
+    def __init__(self, directory: Path, *config: str, port: int | None = None, cluster_bus: bool = False) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        # A cluster node's bus port, chosen free too (port + 10000 may lie past 65535).
+        self.bus_port = free_port() if cluster_bus else None
+        # Ports picked free may be taken by someone else before redis-server binds
+        # them; until the first start succeeds, such a start is retried on new ones.
+        self._ports_settled = port is not None
         self.config = config or ("--save", "", "--appendonly", "no")
         self.process: subprocess.Popen | None = None
 
@@ -107,6 +114,20 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True, **kwargs)
 
     def start(self) -> RedisServer:
+        for _attempt in range(5):
+            if self._launch():
+                self._ports_settled = True  # a restart comes back on the same ports
+                return self
+            if self._ports_settled:
+                break
+            self.port = free_port()
+            self.bus_port = self.bus_port and free_port()
+            (self.directory / "nodes.conf").unlink(missing_ok=True)  # may name the ports just lost
+        raise AssertionError(f"redis-server on port {self.port} did not start:\n{self._log_tail()}")
+
+    def _launch(self) -> bool:
+        """Start the process; True once it answers PING, False if it exited first."""
+        bus = ("--cluster-port", str(self.bus_port)) if self.bus_port else ()
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -118,15 +139,28 @@ class RedisServer:
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *bus,
                 *self.config,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = self.client(socket_timeout=1)
-        wait_until(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
-        client.close()
-        return self
+        # One try a PING: whatever else holds the port may never answer, and the
+        # client's own retries would outlast the deadline.
+        client = self.client(socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        try:
+            wait_until(
+                lambda: self.process.poll() is not None or _pings(client),
+                timeout=10,
+                what=f"redis-server on port {self.port}",
+            )
+        finally:
+            client.close()
+        return self.process.poll() is None
+
+    def _log_tail(self, lines: int = 5) -> str:
+        log = self.directory / "redis.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), saving only if the config asks for it."""
