@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from concord.server.store.keys import agent_tag
-from tests.support.api import TENANT, C, ms, ok, register
+from tests.support.api import TENANT, C, ms, ok, register, verdict
 from tests.support.helpers import snapshot
 
 CONTACT = "alice@example.com"
@@ -30,7 +30,8 @@ async def lease_post(client, **body):
 
 
 async def send_check(client, agent_id, contact=CONTACT, **extra):
-    return ok(await client.post(f"{C}/send-check", json={"agentId": agent_id, "contactEmail": contact, **extra}))
+    answer = ok(await client.post(f"{C}/send-check", json={"agentId": agent_id, "contactEmail": contact, **extra}))
+    return verdict(answer, contact)
 
 
 def stored(lease) -> str:

@@ -51,6 +51,7 @@ from tests.support.api import (
     problem,
     register,
     tenant_snapshot,
+    verdict,
 )
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, running_stack, wait_until
 
@@ -421,7 +422,7 @@ async def test_leases_heartbeats_renewals_checks_and_votes_repeat_to_the_same_re
         renewed = ok(await client.post(f"{C}/lease/{lease['id']}/renew", json={"agentId": holder}))
         assert (renewed["id"], renewed["fencingToken"]) == (lease["id"], lease["fencingToken"])
         check = {"agentId": holder, "contactEmail": "alice@example.com", "fencingToken": lease["fencingToken"]}
-        assert ok(await client.post(f"{C}/send-check", json=check)) == {"allowed": True}
+        assert verdict(ok(await client.post(f"{C}/send-check", json=check)), "alice@example.com") == {"allowed": True}
 
     request = created(await ask(client, {"requestingAgentId": agents["requester"], "action": "x"}))
     vote = {"agentId": voter, "vote": "reject", "reason": "not now"}

@@ -10,7 +10,7 @@ from tests.api.credential_support import forged
 from tests.api.isolation_support import CONTACT, CellTable, cell_params, hidden, mismatch, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
-from tests.support.api import TENANT, C, bearer, credential_of, ok
+from tests.support.api import TENANT, C, bearer, credential_of, ok, verdict
 
 # --- the cells: (method, route path) -> name -> async cell(b, world) -------------
 
@@ -174,12 +174,12 @@ def _cells() -> CellTable:
             200,
             sent={CONTACT},
         )
-        assert response.json() == {"allowed": False, "reason": "agent_not_found"}
+        assert verdict(response.json(), CONTACT) == {"allowed": False, "reason": "agent_not_found"}
 
     async def send_check_a_contact(bc, w):
         """A's lease does not hold the contact in B: B's agent may send, and no holder is named."""
         response = await bc.post(f"{C}/send-check", json={"agentId": w.b["agent"]["id"], "contactEmail": CONTACT})
-        assert ok(response) == {"allowed": True}
+        assert verdict(ok(response), CONTACT) == {"allowed": True}
         no_leak(w, response, {CONTACT})
         w.cells += 1
 
@@ -188,7 +188,7 @@ def _cells() -> CellTable:
         response = await bc.post(
             f"{C}/send-check", json={"agentId": w.b["agent"]["id"], "contactEmail": CONTACT, "fencingToken": token}
         )
-        assert ok(response) == {"allowed": False, "reason": "stale_fencing_token"}
+        assert verdict(ok(response), CONTACT) == {"allowed": False, "reason": "stale_fencing_token"}
         no_leak(w, response, {CONTACT, str(token)})
         w.cells += 1
 

@@ -22,7 +22,7 @@ from concord.server.http.routes import routes
 from concord.server.settings import parse_api_keys
 from concord.server.store import Store
 from tests.conftest import running
-from tests.support.api import TENANT, V1, C, ok, problem, tenant_snapshot, unknown_id
+from tests.support.api import TENANT, V1, C, ok, problem, tenant_snapshot, unknown_id, verdict
 
 ROLE_KEYS = {role: f"{role}-key-0123456789" for role in ("admin", "enroll", "gate", "read")}
 CONFIGURED = ",".join(f"{TENANT}/{role}:{key}" for role, key in ROLE_KEYS.items())
@@ -126,7 +126,7 @@ async def test_a_stored_key_carries_its_role(role_app, redis_client, keys):
         refused = problem(await gate.post(f"{V1}/register", json={"agentName": "x"}), 403, "insufficient_scope")
         assert grant.id in refused["detail"]
         check = await gate.post(f"{C}/send-check", json={"agentId": unknown_id("agent"), "contactEmail": "a@b.co"})
-        assert ok(check) == {"allowed": False, "reason": "agent_not_found"}
+        assert verdict(ok(check), "a@b.co") == {"allowed": False, "reason": "agent_not_found"}
 
 
 async def test_an_enroll_key_with_roles_registers_only_agents_of_those_roles(role_app, redis_client, keys):

@@ -39,6 +39,7 @@ LEASE_FIELDS = {
     "agentId",
     "agentName",
     "contactEmail",
+    "contact",
     "intent",
     "acquiredAt",
     "expiresAt",
@@ -62,6 +63,7 @@ async def test_acquire_free_contact_is_201_with_the_full_lease(client, redis_cli
         "agentId": sdr["id"],
         "agentName": "sdr-1",
         "contactEmail": CONTACT,
+        "contact": CONTACT,
         "intent": "outreach",
         "acquiredAt": lease["acquiredAt"],
         "expiresAt": lease["expiresAt"],
@@ -218,6 +220,7 @@ async def test_another_active_agent_gets_409_lease_conflict(client, redis_client
         "code": "lease_conflict",
         "conflict": True,
         "contactEmail": CONTACT,
+        "contact": CONTACT,
         "leaseHolder": {
             "agentId": sdr["id"],
             "agentName": "sdr-1",

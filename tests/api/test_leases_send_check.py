@@ -27,6 +27,7 @@ from tests.support.api import (
     problem,
     tenant_snapshot,
     unknown_id,
+    verdict,
 )
 
 # --- send-check ---------------------------------------------------------------
@@ -34,7 +35,7 @@ from tests.support.api import (
 
 async def test_send_check_free_contact_is_allowed(client, sdr):
     response = await client.post(f"{C}/send-check", json={"agentId": sdr["id"], "contactEmail": " Alice@Example.com"})
-    assert ok(response) == {"allowed": True}
+    assert verdict(ok(response), " Alice@Example.com") == {"allowed": True}
 
 
 async def test_send_check_holder_is_allowed_with_and_without_its_token(client, sdr):
@@ -154,7 +155,7 @@ async def test_send_check_with_a_credential_may_leave_the_agent_id_out(client, s
     lease = await acquire(client, sdr["id"], CONTACT)
     as_sdr, as_retention = (bearer(credential_of(client, a["id"])) for a in (sdr, retention))
     check = {"contactEmail": CONTACT, "fencingToken": lease["fencingToken"]}
-    assert ok(await client.post(f"{C}/send-check", json=check, headers=as_sdr)) == {"allowed": True}
+    assert verdict(ok(await client.post(f"{C}/send-check", json=check, headers=as_sdr)), CONTACT) == {"allowed": True}
     refused = ok(await client.post(f"{C}/send-check", json={"contactEmail": CONTACT}, headers=as_retention))
     assert refused["allowed"] is False and refused["reason"] == "lease_conflict", refused
     # The admin key asks about any agent it names.

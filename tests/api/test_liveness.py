@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import V1, C, problem
+from tests.support.api import V1, C, problem, verdict
 from tests.support.api import Fleet as FleetAuth
 from tests.support.helpers import HANG_SECONDS, Stack, eventually, redis_server, running_stack
 
@@ -91,7 +91,7 @@ class Fleet:
             body["fencingToken"] = token
         r = await self.client.post(f"{C}/send-check", json=body)
         assert r.status_code == 200, r.text
-        return r.json()
+        return verdict(r.json(), contact)
 
 
 async def test_heartbeats_keep_an_agent_active_across_several_windows(stack: Stack):

@@ -46,7 +46,7 @@ from concord.server.settings import Settings, parse_api_keys, parse_rate_limits
 from concord.server.store.agents import Agents
 from concord.server.store.keys import Keys
 from tests.conftest import API_KEY, OTHER_API_KEY, running
-from tests.support.api import OTHER_TENANT, TENANT, V1, C, Fleet, bearer, make_inactive, unknown_id
+from tests.support.api import OTHER_TENANT, TENANT, V1, C, Fleet, bearer, make_inactive, unknown_id, verdict
 
 REF = "#/components/schemas/{name}"
 PROBLEM_JSON = "application/problem+json"
@@ -398,7 +398,7 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
         status=200,
         json={**a, "contactEmail": "alice@example.com", "fencingToken": lease["fencingToken"]},
     )
-    assert allowed == {"allowed": True}
+    assert verdict(allowed, "alice@example.com") == {"allowed": True}
     conflict = await call(client, "POST", send_check, status=200, json={**b, "contactEmail": "alice@example.com"})
     assert conflict["reason"] == "lease_conflict" and conflict["leaseHolder"]["agentId"] == sdr["id"]
     stale = await call(

@@ -43,9 +43,16 @@ HUMANS = ["dana", "lee", "kim"]  # the human members' names, none of them an age
 ROLES = ["general", "sdr", "support"]  # the agents' roles: the default, and those the register rule sets
 # The actions requests name and policies are set for; one needs its space percent-encoded in a path.
 DECISIONS = ["send_pricing_override", "refund", "wire funds"]
-CONTACTS = ["alice@example.com", "bob@example.org"]  # few, so that agents meet on them
-# What clients send: the stored form, and spellings that normalize to it.
-CONTACT_INPUTS = [spelling for c in CONTACTS for spelling in (c, c.upper(), f"  {c.capitalize()} ")]
+# Few contacts, so that agents meet on them; canonical, as lease keys name them.
+CONTACTS = ["alice@example.com", "bobsmith@gmail.com"]
+# What clients send: the canonical form, and spellings of the same contact: case,
+# spaces, a +tag, and (at Gmail) dots and googlemail.com.
+CONTACT_INPUTS = [
+    *(spelling for c in CONTACTS for spelling in (c, c.upper(), f"  {c.capitalize()} ")),
+    "alice+promo@example.com",
+    "Bob.Smith+news@googlemail.com",
+    "b.o.b.smith@GMAIL.com",
+]
 
 names = st.sampled_from(NAMES)
 contact_inputs = st.sampled_from(CONTACT_INPUTS)

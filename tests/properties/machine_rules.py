@@ -36,6 +36,7 @@ from tests.properties.model import (
     WINDOW_MS,
     Lease,
     Outcome,
+    contact_of,
     normalize,
 )
 from tests.support.api import ISO_Z, LEASE_ID, V1, C, bearer, iso, ms
@@ -241,7 +242,7 @@ class ConcordRules(MachineBase):
         with its credential, the body naming it or not."""
         if held and self.model.leases:
             spelling = data.draw(st.sampled_from(sorted(self.model.leases)), label="held contact").upper()
-        return self._acquire(self._caller(name, normalize(spelling), who), spelling, intent, duration, named)
+        return self._acquire(self._caller(name, contact_of(spelling), who), spelling, intent, duration, named)
 
     def _takeovers(self) -> list[tuple[str, str]]:
         """(contact, agent) pairs where the agent is active and the contact's holder is not."""
@@ -263,7 +264,7 @@ class ConcordRules(MachineBase):
     def _acquire(
         self, agent_id: str, spelling: str, intent: str | None, duration: dict[str, int], named: bool = True
     ) -> Any:
-        contact = normalize(spelling)
+        contact = contact_of(spelling)
         credential = self.credential_of(agent_id)
         fields = {**({"agentId": agent_id} if named else {}), "contactEmail": spelling, **duration}
         if intent is not None:
@@ -282,7 +283,12 @@ class ConcordRules(MachineBase):
             self.expect(response, Outcome(404 if kind == "agent_not_found" else 409, kind))
             return multiple()
         if kind == "conflict":
-            holder = {"conflict": True, "contactEmail": contact, "leaseHolder": self.model.holder_body(held)}
+            holder = {
+                "conflict": True,
+                "contactEmail": normalize(spelling),
+                "contact": contact,
+                "leaseHolder": self.model.holder_body(held),
+            }
             self.expect(response, Outcome(409, "lease_conflict", holder))
             return multiple()
         if kind == "extend":  # same id, token and acquiredAt; expiry moved; intent replaced if given
@@ -290,7 +296,7 @@ class ConcordRules(MachineBase):
             assert ISO_Z.fullmatch(body["expiresAt"]), body
             held.expires_at = body["expiresAt"]
             held.intent = intent if intent is not None else held.intent
-            same(body, self.model.lease_body(held), "acquire (extend)")
+            same(body, self.model.lease_body(held, spelling), "acquire (extend)")
             return multiple()
         body = self.expect(response, Outcome(201))
         assert LEASE_ID.fullmatch(body["id"]) and body["id"] not in self.model.granted_to, body
@@ -309,7 +315,7 @@ class ConcordRules(MachineBase):
             expires_at=body["expiresAt"],
         )
         self.model.grant(lease)
-        same(body, self.model.lease_body(lease), "acquire (grant)")
+        same(body, self.model.lease_body(lease, spelling), "acquire (grant)")
         return lease.id
 
     def _lease_id(self, any_id: str, live: bool, data: st.DataObject) -> str:
@@ -425,7 +431,7 @@ class ConcordRules(MachineBase):
         data=st.data(),
     )
     def list_leases(self, name: str, spelling: str, who: str, query: str, data: st.DataObject) -> None:
-        contact = normalize(spelling)
+        contact = contact_of(spelling)
         agent_id = self._caller(name, contact, who) if query != "contactEmail" else None
         params = {"agentId": agent_id, "contactEmail": spelling if query != "agentId" else None}
         query_string = {k: v for k, v in params.items() if v is not None}
@@ -445,7 +451,7 @@ class ConcordRules(MachineBase):
     def send_check(self, name: str, spelling: str, who: str, via: str) -> None:
         """The gate before a send, without a fencing token: asked by the agent with its
         credential (the body naming it or not), or by the admin or gate key for it."""
-        self._send_check(self._caller(name, normalize(spelling), who), spelling, None, via)
+        self._send_check(self._caller(name, contact_of(spelling), who), spelling, None, via)
 
     @rule(
         name=names,
@@ -460,7 +466,7 @@ class ConcordRules(MachineBase):
     ) -> None:
         """The gate with a fencing token: the contact's current one, any granted earlier
         (stale unless it is the current one), or another contact's."""
-        contact = normalize(spelling)
+        contact = contact_of(spelling)
         lease = self.model.leases.get(contact)
         others = [other.token for c, other in self.model.leases.items() if c != contact]
         pick = {"current": [lease.token] if lease else [], "earlier": self.tokens}.get(token, others)
@@ -484,7 +490,7 @@ class ConcordRules(MachineBase):
             self.expect(self.unchanged(send), refusal)
             self.seen(f"send_check:{refusal.code}")
             return
-        expected = self.model.send_check(agent_id, normalize(spelling), token)
+        expected = self.model.send_check(agent_id, spelling, token)
         same(self.expect(send(), Outcome(200)), expected, "send-check")
         self.seen(f"send_check:{expected.get('reason', 'allowed')}{'' if token is None else ' (token)'}")
 

@@ -55,6 +55,18 @@ def normalize(email: str) -> str:
     return email.strip().lower()
 
 
+def contact_of(spelling: str) -> str:
+    """The canonical contact an address reaches, by the documented default rules
+    (docs/api.md, Contacts): a +tag dropped unless it is the whole local part,
+    googlemail.com taken for gmail.com, and at gmail.com the local part's dots gone."""
+    local, domain = normalize(spelling).rsplit("@", 1)
+    domain = "gmail.com" if domain == "googlemail.com" else domain
+    local = local.split("+")[0] or local
+    if domain == "gmail.com":
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
 @dataclass
 class Agent:
     """A member: an agent, or a human (``kind``), which is always active."""
@@ -294,7 +306,13 @@ class Model:
     def expire(self, contact: str) -> None:
         del self.leases[contact]
 
-    def send_check(self, agent_id: str, contact: str, token: int | None) -> dict[str, Any]:
+    def send_check(self, agent_id: str, spelling: str, token: int | None) -> dict[str, Any]:
+        """The answer, naming the address asked about and the contact it reaches."""
+        contact = contact_of(spelling)
+        named = {"contactEmail": normalize(spelling), "contact": contact}
+        return {**self._verdict(agent_id, contact, token), **named}
+
+    def _verdict(self, agent_id: str, contact: str, token: int | None) -> dict[str, Any]:
         """The whole answer. Order (DESIGN-NOTES): agent_not_found, agent_inactive, then a
         given token must be the caller's current one (stale_fencing_token), then another
         active holder is a lease_conflict. A lapsed holder's contact counts as free."""
@@ -322,13 +340,16 @@ class Model:
         ]
         return sorted(found, key=lambda lease: lease.token, reverse=True)
 
-    def lease_body(self, lease: Lease) -> dict[str, Any]:
+    def lease_body(self, lease: Lease, spelling: str | None = None) -> dict[str, Any]:
+        """A lease's answer: its contactEmail is the address asked about where the request
+        named one (acquire), else the contact."""
         return {
             "id": lease.id,
             "tenantId": self.tenant,
             "agentId": lease.holder,
             "agentName": lease.holder_name,
-            "contactEmail": lease.contact,
+            "contactEmail": normalize(spelling) if spelling is not None else lease.contact,
+            "contact": lease.contact,
             "intent": lease.intent,
             "acquiredAt": lease.acquired_at,
             "expiresAt": lease.expires_at,

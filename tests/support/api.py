@@ -114,6 +114,17 @@ def ok(response: httpx.Response, status: int = 200) -> dict[str, Any]:
     return response.json()
 
 
+def verdict(answer: dict[str, Any], address: str) -> dict[str, Any]:
+    """A send-check answer without the contact it names, once that is checked: the
+    address asked about (normalized) and the canonical contact it reaches."""
+    from concord.protocol import canonical_contact, normalize_email
+
+    answer = dict(answer)
+    asked = normalize_email(address)
+    assert (answer.pop("contactEmail"), answer.pop("contact")) == (asked, canonical_contact(asked)), answer
+    return answer
+
+
 # --- credentials ----------------------------------------------------------------
 
 # The requests that act as an agent, and where they name it: what a fleet sends

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.api import V1, C, problem
+from tests.support.api import V1, C, problem, verdict
 from tests.support.helpers import RedisServer, eventually, running_stack
 from tests.support.reports import fault_record
 from tests.system.faults_support import NO_PERSISTENCE, REDIS_TIMEOUT, register, service_ready
@@ -72,7 +72,9 @@ async def test_after_an_empty_restart_a_live_lease_is_lost_but_its_holder_is_fen
                         f"{C}/send-check",
                         json={"agentId": holder["id"], "contactEmail": contact, "fencingToken": lease["fencingToken"]},
                     )
-                    assert check.json() == {"allowed": False, "reason": "stale_fencing_token"}, check.text
+                    assert verdict(check.json(), contact) == {"allowed": False, "reason": "stale_fencing_token"}, (
+                        check.text
+                    )
                     refused += 1
                     # ...and another agent takes the contact while the lost lease would still run.
                     await register(client, "other")

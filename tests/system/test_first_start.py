@@ -34,7 +34,7 @@ async def exercise(url: str, key: str) -> None:
         lease = leased.json()
         assert (await c.post(f"{C}/lease/{lease['id']}/renew", json={}, headers=as_sdr)).status_code == 200
         check = {"contactEmail": "a@example.com"}
-        assert (await c.post(f"{C}/send-check", json=check, headers=as_sdr)).json() == {"allowed": True}
+        assert (await c.post(f"{C}/send-check", json=check, headers=as_sdr)).json()["allowed"] is True
         asked = (await c.post(f"{C}/consensus", json={"action": "discount"}, headers=as_sdr)).json()
         voted = await c.post(f"{C}/consensus/{asked['id']}/vote", json={"vote": "approve"}, headers=as_peer)
         assert voted.status_code == 200, voted.text

@@ -30,7 +30,7 @@ from concord.server.http.endpoint import ENDPOINTS
 from concord.server.store.keys import Keys
 from tests.cli.test_serve_and_keys import concord
 from tests.conftest import API_KEY
-from tests.support.api import V1, C, credential_of
+from tests.support.api import V1, C, credential_of, verdict
 from tests.support.cluster import Cluster
 from tests.support.helpers import RedisServer, ServiceProcess, service
 from tests.system.security_support import bearer, security_report
@@ -123,7 +123,7 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         allowed = await call(
             "POST", f"{C}/send-check", 200, {"agentId": sdr, "fencingToken": lease["fencingToken"], **alice}
         )
-        assert allowed == {"allowed": True}
+        assert verdict(allowed, alice["contactEmail"]) == {"allowed": True}
         await call(
             "POST", f"{C}/lease/{{leaseId}}/renew", 200, {"agentId": sdr, "durationMinutes": 10}, leaseId=lease["id"]
         )

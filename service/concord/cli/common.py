@@ -152,11 +152,12 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def contact(text: str) -> str:
-    """The contact as keys carry it (trimmed, lower-cased: protocol.normalize_email)."""
-    from concord.protocol import FieldError, normalize_email
+    """The contact as keys carry it: trimmed, lower-cased and canonical
+    (protocol.normalize_email, protocol.canonical_contact)."""
+    from concord.protocol import FieldError, canonical_contact, normalize_email
 
     try:
-        return normalize_email(text)
+        return canonical_contact(normalize_email(text))
     except FieldError:
         raise argparse.ArgumentTypeError(f"expected an email address (local@domain.tld, ASCII), got {text!r}") from None
 

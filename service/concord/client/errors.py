@@ -210,7 +210,8 @@ class LeaseConflict(ConcordError):
 
     @property
     def contact(self) -> str | None:
-        return self.problem.get("contactEmail")
+        """The canonical contact held (a server before contacts: the address asked about)."""
+        return self.problem.get("contact") or self.problem.get("contactEmail")
 
     @property
     def holder(self) -> p.LeaseHolder | None:

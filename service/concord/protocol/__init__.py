@@ -19,9 +19,12 @@ from concord.protocol.events import (
     STREAM_ID,
 )
 from concord.protocol.normalize import (
+    DEFAULT_CONTACT_RULES,
     EMAIL_RULE,
     ID_PATTERNS,
     ID_PREFIXES,
+    ContactRules,
+    canonical_contact,
     check_id,
     duration_ms,
     event_types,
@@ -118,6 +121,9 @@ __all__ = [
     "ID_PREFIXES",
     "ID_PATTERNS",
     "normalize_email",
+    "canonical_contact",
+    "ContactRules",
+    "DEFAULT_CONTACT_RULES",
     "check_id",
     "duration_ms",
     "event_types",

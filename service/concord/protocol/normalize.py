@@ -6,6 +6,7 @@ Each rule raises errors.FieldError (or errors.UnknownId) naming the field."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from concord.protocol.errors import FieldError, UnknownId
 from concord.protocol.events import EVENT_TYPES, FAMILIES, STREAM_ID
@@ -31,6 +32,38 @@ def normalize_email(raw: str, field: str = "$.contactEmail") -> str:
     if not match or len(email) > 254 or len(match["local"]) > 64:
         raise FieldError(field, EMAIL_RULE)
     return email
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRules:
+    """Which spellings of an address reach one mailbox, and so are one contact
+    (docs/api.md, Contacts). The default follows the common providers: a ``+tag``
+    is a sub-address everywhere, and Gmail ignores dots in the local part and
+    answers at googlemail.com too."""
+
+    subaddress_separator: str = "+"  # '' for none: every sub-address is a contact of its own
+    dotless_domains: frozenset[str] = frozenset({"gmail.com"})
+    domain_aliases: tuple[tuple[str, str], ...] = (("googlemail.com", "gmail.com"),)
+
+
+DEFAULT_CONTACT_RULES = ContactRules()
+
+
+def canonical_contact(address: str, rules: ContactRules = DEFAULT_CONTACT_RULES) -> str:
+    """The contact a normalized address reaches: its sub-address dropped, its domain
+    taken for the one it aliases, and, at a domain that ignores them, the dots of its
+    local part removed. ``Alice.Smith+promo@googlemail.com`` is ``alicesmith@gmail.com``.
+    A local part that is nothing but a sub-address (``+news@...``) stays as it is."""
+    local, _, domain = address.rpartition("@")
+    for alias, target in rules.domain_aliases:
+        if domain == alias:
+            domain = target
+    if rules.subaddress_separator:
+        base = local.split(rules.subaddress_separator, 1)[0]
+        local = base or local
+    if domain in rules.dotless_domains:
+        local = local.replace(".", "")  # the address rule leaves a letter that is no dot
+    return f"{local}@{domain}"
 
 
 def check_id(kind: str, value: str) -> str:

@@ -80,12 +80,13 @@ class Lease(Output, kw_only=True):
     tenant_id: str
     agent_id: str
     agent_name: str
-    contact_email: str
+    contact_email: str  # the address asked about; where none was, the contact
     intent: str | None
     acquired_at: str
     expires_at: str
     fencing_token: int
     conflict: bool = False
+    contact: str | None = None  # the canonical contact the lease is on (a server before contacts: none)
 
 
 class LeaseList(Output):
@@ -103,6 +104,8 @@ class SendCheck(Output, omit_defaults=True):
     allowed: bool
     reason: str | None = None
     lease_holder: LeaseHolder | None = None
+    contact_email: str | None = None  # the address asked about
+    contact: str | None = None  # the canonical contact checked
 
 
 class Tally(Output, omit_defaults=True):
@@ -237,7 +240,8 @@ class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
     code: ErrorCode
     field: str | None = None  # validation_error: the JSON path of the offending field
     conflict: bool | None = None  # lease_conflict
-    contact_email: str | None = None  # lease_conflict
+    contact_email: str | None = None  # lease_conflict: the address asked about
+    contact: str | None = None  # lease_conflict: the canonical contact it reaches
     lease_holder: LeaseHolder | None = None  # lease_conflict
     consensus_status: ConsensusStatus | None = None  # consensus_closed
     vote: VoteChoice | None = None  # already_voted: the earlier vote

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from concord.protocol import Event, EventPage
+from concord.protocol import Event, EventPage, canonical_contact
 from concord.server.store.context import Context
 from concord.server.store.keys import lease_id
 from concord.server.store.replies import iso, policy_rules
@@ -52,18 +52,25 @@ def event(tenant: str, entry_id: str, fields: Iterable[str] | dict[str, str]) ->
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Which events a reader wants: types (exact or a family), and an agent or a contact."""
+    """Which events a reader wants: types (exact or a family), and an agent or a
+    contact: canonical, so that any spelling of it finds the events of every other."""
 
     types: frozenset[str] = frozenset()
     agent_id: str | None = None
     contact: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.contact is not None:
+            object.__setattr__(self, "contact", canonical_contact(self.contact))
 
     def __call__(self, e: Event) -> bool:
         if self.types and e.type not in self.types and e.type.partition(".")[0] not in self.types:
             return False
         if self.agent_id is not None and self.agent_id not in (e.agent_id, e.previous_agent_id):
             return False
-        return self.contact is None or e.contact_email == self.contact
+        return self.contact is None or (
+            e.contact_email is not None and canonical_contact(e.contact_email) == self.contact
+        )
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

@@ -64,9 +64,10 @@ key                                       type    contents (TTL)
                                                   tenant-scoped, one slot of its own)
 ========================================  ======  ===================================================
 
-Times are Unix milliseconds of Redis's clock; contacts appear in their normalized
-(trimmed, lower-cased) form, so ``redis-cli HGETALL 'concord:{acme}:lease:alice@example.com'``
-shows a lease.
+Times are Unix milliseconds of Redis's clock; contacts appear in their canonical
+form (trimmed, lower-cased, sub-address dropped, Gmail's dots removed:
+protocol.canonical_contact), so ``redis-cli GET 'concord:{acme}:lease:alice@example.com'``
+shows the lease of every spelling of that address.
 """
 
 from __future__ import annotations

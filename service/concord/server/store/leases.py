@@ -3,7 +3,7 @@ and the send-check that an email pipeline asks before each send."""
 
 from __future__ import annotations
 
-from concord.protocol import Lease, LeaseList, Released, SendCheck
+from concord.protocol import Lease, LeaseList, Released, SendCheck, canonical_contact
 from concord.server.errors import credential_refused, lease_not_found
 from concord.server.metrics import METRICS
 from concord.server.principals import AGENT, Principal
@@ -26,11 +26,13 @@ class Leases:
         self.ctx = ctx
 
     async def acquire(
-        self, tenant: str, agent_id: str, contact: str, intent: str | None, duration_ms: int, credential: str
+        self, tenant: str, agent_id: str, address: str, intent: str | None, duration_ms: int, credential: str
     ) -> tuple[Lease, bool]:
-        """Grant, extend or refuse the lease on ``contact``; True when newly granted.
-        The holder asking again gets its own lease back (same id and token), extended.
-        ``credential`` is the digest of the agent's credential, checked by the script."""
+        """Grant, extend or refuse the lease on the contact ``address`` reaches; True when
+        newly granted. The holder asking again gets its own lease back (same id and
+        token), extended. ``credential`` is the digest of the agent's credential,
+        checked by the script."""
+        contact = canonical_contact(address)
         ctx = self.ctx
         k = ctx.keys
         reply = await ctx.scripts.lease_acquire(
@@ -58,9 +60,11 @@ class Leases:
         if code < 0:
             if code is Reply.LEASE_CONFLICT:
                 METRICS.lease("conflict")
-            raise refused(code, reply, tenant=tenant, agent_id=agent_id, contact=contact, window_ms=ctx.window_ms)
+            raise refused(
+                code, reply, tenant=tenant, agent_id=agent_id, contact=contact, address=address, window_ms=ctx.window_ms
+            )
         METRICS.lease("extended" if code is Reply.OK else "takeover" if reply[7] else "granted")
-        return lease(tenant, contact, reply[:7]), code is Reply.CREATED
+        return lease(tenant, contact, reply[:7], address), code is Reply.CREATED
 
     async def renew(self, tenant: str, lease_id: str, agent_id: str, duration_ms: int, credential: str) -> Lease:
         """Move the lease's expiry to now + ``duration_ms``; only its holder may, while active."""
@@ -114,12 +118,12 @@ class Leases:
         return found
 
     async def page(
-        self, tenant: str, agent_id: str | None, contact: str | None, limit: int, cursor: str | None
+        self, tenant: str, agent_id: str | None, address: str | None, limit: int, cursor: str | None
     ) -> LeaseList:
         """Leases of one agent (read through its registry: costs what that agent holds,
         not what the tenant holds) and/or of one contact, newest grant first."""
-        if contact is not None:
-            contacts = [contact]
+        if address is not None:
+            contacts = [canonical_contact(address)]
         else:
             entries = await self.ctx.redis.hvals(self.ctx.keys.lease_registry(tenant, agent_tag(agent_id or "")))
             contacts = sorted({entry.partition(":")[2] for entry in entries})
@@ -137,10 +141,11 @@ class Leases:
         return LeaseList(leases=leases, next_cursor=next_cursor)
 
     async def send_check(
-        self, tenant: str, agent_id: str, contact: str, fencing_token: int | None, credential: str
+        self, tenant: str, agent_id: str, address: str, fencing_token: int | None, credential: str
     ) -> SendCheck:
-        """May ``agent_id`` email ``contact`` now? Refusals are answers, not errors;
-        a credential that is not the agent's is 401."""
+        """May ``agent_id`` email ``address`` (its contact) now? Refusals are answers,
+        not errors; a credential that is not the agent's is 401."""
+        contact = canonical_contact(address)
         ctx = self.ctx
         reply = await ctx.scripts.lease_send_check(
             [ctx.keys.heartbeats(tenant), ctx.keys.lease(tenant, contact), ctx.keys.agent(tenant, agent_id)],
@@ -150,11 +155,13 @@ class Leases:
         if code is Reply.BAD_CREDENTIAL:
             raise refused(code, reply, tenant=tenant, agent_id=agent_id)
         if code is Reply.OK:
-            return SendCheck(allowed=True)
+            return SendCheck(allowed=True, contact_email=address, contact=contact)
         return SendCheck(
             allowed=False,
             reason=SEND_CHECK_REASONS[code],
             lease_holder=holder(reply) if len(reply) > 1 else None,
+            contact_email=address,
+            contact=contact,
         )
 
     async def _find(

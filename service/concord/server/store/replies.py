@@ -64,7 +64,8 @@ class Subject:
 
     tenant: str
     agent_id: str | None = None
-    contact: str | None = None
+    contact: str | None = None  # the canonical contact
+    address: str | None = None  # the address asked about
     lease_id: str | None = None
     consensus_id: str | None = None
     window_ms: int = 0
@@ -128,11 +129,14 @@ def _role_not_allowed(reply: list[Any], s: Subject) -> ConcordError:
 
 def _conflict(reply: list[Any], s: Subject) -> ConcordError:
     held = holder(reply)
+    address = s.address or s.contact
+    spelled = address if address == s.contact else f"{address} (the contact {s.contact})"
     return ConcordError(
         "lease_conflict",
-        f"{s.contact} is leased by agent {held.agent_name} ({held.agent_id}) until {held.expires_at}",
+        f"{spelled} is leased by agent {held.agent_name} ({held.agent_id}) until {held.expires_at}",
         conflict=True,
-        contactEmail=s.contact,
+        contactEmail=address,
+        contact=s.contact,
         leaseHolder=held,
     )
 
@@ -256,15 +260,17 @@ def policy_rules(value: str | None) -> PolicyRules:
     )
 
 
-def lease(tenant: str, contact: str, reply: list[Any]) -> Lease:
-    """A lease from a script's reply {code, agentId, agentName, intent, acquiredAt, expiresAt, token}."""
+def lease(tenant: str, contact: str, reply: list[Any], address: str | None = None) -> Lease:
+    """A lease from a script's reply {code, agentId, agentName, intent, acquiredAt, expiresAt, token};
+    ``address`` is the spelling of ``contact`` asked about, if one was."""
     _, agent_id, agent_name, intent, acquired_at, expires_at, token = reply
     return Lease(
         id=lease_id(agent_id, int(token)),
         tenant_id=tenant,
         agent_id=agent_id,
         agent_name=agent_name,
-        contact_email=contact,
+        contact_email=address or contact,
+        contact=contact,
         intent=intent or None,
         acquired_at=iso(acquired_at),
         expires_at=iso(expires_at),
