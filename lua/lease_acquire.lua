@@ -18,6 +18,7 @@
   KEYS[5] fence_key       keys.fence(tenant)                      string, the last token
   KEYS[6] events_key      keys.events(tenant)                     stream: lease.acquired | lease.renewed | lease.taken_over
   KEYS[7] quotas_key      keys.quotas(tenant)                     hash (read: leasesPerAgent)
+  KEYS[8] suppressions_key  keys.suppressions(tenant)             hash (read: the contact's and its domain's entries)
 
   ARGV[1] agent_id
   ARGV[2] contact         normalized address
@@ -35,6 +36,8 @@
     {OK, lease...}        the caller's own lease, same token, expiry now + duration
     {LEASE_CONFLICT, holderId, holderName, intent, expiresAt}
     {BAD_CREDENTIAL}      not the agent's current credential (or no such agent)
+    {SUPPRESSED, entry, suppression}  the contact or its domain is suppressed (lib.lua
+                          suppression_of), also for the holder's own lease: nothing written
     {QUOTA_EXCEEDED, 'leasesPerAgent', quota}  a new lease, and the agent holds that many
                           live ones (its registry's entries not yet expired); nothing written
     {AGENT_NOT_FOUND} | {AGENT_INACTIVE}
@@ -47,6 +50,7 @@ local registry_key = KEYS[4]
 local fence_key = KEYS[5]
 local events_key = KEYS[6]
 local quotas_key = KEYS[7]
+local suppressions_key = KEYS[8]
 local agent_id = ARGV[1]
 local contact = ARGV[2]
 local intent = ARGV[3]
@@ -65,6 +69,8 @@ local now_ms, now_us = clock()
 local agent_name = redis.call('HGET', agent_key, 'agentName')
 if not agent_name then return {AGENT_NOT_FOUND} end
 if not is_active(heartbeats_key, agent_id, now_ms, window_ms) then return {AGENT_INACTIVE} end
+local entry, suppression = suppression_of(suppressions_key, contact)
+if entry then return {SUPPRESSED, entry, suppression} end
 
 local expires_ms = now_ms + duration_ms
 local held = lease_parse(redis.call('GET', lease_key))

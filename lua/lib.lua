@@ -32,6 +32,7 @@ local BAD_CREDENTIAL = -14         -- the agent credential is not the agent's cu
 local NOT_ELIGIBLE = -15           -- consensus_vote: the voter is not of the request's electorate
 local QUOTA_EXCEEDED = -16         -- {QUOTA_EXCEEDED, quota name, its value}: nothing written
 local KIND_MISMATCH = -17          -- agent_register: the member of this name is of the other kind
+local SUPPRESSED = -18             -- {SUPPRESSED, entry, suppression}: the contact, or its domain, is suppressed
 
 -- Who the call is for, written into every event the script emits: the agent id
 -- (role 'agent'), an API key's id (role 'admin', 'enroll', ...), or 'concord'
@@ -127,6 +128,16 @@ end
 
 local function is_active(heartbeats_key, agent_id, now_ms, window_ms)
   return liveness(heartbeats_key, agent_id, now_ms, window_ms) == true
+end
+
+-- The suppression that keeps agents from a contact: the contact's own entry, else
+-- its domain's ("@domain"), as (entry, "reason|setAt|setByRole|setBy|note"); nil
+-- when neither is suppressed. One HMGET.
+local function suppression_of(suppressions_key, contact)
+  local domain = '@' .. string.match(contact, '@(.*)$')
+  local found = redis.call('HMGET', suppressions_key, contact, domain)
+  if found[1] then return contact, found[1] end
+  if found[2] then return domain, found[2] end
 end
 
 -- The electorate. active-since (a zset) holds, for each active agent, when its

@@ -52,6 +52,8 @@ from tests.support.api import (
 from tests.system.security_support import security_report
 
 CONTACT = "alice@acme-customer.com"
+A_SUPPRESSED = "@acme-suppressed.example"  # a domain A suppressed
+A_NOTE = "acme-suppression-note"
 IDEMPOTENCY_KEY = "acme-idempotency-key"  # A made its pending request with it
 
 
@@ -101,6 +103,8 @@ async def build_world(client: httpx.AsyncClient, other_client: httpx.AsyncClient
     assert ok(await client.get(f"{C}/consensus/{decided['id']}"))["status"] == "rejected"
     # A's policy for its action, set after its requests: their world stays as it was.
     ok(await client.put(f"{C}/consensus-policies/acme-action", json={"voterRoles": ["acme-role"], "minVotes": 3}))
+    # A's suppression of a whole domain, with a note only A may read.
+    ok(await client.put(f"{C}/suppressions/{A_SUPPRESSED}", json={"reason": "complained", "note": A_NOTE}), 201)
 
     b1 = await register(other_client, "globex-sdr")
     b2 = await register(other_client, "globex-support")
@@ -127,6 +131,8 @@ async def build_world(client: httpx.AsyncClient, other_client: httpx.AsyncClient
         "acme-reason",
         "acme-vote-reason",
         "acme-decided-action",
+        A_SUPPRESSED,
+        A_NOTE,
         IDEMPOTENCY_KEY,
         str(lease["fencingToken"]),
     }
@@ -144,6 +150,7 @@ async def a_view(client, world: World) -> dict[str, Any]:
         "decided": ok(await client.get(f"{C}/consensus/{a['decided']['id']}")),
         "consensus": ok(await client.get(f"{C}/consensus")),
         "policies": ok(await client.get(f"{C}/consensus-policies")),
+        "suppressions": ok(await client.get(f"{C}/suppressions")),
     }
 
 

@@ -39,6 +39,7 @@ from tests.support.helpers import snapshot
 
 MAX_BODY = 64 * 1024
 JSON = {"Content-Type": "application/json"}
+SUPPRESSED = "suppressed@example.com"  # the world's suppression: GET and DELETE of it succeed
 
 
 @pytest.fixture
@@ -59,6 +60,7 @@ async def world(client):
     peer = await register(client, "support-1")
     lease = await acquire(client, agent["id"], "alice@example.com")
     cons = await request_consensus(client, agent["id"])
+    ok(await client.put(f"{C}/suppressions/{SUPPRESSED}", json={"reason": "manual"}), 201)
     return {"agent": agent, "peer": peer, "lease": lease, "cons": cons}
 
 
@@ -74,6 +76,7 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         "leaseId": world["lease"]["id"] if world else unknown_id("lease"),
         "consensusId": world["cons"]["id"] if world else unknown_id("cons"),
         "action": "refund",
+        "entry": SUPPRESSED if world else "nobody@example.com",
     }
     agent = ids["agentId"]
     peer = world["peer"]["id"] if world else unknown_id("agent")
@@ -87,6 +90,8 @@ def every_v1_call(world: dict | None = None) -> list[tuple[str, str, dict | None
         "/v1/agent/coordination/consensus/{consensusId}/vote": {"agentId": peer, "vote": "approve"},
         "/v1/agent/quotas": {"agents": 20_000},
         "/v1/agent/coordination/consensus-policies/{action}": {"rule": "two_thirds"},
+        "/v1/agent/coordination/suppressions/{entry}": {"reason": "manual"},
+        "/v1/agent/coordination/suppressions": {"suppressions": [{"entry": "nobody@example.com", "reason": "manual"}]},
     }
     calls = []
     for route in routes:
@@ -254,7 +259,7 @@ async def test_tenant_id_of_another_tenant_in_the_query_of_a_post_is_403(client,
 
 
 async def test_tenant_id_of_the_own_tenant_is_accepted_everywhere(client, world):
-    expected = {"GET": 200, "POST": (200, 201), "PUT": 200, "DELETE": 200}
+    expected = {"GET": 200, "POST": (200, 201), "PUT": (200, 201), "DELETE": 200}
     calls = every_v1_call(world)
     # Deleting comes last, the agent (and with it its leases) very last.
     calls.sort(key=lambda call: (call[0] == "DELETE", "/agents/" in call[1]))

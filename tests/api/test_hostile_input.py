@@ -150,7 +150,7 @@ async def world(client) -> World:
 
 def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
     """A request the endpoint serves with a 2xx, as (concrete path, body)."""
-    ids = {"leaseId": w.lease, "consensusId": w.cons, "agentId": w.agent, "action": "refund"}
+    ids = {"leaseId": w.lease, "consensusId": w.cons, "agentId": w.agent, "action": "refund", "entry": FREE}
     path = re.sub(r"\{(\w+)\}", lambda m: ids[m[1]], e.path)
     bodies: dict[type, dict[str, Any]] = {
         s.RegisterBody: {"agentName": "hostile-new", "agentRole": "sdr", "metadata": {"k": "v"}},
@@ -179,6 +179,11 @@ def valid_request(e: Endpoint, w: World) -> tuple[str, dict[str, Any]]:
             "voterRoles": ["support", "finance"],
             "minVotes": 2,
             "humanApprovals": 1,
+        },
+        s.SuppressionBody: {"tenantId": TENANT, "reason": "unsubscribed", "note": "asked by email"},
+        s.SuppressionImportBody: {
+            "tenantId": TENANT,
+            "suppressions": [{"entry": FREE, "reason": "bounced"}, {"entry": "@example.org", "reason": "manual"}],
         },
     }
     assert e.body in bodies, f"no valid body for {e.body.__name__} ({e.method} {e.path}): add one here"

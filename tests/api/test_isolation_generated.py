@@ -41,9 +41,15 @@ from concord.server.app import create_app
 from concord.server.http.decoding import PATH_IDS
 from concord.server.http.endpoint import ENDPOINTS, Endpoint, respond
 from concord.server.http.routes import routes
-from tests.api import test_isolation_agents, test_isolation_consensus, test_isolation_events, test_isolation_leases
+from tests.api import (
+    test_isolation_agents,
+    test_isolation_consensus,
+    test_isolation_events,
+    test_isolation_leases,
+    test_isolation_suppressions,
+)
 from tests.api.credential_support import forged
-from tests.api.isolation_support import CONTACT, IDEMPOTENCY_KEY, World, build_world, no_leak, run_cell
+from tests.api.isolation_support import A_SUPPRESSED, CONTACT, IDEMPOTENCY_KEY, World, build_world, no_leak, run_cell
 from tests.api.isolation_support import isolation_report as isolation_report  # fixtures: pytest finds them here
 from tests.api.isolation_support import world as world
 from tests.conftest import API_KEY, OTHER_API_KEY, running
@@ -61,6 +67,7 @@ NAMED_VALUES: dict[str, Callable[[World], Any]] = {
     "agentName": lambda w: "acme-sdr",  # A's agent name: registering it in B makes B's own agent
     "vote": lambda w: "approve",
     "limit": lambda w: 100,  # events: a JSON page (without after or limit it is a live stream)
+    "suppressions": lambda w: [{"entry": A_SUPPRESSED, "reason": "manual"}],  # a bulk import: A's entry
 }
 # Values for the request headers an endpoint declares (others get a plain value).
 NAMED_HEADERS: dict[str, Callable[[World], str]] = {
@@ -70,7 +77,8 @@ NAMED_HEADERS: dict[str, Callable[[World], str]] = {
 _ID_PATTERN = re.compile(r"\^(agent|lease|cons)_")
 # The id prefix of each path parameter, as the API checks it.
 PATH_KINDS = {name: schemas.ID_PREFIXES[kind] for name, kind in PATH_IDS.items()}
-PATH_NAMES = {"action": "acme-action"}  # path parameters that are names: one A has a policy for
+# Path parameters that are names: one A has a policy for, the domain A suppressed.
+PATH_NAMES = {"action": "acme-action", "entry": A_SUPPRESSED}
 
 
 def endpoint_of(route: Route) -> Endpoint:
@@ -380,12 +388,14 @@ CELLS = {
     **test_isolation_agents.CELLS,
     **test_isolation_leases.CELLS,
     **test_isolation_consensus.CELLS,
+    **test_isolation_suppressions.CELLS,
 }
 CELL_PARAMS = [
     *test_isolation_events.CELL_PARAMS,
     *test_isolation_agents.CELL_PARAMS,
     *test_isolation_leases.CELL_PARAMS,
     *test_isolation_consensus.CELL_PARAMS,
+    *test_isolation_suppressions.CELL_PARAMS,
 ]
 
 
@@ -395,4 +405,4 @@ def test_every_route_has_cells():
     declared = {(m, r.path) for r in routes if r.path.startswith("/v1/") for m in r.methods - {"HEAD"}}
     assert set(CELLS) == declared
     assert all("tenantId-A" in cells for cells in CELLS.values())
-    assert len(CELL_PARAMS) == 72
+    assert len(CELL_PARAMS) == 82

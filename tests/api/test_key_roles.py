@@ -39,6 +39,10 @@ SPECIAL = {
     ("DELETE", paths.LEASE_BY_ID): {"admin", "agent"},
     ("POST", paths.CONSENSUS): AGENT_ONLY,
     ("POST", paths.VOTE): {"agent", "human"},
+    ("PUT", paths.SUPPRESSION): {"admin", "gate", "agent"},
+    ("POST", paths.SUPPRESSIONS): {"admin", "gate", "agent"},
+    ("GET", paths.SUPPRESSION): {"admin", "read", "gate", "agent"},
+    ("GET", paths.SUPPRESSIONS): {"admin", "read", "gate", "agent"},
 }
 # The body or query field that names the agent a route acts as.
 ACTS_AS = {
@@ -51,7 +55,7 @@ ACTS_AS = {
     ("POST", paths.VOTE): "agent_id",
 }
 ID_KINDS = {"agentId": "agent", "leaseId": "lease", "consensusId": "cons"}
-PATH_VALUES = {"action": "refund"}  # path parameters that are names, not ids
+PATH_VALUES = {"action": "refund", "entry": "alice@example.com"}  # path parameters that are names, not ids
 ROLES = (*ROLE_KEYS, "agent", "human")
 MEMBERS = {"agent": "agent", "human": "human member"}  # a member's own credential, as a refusal names it
 

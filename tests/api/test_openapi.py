@@ -443,6 +443,15 @@ async def exercise_every_success_answer(client: httpx.AsyncClient, conformance: 
     await call(client, "GET", policy, {"action": "refund"}, status=200)
     await call(client, "GET", f"{C}/consensus-policies", status=200)
     await call(client, "DELETE", policy, {"action": "refund"}, status=200)
+    entry = f"{C}/suppressions/{{entry}}"
+    suppressed = {"entry": "carol@example.com"}
+    await call(client, "PUT", entry, suppressed, status=201, json={"reason": "unsubscribed", "note": "by email"})
+    await call(client, "PUT", entry, suppressed, status=200, json={"reason": "manual"})
+    imported = {"suppressions": [{"entry": "@example.org", "reason": "bounced"}]}
+    await call(client, "POST", f"{C}/suppressions", status=200, json=imported)
+    await call(client, "GET", entry, suppressed, status=200)
+    await call(client, "GET", f"{C}/suppressions", status=200, query="?limit=1")
+    await call(client, "DELETE", entry, suppressed, status=200)
     page = await call(client, "GET", f"{C}/events", status=200, query="?after=0&limit=1000")
     assert {e["type"] for e in page["events"]} >= {"agent.registered", "lease.acquired", "consensus.voted"}
     return {"sdr": sdr, "peer": peer, "cons": cons}
@@ -549,6 +558,13 @@ async def _provoke(
         headers={"Idempotency-Key": "once"},
         json={"requestingAgentId": requester["id"], "action": "b"},
     )
+    # A suppressed contact: its lease is refused; lifting it twice finds none the second time.
+    suppression = f"{C}/suppressions/{{entry}}"
+    carol = {"entry": "carol@example.com"}
+    await call(client, "PUT", suppression, carol, status=201, json={"reason": "unsubscribed"})
+    await call(client, "POST", lease_path, status=403, json={**r, "contactEmail": "carol@example.com"})
+    await call(client, "DELETE", suppression, carol, status=200)
+    await call(client, "DELETE", suppression, carol, status=404)
     # One agent allowed: a new one is past the tenant's quota. Then the defaults again.
     quotas = f"{V1}/quotas"
     await call(client, "GET", quotas, status=200)

@@ -20,7 +20,14 @@ import fakeredis.aioredis
 import pytest
 import redis
 
-from concord.protocol import ConsensusPolicyBody, ConsensusStatus, FieldError, normalize_email
+from concord.protocol import (
+    ConsensusPolicyBody,
+    ConsensusStatus,
+    FieldError,
+    SuppressionItem,
+    normalize_email,
+    suppression_entry,
+)
 from concord.server.principals import AgentPrincipal, KeyGrant
 from concord.server.settings import PREFIX_RE, TENANT_RE, RateLimit, key_digest
 from concord.server.store import Store, scripts
@@ -59,6 +66,8 @@ def tenant_keys(keys: Keys, tenant: str, contact: str) -> dict[str, str]:
         "agent_roles": keys.agent_roles(tenant),
         "consensus_policies": keys.consensus_policies(tenant),
         "quotas": keys.quotas(tenant),
+        "suppressions": keys.suppressions(tenant),
+        "suppression_index": keys.suppression_index(tenant),
         "lease": keys.lease(tenant, contact),
         "lease_registry": keys.lease_registry(tenant, agent_tag(agent_id)),
         "fence": keys.fence(tenant),
@@ -184,6 +193,11 @@ async def run_scenario(tenant: str, keys: Keys) -> None:
         guarded, _ = await store.consensus.request(tenant, alice.id, "{wire}", None, None, 60_000, own[alice.id])
         await store.consensus.vote(tenant, guarded.id, human.id, "approve", None, key_digest(human.credential))
         await store.policies.delete(tenant, "{wire}", admin)
+        # A suppression of an awkward contact, one batch of an import, and a lift.
+        await store.suppressions.put(tenant, suppression_entry(contacts[1]), "bounced", "{note}", admin)
+        await store.suppressions.load(tenant, [SuppressionItem(entry="@{x}.example", reason="manual")], admin)
+        await store.leases.send_check(tenant, bob.id, contacts[1], None, "")  # refused: suppressed
+        await store.suppressions.remove(tenant, suppression_entry(contacts[1]), admin.id)
         await store.consensus.get(tenant, request.id)
         await store.consensus.page(tenant, None, 10, None)  # consensus_read in a pipeline
         await store.limits.take_token(AgentPrincipal(tenant, carol.id, own[carol.id]), LIMITS)

@@ -249,6 +249,7 @@ async def acquire(
             k.fence(TENANT),
             k.events(TENANT),
             k.quotas(TENANT),
+            k.suppressions(TENANT),
         ],
         args=[
             agent_id,
@@ -344,8 +345,8 @@ async def send_check(
     """lease_send_check as a gate key asks it (''), or with ``as_credential``, an agent's digest."""
     k = store.keys
     return await store.scripts.lease_send_check(
-        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.agent(TENANT, agent_id)],
-        args=[agent_id, token, store.ctx.window_ms, as_credential],
+        keys=[k.heartbeats(TENANT), k.lease(TENANT, contact), k.agent(TENANT, agent_id), k.suppressions(TENANT)],
+        args=[agent_id, token, store.ctx.window_ms, as_credential, contact],
     )
 
 

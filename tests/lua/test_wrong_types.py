@@ -49,6 +49,7 @@ HELD, FREE = "held@example.com", "free@example.com"
 ALSO = "also@example.com"
 FIXED_CONS = f"cons_{uuid.UUID(int=1)}"
 IDEMPOTENCY_KEY = "retry-me-1"
+SUPPRESSED = "@suppressed.example"  # the world's suppression, which lift_suppression lifts
 LIMITS = {"tenant": RateLimit(per_second=100.0, burst=100), "agent": RateLimit(per_second=100.0, burst=100)}
 # What is planted where a key of each type belongs.
 PLANTED = {"hash": "string", "zset": "hash", "string": "list", "stream": "string", "set": "string"}
@@ -121,6 +122,7 @@ async def build_world(store: Store) -> World:
     await store.redis.zadd(store.keys.heartbeats(TENANT), {third: 1}, xx=True)
     world = World(sdr, peer, third, lease.id, pending, overdue, digests)
     await store.limits.take_token(world.as_(sdr), LIMITS)
+    await store.suppressions.put(TENANT, SUPPRESSED, "bounced", None, KEY)
     return world
 
 
@@ -271,6 +273,14 @@ def vote_pending(store: Store, w: World) -> Awaitable[Any]:
     return store.consensus.vote(TENANT, w.pending, w.peer, "approve", None, w.digest(w.peer))
 
 
+def suppress(store: Store, w: World) -> Awaitable[Any]:
+    return store.suppressions.put(TENANT, "new@example.com", "unsubscribed", None, w.as_(w.sdr))
+
+
+def lift_suppression(store: Store, w: World) -> Awaitable[Any]:
+    return store.suppressions.remove(TENANT, SUPPRESSED, KEY.id)
+
+
 def set_policy(store: Store, w: World) -> Awaitable[Any]:
     return store.policies.set(TENANT, "discount", ConsensusPolicyBody(rule="unanimous"), KEY)
 
@@ -327,6 +337,8 @@ CASES = [
     Case("lease_acquire", "registry_key", "hash", lambda k, w: registry_of(k, w.sdr), acquire_held_again),
     Case("lease_acquire", "fence_key", "string", lambda k, w: k.fence(TENANT), acquire_free),
     Case("lease_acquire", "quotas_key", "hash", lambda k, w: k.quotas(TENANT), acquire_free),
+    Case("lease_acquire", "suppressions_key", "hash", lambda k, w: k.suppressions(TENANT), acquire_free),
+    Case("lease_acquire", "suppressions_key", "hash", lambda k, w: k.suppressions(TENANT), acquire_held_again),
     Case("lease_acquire", "events_key", "stream", events_key, acquire_free),
     Case("lease_acquire", "events_key", "stream", events_key, acquire_held_again),
     Case("lease_renew", "heartbeats_key", "zset", lambda k, w: k.heartbeats(TENANT), renew_held),
@@ -357,6 +369,12 @@ CASES = [
     Case("consensus_vote", "humans_key", "zset", lambda k, w: k.humans(TENANT), vote_pending),
     Case("consensus_policy", "policies_key", "hash", lambda k, w: k.consensus_policies(TENANT), set_policy),
     Case("consensus_policy", "events_key", "stream", events_key, set_policy),
+    Case("suppression_put", "suppressions_key", "hash", lambda k, w: k.suppressions(TENANT), suppress),
+    Case("suppression_put", "index_key", "zset", lambda k, w: k.suppression_index(TENANT), suppress),
+    Case("suppression_put", "events_key", "stream", events_key, suppress),
+    Case("suppression_remove", "suppressions_key", "hash", lambda k, w: k.suppressions(TENANT), lift_suppression),
+    Case("suppression_remove", "index_key", "zset", lambda k, w: k.suppression_index(TENANT), lift_suppression),
+    Case("suppression_remove", "events_key", "stream", events_key, lift_suppression),
     *consensus_cases("consensus_read", read_overdue, lambda w: w.overdue),
     Case("consensus_read", "reader_key", "hash", lambda k, w: k.agent(TENANT, w.sdr), read_overdue_as_sdr),
     Case("rate_limit", "bucket_keys", "hash", lambda k, w: k.rate_bucket(TENANT), take_token),
@@ -437,7 +455,7 @@ async def test_a_key_of_the_wrong_type_is_refused_before_anything_is_written(
 
 # --- over HTTP, on a real `concord serve` --------------------------------------------------
 
-HTTP_TENANTS = [f"w{i:02d}" for i in range(17)]
+HTTP_TENANTS = [f"w{i:02d}" for i in range(18)]
 CALM = "calm"
 HTTP_KEYS = {tenant: f"{tenant}-wrongtype-key-0123456789" for tenant in [*HTTP_TENANTS, CALM]}
 
@@ -479,6 +497,13 @@ def _peer_lease(w: HttpWorld) -> tuple[str, str, dict | None]:
 
 
 HTTP_CASES = [
+    HttpCase(
+        "suppress: suppression index",
+        "zset",
+        lambda k, t, w: k.suppression_index(t),
+        lambda w: ("PUT", f"{C}/suppressions/new%40example.com", {"reason": "bounced"}, None, None),
+        _peer_lease,
+    ),
     HttpCase(
         "register: agent hash",
         "hash",

@@ -171,6 +171,18 @@ async def walkthrough(proc: ServiceProcess, api_key: str) -> set[tuple[str, str]
         assert last["status"] == "approved"
         await call("DELETE", policy, 200, action="wire-funds")
 
+        # Suppressions: a contact and a batch, the refusal they cause, a page, a lift.
+        entry = f"{C}/suppressions/{{entry}}"
+        await call("PUT", entry, 201, {"reason": "unsubscribed"}, entry="carol%40example.com")
+        await call("POST", f"{C}/suppressions", 200, {"suppressions": [{"entry": "@example.org", "reason": "bounced"}]})
+        refused = await call("POST", f"{C}/lease", 403, {"agentId": sup, "contactEmail": "carol+x@example.com"})
+        assert refused["code"] == "suppressed"
+        check = await call("POST", f"{C}/send-check", 200, {"agentId": sup, "contactEmail": "dan@example.org"})
+        assert check["reason"] == "suppressed"
+        assert (await call("GET", entry, 200, entry="carol%40example.com"))["reason"] == "unsubscribed"
+        assert len((await call("GET", f"{C}/suppressions", 200, params={"limit": 1}))["suppressions"]) == 1
+        await call("DELETE", entry, 200, entry="carol%40example.com")
+
         # Events: a page (XRANGE), a live stream (XREVRANGE for where it starts, then the feed's
         # blocked XREAD), and a long poll that waits on the feed.
         page = await call("GET", f"{C}/events", 200, params={"after": "0", "limit": 5})

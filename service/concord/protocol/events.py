@@ -19,6 +19,9 @@ EVENT_TYPES = (
     "consensus.expired",
     "consensus.policy_set",
     "consensus.policy_deleted",
+    "suppression.added",
+    "suppression.removed",
+    "suppression.imported",
 )
 FAMILIES = frozenset(t.partition(".")[0] for t in EVENT_TYPES)
 # A stream id as a client may give it: "<ms>-<seq>", "<ms>", or "0" for the start.

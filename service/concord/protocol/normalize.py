@@ -15,6 +15,7 @@ from concord.protocol.types import UUID
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _DOMAIN = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL = re.compile(rf"(?P<local>{_LOCAL})@(?P<domain>{_DOMAIN})")
+_DOMAIN_ONLY = re.compile(_DOMAIN)
 EMAIL_RULE = "an email address, local@domain.tld in ASCII, at most 254 characters"
 
 # The prefix of each kind of id; the kind is what a 404 names ("no agent ...").
@@ -64,6 +65,25 @@ def canonical_contact(address: str, rules: ContactRules = DEFAULT_CONTACT_RULES)
     if domain in rules.dotless_domains:
         local = local.replace(".", "")  # the address rule leaves a letter that is no dot
     return f"{local}@{domain}"
+
+
+SUPPRESSION_RULE = "an email address, or @ and a domain (@bigcorp.com), in ASCII"
+
+
+def suppression_entry(raw: str, field: str = "$.entry", rules: ContactRules = DEFAULT_CONTACT_RULES) -> str:
+    """What a suppression is kept under: an address's canonical contact, or "@" and a
+    domain (lower-cased, an alias taken for the domain it aliases), which suppresses
+    every contact at that domain."""
+    value = raw.strip().lower() if raw.isascii() else ""
+    if value.startswith("@"):
+        domain = value[1:]
+        if len(domain) > 253 or not _DOMAIN_ONLY.fullmatch(domain):
+            raise FieldError(field, SUPPRESSION_RULE)
+        return "@" + dict(rules.domain_aliases).get(domain, domain)
+    try:
+        return canonical_contact(normalize_email(raw, field), rules)
+    except FieldError:
+        raise FieldError(field, SUPPRESSION_RULE) from None
 
 
 def check_id(kind: str, value: str) -> str:

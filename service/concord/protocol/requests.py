@@ -18,12 +18,20 @@ import msgspec
 from msgspec import Meta, Struct
 
 from concord.protocol.errors import FieldError
-from concord.protocol.normalize import check_id, duration_ms, event_types, normalize_email, stream_id
+from concord.protocol.normalize import (
+    check_id,
+    duration_ms,
+    event_types,
+    normalize_email,
+    stream_id,
+    suppression_entry,
+)
 from concord.protocol.types import (
     DEFAULT_CONSENSUS_TIMEOUT_MS,
     DEFAULT_LEASE_MS,
     MAX_HUMAN_APPROVALS,
     MAX_MIN_VOTES,
+    MAX_SUPPRESSIONS_PER_CALL,
     MAX_VOTER_ROLES,
     METADATA_MAX_BYTES,
     Action,
@@ -39,11 +47,14 @@ from concord.protocol.types import (
     Limit,
     MemberKind,
     Minutes,
+    Note,
     QuotaValue,
     RawEmail,
     Reason,
     Seconds,
     StreamId,
+    SuppressionEntry,
+    SuppressionReason,
     TenantId,
     TimeoutMinutes,
     TimeoutSeconds,
@@ -237,6 +248,34 @@ class ReleaseQuery(Input):
 
 class ConsensusReadQuery(Input):
     wait_seconds: WaitSeconds | None = None
+
+
+class SuppressionBody(Input):
+    """PUT /suppressions/{entry}: why the contact (or domain) must not be emailed."""
+
+    reason: SuppressionReason
+    note: Note | None = None
+
+
+class SuppressionItem(Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    entry: SuppressionEntry  # normalized by the import that holds it (its index names the field)
+    reason: SuppressionReason
+    note: Note | None = None
+
+
+class SuppressionImportBody(Input):
+    """POST /suppressions: a batch of a bulk import."""
+
+    suppressions: Annotated[list[SuppressionItem], Meta(min_length=1, max_length=MAX_SUPPRESSIONS_PER_CALL)]
+
+    def __post_init__(self) -> None:
+        for i, item in enumerate(self.suppressions):
+            item.entry = suppression_entry(item.entry, f"$.suppressions[{i}].entry")
+
+
+class SuppressionListQuery(Input):
+    limit: Limit = 100
+    cursor: Cursor | None = None
 
 
 class EventsQuery(Input):

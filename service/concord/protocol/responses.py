@@ -100,10 +100,33 @@ class Released(Output, kw_only=True):
     released_at: str
 
 
+class Suppression(Output, omit_defaults=True, kw_only=True):
+    """A contact, or a whole domain (entry "@domain"), that no agent may lease or email."""
+
+    entry: str  # the canonical contact, or "@" and the domain
+    tenant_id: str
+    reason: str  # unsubscribed, bounced, complained, manual
+    note: str | None = None
+    created_at: str
+    created_by: str  # the agent id or the API key id that set it
+    created_by_role: str  # agent, gate, admin
+
+
+class SuppressionList(Output):
+    suppressions: list[Suppression]
+    next_cursor: str | None
+
+
+class SuppressionImport(Output):
+    received: int  # entries in the batch
+    written: int  # of them, new (or, with an admin key, replaced); the others were kept as they were
+
+
 class SendCheck(Output, omit_defaults=True):
     allowed: bool
     reason: str | None = None
     lease_holder: LeaseHolder | None = None
+    suppression: Suppression | None = None  # reason suppressed: the entry that applies
     contact_email: str | None = None  # the address asked about
     contact: str | None = None  # the canonical contact checked
 
@@ -202,6 +225,9 @@ class Event(Output, omit_defaults=True):
     created: bool | None = None  # agent.registered: a new agent, not an update
     kind: MemberKind | None = None  # agent.registered: "human" for a human member (left out for an agent)
     released_leases: int | None = None  # agent.removed
+    entry: str | None = None  # suppression.added, .removed: the contact or "@domain"
+    note: str | None = None  # suppression.added
+    count: int | None = None  # suppression.imported: the entries written
     contact_email: str | None = None
     lease_id: str | None = None
     fencing_token: int | None = None
@@ -243,6 +269,7 @@ class Problem(Output, omit_defaults=True, forbid_unknown_fields=True):
     contact_email: str | None = None  # lease_conflict: the address asked about
     contact: str | None = None  # lease_conflict: the canonical contact it reaches
     lease_holder: LeaseHolder | None = None  # lease_conflict
+    suppression: Suppression | None = None  # suppressed: the entry that applies (the contact's or its domain's)
     consensus_status: ConsensusStatus | None = None  # consensus_closed
     vote: VoteChoice | None = None  # already_voted: the earlier vote
     retry_after_ms: int | None = None  # rate_limited

@@ -33,4 +33,7 @@ VOTE = f"{COORDINATION}/consensus/{{consensusId}}/vote"
 CONSENSUS_POLICIES = f"{COORDINATION}/consensus-policies"
 CONSENSUS_POLICY = f"{COORDINATION}/consensus-policies/{{action}}"
 
+SUPPRESSIONS = f"{COORDINATION}/suppressions"
+SUPPRESSION = f"{COORDINATION}/suppressions/{{entry}}"
+
 EVENTS = f"{COORDINATION}/events"

@@ -76,6 +76,19 @@ RawEmail = Annotated[
     str,
     Meta(max_length=320, description="an email address, local@domain.tld in ASCII, at most 254 characters"),
 ]
+# A suppression's entry: a contact, or "@domain" for every contact at a domain
+# (normalize.suppression_entry); bounded here before any other work.
+SuppressionEntry = Annotated[
+    str,
+    Meta(
+        min_length=3,
+        max_length=320,
+        description="an email address, or @ and a domain (@bigcorp.com) for every address at that domain",
+    ),
+]
+SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
+Note = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$", description="at most 200 characters, without NUL")]
+MAX_SUPPRESSIONS_PER_CALL = 500  # a bulk import's batch: well within the 64 KiB body
 Minutes = Annotated[int, Meta(ge=1, le=1440)]
 Seconds = Annotated[int, Meta(ge=1, le=86_400)]
 MAX_CONSENSUS_TIMEOUT_S = 7 * 24 * 3600

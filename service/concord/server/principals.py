@@ -47,10 +47,11 @@ MAY = {
     "admin": "an admin key manages agents and keys, reads everything, deregisters agents and force-releases "
     "leases, but never acts as an agent: the agent's own credential does (POST /v1/agent/register answers it)",
     "enroll": "an enroll key may only register agents (POST /v1/agent/register)",
-    "gate": "a gate key may only send-check (POST /v1/agent/coordination/send-check)",
+    "gate": "a gate key may only send-check (POST /v1/agent/coordination/send-check) and add and read "
+    "suppressions (/v1/agent/coordination/suppressions)",
     "read": "a read key may only read: GET endpoints and the event stream",
     AGENT: "an agent credential may only act as its own agent (heartbeat, leases, send-check, consensus "
-    "requests and votes) and read its tenant",
+    "requests and votes, adding suppressions) and read its tenant",
     HUMAN: "a human member's credential may only vote on consensus requests (POST "
     "/v1/agent/coordination/consensus/{consensusId}/vote) and read its tenant",
 }

@@ -27,7 +27,9 @@ _check_json = msgspec.json.Decoder(msgspec.Raw).decode
 # An id in the path, by parameter name: its kind (protocol.normalize.ID_PATTERNS).
 PATH_IDS = {"agentId": "agent", "leaseId": "lease", "consensusId": "consensus"}
 # Path parameters that are names, not ids: a value off its type's rule is 422.
-PATH_NAMES = {"action": p.Action}
+PATH_NAMES = {"action": p.Action, "entry": p.SuppressionEntry}
+# Path names normalized once their type is checked (FieldError: 422 naming the parameter).
+PATH_NORMALIZE = {"entry": p.suppression_entry}
 # How a value of the wrong type is named in a refusal ("got a string").
 _GOT = {
     "str": "a string",
@@ -113,8 +115,10 @@ def path_id(scope: Scope, name: str, tenant: str) -> str:
     if name in PATH_NAMES:
         kind_of_name = PATH_NAMES[name]
         try:
-            return msgspec.convert(value, kind_of_name)
-        except msgspec.ValidationError:
+            value = msgspec.convert(value, kind_of_name)
+            normalize = PATH_NORMALIZE.get(name)
+            return normalize(value, f"path {name}") if normalize else value
+        except (msgspec.ValidationError, p.FieldError):
             rule = get_args(kind_of_name)[1].description
             raise invalid(f"path parameter {name}", rule, f"path {name}") from None
     kind = PATH_IDS[name]

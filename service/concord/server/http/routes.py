@@ -144,7 +144,7 @@ async def heartbeat(c: Call) -> Answer | Response:
     "Lease a contact: granted, extended for its holder, or refused",
     answers={201: p.Lease, 200: p.Lease},
     body=p.LeaseBody,
-    own_errors=("agent_inactive", "lease_conflict", "quota_exceeded"),
+    own_errors=("agent_inactive", "lease_conflict", "quota_exceeded", "suppressed"),
     roles=AS_AGENT,
     acts_as="agent_id",
 )
@@ -387,6 +387,75 @@ async def set_policy(c: Call) -> Answer | Response:
 )
 async def delete_policy(c: Call) -> Answer | Response:
     return respond(await c.store.policies.delete(c.tenant, c.ids["action"], c.key))
+
+
+# --- suppressions ------------------------------------------------------------
+
+# Who may add a suppression: an agent (it read "unsubscribe me"), a gate key (the
+# pipeline saw a bounce), an admin; only an admin replaces or lifts one.
+SUPPRESSORS = frozenset({"admin", "gate", AGENT})
+
+
+@endpoint(
+    "PUT",
+    paths.SUPPRESSION,
+    "Suppress a contact, or a whole domain (@bigcorp.com): no agent may lease or email it",
+    answers={201: p.Suppression, 200: p.Suppression},
+    body=p.SuppressionBody,
+    roles=SUPPRESSORS,
+)
+async def put_suppression(c: Call) -> Answer | Response:
+    body: p.SuppressionBody = c.body
+    found, created = await c.store.suppressions.put(c.tenant, c.ids["entry"], body.reason, body.note, c.principal)
+    return respond(found, 201 if created else 200)
+
+
+@endpoint(
+    "POST",
+    paths.SUPPRESSIONS,
+    "Suppress many contacts or domains at once: a batch of a bulk import",
+    answers={200: p.SuppressionImport},
+    body=p.SuppressionImportBody,
+    roles=SUPPRESSORS,
+)
+async def import_suppressions(c: Call) -> Answer | Response:
+    return respond(await c.store.suppressions.load(c.tenant, c.body.suppressions, c.principal))
+
+
+@endpoint(
+    "GET",
+    paths.SUPPRESSION,
+    "Read the suppression of a contact or a domain",
+    answers={200: p.Suppression},
+    own_errors=("suppression_not_found",),
+    roles=frozenset({"admin", "read", "gate", AGENT}),
+)
+async def get_suppression(c: Call) -> Answer | Response:
+    return respond(await c.store.suppressions.get(c.tenant, c.ids["entry"]))
+
+
+@endpoint(
+    "GET",
+    paths.SUPPRESSIONS,
+    "List the tenant's suppressions, in the order of their entries",
+    answers={200: p.SuppressionList},
+    query=p.SuppressionListQuery,
+    roles=frozenset({"admin", "read", "gate", AGENT}),
+)
+async def list_suppressions(c: Call) -> Answer | Response:
+    q: p.SuppressionListQuery = c.query
+    return respond(await c.store.suppressions.page(c.tenant, q.limit, q.cursor))
+
+
+@endpoint(
+    "DELETE",
+    paths.SUPPRESSION,
+    "Lift the suppression of a contact or a domain (an admin key only)",
+    answers={200: p.Suppression},
+    own_errors=("suppression_not_found",),
+)
+async def delete_suppression(c: Call) -> Answer | Response:
+    return respond(await c.store.suppressions.remove(c.tenant, c.ids["entry"], c.key.id))
 
 
 # --- quotas ------------------------------------------------------------------

@@ -15,6 +15,7 @@ into the store.
     store.apikeys     grant_of, create, revoke, all              (apikeys.py)
     store.quotas      get, set, reset: a tenant's quotas          (quotas.py)
     store.policies    get, all, set, delete: consensus policies  (policies.py)
+    store.suppressions  put, load, get, remove, page             (suppressions.py)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from concord.server.store.limits import RateLimits
 from concord.server.store.policies import ConsensusPolicies
 from concord.server.store.quotas import TenantQuotas
 from concord.server.store.scripts import Scripts
+from concord.server.store.suppressions import Suppressions
 
 
 class Store:
@@ -69,6 +71,7 @@ class Store:
         self.apikeys = ApiKeys(self.ctx)
         self.quotas = TenantQuotas(self.ctx)
         self.policies = ConsensusPolicies(self.ctx)
+        self.suppressions = Suppressions(self.ctx)
         self.feed = EventFeed(redis, keys, self.consensus.expire_due, scripts.slots)
 
     async def ping(self) -> bool:

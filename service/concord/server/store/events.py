@@ -21,7 +21,9 @@ from concord.server.store.replies import iso, policy_rules
 
 # The most stream entries one page of events reads, however selective its filter.
 SCAN_EVENTS = 10_000
-_INTS = frozenset({"fencingToken", "previousFencingToken", "releasedLeases", "approve", "reject", "eligible", "needed"})
+_INTS = frozenset(
+    {"fencingToken", "previousFencingToken", "releasedLeases", "approve", "reject", "eligible", "needed", "count"}
+)
 _ATTRS = dict(zip(Event.__struct_encode_fields__, Event.__struct_fields__))
 
 

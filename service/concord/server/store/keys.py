@@ -52,6 +52,11 @@ key                                       type    contents (TTL)
 <p>:{t}:events                            stream  the tenant's events, one entry per state change:
                                                   type and its fields (capped near
                                                   CONCORD_EVENTS_MAX_LENGTH entries; none)
+<p>:{t}:suppressions                      hash    entry (a canonical contact, or "@domain") ->
+                                                  "reason|setAt|setByRole|setBy|note" (none;
+                                                  removed by an admin's DELETE)
+<p>:{t}:suppression-index                 zset    every entry of suppressions at score 0, for
+                                                  paging in order (BYLEX) (none)
 <p>:{t}:quotas                            hash    the quotas an admin set for the tenant: agents
                                                   leasesPerAgent pendingConsensus streams; a
                                                   missing field is the deployment's default (none)
@@ -173,6 +178,12 @@ class Keys:
 
     def consensus_due(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:consensus-due"
+
+    def suppressions(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:suppressions"
+
+    def suppression_index(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:suppression-index"
 
     def events(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:events"

@@ -10,7 +10,7 @@ from concord.server.principals import AGENT, Principal
 from concord.server.store.context import Context
 from concord.server.store.keys import agent_tag, parse_lease_id
 from concord.server.store.paging import decode_cursor, encode_cursor
-from concord.server.store.replies import Reply, holder, iso, lease, refused
+from concord.server.store.replies import Reply, holder, iso, lease, refused, suppression
 
 # Send-check answers a refusal as a value: the reason it gives for each code.
 SEND_CHECK_REASONS = {
@@ -18,6 +18,7 @@ SEND_CHECK_REASONS = {
     Reply.AGENT_INACTIVE: "agent_inactive",
     Reply.LEASE_CONFLICT: "lease_conflict",
     Reply.STALE_FENCING_TOKEN: "stale_fencing_token",
+    Reply.SUPPRESSED: "suppressed",
 }
 
 
@@ -44,6 +45,7 @@ class Leases:
                 k.fence(tenant),
                 k.events(tenant),
                 k.quotas(tenant),
+                k.suppressions(tenant),
             ],
             [
                 agent_id,
@@ -147,15 +149,24 @@ class Leases:
         not errors; a credential that is not the agent's is 401."""
         contact = canonical_contact(address)
         ctx = self.ctx
+        k = ctx.keys
         reply = await ctx.scripts.lease_send_check(
-            [ctx.keys.heartbeats(tenant), ctx.keys.lease(tenant, contact), ctx.keys.agent(tenant, agent_id)],
-            [agent_id, fencing_token or "", ctx.window_ms, credential],
+            [k.heartbeats(tenant), k.lease(tenant, contact), k.agent(tenant, agent_id), k.suppressions(tenant)],
+            [agent_id, fencing_token or "", ctx.window_ms, credential, contact],
         )
         code = Reply(reply[0])
         if code is Reply.BAD_CREDENTIAL:
             raise refused(code, reply, tenant=tenant, agent_id=agent_id)
         if code is Reply.OK:
             return SendCheck(allowed=True, contact_email=address, contact=contact)
+        if code is Reply.SUPPRESSED:
+            return SendCheck(
+                allowed=False,
+                reason="suppressed",
+                suppression=suppression(tenant, reply[1], reply[2]),
+                contact_email=address,
+                contact=contact,
+            )
         return SendCheck(
             allowed=False,
             reason=SEND_CHECK_REASONS[code],

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from concord.protocol import Agent, Consensus, Lease, LeaseHolder, PolicyRules, Tally, Vote, routes
+from concord.protocol import Agent, Consensus, Lease, LeaseHolder, PolicyRules, Suppression, Tally, Vote, routes
 from concord.server.errors import (
     ConcordError,
     agent_not_found,
@@ -56,6 +56,7 @@ class Reply(IntEnum):
     NOT_ELIGIBLE = -15
     QUOTA_EXCEEDED = -16
     KIND_MISMATCH = -17
+    SUPPRESSED = -18
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,21 @@ def _conflict(reply: list[Any], s: Subject) -> ConcordError:
     )
 
 
+def _suppressed(reply: list[Any], s: Subject) -> ConcordError:
+    found = suppression(s.tenant, reply[1], reply[2])
+    address = s.address or s.contact
+    what = f"the domain {found.entry[1:]}" if found.entry.startswith("@") else f"the contact {found.entry}"
+    return ConcordError(
+        "suppressed",
+        f"{address} may not be emailed: {what} is suppressed ({found.reason}, set by {found.created_by} at "
+        f"{found.created_at}). No agent may lease or email it; only an admin key can lift the suppression "
+        f"(DELETE {routes.SUPPRESSION})",
+        contactEmail=address,
+        contact=s.contact,
+        suppression=found,
+    )
+
+
 def _not_holder(reply: list[Any], s: Subject) -> ConcordError:
     return ConcordError("not_lease_holder", f"Lease {s.lease_id} is held by {reply[1]}, not by {s.agent_id}")
 
@@ -184,6 +200,7 @@ REFUSALS: dict[Reply, Callable[[list[Any], Subject], ConcordError]] = {
     Reply.RATE_LIMITED: _rate_limited,
     Reply.ROLE_NOT_ALLOWED: _role_not_allowed,
     Reply.KIND_MISMATCH: _kind_mismatch,
+    Reply.SUPPRESSED: _suppressed,
     Reply.BAD_CREDENTIAL: lambda reply, s: credential_refused(s.agent_id or "", s.tenant),
     Reply.IDEMPOTENCY_KEY_REUSED: lambda reply, s: ConcordError(
         "idempotency_key_reused",
@@ -275,6 +292,20 @@ def lease(tenant: str, contact: str, reply: list[Any], address: str | None = Non
         acquired_at=iso(acquired_at),
         expires_at=iso(expires_at),
         fencing_token=int(token),
+    )
+
+
+def suppression(tenant: str, entry: str, stored: str) -> Suppression:
+    """A suppression from its entry and its value, "reason|setAt|setByRole|setBy|note"."""
+    reason, at, role, by, note = stored.split("|", 4)
+    return Suppression(
+        entry=entry,
+        tenant_id=tenant,
+        reason=reason,
+        note=note or None,
+        created_at=iso(at),
+        created_by=by,
+        created_by_role=role,
     )
 
 

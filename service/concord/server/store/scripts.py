@@ -176,6 +176,8 @@ class Scripts:
     consensus_vote: Script
     consensus_read: Script
     consensus_policy: Script
+    suppression_put: Script
+    suppression_remove: Script
     rate_limit: Script
 
     def __init__(self, client: Redis, timeout: float | None = None, replication: Replication = Replication()) -> None:
