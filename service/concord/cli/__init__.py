@@ -13,10 +13,10 @@ import argparse
 import sys
 
 from concord import __version__
-from concord.cli import agents, consensus, inspect, keys, lease, serve
+from concord.cli import agents, consensus, inspect, keys, lease, serve, suppressions
 
 # The order of `concord --help`.
-GROUPS = (serve, keys, agents, lease, consensus, inspect)
+GROUPS = (serve, keys, agents, lease, suppressions, consensus, inspect)
 
 EXAMPLES = """\
 examples:
@@ -28,13 +28,15 @@ examples:
   concord agents register sdr-agent --role sdr --save-credential sdr.cred   # the agent's credential, once
   concord lease acquire --credential-file sdr.cred --contact alice@example.com --duration 600
   concord lease check --credential-file sdr.cred --contact alice@example.com && send-the-email
+  concord suppressions add alice@example.com --reason unsubscribed --credential-file sdr.cred
+  concord suppressions import bounces.csv --reason bounced       # with a gate or admin key
   CONCORD_AGENT_CREDENTIAL=$(cat sdr.cred) concord consensus request --action send_pricing_override
   CONCORD_REDIS_URL=redis://localhost:6379 concord inspect --tenant acme --contact alice@example.com
 
 An agent acts only with its own credential (CONCORD_AGENT_CREDENTIAL or --credential-file),
 never with an API key; the key registers, rotates, removes and reads.
-Every command prints one JSON document on stdout; errors are problem JSON on stderr
-(`serve` logs, and says what stops it in one line).
+Every command prints one JSON document on stdout (`suppressions export` to stdout: its CSV);
+errors are problem JSON on stderr (`serve` logs, and says what stops it in one line).
 Exit status: 0 done, 1 error answer or service unreachable, 2 usage, 3 `lease check` refused.
 `serve`, `keys` and `inspect` need the server: pip install 'concord[server]'.
 """
@@ -44,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     """The `concord` parser: every group's commands; each leaf's ``run`` runs it."""
     root = argparse.ArgumentParser(
         prog="concord",
-        description="Coordination for fleets of AI agents: agents, heartbeats, contact leases, consensus votes.",
+        description="Coordination for fleets of AI agents: agents, heartbeats, contact leases, suppressions, "
+        "consensus votes.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

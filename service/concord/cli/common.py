@@ -6,6 +6,7 @@ The contract scripts rely on (docs/cli.md documents it):
 - stdout carries exactly one JSON document on success: the API's answer as the
   API sends it (or, for `inspect` and `keys`, what was read or written). Compact
   on one line when stdout is a pipe or a file, indented when it is a terminal.
+  (`suppressions export` without a FILE writes its CSV there instead.)
 - stderr carries exactly one problem JSON document on failure: the API's own
   problem, or one made here (code ``unreachable``, ``not_configured``,
   ``not_installed``, ``invalid_argument``, ``redis_error``, ``key_not_found``) in
@@ -323,7 +324,8 @@ def call_api(args: argparse.Namespace) -> int:
         return fail(exc.problem)
     except KeyboardInterrupt:  # Ctrl-C, typically during `consensus wait`: no traceback
         return 130
-    emit(answer)
+    if answer is not None:  # None: the command wrote its own output (`suppressions export` to stdout)
+        emit(answer)
     return args.exit_status(answer)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -136,6 +136,21 @@ class AsyncConcord(_ClientBase):
     async def send_check(self, agent_id: str, contact: str, fencing_token: int | None = None) -> p.SendCheck:
         return await self._run(_Wire.send_check(agent_id, contact, fencing_token))
 
+    async def suppress(self, entry: str, reason: p.SuppressionReason, note: str | None = None) -> p.Suppression:
+        return await self._run(_Wire.suppress(entry, reason, note, None))
+
+    async def import_suppressions(self, items: Iterable[p.SuppressionItem | Mapping[str, Any]]) -> p.SuppressionImport:
+        return await self._run(_Wire.import_suppressions(items, None))
+
+    async def get_suppression(self, entry: str) -> p.Suppression:
+        return await self._run(_Wire.get_suppression(entry))
+
+    async def list_suppressions(self, limit: int | None = None, cursor: str | None = None) -> p.SuppressionList:
+        return await self._run(_Wire.list_suppressions(limit, cursor))
+
+    async def lift_suppression(self, entry: str) -> p.Suppression:
+        return await self._run(_Wire.lift_suppression(entry))
+
     async def request_consensus(
         self,
         agent_id: str,
@@ -235,6 +250,12 @@ class AsyncAgentHandle(_AgentHandleBase):
 
     async def send_check(self, contact: str, fencing_token: int | None = None) -> p.SendCheck:
         return await self.client.send_check(self.id, contact, fencing_token)
+
+    async def suppress(self, entry: str, reason: p.SuppressionReason, note: str | None = None) -> p.Suppression:
+        return await self.client._run(_Wire.suppress(entry, reason, note, self.id))
+
+    async def import_suppressions(self, items: Iterable[p.SuppressionItem | Mapping[str, Any]]) -> p.SuppressionImport:
+        return await self.client._run(_Wire.import_suppressions(items, self.id))
 
     async def request_consensus(
         self,

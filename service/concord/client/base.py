@@ -2,24 +2,27 @@
 the credentials, building each request, reading each answer, and the retry policy.
 
 Credentials: a client holds a tenant API key (``api_key``, CONCORD_API_KEY) for
-the calls of a key (register, rotate a credential, deregister, a forced
-release, and reads), and the agent credentials it knows (`_ClientBase._credentials`):
-each agent it registered or rotated, an agent handed to ``agent(id, credential=...)``,
-and its own agent's (``agent_credential``, CONCORD_AGENT_CREDENTIAL: the process of
-an agent that was handed one). A call that acts as an agent goes with that agent's
-credential, the newest the client knows; an API key never acts as an agent.
+the calls of a key (register, rotate a credential, deregister, a forced release,
+adding and lifting suppressions, and reads), and the agent credentials it knows
+(`_ClientBase._credentials`): each agent it registered or rotated, an agent handed
+to ``agent(id, credential=...)``, and its own agent's (``agent_credential``,
+CONCORD_AGENT_CREDENTIAL: the process of an agent that was handed one). A call
+that acts as an agent goes with that agent's credential, the newest the client
+knows; an API key never acts as an agent.
 
 The retry policy (`_ClientBase._retry_delay`) repeats a call only where repeating
 is safe (`_Call.retry`): every GET and the operations that are idempotent by nature
-(heartbeat, acquire, renew, send-check, vote), register and rotating a credential
+(heartbeat, acquire, renew, send-check, vote, adding suppressions one by one or in
+bulk: a repeat finds what the first wrote), register and rotating a credential
 (each answers a new credential and refuses the earlier ones, so the last answer
 holds the current one), plus a consensus request, which always carries an
 Idempotency-Key that stays the same on every attempt. Every attempt of a call
 goes with the same credential, and a 401 or 403 is final: never repeated.
-Release and deregister are never repeated after they may have reached the service
-(a repeat answers 404 although the first took effect). Two failures prove nothing
-happened, so any call is repeated after them: a connection that could not be
-opened, and 429 (the rate limit refuses a request before any work).
+Release, deregister and lifting a suppression are never repeated after they may
+have reached the service (a repeat answers 404 although the first took effect).
+Two failures prove nothing happened, so any call is repeated after them: a
+connection that could not be opened, and 429 (the rate limit refuses a request
+before any work).
 """
 
 from __future__ import annotations

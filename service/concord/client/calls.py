@@ -13,7 +13,10 @@ client picks the token, base.py): an API key (``KEY``: register, rotate,
 deregister, a forced release), the acting agent's own credential (``AGENT``:
 heartbeat, leases, consensus requests and votes), that agent's credential when
 the client holds it and else an API key (``GATE``: send-check, which a gate key
-may ask for any agent), or either (``READ``: every GET).
+may ask for any agent), or either (``READ``: every GET). A suppression is added
+with whichever the caller chose: the client's API key (``KEY``: an admin or gate
+key), or, from an agent's handle, that agent's credential (``AGENT``); only an
+admin key lifts one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -59,6 +62,9 @@ _CONSENSUS = msgspec.json.Decoder(p.Consensus)
 _CONSENSUS_LIST = msgspec.json.Decoder(p.ConsensusList)
 _EVENT_PAGE = msgspec.json.Decoder(p.EventPage)
 _EVENT = msgspec.json.Decoder(p.Event)
+_SUPPRESSION = msgspec.json.Decoder(p.Suppression)
+_SUPPRESSION_LIST = msgspec.json.Decoder(p.SuppressionList)
+_SUPPRESSION_IMPORT = msgspec.json.Decoder(p.SuppressionImport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,24 @@ def whole_seconds(value: Duration | None, name: str) -> int | None:
     """A duration as the whole seconds the API takes: rounded up, so never shorter
     than asked, and so at least 1."""
     return None if value is None else math.ceil(seconds(value, name))
+
+
+def _suppression_items(items: Iterable[p.SuppressionItem | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A bulk import's entries as the body carries them; the service checks each one.
+    Raises ValueError, sending nothing, for a batch the service would refuse whole
+    for its size (1 to MAX_SUPPRESSIONS_PER_CALL entries)."""
+    rows = [
+        _fields(entry=item.entry, reason=item.reason, note=item.note)
+        if isinstance(item, p.SuppressionItem)
+        else dict(item)
+        for item in items
+    ]
+    if not 1 <= len(rows) <= p.MAX_SUPPRESSIONS_PER_CALL:
+        raise ValueError(
+            f"a bulk import sends 1 to {p.MAX_SUPPRESSIONS_PER_CALL} suppressions per call, got {len(rows)}: "
+            "send larger lists in batches (`concord suppressions import` does)"
+        )
+    return rows
 
 
 def _types(types: str | list[str] | tuple[str, ...] | None) -> str | None:
@@ -183,6 +207,48 @@ class _Wire:
     def send_check(agent_id: str, contact: str, fencing_token: int | None) -> _Call:
         body = _fields(agentId=agent_id, contactEmail=contact, fencingToken=fencing_token)
         return _Call("POST", routes.SEND_CHECK, _SEND_CHECK, body, principal=GATE, agent_id=agent_id)
+
+    @staticmethod
+    def suppress(entry: str, reason: str, note: str | None, agent_id: str | None) -> _Call:
+        # Safe to repeat: an agent's or a gate key's repeat finds the suppression as it
+        # stands, an admin key's writes the same values again (answered 200, not 201).
+        return _Call(
+            "PUT",
+            routes.SUPPRESSION.format(entry=_id(entry)),
+            _SUPPRESSION,
+            _fields(reason=reason, note=note),
+            principal=KEY if agent_id is None else AGENT,
+            agent_id=agent_id,
+        )
+
+    @staticmethod
+    def import_suppressions(items: Iterable[p.SuppressionItem | Mapping[str, Any]], agent_id: str | None) -> _Call:
+        # Safe to repeat as suppress is, entry by entry; a repeat's `written` counts
+        # only what that attempt wrote.
+        body = {"suppressions": _suppression_items(items)}
+        return _Call(
+            "POST",
+            routes.SUPPRESSIONS,
+            _SUPPRESSION_IMPORT,
+            body,
+            principal=KEY if agent_id is None else AGENT,
+            agent_id=agent_id,
+        )
+
+    @staticmethod
+    def get_suppression(entry: str) -> _Call:
+        return _Call("GET", routes.SUPPRESSION.format(entry=_id(entry)), _SUPPRESSION)
+
+    @staticmethod
+    def list_suppressions(limit: int | None, cursor: str | None) -> _Call:
+        return _Call("GET", routes.SUPPRESSIONS, _SUPPRESSION_LIST, params=_fields(limit=limit, cursor=cursor))
+
+    @staticmethod
+    def lift_suppression(entry: str) -> _Call:
+        # Not repeated, as release: after a lift whose answer was lost, a repeat answers
+        # 404 suppression_not_found although the lift happened.
+        path = routes.SUPPRESSION.format(entry=_id(entry))
+        return _Call("DELETE", path, _SUPPRESSION, retry=False, principal=KEY)
 
     @staticmethod
     def request_consensus(

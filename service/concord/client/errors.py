@@ -38,11 +38,13 @@ __all__ = [
     "RequesterCannotVote",
     "NotEligible",
     "QuotaExceeded",
+    "Suppressed",
     "KindMismatch",
     "EndpointNotFound",
     "AgentNotFound",
     "LeaseNotFound",
     "ConsensusNotFound",
+    "SuppressionNotFound",
     "MethodNotAllowed",
     "AgentInactive",
     "LeaseConflict",
@@ -177,6 +179,24 @@ class QuotaExceeded(ConcordError):
         return self.problem.get("limit")
 
 
+class Suppressed(ConcordError):
+    """The contact, or its whole domain, is suppressed: no agent may lease or email
+    it, and nothing was written. ``suppression`` is the entry that applies (the
+    contact's, or ``@domain``), ``contact`` the canonical contact asked about. Only
+    an admin key lifts it (``lift_suppression``)."""
+
+    code = "suppressed"
+
+    @property
+    def contact(self) -> str | None:
+        return self.problem.get("contact") or self.problem.get("contactEmail")
+
+    @property
+    def suppression(self) -> p.Suppression | None:
+        raw = self.problem.get("suppression")
+        return msgspec.convert(raw, p.Suppression) if isinstance(raw, dict) else None
+
+
 class EndpointNotFound(ConcordError):
     """No such endpoint: usually a URL that does not point at Concord."""
 
@@ -193,6 +213,10 @@ class LeaseNotFound(ConcordError):
 
 class ConsensusNotFound(ConcordError):
     code = "consensus_not_found"
+
+
+class SuppressionNotFound(ConcordError):
+    code = "suppression_not_found"
 
 
 class MethodNotAllowed(ConcordError):
@@ -365,11 +389,13 @@ ERROR_CLASSES: dict[str, type[ConcordError]] = {
         RequesterCannotVote,
         NotEligible,
         QuotaExceeded,
+        Suppressed,
         KindMismatch,
         EndpointNotFound,
         AgentNotFound,
         LeaseNotFound,
         ConsensusNotFound,
+        SuppressionNotFound,
         MethodNotAllowed,
         AgentInactive,
         LeaseConflict,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -184,6 +184,38 @@ class Concord(_ClientBase):
         with the API key (a gate or admin key: an email pipeline's)."""
         return self._run(_Wire.send_check(agent_id, contact, fencing_token))
 
+    # suppressions
+
+    def suppress(self, entry: str, reason: p.SuppressionReason, note: str | None = None) -> p.Suppression:
+        """Suppress ``entry``, a contact (any spelling of it) or ``@domain`` (every contact
+        at that domain), with the API key (an admin or gate key; an agent adds one with
+        its handle's ``suppress``): no agent may lease it (Suppressed) or email it from
+        now on. ``reason``: unsubscribed, bounced, complained or manual. A gate key finds
+        an existing suppression as it stands; an admin key replaces its reason and note.
+        Safe to repeat."""
+        return self._run(_Wire.suppress(entry, reason, note, None))
+
+    def import_suppressions(self, items: Iterable[p.SuppressionItem | Mapping[str, Any]]) -> p.SuppressionImport:
+        """Suppress 1 to 500 entries in one call (SuppressionItem, or dicts ``{entry,
+        reason, note?}``), with the API key; existing entries as for ``suppress``. An
+        invalid entry refuses the whole batch (ValidationError naming it); more than 500
+        raise ValueError, sending nothing. Safe to repeat; ``written`` counts what the
+        attempt that answered wrote (not what an earlier one, answer lost, did)."""
+        return self._run(_Wire.import_suppressions(items, None))
+
+    def get_suppression(self, entry: str) -> p.Suppression:
+        """The suppression of a contact (under any spelling) or of ``@domain``; raises SuppressionNotFound."""
+        return self._run(_Wire.get_suppression(entry))
+
+    def list_suppressions(self, limit: int | None = None, cursor: str | None = None) -> p.SuppressionList:
+        """The tenant's suppressions in the order of their entries (``@`` domains first)."""
+        return self._run(_Wire.list_suppressions(limit, cursor))
+
+    def lift_suppression(self, entry: str) -> p.Suppression:
+        """Lift the suppression of ``entry``, with an admin key; answers what it was.
+        Never repeated automatically."""
+        return self._run(_Wire.lift_suppression(entry))
+
     # consensus
 
     def request_consensus(
@@ -307,6 +339,15 @@ class AgentHandle(_AgentHandleBase):
 
     def send_check(self, contact: str, fencing_token: int | None = None) -> p.SendCheck:
         return self.client.send_check(self.id, contact, fencing_token)
+
+    def suppress(self, entry: str, reason: p.SuppressionReason, note: str | None = None) -> p.Suppression:
+        """Suppress ``entry`` as this agent, with its own credential (it read "unsubscribe
+        me"): as Concord.suppress, but an existing suppression is found as it stands."""
+        return self.client._run(_Wire.suppress(entry, reason, note, self.id))
+
+    def import_suppressions(self, items: Iterable[p.SuppressionItem | Mapping[str, Any]]) -> p.SuppressionImport:
+        """As Concord.import_suppressions, as this agent, with its own credential."""
+        return self.client._run(_Wire.import_suppressions(items, self.id))
 
     def request_consensus(
         self,
